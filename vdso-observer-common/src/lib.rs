@@ -1,0 +1,371 @@
+//! Types shared by the eBPF programs and user space: map keys and values, the
+//! loader-provided configuration, and the tables that decide which syscalls are
+//! time calls. Everything here is `#[repr(C)]` and `no_std`, so both sides read
+//! the same bytes and the same rules.
+#![no_std]
+
+/// Map of counts per [`CallKey`] (per-CPU `u64` values).
+pub const TIME_CALLS_MAP: &str = "TIME_CALLS";
+/// Map of [`ProcessInfo`] per [`ProcessKey`].
+pub const PROCESSES_MAP: &str = "PROCESSES";
+/// Per-CPU array of [`ObserverStat`] counters.
+pub const OBSERVER_STATS_MAP: &str = "OBSERVER_STATS";
+/// Name of the global holding [`ProgramConfig`].
+pub const PROGRAM_CONFIG_GLOBAL: &str = "PROGRAM_CONFIG";
+
+/// Program counting time syscalls, attached to raw tracepoint `sys_enter`.
+pub const SYS_ENTER_PROGRAM: &str = "time_syscall_enter";
+/// Program counting legacy vsyscall calls, attached to raw tracepoint `emulate_vsyscall`.
+pub const VSYSCALL_PROGRAM: &str = "legacy_vsyscall";
+
+/// Default capacity of [`TIME_CALLS_MAP`]; the loader may change it.
+pub const DEFAULT_TIME_CALL_ENTRIES: u32 = 16_384;
+/// Default capacity of [`PROCESSES_MAP`]; the loader may change it.
+pub const DEFAULT_PROCESS_ENTRIES: u32 = 8_192;
+
+/// `clock_id` of a [`CallKey`] whose call takes no clock.
+pub const NO_CLOCK: i32 = i32::MIN;
+
+/// `TS_COMPAT` in x86 `thread_info.status`: set while a task runs a 32-bit syscall
+/// (whether the task is a 32-bit one or a 64-bit one using `int $0x80`). It is a
+/// `#define`, so BTF does not carry it; it has kept this value since 2.6.
+pub const TS_COMPAT: u32 = 0x0002;
+
+/// Bytes between the user stack pointer at a 32-bit syscall entry through
+/// `__kernel_vsyscall` and the return address of its caller: the vDSO routine
+/// pushes ecx, edx and ebp before entering the kernel.
+pub const KERNEL_VSYSCALL_RETURN_OFFSET: u64 = 12;
+
+/// Kernel structure offsets read by the programs, found in the running kernel's
+/// BTF at start-up (Rust eBPF cannot emit CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.group_leader`
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime`
+    pub task_start_boottime: u32,
+    /// `task_struct.self_exec_id`
+    pub task_self_exec_id: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
+    /// `task_struct.thread_info.status`
+    pub task_thread_status: u32,
+    /// `mm_struct.context.vdso`
+    pub mm_vdso: u32,
+    /// `mm_struct.context.vdso_image`
+    pub mm_vdso_image: u32,
+    /// `vdso_image.size`
+    pub vdso_image_size: u32,
+    /// `pt_regs.ip`
+    pub regs_ip: u32,
+    /// `pt_regs.sp`
+    pub regs_sp: u32,
+    /// `pt_regs.di` (first argument of a 64-bit syscall)
+    pub regs_di: u32,
+    /// `pt_regs.bx` (first argument of a 32-bit syscall)
+    pub regs_bx: u32,
+}
+
+impl KernelOffsets {
+    pub const ZERO: KernelOffsets = KernelOffsets {
+        task_mm: 0,
+        task_group_leader: 0,
+        task_start_boottime: 0,
+        task_self_exec_id: 0,
+        task_comm: 0,
+        task_thread_status: 0,
+        mm_vdso: 0,
+        mm_vdso_image: 0,
+        vdso_image_size: 0,
+        regs_ip: 0,
+        regs_sp: 0,
+        regs_di: 0,
+        regs_bx: 0,
+    };
+}
+
+/// Everything the loader hands the programs before they run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramConfig {
+    pub offsets: KernelOffsets,
+    /// The observer's own process, whose time calls are not counted.
+    pub observer_tgid: u32,
+}
+
+impl ProgramConfig {
+    /// What the object file holds until the loader overrides it.
+    pub const ZERO: ProgramConfig = ProgramConfig {
+        offsets: KernelOffsets::ZERO,
+        observer_tgid: 0,
+    };
+}
+
+/// One process image: a pid is reused and a process changes at exec, so the
+/// pid alone does not name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    /// Process id (thread group id) in the initial pid namespace.
+    pub tgid: u32,
+    /// `task_struct.self_exec_id` (low 32 bits): grows by one at every exec.
+    pub exec_id: u32,
+    /// Start of the thread group leader, ns since boot (`/proc/PID/stat` field 22
+    /// holds the same instant in clock ticks).
+    pub start_boottime_ns: u64,
+}
+
+/// What one counter of [`TIME_CALLS_MAP`] counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey {
+    pub process: ProcessKey,
+    /// Clock id of clock_gettime / clock_getres; [`NO_CLOCK`] for the other calls.
+    pub clock_id: i32,
+    /// A [`TimeCall`].
+    pub call: u8,
+    /// An [`Origin`].
+    pub origin: u8,
+    /// A [`SyscallAbi`].
+    pub abi: u8,
+    /// Always 0: keys are compared as bytes.
+    pub _pad: u8,
+}
+
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+
+/// What user space needs to name a process that may be gone by the time it reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The thread group leader's `comm`, NUL-padded, any bytes.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Indexes of [`OBSERVER_STATS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObserverStat {
+    /// A new [`CallKey`] could not be stored: its calls were not counted.
+    TimeCallsMapFull = 0,
+    /// A new [`ProcessKey`] could not be stored: the process shows without a name.
+    ProcessesMapFull = 1,
+    /// A kernel or user memory read failed: that call was not counted.
+    ReadFailed = 2,
+}
+
+impl ObserverStat {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [ObserverStat; 3] = [
+        ObserverStat::TimeCallsMapFull,
+        ObserverStat::ProcessesMapFull,
+        ObserverStat::ReadFailed,
+    ];
+}
+
+/// The time calls followed, whatever ABI number they arrive under.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimeCall {
+    ClockGettime = 0,
+    Gettimeofday = 1,
+    Time = 2,
+    ClockGetres = 3,
+    Getcpu = 4,
+    Getrandom = 5,
+}
+
+impl TimeCall {
+    pub const ALL: [TimeCall; 6] = [
+        TimeCall::ClockGettime,
+        TimeCall::Gettimeofday,
+        TimeCall::Time,
+        TimeCall::ClockGetres,
+        TimeCall::Getcpu,
+        TimeCall::Getrandom,
+    ];
+
+    pub const fn from_u8(value: u8) -> Option<TimeCall> {
+        match value {
+            0 => Some(TimeCall::ClockGettime),
+            1 => Some(TimeCall::Gettimeofday),
+            2 => Some(TimeCall::Time),
+            3 => Some(TimeCall::ClockGetres),
+            4 => Some(TimeCall::Getcpu),
+            5 => Some(TimeCall::Getrandom),
+            _ => None,
+        }
+    }
+
+    /// Whether the first argument is a clock id.
+    pub const fn takes_clock(self) -> bool {
+        matches!(self, TimeCall::ClockGettime | TimeCall::ClockGetres)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            TimeCall::ClockGettime => "clock_gettime",
+            TimeCall::Gettimeofday => "gettimeofday",
+            TimeCall::Time => "time",
+            TimeCall::ClockGetres => "clock_getres",
+            TimeCall::Getcpu => "getcpu",
+            TimeCall::Getrandom => "getrandom",
+        }
+    }
+}
+
+/// Where a kernel entry for a time call came from.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// The syscall instruction lies inside the task's vDSO: the vDSO itself gave up.
+    VdsoFallback = 0,
+    /// Issued outside the vDSO (syscall(2), a static or vDSO-less runtime path).
+    Direct = 1,
+    /// The task has no vDSO mapped at all.
+    NoVdso = 2,
+    /// A call into the legacy vsyscall page, emulated by the kernel.
+    LegacyVsyscall = 3,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 4] = [
+        Origin::VdsoFallback,
+        Origin::Direct,
+        Origin::NoVdso,
+        Origin::LegacyVsyscall,
+    ];
+
+    pub const fn from_u8(value: u8) -> Option<Origin> {
+        match value {
+            0 => Some(Origin::VdsoFallback),
+            1 => Some(Origin::Direct),
+            2 => Some(Origin::NoVdso),
+            3 => Some(Origin::LegacyVsyscall),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::VdsoFallback => "vdso_fallback",
+            Origin::Direct => "direct",
+            Origin::NoVdso => "no_vdso",
+            Origin::LegacyVsyscall => "legacy_vsyscall",
+        }
+    }
+}
+
+/// Which syscall table a number belongs to: decided per syscall, since a 64-bit
+/// task may still issue `int $0x80`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SyscallAbi {
+    X86_64 = 0,
+    I386 = 1,
+}
+
+impl SyscallAbi {
+    pub const fn from_u8(value: u8) -> Option<SyscallAbi> {
+        match value {
+            0 => Some(SyscallAbi::X86_64),
+            1 => Some(SyscallAbi::I386),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SyscallAbi::X86_64 => "x86_64",
+            SyscallAbi::I386 => "i386",
+        }
+    }
+
+    /// The time call a syscall number of this ABI stands for.
+    #[inline(always)]
+    pub const fn time_call(self, nr: i64) -> Option<TimeCall> {
+        match self {
+            SyscallAbi::X86_64 => time_call_x86_64(nr),
+            SyscallAbi::I386 => time_call_i386(nr),
+        }
+    }
+}
+
+/// x86_64 syscall numbers of the time calls.
+#[inline(always)]
+pub const fn time_call_x86_64(nr: i64) -> Option<TimeCall> {
+    match nr {
+        228 => Some(TimeCall::ClockGettime),
+        96 => Some(TimeCall::Gettimeofday),
+        201 => Some(TimeCall::Time),
+        229 => Some(TimeCall::ClockGetres),
+        309 => Some(TimeCall::Getcpu),
+        318 => Some(TimeCall::Getrandom),
+        _ => None,
+    }
+}
+
+/// i386 (compat) syscall numbers of the time calls, `*_time64` variants included.
+#[inline(always)]
+pub const fn time_call_i386(nr: i64) -> Option<TimeCall> {
+    match nr {
+        265 | 403 => Some(TimeCall::ClockGettime),
+        78 => Some(TimeCall::Gettimeofday),
+        13 => Some(TimeCall::Time),
+        266 | 406 => Some(TimeCall::ClockGetres),
+        318 => Some(TimeCall::Getcpu),
+        355 => Some(TimeCall::Getrandom),
+        _ => None,
+    }
+}
+
+/// Whether a syscall number is a time call in either table: the one test every
+/// syscall of the machine pays before the program returns.
+#[inline(always)]
+pub const fn may_be_time_call(nr: i64) -> bool {
+    time_call_x86_64(nr).is_some() || time_call_i386(nr).is_some()
+}
+
+/// The call behind `nr` of tracepoint `vsyscall:emulate_vsyscall`.
+#[inline(always)]
+pub const fn time_call_vsyscall(nr: i64) -> Option<TimeCall> {
+    match nr {
+        0 => Some(TimeCall::Gettimeofday),
+        1 => Some(TimeCall::Time),
+        2 => Some(TimeCall::Getcpu),
+        _ => None,
+    }
+}
+
+/// Classifies a kernel entry by the user address that issued it, given the task's
+/// vDSO text `[vdso_start, vdso_start + vdso_len)`. `ip` is the address after the
+/// syscall instruction, so the test is `start < ip <= start + len`.
+#[inline(always)]
+pub const fn origin_of(ip: u64, vdso_start: u64, vdso_len: u64) -> Origin {
+    if vdso_start == 0 {
+        Origin::NoVdso
+    } else if inside_vdso(ip, vdso_start, vdso_len) {
+        Origin::VdsoFallback
+    } else {
+        Origin::Direct
+    }
+}
+
+/// `start < addr <= start + len`: an address just after an instruction of the vDSO.
+#[inline(always)]
+pub const fn inside_vdso(addr: u64, vdso_start: u64, vdso_len: u64) -> bool {
+    addr > vdso_start && addr <= vdso_start.wrapping_add(vdso_len)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain integers and arrays without padding.
+    unsafe impl aya::Pod for super::CallKey {}
+    unsafe impl aya::Pod for super::ProcessKey {}
+    unsafe impl aya::Pod for super::ProcessInfo {}
+    unsafe impl aya::Pod for super::ProgramConfig {}
+}

@@ -1,0 +1,253 @@
+//! Kernel structure offsets from the running kernel's BTF.
+//!
+//! Rust eBPF cannot emit CO-RE relocations, so the fields the programs read are
+//! looked up here at start and handed over as a global. Members may sit inside
+//! anonymous structs and unions (`mm_struct.context` does) and behind typedefs
+//! (`mm_context_t`): the search descends through both.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use vdso_observer_common::KernelOffsets;
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads the offsets from a BTF file (normally [`VMLINUX_BTF`]).
+pub fn kernel_offsets_from_file(path: &Path) -> Result<KernelOffsets> {
+    if !path.exists() {
+        bail!(
+            "{} does not exist: this kernel was built without CONFIG_DEBUG_INFO_BTF, which \
+             vdso-observer needs to find kernel structure offsets; use a kernel with BTF \
+             (most distribution kernels since 5.4 have it)",
+            path.display()
+        );
+    }
+    let btf = Btf::from_file(path).with_context(|| format!("parsing BTF {}", path.display()))?;
+    kernel_offsets(&btf).with_context(|| format!("reading offsets from {}", path.display()))
+}
+
+/// The offsets of every field the programs read.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
+    let at = |structure: &str, path: &[&str], size: &[usize]| {
+        let field = field(btf, structure, path)?;
+        if !size.contains(&field.size) {
+            bail!(
+                "{structure}.{} is {} bytes, expected {size:?}",
+                path.join("."),
+                field.size
+            );
+        }
+        Ok::<u32, anyhow::Error>(field.offset)
+    };
+    Ok(KernelOffsets {
+        task_mm: at("task_struct", &["mm"], &[8])?,
+        task_group_leader: at("task_struct", &["group_leader"], &[8])?,
+        task_start_boottime: at("task_struct", &["start_boottime"], &[8])?,
+        task_self_exec_id: at("task_struct", &["self_exec_id"], &[4, 8])?,
+        task_comm: at("task_struct", &["comm"], &[16])?,
+        task_thread_status: at("task_struct", &["thread_info", "status"], &[4])?,
+        mm_vdso: at("mm_struct", &["context", "vdso"], &[8])?,
+        mm_vdso_image: at("mm_struct", &["context", "vdso_image"], &[8])?,
+        vdso_image_size: at("vdso_image", &["size"], &[8])?,
+        regs_ip: at("pt_regs", &["ip"], &[8])?,
+        regs_sp: at("pt_regs", &["sp"], &[8])?,
+        regs_di: at("pt_regs", &["di"], &[8])?,
+        regs_bx: at("pt_regs", &["bx"], &[8])?,
+    })
+}
+
+/// A member found by [`field`]: byte offset from the outer struct, and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: usize,
+}
+
+/// Finds `structure.path[0].path[1]...`, looking through anonymous members and typedefs.
+pub fn field(btf: &Btf, structure: &str, path: &[&str]) -> Result<Field> {
+    let mut current = named_struct(btf, structure)?;
+    let mut offset = 0u32;
+    let mut size = 0usize;
+    for (depth, name) in path.iter().enumerate() {
+        let (member_offset, member_type) = find_member(btf, &current, name)?.ok_or_else(|| {
+            anyhow!(
+                "{structure}.{} not found in this kernel's BTF",
+                path[..=depth].join(".")
+            )
+        })?;
+        offset += member_offset;
+        size = type_size(btf, &member_type)?;
+        if depth + 1 < path.len() {
+            current = match member_type {
+                Type::Struct(s) | Type::Union(s) => s,
+                other => bail!(
+                    "{structure}.{} is a {}, not a struct",
+                    path[..=depth].join("."),
+                    other.name()
+                ),
+            };
+        }
+    }
+    Ok(Field { offset, size })
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("struct {name} not in BTF"))?
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("struct {name} not in BTF"))
+}
+
+/// Byte offset and (typedef-resolved) type of member `name`, searching anonymous
+/// struct/union members depth-first.
+fn find_member(btf: &Btf, within: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>> {
+    for member in &within.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let bit_offset = member.bit_offset();
+        if member.bitfield_size().is_some_and(|bits| bits != 0) || bit_offset % 8 != 0 {
+            if member_name == name {
+                bail!("{name} is a bit field");
+            }
+            continue;
+        }
+        let member_type = strip_modifiers(btf, btf.resolve_chained_type(member)?)?;
+        if member_name == name {
+            return Ok(Some((bit_offset / 8, member_type)));
+        }
+        if member_name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = &member_type
+            && let Some((inner_offset, ty)) = find_member(btf, inner, name)?
+        {
+            return Ok(Some((bit_offset / 8 + inner_offset, ty)));
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedef, const, volatile, restrict and type tags to the real type.
+fn strip_modifiers(btf: &Btf, mut ty: Type) -> Result<Type> {
+    for _ in 0..32 {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t)?,
+            Type::Const(t) => btf.resolve_chained_type(t)?,
+            Type::Volatile(t) => btf.resolve_chained_type(t)?,
+            Type::Restrict(t) => btf.resolve_chained_type(t)?,
+            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
+            _ => return Ok(ty),
+        };
+    }
+    bail!("type chain too long")
+}
+
+fn type_size(btf: &Btf, ty: &Type) -> Result<usize> {
+    Ok(match ty {
+        Type::Int(i) => i.size(),
+        Type::Ptr(_) => 8,
+        Type::Struct(s) | Type::Union(s) => s.size(),
+        Type::Enum(e) => e.size(),
+        Type::Enum64(e) => e.size(),
+        Type::Array(a) => {
+            let element = strip_modifiers(btf, btf.resolve_chained_type(a)?)?;
+            a.len() * type_size(btf, &element)?
+        }
+        other => bail!("cannot size a {}", other.name()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn vmlinux() -> Btf {
+        Btf::from_file(VMLINUX_BTF).expect("the running kernel's BTF is readable")
+    }
+
+    #[test]
+    fn running_kernel_offsets_are_found() {
+        let offsets = kernel_offsets(&vmlinux()).unwrap();
+        // x86_64 pt_regs is user ABI (ptrace): these never move.
+        assert_eq!(offsets.regs_bx, 5 * 8);
+        assert_eq!(offsets.regs_di, 14 * 8);
+        assert_eq!(offsets.regs_ip, 16 * 8);
+        assert_eq!(offsets.regs_sp, 19 * 8);
+        // thread_info is the first member of task_struct (THREAD_INFO_IN_TASK).
+        assert!(offsets.task_thread_status < 64, "{offsets:?}");
+        // context.vdso_image follows context.vdso.
+        assert_eq!(offsets.mm_vdso_image, offsets.mm_vdso + 8);
+        assert_eq!(offsets.vdso_image_size, 8);
+        for (name, value) in [
+            ("task_mm", offsets.task_mm),
+            ("task_group_leader", offsets.task_group_leader),
+            ("task_start_boottime", offsets.task_start_boottime),
+            ("task_comm", offsets.task_comm),
+            ("mm_vdso", offsets.mm_vdso),
+        ] {
+            assert!(value > 0 && value < 16384, "{name} = {value}");
+        }
+    }
+
+    #[test]
+    fn offsets_match_bpftool() {
+        // An independent reader of the same BTF: bpftool's raw dump lists
+        // `'mm' type_id=N bits_offset=M` under `STRUCT 'task_struct'`.
+        let dump = Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+            .output()
+            .expect("bpftool is installed by `cargo xtask setup --for-tests`");
+        assert!(dump.status.success());
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        let bpftool_offset = |structure: &str, member: &str| -> u32 {
+            let header = format!("STRUCT '{structure}' size=");
+            let start = dump.find(&header).expect("struct in bpftool dump");
+            let needle = format!("\t'{member}' type_id=");
+            dump[start..]
+                .lines()
+                .skip(1)
+                .take_while(|line| line.starts_with('\t'))
+                .find(|line| line.starts_with(&needle))
+                .and_then(|line| line.split("bits_offset=").nth(1))
+                .and_then(|bits| bits.split_whitespace().next())
+                .and_then(|bits| bits.parse::<u32>().ok())
+                .map(|bits| bits / 8)
+                .expect("member in bpftool dump")
+        };
+        let btf = vmlinux();
+        for (structure, member) in [
+            ("task_struct", "mm"),
+            ("task_struct", "comm"),
+            ("task_struct", "group_leader"),
+            ("task_struct", "start_boottime"),
+            ("task_struct", "self_exec_id"),
+            ("vdso_image", "size"),
+        ] {
+            assert_eq!(
+                field(&btf, structure, &[member]).unwrap().offset,
+                bpftool_offset(structure, member),
+                "{structure}.{member}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_member_is_named_in_the_error() {
+        let err = field(&vmlinux(), "task_struct", &["no_such_member"]).unwrap_err();
+        assert!(
+            err.to_string().contains("task_struct.no_such_member"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_btf_file_says_what_to_do() {
+        let err = kernel_offsets_from_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! vdso-observer: per process, which time calls the vDSO answered and which
+//! entered the kernel, and why.
+
+mod btf_offsets;
+mod classify;
+mod clocks;
+mod loader;
+mod procfs;
+mod report;
+mod table;
+mod top;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "vdso-observer",
+    version,
+    about = "Which processes make time calls that enter the kernel instead of being answered by the vDSO, and why",
+    after_help = "Examples:\n  \
+        sudo vdso-observer top --once                 one 3 s window, a table\n  \
+        sudo vdso-observer top --once -d 10 --json    one 10 s window as JSON\n  \
+        sudo vdso-observer top -b -n 5 -d 1           five 1 s frames\n  \
+        sudo vdso-observer top --once --comm java     only processes whose name contains java"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Kernel BTF to read structure offsets from.
+    #[arg(long, global = true, default_value = btf_offsets::VMLINUX_BTF)]
+    btf: PathBuf,
+    /// Capacity of the kernel counter map (one entry per process, call, clock and
+    /// origin). When it is full, further new entries are counted as lost and reported.
+    #[arg(long, global = true, default_value_t = vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES)]
+    map_entries: u32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kernel-entering time calls per process, like top in batch mode.
+    Top(TopArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct TopArgs {
+    /// One frame, then exit (same as -b -n 1).
+    #[arg(long)]
+    once: bool,
+    /// Batch mode: plain frames on stdout, no full screen.
+    #[arg(short = 'b', long)]
+    batch: bool,
+    /// Number of frames before exiting (batch mode); 0 runs until interrupted.
+    #[arg(short = 'n', long, default_value_t = 0)]
+    iterations: u64,
+    /// Length of each window: seconds ("2", "0.5") or with a unit ("5s", "1m").
+    #[arg(short = 'd', long = "delay", visible_alias = "duration", default_value = "3s", value_parser = parse_interval)]
+    interval: Duration,
+    /// One JSON document per frame on its own line (stable field names, exact counts).
+    #[arg(long)]
+    json: bool,
+    /// Only these pids (repeatable).
+    #[arg(short = 'p', long = "pid")]
+    pids: Vec<u32>,
+    /// Only processes whose name contains this text.
+    #[arg(long)]
+    comm: Option<String>,
+    /// Only processes with a fault flag (fallback, direct, vsyscall, no-vdso).
+    #[arg(long)]
+    flagged_only: bool,
+}
+
+/// Accepts plain seconds (top's habit) or a humantime duration.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
+        Ok(_) => return Err("must be more than 0 seconds".into()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string())?,
+    };
+    if duration < Duration::from_millis(10) {
+        return Err("must be at least 10 ms".into());
+    }
+    Ok(duration)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vdso-observer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.load.map_entries == 0 {
+        bail!("--map-entries must be at least 1");
+    }
+    let options = loader::LoadOptions {
+        btf_path: cli.load.btf,
+        time_call_entries: cli.load.map_entries,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Top(args) => runtime.block_on(top::run(args, options)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_accept_seconds_and_units() {
+        assert_eq!(parse_interval("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_interval("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("-1").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

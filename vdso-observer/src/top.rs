@@ -1,0 +1,91 @@
+//! `vdso-observer top`: frames of per-process kernel-entering time calls.
+
+use std::{
+    io::{ErrorKind, Write as _},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    TopArgs,
+    loader::{LoadOptions, Observer},
+    procfs,
+    report::{Aggregator, ObserverHealthInput, Report},
+    table,
+};
+
+pub async fn run(args: TopArgs, options: LoadOptions) -> Result<()> {
+    let frames = if args.once { 1 } else { args.iterations };
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+
+    let mut observer = Observer::start(options)?;
+    let health = ObserverHealthInput {
+        probes: observer.probes.clone(),
+        time_call_capacity: observer.options.time_call_entries,
+    };
+    eprintln!(
+        "vdso-observer: observing every process, {} per frame (Ctrl-C ends the window early)",
+        humantime::format_duration(args.interval)
+    );
+
+    let mut aggregator = Aggregator::new();
+    let mut window_start = Instant::now();
+    let mut frame = 0u64;
+    loop {
+        let interrupted = tokio::select! {
+            _ = tokio::time::sleep(args.interval) => false,
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        let snapshot = observer.snapshot()?;
+        let elapsed = window_start.elapsed();
+        window_start = Instant::now();
+        let (mut report, retired) =
+            aggregator.window(&snapshot, elapsed, health.clone(), procfs::is_running);
+        observer
+            .forget(&retired.processes, &retired.keys)
+            .context("dropping the counters of exited processes")?;
+        keep_selected(&mut report, &args);
+        if !print(&report, args.json)? {
+            return Ok(()); // stdout closed (e.g. piped into head)
+        }
+        frame += 1;
+        if interrupted || (frames != 0 && frame >= frames) {
+            return Ok(());
+        }
+    }
+}
+
+fn keep_selected(report: &mut Report, args: &TopArgs) {
+    report.processes.retain(|process| {
+        (args.pids.is_empty() || args.pids.contains(&process.pid))
+            && args
+                .comm
+                .as_deref()
+                .is_none_or(|needle| process.comm.contains(needle))
+            && (!args.flagged_only || !process.flags.is_empty())
+    });
+}
+
+/// False when stdout is gone.
+fn print(report: &Report, json: bool) -> Result<bool> {
+    let text = if json {
+        let mut line = serde_json::to_string(report).context("encoding the report as JSON")?;
+        line.push('\n');
+        line
+    } else {
+        table::render(report)
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == ErrorKind::BrokenPipe => Ok(false),
+        Err(err) => Err(err).context("writing to stdout"),
+    }
+}

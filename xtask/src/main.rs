@@ -1,0 +1,162 @@
+//! `cargo xtask`: everything a fresh machine needs, in one place.
+//!
+//! `setup` installs what is missing (nightly rust-src, Debian llvm-22-dev,
+//! bpf-linker, test tools) and skips what is present; `run`, `test` and `bench`
+//! call it first, so the README's two commands work on a new machine.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set-up, build, run and test vdso-observer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test (idempotent).
+    Setup {
+        /// Also install the tools the tests use (gcc-multilib, ...).
+        #[arg(long)]
+        for_tests: bool,
+    },
+    /// Set up, build (release) and run vdso-observer as root with ARGS.
+    Run {
+        /// Arguments for vdso-observer, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, then run every test (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check` and clippy with warnings denied, eBPF crate included.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    setup::put_cargo_bin_on_path();
+    match cli.command {
+        Task::Setup { for_tests } => setup::run(for_tests),
+        Task::Run { args } => {
+            setup::run(false)?;
+            step("building vdso-observer (release)");
+            cargo(&["build", "--release", "--package", "vdso-observer"])?;
+            let binary = root.join("target/release/vdso-observer");
+            run_as_root(&binary, &args)
+        }
+        Task::Test { args } => {
+            setup::run(true)?;
+            lint()?;
+            step(
+                "running every test (unit tests, then the real eBPF programs against real workloads)",
+            );
+            let mut cargo_args = vec!["test", "--workspace", "--exclude", "vdso-observer-ebpf"];
+            cargo_args.extend(args.iter().map(String::as_str));
+            cargo(&cargo_args)
+        }
+        Task::Lint => {
+            setup::run(false)?;
+            lint()
+        }
+    }
+}
+
+fn lint() -> Result<()> {
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"])
+        .context("formatting differs: run `cargo fmt --all`")?;
+    step("clippy (user space, common, xtask), warnings denied");
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "vdso-observer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The eBPF crate only builds for the BPF target with nightly; clippy it on its
+    // own so the panic handler is not compiled twice.
+    step("clippy (eBPF crate, bpfel-unknown-none), warnings denied");
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "vdso-observer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--target-dir",
+            "target/ebpf-clippy",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status()
+        .context("running rustup run nightly cargo clippy")?;
+    if !status.success() {
+        bail!("clippy on the eBPF crate failed");
+    }
+    Ok(())
+}
+
+/// Prints one line per step, so a person sees what is happening and where it stopped.
+pub fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run_as_root(binary: &Path, args: &[String]) -> Result<()> {
+    let mut command = if setup::is_root() {
+        Command::new(binary)
+    } else {
+        step("vdso-observer needs root (CAP_BPF, CAP_PERFMON): running it through sudo");
+        let mut sudo = Command::new("sudo");
+        sudo.arg(binary);
+        sudo
+    };
+    let status = command
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

@@ -1,0 +1,193 @@
+//! Idempotent machine set-up: one line per step, skipping what is present.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::step;
+
+/// LLVM major that rustc's nightly uses here; bpf-linker must link the same one.
+const LLVM_MAJOR: &str = "22";
+/// bpf-linker release known to build against Debian's llvm-22-dev.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages to build the eBPF programs (bpf-linker links libLLVM).
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// Debian packages the tests use: gcc builds the C workloads (gcc-multilib the
+/// 32-bit ones); bpftool lists what stays attached.
+const TEST_PACKAGES: &[&str] = &["gcc", "gcc-multilib", "bpftool"];
+
+pub fn run(for_tests: bool) -> Result<()> {
+    nightly_rust_src()?;
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if for_tests {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    debian_packages(&packages)?;
+    bpf_linker()?;
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `sudo cargo ...` resets PATH; bpf-linker and cargo's tools live in CARGO_HOME/bin.
+pub fn put_cargo_bin_on_path() {
+    let cargo_bin = cargo_home().join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if !paths.contains(&cargo_bin) {
+        paths.insert(0, cargo_bin);
+        let joined = std::env::join_paths(paths).expect("PATH entries contain no separator");
+        // SAFETY: xtask is single-threaded at this point.
+        unsafe { std::env::set_var("PATH", joined) };
+    }
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if installed.lines().any(|line| line.starts_with("nightly")) {
+        step("rust nightly toolchain: present");
+    } else {
+        step("rust nightly toolchain: installing (eBPF needs -Z build-std)");
+        checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if components.lines().any(|line| line.starts_with("rust-src")) {
+        step("nightly rust-src: present");
+    } else {
+        step("nightly rust-src: installing (core is rebuilt for bpfel-unknown-none)");
+        checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !dpkg_installed(package))
+        .collect();
+    if missing.is_empty() {
+        step(&format!("Debian packages {}: present", packages.join(" ")));
+        return Ok(());
+    }
+    step(&format!(
+        "Debian packages: installing {}",
+        missing.join(" ")
+    ));
+    let sudo = !is_root();
+    if sudo {
+        step("not root: using sudo for apt-get");
+    }
+    let apt = |args: &[&str]| {
+        let mut command = if sudo {
+            let mut command = Command::new("sudo");
+            command.arg("apt-get");
+            command
+        } else {
+            Command::new("apt-get")
+        };
+        command.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        command
+    };
+    checked(&mut apt(&["update", "-qq"])).context("apt-get update")?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    checked(&mut install).with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|status| status.contains("install ok installed"))
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(version) = output("bpf-linker", &["--version"]) {
+        step(&format!("bpf-linker: present ({})", version.trim()));
+        return Ok(());
+    }
+    let llvm_prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
+    step(&format!(
+        "bpf-linker {BPF_LINKER_VERSION}: building against {llvm_prefix} (about a minute)"
+    ));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    checked(
+        Command::new(cargo)
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ])
+            .env("LLVM_PREFIX", &llvm_prefix),
+    )
+    .context("cargo install bpf-linker")?;
+    if output("bpf-linker", &["--version"]).is_none() {
+        bail!(
+            "bpf-linker was installed but is not on PATH: add {}/bin to PATH",
+            cargo_home().display()
+        );
+    }
+    Ok(())
+}
+
+/// stdout of a command that succeeded; None when it is missing or failed.
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
