@@ -2,7 +2,7 @@
 //! loader-provided configuration, and the tables that decide which syscalls are
 //! time calls. Everything here is `#[repr(C)]` and `no_std`, so both sides read
 //! the same bytes and the same rules.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Map of counts per [`CallKey`] (per-CPU `u64` values).
 pub const TIME_CALLS_MAP: &str = "TIME_CALLS";
@@ -368,4 +368,96 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::ProcessInfo {}
     unsafe impl aya::Pod for super::ProgramConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x86_64_numbers() {
+        assert_eq!(time_call_x86_64(228), Some(TimeCall::ClockGettime));
+        assert_eq!(time_call_x86_64(96), Some(TimeCall::Gettimeofday));
+        assert_eq!(time_call_x86_64(201), Some(TimeCall::Time));
+        assert_eq!(time_call_x86_64(229), Some(TimeCall::ClockGetres));
+        assert_eq!(time_call_x86_64(309), Some(TimeCall::Getcpu));
+        assert_eq!(time_call_x86_64(318), Some(TimeCall::Getrandom));
+        // getppid, read, the i386 clock_gettime64 number: not time calls in this table.
+        for nr in [110, 0, 403, 265, -1, i64::MAX] {
+            assert_eq!(time_call_x86_64(nr), None, "{nr}");
+        }
+    }
+
+    #[test]
+    fn i386_numbers_including_time64() {
+        assert_eq!(time_call_i386(265), Some(TimeCall::ClockGettime));
+        assert_eq!(time_call_i386(403), Some(TimeCall::ClockGettime));
+        assert_eq!(time_call_i386(78), Some(TimeCall::Gettimeofday));
+        assert_eq!(time_call_i386(13), Some(TimeCall::Time));
+        assert_eq!(time_call_i386(266), Some(TimeCall::ClockGetres));
+        assert_eq!(time_call_i386(406), Some(TimeCall::ClockGetres));
+        assert_eq!(time_call_i386(318), Some(TimeCall::Getcpu));
+        assert_eq!(time_call_i386(355), Some(TimeCall::Getrandom));
+        // 228 is x86_64 clock_gettime, but i386 228 is fsetxattr.
+        assert_eq!(time_call_i386(228), None);
+    }
+
+    #[test]
+    fn the_same_number_means_different_calls_per_abi() {
+        // 318: getrandom on x86_64, getcpu on i386.
+        assert_eq!(SyscallAbi::X86_64.time_call(318), Some(TimeCall::Getrandom));
+        assert_eq!(SyscallAbi::I386.time_call(318), Some(TimeCall::Getcpu));
+    }
+
+    #[test]
+    fn prefilter_accepts_exactly_the_union() {
+        for nr in -5..1000 {
+            let expected = time_call_x86_64(nr).is_some() || time_call_i386(nr).is_some();
+            assert_eq!(may_be_time_call(nr), expected, "{nr}");
+        }
+        assert_eq!((0..1000).filter(|&nr| may_be_time_call(nr)).count(), 13);
+    }
+
+    #[test]
+    fn vsyscall_numbers() {
+        assert_eq!(time_call_vsyscall(0), Some(TimeCall::Gettimeofday));
+        assert_eq!(time_call_vsyscall(1), Some(TimeCall::Time));
+        assert_eq!(time_call_vsyscall(2), Some(TimeCall::Getcpu));
+        assert_eq!(time_call_vsyscall(3), None);
+    }
+
+    #[test]
+    fn origin_is_decided_by_the_address_after_the_syscall_instruction() {
+        let start = 0x7fff_0000_0000;
+        let len = 0x2000;
+        assert_eq!(origin_of(0x5555_0000_1234, start, len), Origin::Direct);
+        assert_eq!(origin_of(start + 0x800, start, len), Origin::VdsoFallback);
+        // A `syscall` in the last bytes of the vDSO leaves ip at its very end.
+        assert_eq!(origin_of(start + len, start, len), Origin::VdsoFallback);
+        assert_eq!(origin_of(start + len + 1, start, len), Origin::Direct);
+        // ip can never equal start (it points after an instruction).
+        assert_eq!(origin_of(start, start, len), Origin::Direct);
+        assert_eq!(origin_of(start + 8, 0, 0), Origin::NoVdso);
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_map_bytes() {
+        for call in TimeCall::ALL {
+            assert_eq!(TimeCall::from_u8(call as u8), Some(call));
+        }
+        for origin in Origin::ALL {
+            assert_eq!(Origin::from_u8(origin as u8), Some(origin));
+        }
+        assert_eq!(SyscallAbi::from_u8(1), Some(SyscallAbi::I386));
+        assert_eq!(TimeCall::from_u8(6), None);
+        assert_eq!(Origin::from_u8(4), None);
+    }
+
+    #[test]
+    fn keys_have_no_padding() {
+        // Keys are hashed as bytes by the kernel: hidden padding would split counters.
+        assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
+        assert_eq!(core::mem::size_of::<CallKey>(), 24);
+        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN);
+    }
 }

@@ -160,16 +160,16 @@ fn count(
         abi: abi as u8,
         _pad: 0,
     };
-    if let Some(value) = TIME_CALLS.get_ptr_mut(&key) {
+    if let Some(value) = TIME_CALLS.get_ptr_mut(key) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *value += 1 };
         return Ok(());
     }
-    match TIME_CALLS.insert(&key, &1, BPF_NOEXIST.into()) {
+    match TIME_CALLS.insert(key, 1, BPF_NOEXIST.into()) {
         Ok(()) => remember_process(&process, leader, off.task_comm),
         // Another CPU created the key between the lookup and the insert.
         Err(err) if err == -EEXIST => {
-            if let Some(value) = TIME_CALLS.get_ptr_mut(&key) {
+            if let Some(value) = TIME_CALLS.get_ptr_mut(key) {
                 unsafe { *value += 1 };
             }
         }
@@ -187,7 +187,7 @@ fn remember_process(process: &ProcessKey, leader: *const u8, comm_offset: u32) {
         return;
     };
     if PROCESSES
-        .insert(process, &ProcessInfo { comm }, BPF_ANY.into())
+        .insert(process, ProcessInfo { comm }, BPF_ANY.into())
         .is_err()
     {
         bump(ObserverStat::ProcessesMapFull);

@@ -67,6 +67,15 @@ fn main() -> Result<()> {
             );
             let mut cargo_args = vec!["test", "--workspace", "--exclude", "vdso-observer-ebpf"];
             cargo_args.extend(args.iter().map(String::as_str));
+            if !setup::is_root() {
+                // The tests load eBPF programs: run the test binaries through sudo,
+                // as aya's own template does, while cargo builds as this user.
+                step("not root: the test binaries run through `sudo -E`");
+                // SAFETY: single-threaded here.
+                unsafe {
+                    std::env::set_var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E")
+                };
+            }
             cargo(&cargo_args)
         }
         Task::Lint => {

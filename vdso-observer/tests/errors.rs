@@ -1,0 +1,91 @@
+//! Bad conditions give one clear line: what failed and what to do.
+
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, process::Command};
+
+use common::*;
+
+/// A copy of the binary any user can run, wherever the checkout lives.
+fn world_runnable_observer() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vdso-observer-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("vdso-observer");
+    std::fs::copy(OBSERVER, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+#[test]
+fn without_privileges_it_says_what_is_needed() {
+    require_root();
+    let observer = world_runnable_observer();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&observer)
+        .args(["top", "--once", "-d", "1"])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("needs root or CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sudo"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(observer.parent().unwrap());
+}
+
+#[test]
+fn missing_btf_is_explained() {
+    require_root();
+    let out = Command::new(OBSERVER)
+        .args(["top", "--once", "-d", "1", "--btf", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/vmlinux does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn btf_without_the_needed_structures_is_explained() {
+    require_root();
+    // A valid file that is not BTF at all.
+    let out = Command::new(OBSERVER)
+        .args(["top", "--once", "-d", "1", "--btf", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("parsing BTF /proc/self/status"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_refused_before_loading() {
+    for args in [
+        &["top", "--once", "-d", "0"][..],
+        &["top", "--once", "-d", "soon"],
+        &["top", "--once", "--map-entries", "0"],
+    ] {
+        let out = Command::new(OBSERVER).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("must be") || stderr.contains("invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The real eBPF programs against real workloads: every kernel entry for time is
+//! counted exactly, with the right origin, clock and ABI.
+
+mod common;
+
+use common::*;
+
+const N: u64 = 1000;
+
+fn single_row(report: &serde_json::Value, pid: u32) -> serde_json::Value {
+    let rows = rows_of_pid(report, pid);
+    assert_eq!(rows.len(), 1, "pid {pid}: {rows:#?}");
+    rows.into_iter().next().unwrap()
+}
+
+#[test]
+fn direct_syscalls_are_counted_as_direct() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-direct", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&workload, &["direct", &N.to_string()]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    assert_eq!(
+        counts(&row),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            N
+        )]
+    );
+    assert_eq!(row["comm"], "vt-direct");
+    assert_eq!(row["exited"], true);
+    assert_eq!(row["flags"], serde_json::json!(["direct"]));
+}
+
+#[test]
+fn cpu_time_clocks_fall_back_inside_the_vdso() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-cputime", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&workload, &["cputime", &N.to_string()]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    assert_eq!(
+        counts(&row),
+        [expect(
+            "clock_gettime",
+            "CLOCK_PROCESS_CPUTIME_ID",
+            "vdso_fallback",
+            "x86_64",
+            N
+        )]
+    );
+    // Expected fallback: informational, not a fault.
+    assert_eq!(row["flags"], serde_json::json!([]));
+    assert_eq!(row["reasons"], serde_json::json!(["unsupported_clock"]));
+}
+
+#[test]
+fn vdso_served_clocks_never_enter_the_kernel() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-monotonic", &[]);
+    let observer = ObserverRun::start(&[]);
+    // N vDSO calls, then one direct call that proves the process was watched.
+    let pid = run_workload(&workload, &["monotonic", &N.to_string()]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    assert_eq!(
+        counts(&row),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            1
+        )]
+    );
+}
+
+#[test]
+fn legacy_vsyscall_calls_are_counted() {
+    require_root();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.contains("[vsyscall]"),
+        "this kernel maps no legacy vsyscall page (vsyscall=none): the test cannot run here"
+    );
+    let workload = build_workload("time_calls", "vt-vsyscall", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&workload, &["vsyscall", &N.to_string()]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    assert_eq!(
+        counts(&row),
+        [expect("gettimeofday", "", "legacy_vsyscall", "x86_64", N)]
+    );
+    assert_eq!(row["flags"], serde_json::json!(["vsyscall"]));
+}
+
+#[test]
+fn threads_add_up_in_one_process() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-threads", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&workload, &["threads", &N.to_string(), "8"]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    assert_eq!(
+        counts(&row),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            8 * N
+        )]
+    );
+}
+
+#[test]
+fn short_lived_children_each_report_their_counts() {
+    require_root();
+    const CHILDREN: usize = 100;
+    const K: u64 = 50;
+    let workload = build_workload("time_calls", "vt-children", &[]);
+    let observer = ObserverRun::start(&[]);
+    let parent = run_workload(
+        &workload,
+        &["children", &K.to_string(), &CHILDREN.to_string()],
+    );
+    let report = observer.finish();
+    let children: Vec<_> = rows_of_comm(&report, "vt-children")
+        .into_iter()
+        .filter(|row| row["pid"] != parent)
+        .collect();
+    assert_eq!(children.len(), CHILDREN, "{children:#?}");
+    for child in &children {
+        assert_eq!(
+            counts(child),
+            [expect(
+                "clock_gettime",
+                "CLOCK_MONOTONIC",
+                "direct",
+                "x86_64",
+                K
+            )],
+            "{child:#}"
+        );
+        assert_eq!(child["exited"], true);
+    }
+    // The parent only forks and waits.
+    for row in rows_of_pid(&report, parent) {
+        assert!(counts(&row).is_empty(), "{row:#}");
+    }
+}
+
+#[test]
+fn exec_starts_a_new_row_with_the_new_name() {
+    require_root();
+    let before = build_workload("time_calls", "vt-before-exec", &[]);
+    let after = build_workload("time_calls", "vt-after-exec", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&before, &["exec", "300", after.to_str().unwrap()]);
+    let report = observer.finish();
+    let mut rows = rows_of_pid(&report, pid);
+    rows.sort_by_key(|row| row["exec_id"].as_u64());
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(rows[0]["comm"], "vt-before-exec");
+    assert_eq!(rows[1]["comm"], "vt-after-exec");
+    assert_eq!(
+        rows[1]["exec_id"].as_u64().unwrap(),
+        rows[0]["exec_id"].as_u64().unwrap() + 1
+    );
+    for row in &rows {
+        assert_eq!(
+            counts(row),
+            [expect(
+                "clock_gettime",
+                "CLOCK_MONOTONIC",
+                "direct",
+                "x86_64",
+                300
+            )]
+        );
+    }
+}
+
+#[test]
+fn compat_32bit_processes_are_told_apart() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-compat", &["-m32"]);
+    let observer = ObserverRun::start(&[]);
+    // Both go through __kernel_vsyscall inside the 32-bit vDSO; the caller's
+    // return address tells the vDSO's own fallback from libc's syscall().
+    let direct = run_workload(&workload, &["direct", &N.to_string()]);
+    let cputime = run_workload(&workload, &["cputime", "700"]);
+    let report = observer.finish();
+    let direct_counts = counts(&single_row(&report, direct));
+    assert_eq!(direct_counts.len(), 1, "{direct_counts:?}");
+    let (call, clock, origin, abi, count) = &direct_counts[0];
+    // glibc's syscall(SYS_clock_gettime) on i386 is number 265 or 403 (time64).
+    assert_eq!(
+        (
+            call.as_str(),
+            clock.as_str(),
+            origin.as_str(),
+            abi.as_str(),
+            *count
+        ),
+        ("clock_gettime", "CLOCK_MONOTONIC", "direct", "i386", N)
+    );
+    assert_eq!(
+        counts(&single_row(&report, cputime)),
+        [expect(
+            "clock_gettime",
+            "CLOCK_PROCESS_CPUTIME_ID",
+            "vdso_fallback",
+            "i386",
+            700
+        )]
+    );
+}
+
+#[test]
+fn int80_from_a_64bit_process_is_a_32bit_syscall() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-int80", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&workload, &["int80", "400"]);
+    let report = observer.finish();
+    assert_eq!(
+        counts(&single_row(&report, pid)),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "i386",
+            400
+        )]
+    );
+}
+
+#[test]
+fn renamed_processes_keep_odd_names_readable() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-rename", &[]);
+    let observer = ObserverRun::start(&[]);
+    let pid = run_workload(&workload, &["rename", "10", "a\"b\\c\nd\u{7f}e"]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    assert_eq!(row["comm"], "a\"b\\\\c\\x0ad\\x7fe");
+}
+
+#[test]
+fn a_full_counter_map_is_reported_not_silent() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-clocks", &[]);
+    // Room for 4 keys on a machine where other processes also make time calls.
+    let observer = ObserverRun::start(&["--map-entries", "4"]);
+    let pid = run_workload(&workload, &["clocks", "12"]);
+    let report = observer.finish();
+    let lost = report["observer"]["lost"]["time_calls_map_full"]
+        .as_u64()
+        .unwrap();
+    let counted: u64 = rows_of_pid(&report, pid)
+        .iter()
+        .map(|row| row["kernel_entries"].as_u64().unwrap())
+        .sum();
+    assert!(lost >= 12 - 4, "lost {lost}: {report:#}");
+    assert!(counted <= 4, "counted {counted}");
+    assert_eq!(report["observer"]["time_call_capacity"], 4);
+}

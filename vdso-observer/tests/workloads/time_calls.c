@@ -1,0 +1,123 @@
+/* Workload for the integration tests: makes an exact number of time calls of
+ * one kind, so the observer's counts can be compared with the truth.
+ *
+ *   time_calls MODE N [ARG]
+ *
+ * MODE  what it does N times
+ *   direct      syscall(SYS_clock_gettime, CLOCK_MONOTONIC): a kernel entry outside the vDSO
+ *   cputime     clock_gettime(CLOCK_PROCESS_CPUTIME_ID) via libc: the vDSO's own syscall
+ *   monotonic   clock_gettime(CLOCK_MONOTONIC) via libc (then ONE direct call as a marker)
+ *   vsyscall    gettimeofday through the legacy vsyscall page (0xffffffffff600000)
+ *   threads     ARG threads, each N direct calls
+ *   children    ARG children, each N direct calls, all exit before the parent
+ *   exec        N direct calls, then exec ARG ("direct" N): a new image under the same pid
+ *   int80       64-bit process, N `int $0x80` clock_gettime64 (i386 number 403): a compat syscall
+ *   clocks      one direct clock_gettime for each of the clock ids 0..N-1 (distinct map keys)
+ *   rename      prctl(PR_SET_NAME, ARG) then N direct calls
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static long n;
+
+static void direct_calls(long count) {
+    struct timespec ts;
+    for (long i = 0; i < count; i++)
+        syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+}
+
+static void *thread_main(void *arg) {
+    (void)arg;
+    direct_calls(n);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODE N [ARG]\n", argv[0]);
+        return 2;
+    }
+    const char *mode = argv[1];
+    n = atol(argv[2]);
+    const char *arg = argc > 3 ? argv[3] : "";
+    struct timespec ts;
+
+    if (!strcmp(mode, "direct")) {
+        direct_calls(n);
+    } else if (!strcmp(mode, "cputime")) {
+        for (long i = 0; i < n; i++)
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    } else if (!strcmp(mode, "monotonic")) {
+        for (long i = 0; i < n; i++)
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+        direct_calls(1);
+    } else if (!strcmp(mode, "vsyscall")) {
+#if defined(__x86_64__)
+        typedef int (*gettimeofday_fn)(struct timeval *, void *);
+        gettimeofday_fn legacy = (gettimeofday_fn)0xffffffffff600000UL;
+        struct timeval tv;
+        for (long i = 0; i < n; i++)
+            legacy(&tv, NULL);
+#else
+        return 3;
+#endif
+    } else if (!strcmp(mode, "threads")) {
+        long count = atol(arg);
+        pthread_t *threads = calloc(count, sizeof(*threads));
+        for (long i = 0; i < count; i++)
+            if (pthread_create(&threads[i], NULL, thread_main, NULL))
+                return 4;
+        for (long i = 0; i < count; i++)
+            pthread_join(threads[i], NULL);
+    } else if (!strcmp(mode, "children")) {
+        long count = atol(arg);
+        for (long i = 0; i < count; i++) {
+            pid_t child = fork();
+            if (child < 0)
+                return 5;
+            if (child == 0) {
+                direct_calls(n);
+                _exit(0);
+            }
+        }
+        while (wait(NULL) > 0)
+            ;
+    } else if (!strcmp(mode, "exec")) {
+        direct_calls(n);
+        execl(arg, arg, "direct", argv[2], (char *)NULL);
+        perror("execl");
+        return 6;
+    } else if (!strcmp(mode, "int80")) {
+#if defined(__x86_64__)
+        struct { long long sec; long long nsec; } ts64;
+        for (long i = 0; i < n; i++) {
+            long ret;
+            __asm__ volatile("int $0x80"
+                             : "=a"(ret)
+                             : "a"(403L), "b"((long)CLOCK_MONOTONIC), "c"(&ts64)
+                             : "memory");
+        }
+#else
+        return 3;
+#endif
+    } else if (!strcmp(mode, "clocks")) {
+        for (long id = 0; id < n; id++)
+            syscall(SYS_clock_gettime, (clockid_t)id, &ts);
+    } else if (!strcmp(mode, "rename")) {
+        prctl(PR_SET_NAME, arg, 0, 0, 0);
+        direct_calls(n);
+    } else {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
+    }
+    return 0;
+}
