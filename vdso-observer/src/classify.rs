@@ -40,6 +40,17 @@ impl FallbackReason {
             FallbackReason::UnsupportedClock => "cpu-clock",
         }
     }
+
+    /// The name used in JSON and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FallbackReason::Clocksource => "clocksource",
+            FallbackReason::DirectSyscall => "direct_syscall",
+            FallbackReason::NoVdso => "no_vdso",
+            FallbackReason::LegacyVsyscall => "legacy_vsyscall",
+            FallbackReason::UnsupportedClock => "unsupported_clock",
+        }
+    }
 }
 
 /// The reason behind kernel entries of one (call, clock, origin); None for calls

@@ -4,13 +4,19 @@
 mod btf_offsets;
 mod classify;
 mod clocks;
+mod config;
+mod daemon;
+mod http;
 mod loader;
+mod metrics;
 mod procfs;
 mod report;
+mod system;
 mod table;
+mod textfile;
 mod top;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -24,7 +30,9 @@ use clap::{Args, Parser, Subcommand};
         sudo vdso-observer top --once                 one 3 s window, a table\n  \
         sudo vdso-observer top --once -d 10 --json    one 10 s window as JSON\n  \
         sudo vdso-observer top -b -n 5 -d 1           five 1 s frames\n  \
-        sudo vdso-observer top --once --comm java     only processes whose name contains java"
+        sudo vdso-observer top --once --comm java     only processes whose name contains java\n  \
+        sudo vdso-observer daemon --textfile /var/lib/prometheus/node-exporter/vdso_observer.prom\n  \
+        sudo vdso-observer daemon --listen 127.0.0.1:9736 --interval 15s"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +56,33 @@ struct LoadArgs {
 enum Command {
     /// Kernel-entering time calls per process, like top in batch mode.
     Top(TopArgs),
+    /// Run continuously and export Prometheus metrics (node_exporter textfile and/or /metrics).
+    Daemon(DaemonArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct DaemonArgs {
+    /// TOML configuration file, re-read on SIGHUP (see packaging/vdso-observer.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// node_exporter textfile to write atomically every interval (must end in .prom).
+    #[arg(long)]
+    textfile: Option<PathBuf>,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9736).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Collection interval: seconds or with a unit (default 15s).
+    #[arg(long, value_parser = parse_interval)]
+    interval: Option<Duration>,
+    /// Processes of a window with the most kernel entries that get pid-labelled series (default 20).
+    #[arg(long)]
+    top_processes: Option<usize>,
+    /// How long an exited process keeps its series (default 5m).
+    #[arg(long, value_parser = parse_interval)]
+    exited_grace: Option<Duration>,
+    /// Check the configuration, print it, and exit without loading anything.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Args, Clone)]
@@ -92,10 +127,8 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_target(false)
-        .init();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Daemon(_)));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -103,6 +136,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One event a line on stderr; under systemd (JOURNAL_STREAM) without our own
+/// timestamps, since journald adds them.
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    builder.format_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format_timestamp(None);
+    }
+    builder.init();
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -119,6 +165,22 @@ fn run(cli: Cli) -> Result<()> {
         .build()?;
     match cli.command {
         Command::Top(args) => runtime.block_on(top::run(args, options)),
+        Command::Daemon(args) => {
+            let options_for_daemon = daemon::DaemonOptions {
+                config_file: args.config,
+                overrides: config::Overrides {
+                    interval: args.interval,
+                    textfile: args.textfile,
+                    listen: args.listen,
+                    top_processes: args.top_processes,
+                    exited_grace: args.exited_grace,
+                },
+            };
+            if args.check_config {
+                return daemon::check_config(&options_for_daemon);
+            }
+            runtime.block_on(daemon::run(options_for_daemon, options))
+        }
     }
 }
 

@@ -2,20 +2,9 @@
 
 mod common;
 
-use std::{os::unix::fs::PermissionsExt, process::Command};
+use std::process::Command;
 
 use common::*;
-
-/// A copy of the binary any user can run, wherever the checkout lives.
-fn world_runnable_observer() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("vdso-observer-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.join("vdso-observer");
-    std::fs::copy(OBSERVER, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
 
 #[test]
 fn without_privileges_it_says_what_is_needed() {

@@ -22,8 +22,18 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Debian packages the tests use: gcc builds the C workloads (gcc-multilib the
-/// 32-bit ones); bpftool lists what stays attached.
-const TEST_PACKAGES: &[&str] = &["gcc", "gcc-multilib", "bpftool"];
+/// 32-bit ones); bpftool lists what stays attached; promtool (prometheus) and
+/// node_exporter are the real clients of the metrics; setpriv (util-linux) drops
+/// privileges.
+const TEST_PACKAGES: &[&str] = &[
+    "gcc",
+    "gcc-multilib",
+    "bpftool",
+    "prometheus",
+    "prometheus-node-exporter",
+    "util-linux",
+    "curl",
+];
 
 pub fn run(for_tests: bool) -> Result<()> {
     nightly_rust_src()?;

@@ -192,3 +192,173 @@ pub fn expect(
 ) -> (String, String, String, String, u64) {
     (call.into(), clock.into(), origin.into(), abi.into(), count)
 }
+
+/// A copy of the binary any user can run, wherever the checkout lives (it may sit
+/// under a home directory other users cannot enter).
+pub fn world_runnable_observer() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = world_writable_dir("bin");
+    let copy = dir.join("vdso-observer");
+    std::fs::copy(OBSERVER, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+/// A fresh directory under /tmp, mode 0777, for files another user writes.
+pub fn world_writable_dir(what: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!(
+        "vdso-observer-test-{what}-{}-{:?}",
+        std::process::id(),
+        thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET: (status code, head, body); None when nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_owned(), body.to_owned()))
+}
+
+/// Polls `probe` every 100 ms until it returns Some, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `promtool check metrics` on a text; panics with its complaints.
+pub fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus, installed by `cargo xtask setup --for-tests`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the one sample whose line starts with `prefix`.
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    let mut values = metrics
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap());
+    let value = values.next()?;
+    assert!(
+        values.next().is_none(),
+        "more than one sample starts with {prefix}"
+    );
+    Some(value)
+}
+
+/// The value of the one sample of `family` whose labels include all of `labels`
+/// (label order does not matter: node_exporter sorts them). Label values are
+/// compared as written in the exposition (escaped).
+pub fn sample_with(metrics: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(family) else {
+            continue;
+        };
+        let Some((parsed, value)) = parse_labels(rest) else {
+            continue;
+        };
+        if labels
+            .iter()
+            .all(|(name, value)| parsed.iter().any(|(n, v)| n == name && v == value))
+        {
+            assert!(found.is_none(), "two samples of {family} match {labels:?}");
+            found = Some(value.trim().parse::<f64>().unwrap());
+        }
+    }
+    found
+}
+
+/// `{a="x",b="y"} 1` -> ([(a, x), (b, y)], "1"), values still escaped.
+fn parse_labels(text: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let body = text.strip_prefix('{')?;
+    let mut labels = Vec::new();
+    let mut chars = body.char_indices().peekable();
+    loop {
+        let mut name = String::new();
+        for (_, c) in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            name.push(c);
+        }
+        if chars.next().map(|(_, c)| c) != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        let mut escaped = false;
+        for (_, c) in chars.by_ref() {
+            if escaped {
+                value.push(c);
+                escaped = false;
+            } else if c == '\\' {
+                value.push(c);
+                escaped = true;
+            } else if c == '"' {
+                break;
+            } else {
+                value.push(c);
+            }
+        }
+        labels.push((name, value));
+        match chars.next() {
+            Some((_, ',')) => continue,
+            Some((i, '}')) => return Some((labels, &body[i + 1..])),
+            _ => return None,
+        }
+    }
+}

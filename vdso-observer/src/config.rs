@@ -1,0 +1,239 @@
+//! The daemon's settings: a TOML file (re-read on SIGHUP) under command-line
+//! overrides.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// Everything the daemon needs, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub interval: Duration,
+    /// node_exporter textfile to write (must end in `.prom` to be read).
+    pub textfile: Option<PathBuf>,
+    /// Address of the `/metrics` and `/healthz` endpoint.
+    pub listen: Option<SocketAddr>,
+    pub series: SeriesLimits,
+}
+
+/// Bounds on what the metrics say per process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesLimits {
+    /// Processes with the most kernel entries in a window that get their own
+    /// (pid-labelled) series, besides every flagged one.
+    pub top_processes: usize,
+    /// Hard cap on pid-labelled processes at once.
+    pub max_processes: usize,
+    /// Hard cap on distinct `comm` values; the rest are summed as `(other)`.
+    pub max_comms: usize,
+    /// How long an exited process keeps its series (its final value).
+    pub exited_grace: Duration,
+    /// How long a `comm` series stays without any increase.
+    pub idle_comm_retire: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            interval: Duration::from_secs(15),
+            textfile: None,
+            listen: None,
+            series: SeriesLimits::default(),
+        }
+    }
+}
+
+impl Default for SeriesLimits {
+    fn default() -> Self {
+        SeriesLimits {
+            top_processes: 20,
+            max_processes: 200,
+            max_comms: 200,
+            exited_grace: Duration::from_secs(300),
+            idle_comm_retire: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The file's shape; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    interval: Option<String>,
+    textfile: Option<PathBuf>,
+    listen: Option<String>,
+    #[serde(default)]
+    series: SeriesFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesFile {
+    top_processes: Option<usize>,
+    max_processes: Option<usize>,
+    max_comms: Option<usize>,
+    exited_grace: Option<String>,
+    idle_comm_retire: Option<String>,
+}
+
+/// Command-line values, which win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub interval: Option<Duration>,
+    pub textfile: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub top_processes: Option<usize>,
+    pub exited_grace: Option<Duration>,
+}
+
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<DaemonConfig> {
+    let mut config = DaemonConfig::default();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        apply_file(&mut config, &text)
+            .with_context(|| format!("config file {}", path.display()))?;
+    }
+    if let Some(interval) = overrides.interval {
+        config.interval = interval;
+    }
+    if let Some(textfile) = &overrides.textfile {
+        config.textfile = Some(textfile.clone());
+    }
+    if let Some(listen) = overrides.listen {
+        config.listen = Some(listen);
+    }
+    if let Some(top) = overrides.top_processes {
+        config.series.top_processes = top;
+    }
+    if let Some(grace) = overrides.exited_grace {
+        config.series.exited_grace = grace;
+    }
+    validate(&config)?;
+    Ok(config)
+}
+
+fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
+    let file: ConfigFile = toml::from_str(text)?;
+    let duration = |name: &str, text: &str| {
+        humantime::parse_duration(text).with_context(|| format!("{name} = {text:?}"))
+    };
+    if let Some(interval) = &file.interval {
+        config.interval = duration("interval", interval)?;
+    }
+    if let Some(textfile) = file.textfile {
+        config.textfile = Some(textfile);
+    }
+    if let Some(listen) = &file.listen {
+        config.listen = Some(
+            listen
+                .parse()
+                .with_context(|| format!("listen = {listen:?} is not an address:port"))?,
+        );
+    }
+    let series = &mut config.series;
+    if let Some(top) = file.series.top_processes {
+        series.top_processes = top;
+    }
+    if let Some(max) = file.series.max_processes {
+        series.max_processes = max;
+    }
+    if let Some(max) = file.series.max_comms {
+        series.max_comms = max;
+    }
+    if let Some(grace) = &file.series.exited_grace {
+        series.exited_grace = duration("series.exited_grace", grace)?;
+    }
+    if let Some(idle) = &file.series.idle_comm_retire {
+        series.idle_comm_retire = duration("series.idle_comm_retire", idle)?;
+    }
+    Ok(())
+}
+
+fn validate(config: &DaemonConfig) -> Result<()> {
+    if config.interval < Duration::from_millis(100) {
+        bail!("interval must be at least 100ms");
+    }
+    if let Some(path) = &config.textfile {
+        if path.extension().is_none_or(|ext| ext != "prom") {
+            bail!(
+                "textfile {} must end in .prom: node_exporter's textfile collector reads only *.prom",
+                path.display()
+            );
+        }
+        if path.file_name().is_none() || path.parent().is_none() {
+            bail!("textfile {} is not a file path", path.display());
+        }
+    }
+    if config.textfile.is_none() && config.listen.is_none() {
+        bail!("nothing to export to: give --textfile PATH, --listen ADDR, or both");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_and_overrides() {
+        let mut config = DaemonConfig::default();
+        apply_file(
+            &mut config,
+            r#"
+            interval = "5s"
+            textfile = "/var/lib/node/vdso.prom"
+            listen = "127.0.0.1:9736"
+            [series]
+            top_processes = 3
+            exited_grace = "1m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.interval, Duration::from_secs(5));
+        assert_eq!(config.series.top_processes, 3);
+        assert_eq!(config.series.exited_grace, Duration::from_secs(60));
+        assert_eq!(config.series.max_comms, 200);
+        assert_eq!(config.listen.unwrap().port(), 9736);
+
+        let dir = std::env::temp_dir().join(format!("vdso-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "interval = \"5s\"\ntextfile = \"/x/a.prom\"\n").unwrap();
+        let overrides = Overrides {
+            interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let loaded = load(Some(&path), &overrides).unwrap();
+        assert_eq!(loaded.interval, Duration::from_secs(1));
+        assert_eq!(loaded.textfile.unwrap(), Path::new("/x/a.prom"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let mut config = DaemonConfig::default();
+        let err = apply_file(&mut config, "intervall = \"5s\"").unwrap_err();
+        assert!(format!("{err:#}").contains("intervall"), "{err:#}");
+        let err = apply_file(&mut config, "interval = \"soon\"").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("interval = \"soon\""),
+            "{err:#}"
+        );
+        let overrides = Overrides {
+            textfile: Some("/tmp/metrics.txt".into()),
+            ..Default::default()
+        };
+        let err = load(None, &overrides).unwrap_err();
+        assert!(err.to_string().contains("must end in .prom"), "{err}");
+        let err = load(None, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("nothing to export"), "{err}");
+        let err = load(Some(Path::new("/nonexistent.toml")), &Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent.toml"), "{err:#}");
+    }
+}

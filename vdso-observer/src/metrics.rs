@@ -1,0 +1,643 @@
+//! Prometheus metrics: monotonic counters kept across windows, bounded in
+//! cardinality, rendered in the text exposition format 0.0.4.
+//!
+//! Two families carry the counts. `vdso_observer_kernel_time_calls_total` is
+//! complete: every process's calls, summed per `comm` (distinct names capped, the
+//! rest as `(other)`). `vdso_observer_process_kernel_time_calls_total` adds a `pid`
+//! label for the few processes worth one: the top K of a window and every flagged
+//! one, capped. A process keeps its series until a grace period after it exits,
+//! so its final value is scraped; counters never go down while a series lives.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    time::Instant,
+};
+
+use vdso_observer_common::ProcessKey;
+
+use crate::{
+    config::SeriesLimits,
+    loader::{ObserverStats, ProbeStatus},
+    report::{ProcessReport, Report},
+    system::{ClocksourceState, VdsoCapability, VsyscallMode},
+};
+
+/// `comm` label of the processes beyond `max_comms`.
+pub const OTHER_COMM: &str = "(other)";
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct CallLabels {
+    call: &'static str,
+    clock: String,
+    origin: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug)]
+struct ProcessSeries {
+    comm: String,
+    counts: BTreeMap<CallLabels, u64>,
+    exited_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct CommSeries {
+    counts: BTreeMap<CallLabels, u64>,
+    last_increase: Instant,
+}
+
+/// State the daemon keeps between windows.
+#[derive(Debug, Default)]
+pub struct Exporter {
+    comms: BTreeMap<String, CommSeries>,
+    processes: BTreeMap<ProcessKey, ProcessSeries>,
+    lost: ObserverStats,
+    processes_not_tracked: u64,
+    pub collections: u64,
+    pub last_collection_seconds: f64,
+    pub textfile_write_errors: u64,
+    pub clocksource_changes: u64,
+}
+
+/// What the daemon knows about the machine and itself, besides the counts.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub clocksource: Option<ClocksourceState>,
+    pub vsyscall: VsyscallMode,
+    pub probes: Vec<ProbeStatus>,
+    pub map_entries: usize,
+    pub map_capacity: u32,
+    pub kernel_release: String,
+    /// Boot parameters that decide time calls (`clocksource=hpet`, `tsc=unstable`, ...).
+    pub boot_settings: Vec<String>,
+}
+
+fn labels_of(call: &crate::report::CallCount) -> CallLabels {
+    CallLabels {
+        call: call.call,
+        clock: call.clock.clone().unwrap_or_default(),
+        origin: call.origin,
+        reason: call.reason.map_or("none", |r| r.name()),
+    }
+}
+
+impl Exporter {
+    pub fn new() -> Exporter {
+        Exporter::default()
+    }
+
+    /// Adds one window's report; `exited` lists processes found gone this window
+    /// (with or without calls in it).
+    pub fn update(
+        &mut self,
+        report: &Report,
+        exited: &[ProcessKey],
+        limits: &SeriesLimits,
+        now: Instant,
+    ) {
+        let mut ranked: Vec<&ProcessReport> = report.processes.iter().collect();
+        ranked.sort_by(|a, b| b.kernel_entries.cmp(&a.kernel_entries));
+        for (rank, process) in ranked.into_iter().enumerate() {
+            self.add_to_comm(process, limits, now);
+            let id = ProcessKey {
+                tgid: process.pid,
+                start_boottime_ns: process.start_boottime_ns,
+                exec_id: process.exec_id,
+            };
+            let deserves = rank < limits.top_processes || !process.flags.is_empty();
+            let tracked = self.processes.contains_key(&id);
+            if !tracked && deserves {
+                if self.processes.len() < limits.max_processes {
+                    self.processes.insert(
+                        id,
+                        ProcessSeries {
+                            comm: process.comm.clone(),
+                            counts: BTreeMap::new(),
+                            exited_at: None,
+                        },
+                    );
+                } else {
+                    self.processes_not_tracked += 1;
+                }
+            }
+            let series = self.processes.get_mut(&id);
+            if let Some(series) = series {
+                for call in &process.calls {
+                    *series.counts.entry(labels_of(call)).or_default() += call.count;
+                }
+            }
+        }
+        for id in exited {
+            if let Some(series) = self.processes.get_mut(id) {
+                series.exited_at.get_or_insert(now);
+            }
+        }
+        self.processes.retain(|_, series| {
+            series
+                .exited_at
+                .is_none_or(|at| now.duration_since(at) < limits.exited_grace)
+        });
+        self.comms
+            .retain(|_, series| now.duration_since(series.last_increase) < limits.idle_comm_retire);
+
+        let lost = report.observer.lost;
+        self.lost.time_calls_map_full += lost.time_calls_map_full;
+        self.lost.processes_map_full += lost.processes_map_full;
+        self.lost.read_failed += lost.read_failed;
+    }
+
+    fn add_to_comm(&mut self, process: &ProcessReport, limits: &SeriesLimits, now: Instant) {
+        let comm = if self.comms.contains_key(&process.comm) || self.comms.len() < limits.max_comms
+        {
+            process.comm.clone()
+        } else {
+            OTHER_COMM.to_owned()
+        };
+        let series = self.comms.entry(comm).or_insert_with(|| CommSeries {
+            counts: BTreeMap::new(),
+            last_increase: now,
+        });
+        series.last_increase = now;
+        for call in &process.calls {
+            *series.counts.entry(labels_of(call)).or_default() += call.count;
+        }
+    }
+
+    /// Processes with their own series right now.
+    #[cfg(test)]
+    pub fn tracked_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn render(&self, context: &Context) -> String {
+        let mut out = Exposition::default();
+
+        out.family(
+            "vdso_observer_kernel_time_calls_total",
+            "counter",
+            "Time calls that entered the kernel, all processes, summed per comm (names beyond the cap as (other)).",
+        );
+        for (comm, series) in &self.comms {
+            for (labels, count) in &series.counts {
+                out.sample(
+                    &[
+                        ("comm", comm),
+                        ("call", labels.call),
+                        ("clock", &labels.clock),
+                        ("origin", labels.origin),
+                        ("reason", labels.reason),
+                    ],
+                    *count as f64,
+                );
+            }
+        }
+
+        out.family(
+            "vdso_observer_process_kernel_time_calls_total",
+            "counter",
+            "Time calls that entered the kernel, for the top processes of a window and every flagged one (kept until a grace period after exit).",
+        );
+        for (id, series) in &self.processes {
+            let pid = id.tgid.to_string();
+            for (labels, count) in &series.counts {
+                out.sample(
+                    &[
+                        ("pid", &pid),
+                        ("comm", &series.comm),
+                        ("call", labels.call),
+                        ("clock", &labels.clock),
+                        ("origin", labels.origin),
+                        ("reason", labels.reason),
+                    ],
+                    *count as f64,
+                );
+            }
+        }
+
+        if let Some(clocksource) = &context.clocksource {
+            out.family(
+                "vdso_observer_clocksource_info",
+                "gauge",
+                "Current clocksource and whether the vDSO can read it (yes, no, conditional, unknown).",
+            );
+            let capability = match clocksource.vdso_capability {
+                VdsoCapability::Yes => "yes",
+                VdsoCapability::No => "no",
+                VdsoCapability::Conditional => "conditional",
+                VdsoCapability::Unknown => "unknown",
+            };
+            out.sample(
+                &[
+                    ("clocksource", &clocksource.current),
+                    ("vdso_capability", capability),
+                ],
+                1.0,
+            );
+            out.family(
+                "vdso_observer_clocksource_vdso_capable",
+                "gauge",
+                "1 when the current clocksource can be read by the vDSO, 0 when every high-resolution clock read enters the kernel.",
+            );
+            out.sample(
+                &[],
+                if clocksource.vdso_capability == VdsoCapability::No {
+                    0.0
+                } else {
+                    1.0
+                },
+            );
+            out.family(
+                "vdso_observer_clocksource_available",
+                "gauge",
+                "Clocksources the kernel offers (1 each).",
+            );
+            for name in &clocksource.available {
+                out.sample(&[("clocksource", name)], 1.0);
+            }
+        }
+        out.family(
+            "vdso_observer_clocksource_changes_total",
+            "counter",
+            "Changes of the current clocksource seen since the observer started.",
+        );
+        out.sample(&[], self.clocksource_changes as f64);
+        out.family(
+            "vdso_observer_vsyscall_mode_info",
+            "gauge",
+            "Legacy vsyscall page mode: xonly, emulate or none.",
+        );
+        out.sample(&[("mode", context.vsyscall.name())], 1.0);
+
+        out.family(
+            "vdso_observer_boot_parameter_info",
+            "gauge",
+            "Kernel command-line parameters that decide time calls (clocksource=, tsc=, vdso=, vsyscall=, notsc, ...).",
+        );
+        for parameter in &context.boot_settings {
+            out.sample(&[("parameter", parameter)], 1.0);
+        }
+        out.family(
+            "vdso_observer_build_info",
+            "gauge",
+            "Version of vdso-observer and the kernel it runs on.",
+        );
+        out.sample(
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("kernel", &context.kernel_release),
+            ],
+            1.0,
+        );
+        out.family(
+            "vdso_observer_probe_attached",
+            "gauge",
+            "1 when the probe is attached; 0 when attaching it failed (its calls are not counted).",
+        );
+        for probe in &context.probes {
+            out.sample(
+                &[("probe", probe.attach_point)],
+                if probe.attached { 1.0 } else { 0.0 },
+            );
+        }
+        out.family(
+            "vdso_observer_lost_time_calls_total",
+            "counter",
+            "Kernel-entering time calls the observer could not count, by cause.",
+        );
+        out.sample(
+            &[("cause", "map_full")],
+            self.lost.time_calls_map_full as f64,
+        );
+        out.sample(&[("cause", "read_failed")], self.lost.read_failed as f64);
+        out.family(
+            "vdso_observer_unnamed_processes_total",
+            "counter",
+            "Processes whose name could not be stored because the name map was full.",
+        );
+        out.sample(&[], self.lost.processes_map_full as f64);
+        out.family(
+            "vdso_observer_map_entries",
+            "gauge",
+            "Entries in use in the kernel counter map.",
+        );
+        out.sample(&[("map", "time_calls")], context.map_entries as f64);
+        out.family(
+            "vdso_observer_map_capacity",
+            "gauge",
+            "Capacity of the kernel counter map.",
+        );
+        out.sample(&[("map", "time_calls")], f64::from(context.map_capacity));
+        out.family(
+            "vdso_observer_tracked_processes",
+            "gauge",
+            "Processes with their own pid-labelled series.",
+        );
+        out.sample(&[], self.processes.len() as f64);
+        out.family(
+            "vdso_observer_untracked_processes_total",
+            "counter",
+            "Times a process deserved a pid-labelled series but the cap (series.max_processes) was reached.",
+        );
+        out.sample(&[], self.processes_not_tracked as f64);
+        out.family(
+            "vdso_observer_collections_total",
+            "counter",
+            "Windows collected since start.",
+        );
+        out.sample(&[], self.collections as f64);
+        out.family(
+            "vdso_observer_collection_duration_seconds",
+            "gauge",
+            "Time the last collection took (reading maps, /proc, rendering).",
+        );
+        out.sample(&[], self.last_collection_seconds);
+        out.family(
+            "vdso_observer_textfile_write_errors_total",
+            "counter",
+            "Failed writes of the node_exporter textfile (the previous file stays).",
+        );
+        out.sample(&[], self.textfile_write_errors as f64);
+        out.finish()
+    }
+}
+
+/// Text exposition format 0.0.4 builder: HELP and TYPE once per family.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+    family: &'static str,
+    seen: BTreeSet<&'static str>,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &'static str, kind: &str, help: &str) {
+        debug_assert!(self.seen.insert(name), "family {name} twice");
+        self.family = name;
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(self.family);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (name, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{name}=\"{}\"", escape_label(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", format_value(value));
+    }
+
+    fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+pub fn escape_label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn format_value(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vdso_observer_common::{CallKey, NO_CLOCK, Origin, ProcessInfo, SyscallAbi, TimeCall};
+
+    use super::*;
+    use crate::{
+        loader::MapSnapshot,
+        report::{Aggregator, ObserverHealthInput},
+    };
+
+    fn context() -> Context {
+        Context {
+            clocksource: Some(ClocksourceState {
+                current: "hpet".into(),
+                available: vec!["tsc".into(), "hpet".into()],
+                vdso_capability: VdsoCapability::No,
+                why: "",
+            }),
+            vsyscall: VsyscallMode::Xonly,
+            probes: vec![],
+            map_entries: 3,
+            map_capacity: 100,
+            kernel_release: "6.18.0".into(),
+            boot_settings: vec!["tsc=unstable".into()],
+        }
+    }
+
+    fn report_of(
+        aggregator: &mut Aggregator,
+        counts: &[(u32, &[u8], TimeCall, i32, Origin, u64)],
+        running: bool,
+    ) -> Report {
+        let mut snapshot = MapSnapshot::default();
+        for &(pid, comm, call, clock_id, origin, count) in counts {
+            let process = ProcessKey {
+                tgid: pid,
+                exec_id: 0,
+                start_boottime_ns: 1_000_000_000,
+            };
+            snapshot.calls.insert(
+                CallKey {
+                    process,
+                    clock_id,
+                    call: call as u8,
+                    origin: origin as u8,
+                    abi: SyscallAbi::X86_64 as u8,
+                    _pad: 0,
+                },
+                count,
+            );
+            let mut name = [0u8; 16];
+            name[..comm.len()].copy_from_slice(comm);
+            snapshot.names.insert(process, ProcessInfo { comm: name });
+        }
+        aggregator
+            .window(
+                &snapshot,
+                Duration::from_secs(1),
+                ObserverHealthInput {
+                    probes: vec![],
+                    time_call_capacity: 100,
+                },
+                |_| running,
+            )
+            .0
+    }
+
+    fn sample_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
+    #[test]
+    fn counters_accumulate_and_exited_processes_stay_for_the_grace_period() {
+        let limits = SeriesLimits {
+            exited_grace: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut aggregator = Aggregator::new();
+        let mut exporter = Exporter::new();
+        let start = Instant::now();
+        let direct = (
+            7,
+            &b"worker"[..],
+            TimeCall::ClockGettime,
+            1,
+            Origin::Direct,
+            100,
+        );
+        let report = report_of(&mut aggregator, &[direct], true);
+        exporter.update(&report, &[], &limits, start);
+        let report = report_of(
+            &mut aggregator,
+            &[(7, b"worker", TimeCall::ClockGettime, 1, Origin::Direct, 250)],
+            true,
+        );
+        exporter.update(&report, &[], &limits, start + Duration::from_secs(1));
+        let text = exporter.render(&context());
+        let process = "vdso_observer_process_kernel_time_calls_total{pid=\"7\",comm=\"worker\",call=\"clock_gettime\",clock=\"CLOCK_MONOTONIC\",origin=\"direct\",reason=\"direct_syscall\"}";
+        assert_eq!(sample_value(&text, process), Some(250.0), "{text}");
+        let comm = "vdso_observer_kernel_time_calls_total{comm=\"worker\",call=\"clock_gettime\"";
+        assert_eq!(sample_value(&text, comm), Some(250.0));
+
+        // Exits: stays for the grace period with its final value, then goes.
+        exporter.update(
+            &report_of(&mut aggregator, &[], false),
+            &[ProcessKey {
+                tgid: 7,
+                exec_id: 0,
+                start_boottime_ns: 1_000_000_000,
+            }],
+            &limits,
+            start + Duration::from_secs(2),
+        );
+        let text = exporter.render(&context());
+        assert_eq!(sample_value(&text, process), Some(250.0));
+        exporter.update(
+            &report_of(&mut aggregator, &[], false),
+            &[],
+            &limits,
+            start + Duration::from_secs(13),
+        );
+        let text = exporter.render(&context());
+        assert_eq!(sample_value(&text, process), None);
+        // The per-comm total keeps what it counted.
+        assert_eq!(sample_value(&text, comm), Some(250.0));
+    }
+
+    #[test]
+    fn cardinality_is_bounded() {
+        let limits = SeriesLimits {
+            top_processes: 1,
+            max_processes: 2,
+            max_comms: 2,
+            ..Default::default()
+        };
+        let mut aggregator = Aggregator::new();
+        let mut exporter = Exporter::new();
+        // Only getrandom (never flagged) so only the top 1 earns a pid series.
+        let rows: Vec<(u32, &[u8], TimeCall, i32, Origin, u64)> = (1..=5u32)
+            .map(|pid| {
+                let names: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
+                (
+                    pid,
+                    names[pid as usize - 1],
+                    TimeCall::Getrandom,
+                    NO_CLOCK,
+                    Origin::Direct,
+                    u64::from(pid),
+                )
+            })
+            .collect();
+        let report = report_of(&mut aggregator, &rows, true);
+        exporter.update(&report, &[], &limits, Instant::now());
+        assert_eq!(exporter.tracked_processes(), 1);
+        let text = exporter.render(&context());
+        let comms: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vdso_observer_kernel_time_calls_total{"))
+            .map(|l| l.split('"').nth(1).unwrap())
+            .collect();
+        assert_eq!(comms.len(), 3, "{comms:?}");
+        assert!(comms.contains(OTHER_COMM));
+        // Sum over comm series is the true total: 1+2+3+4+5.
+        let total: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("vdso_observer_kernel_time_calls_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(total, 15.0);
+    }
+
+    #[test]
+    fn families_are_declared_once_and_labels_escaped() {
+        let mut aggregator = Aggregator::new();
+        let mut exporter = Exporter::new();
+        let report = report_of(
+            &mut aggregator,
+            &[(
+                9,
+                b"q\"b\\s\nx\xff",
+                TimeCall::Time,
+                NO_CLOCK,
+                Origin::Direct,
+                3,
+            )],
+            true,
+        );
+        exporter.update(&report, &[], &SeriesLimits::default(), Instant::now());
+        let text = exporter.render(&context());
+        let mut types = BTreeSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            assert!(
+                types.insert(line.split(' ').nth(2).unwrap().to_owned()),
+                "{line}"
+            );
+        }
+        // display_comm escapes first (\ doubled, newline and 0xff as \xNN), then
+        // the exposition escapes backslashes and quotes again.
+        assert!(text.contains(r#"comm="q\"b\\\\s\\x0ax\\xff""#), "{text}");
+        assert!(text.contains("vdso_observer_clocksource_vdso_capable 0\n"));
+        assert!(text.contains(
+            "vdso_observer_clocksource_info{clocksource=\"hpet\",vdso_capability=\"no\"} 1\n"
+        ));
+        assert!(text.lines().all(|l| !l.is_empty()));
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(format_value(3.0), "3");
+        assert_eq!(format_value(0.25), "0.25");
+    }
+}

@@ -1,0 +1,476 @@
+//! `vdso-observer daemon` with real clients: promtool, a real node_exporter
+//! reading the textfile, HTTP scrapes; signals, failures and privileges.
+
+mod common;
+
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running daemon whose stderr goes to a file the test can read at any time.
+struct DaemonRun {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl DaemonRun {
+    fn start(dir: &Path, args: &[&str]) -> DaemonRun {
+        Self::start_with(Command::new(OBSERVER), dir, args)
+    }
+
+    fn start_with(mut command: Command, dir: &Path, args: &[&str]) -> DaemonRun {
+        let log = dir.join("daemon.log");
+        let child = command
+            .arg("daemon")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start vdso-observer daemon");
+        let run = DaemonRun {
+            child: Some(child),
+            log,
+        };
+        wait_for("the daemon to start", TIMEOUT, || {
+            run.log().contains("started:").then_some(())
+        });
+        run
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let status = self.child.take().unwrap().wait().unwrap();
+        status
+    }
+}
+
+impl Drop for DaemonRun {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+const PROCESS_FAMILY: &str = "vdso_observer_process_kernel_time_calls_total";
+const COMM_FAMILY: &str = "vdso_observer_kernel_time_calls_total";
+
+/// The direct CLOCK_MONOTONIC count of one process, in any label order.
+fn process_count(metrics: &str, pid: u32, comm: &str) -> Option<f64> {
+    let pid = pid.to_string();
+    sample_with(
+        metrics,
+        PROCESS_FAMILY,
+        &[
+            ("pid", &pid),
+            ("comm", comm),
+            ("call", "clock_gettime"),
+            ("clock", "CLOCK_MONOTONIC"),
+            ("origin", "direct"),
+            ("reason", "direct_syscall"),
+        ],
+    )
+}
+
+fn comm_count(metrics: &str, comm: &str) -> Option<f64> {
+    sample_with(
+        metrics,
+        COMM_FAMILY,
+        &[
+            ("comm", comm),
+            ("call", "clock_gettime"),
+            ("clock", "CLOCK_MONOTONIC"),
+            ("origin", "direct"),
+        ],
+    )
+}
+
+/// Waits for two more collections (the log counts none, so watch the counter).
+fn wait_collections(textfile: &Path, more: f64) {
+    let now = sample(&read(textfile), "vdso_observer_collections_total").unwrap_or(0.0);
+    wait_for("more collections", TIMEOUT, || {
+        (sample(&read(textfile), "vdso_observer_collections_total")? >= now + more).then_some(())
+    });
+}
+
+#[test]
+fn node_exporter_reads_the_textfile_and_promtool_accepts_it() {
+    require_root();
+    let dir = world_writable_dir("node-exporter");
+    let textfile = dir.join("vdso_observer.prom");
+    let port = free_port();
+    let daemon = DaemonRun::start(
+        &dir,
+        &[
+            "--textfile",
+            textfile.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--interval",
+            "1s",
+        ],
+    );
+    let workload = build_workload("time_calls", "vt-exporter", &[]);
+    let pid = run_workload(&workload, &["direct", "700"]);
+    // Hostile names: quotes, backslashes, newlines, invalid UTF-8.
+    let rename = build_workload("time_calls", "vt-hostile", &[]);
+    for name in [&b"q\"uo\\te"[..], b"new\nline", b"\xff\xfebad"] {
+        let status = Command::new(&rename)
+            .args([
+                OsStr::new("rename"),
+                OsStr::new("5"),
+                OsStr::from_bytes(name),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    wait_collections(&textfile, 2.0);
+    let metrics = read(&textfile);
+    assert_eq!(
+        process_count(&metrics, pid, "vt-exporter"),
+        Some(700.0),
+        "{metrics}"
+    );
+    assert_eq!(comm_count(&metrics, "vt-exporter"), Some(700.0));
+    assert!(metrics.contains(r#"comm="q\"uo\\\\te""#), "{metrics}");
+    assert!(metrics.contains(r#"comm="new\\x0aline""#), "{metrics}");
+    assert!(metrics.contains(r#"comm="\\xff\\xfebad""#), "{metrics}");
+    promtool_check(&metrics);
+
+    // The same through /metrics, with the content type Prometheus expects.
+    let (status, head, body) = http_get(port, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    assert_eq!(process_count(&body, pid, "vt-exporter"), Some(700.0));
+    promtool_check(&body);
+    let (status, _, body) = http_get(port, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+
+    // A real node_exporter with only the textfile collector.
+    let exporter_port = free_port();
+    let mut node_exporter = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .args(["--collector.disable-defaults", "--collector.textfile"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-node-exporter (Debian, installed by `cargo xtask setup --for-tests`)");
+    let scraped = wait_for("node_exporter to answer", TIMEOUT, || {
+        http_get(exporter_port, "/metrics").filter(|(status, _, _)| *status == 200)
+    })
+    .2;
+    let _ = node_exporter.kill();
+    let _ = node_exporter.wait();
+    assert_eq!(
+        sample(&scraped, "node_textfile_scrape_error"),
+        Some(0.0),
+        "{scraped}"
+    );
+    assert_eq!(
+        process_count(&scraped, pid, "vt-exporter"),
+        Some(700.0),
+        "{scraped}"
+    );
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[test]
+fn exited_processes_keep_their_final_value_for_the_grace_period() {
+    require_root();
+    let dir = world_writable_dir("grace");
+    let textfile = dir.join("vdso_observer.prom");
+    let daemon = DaemonRun::start(
+        &dir,
+        &[
+            "--textfile",
+            textfile.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--exited-grace",
+            "4s",
+        ],
+    );
+    let workload = build_workload("time_calls", "vt-grace", &[]);
+    let pid = run_workload(&workload, &["direct", "321"]);
+    let exited_at = Instant::now();
+    wait_for("the exited process's series", TIMEOUT, || {
+        (process_count(&read(&textfile), pid, "vt-grace")? == 321.0).then_some(())
+    });
+    // Still there two collections later (inside the grace period).
+    wait_collections(&textfile, 2.0);
+    assert!(
+        exited_at.elapsed() < Duration::from_secs(4),
+        "machine too slow to test the grace"
+    );
+    assert_eq!(
+        process_count(&read(&textfile), pid, "vt-grace"),
+        Some(321.0)
+    );
+    // Gone once the grace period is over; the per-comm total stays.
+    wait_for("the series to retire", TIMEOUT, || {
+        process_count(&read(&textfile), pid, "vt-grace")
+            .is_none()
+            .then_some(())
+    });
+    assert!(exited_at.elapsed() >= Duration::from_secs(4));
+    assert_eq!(comm_count(&read(&textfile), "vt-grace"), Some(321.0));
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[test]
+fn an_unwritable_directory_is_logged_and_the_last_good_file_stays() {
+    require_root();
+    let dir = world_writable_dir("readonly");
+    let textfile = dir.join("vdso_observer.prom");
+    let mut daemon = DaemonRun::start(
+        &dir,
+        &["--textfile", textfile.to_str().unwrap(), "--interval", "1s"],
+    );
+    wait_for("a first textfile", TIMEOUT, || {
+        textfile.exists().then_some(())
+    });
+    // Root ignores permissions: a read-only bind mount refuses even root.
+    let mount = |args: &[&str]| {
+        let status = Command::new("mount").args(args).status().unwrap();
+        assert!(status.success(), "mount {args:?}");
+    };
+    let path = dir.to_str().unwrap();
+    mount(&["--bind", path, path]);
+    mount(&["-o", "remount,bind,ro", path]);
+    let before = read(&textfile);
+    wait_for("a failed write to be logged", TIMEOUT, || {
+        daemon
+            .log()
+            .contains("writing textfile failed")
+            .then_some(())
+    });
+    thread_sleep(1500);
+    assert!(daemon.alive(), "{}", daemon.log());
+    assert_eq!(
+        read(&textfile),
+        before,
+        "the previous file must stay intact"
+    );
+    promtool_check(&before);
+    let log = daemon.log();
+    assert!(
+        log.contains("the previous file is kept, retrying next interval"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(".vdso_observer.prom.{}.tmp", daemon.pid())),
+        "{log}"
+    );
+    let status = Command::new("umount").arg(path).status().unwrap();
+    assert!(status.success());
+    wait_for("writes to resume", TIMEOUT, || {
+        daemon.log().contains("written again").then_some(())
+    });
+    let metrics = read(&textfile);
+    assert!(sample(&metrics, "vdso_observer_textfile_write_errors_total").unwrap() >= 1.0);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+fn thread_sleep(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[test]
+fn sigterm_writes_a_final_file_and_sigkill_leaves_nothing_attached() {
+    require_root();
+    let dir = world_writable_dir("signals");
+    let textfile = dir.join("vdso_observer.prom");
+    // A long interval: only the final write can carry the workload's calls.
+    let daemon = DaemonRun::start(
+        &dir,
+        &["--textfile", textfile.to_str().unwrap(), "--interval", "1h"],
+    );
+    wait_for("the first textfile", TIMEOUT, || {
+        textfile.exists().then_some(())
+    });
+    let workload = build_workload("time_calls", "vt-final", &[]);
+    let pid = run_workload(&workload, &["direct", "222"]);
+    assert_eq!(daemon.stop().code(), Some(0));
+    assert_eq!(
+        process_count(&read(&textfile), pid, "vt-final"),
+        Some(222.0)
+    );
+
+    // kill -9: the kernel must drop every program and link when the fds close.
+    let killed = DaemonRun::start(&dir, &["--textfile", textfile.to_str().unwrap()]);
+    let (programs, links) = bpf_objects_of(killed.pid());
+    assert_eq!(programs.len(), 2, "two programs: {programs:?}");
+    assert_eq!(links.len(), 2, "two links: {links:?}");
+    killed.signal(libc::SIGKILL);
+    drop(killed);
+    for (kind, ids) in [("prog", &programs), ("link", &links)] {
+        for id in ids {
+            wait_for(&format!("{kind} {id} to be released"), TIMEOUT, || {
+                let out = Command::new("bpftool")
+                    .args([kind, "show", "id", id])
+                    .output()
+                    .unwrap();
+                (!out.status.success()).then_some(())
+            });
+        }
+    }
+}
+
+/// BPF program and link ids a process holds, from /proc/PID/fdinfo.
+fn bpf_objects_of(pid: u32) -> (Vec<String>, Vec<String>) {
+    let mut programs = Vec::new();
+    let mut links = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        match (field("link_id:"), field("prog_id:")) {
+            (Some(link), _) => links.push(link),
+            (None, Some(program)) => programs.push(program),
+            _ => {}
+        }
+    }
+    programs.sort();
+    programs.dedup();
+    (programs, links)
+}
+
+#[test]
+fn runs_as_an_unprivileged_user_with_only_cap_bpf_and_cap_perfmon() {
+    require_root();
+    let dir = world_writable_dir("caps");
+    let textfile = dir.join("vdso_observer.prom");
+    let observer = world_runnable_observer();
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+bpf,+perfmon",
+            "--ambient-caps=-all,+bpf,+perfmon",
+            "--bounding-set=-all,+bpf,+perfmon",
+            "--no-new-privs",
+        ])
+        .arg(&observer);
+    let daemon = DaemonRun::start_with(
+        setpriv,
+        &dir,
+        &["--textfile", textfile.to_str().unwrap(), "--interval", "1s"],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("65534"));
+    // CAP_PERFMON (38) and CAP_BPF (39), nothing else.
+    assert_eq!(field("CapEff:"), "000000c000000000");
+    let workload = build_workload("time_calls", "vt-unpriv", &[]);
+    let pid = run_workload(&workload, &["direct", "99"]);
+    wait_for("the workload in the textfile", TIMEOUT, || {
+        (process_count(&read(&textfile), pid, "vt-unpriv")? == 99.0).then_some(())
+    });
+    let metrics = read(&textfile);
+    assert_eq!(
+        sample(
+            &metrics,
+            "vdso_observer_probe_attached{probe=\"raw_tracepoint:sys_enter\"}"
+        ),
+        Some(1.0)
+    );
+    promtool_check(&metrics);
+    assert_eq!(daemon.stop().code(), Some(0), "stopped cleanly");
+}
+
+#[test]
+fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_broken() {
+    require_root();
+    let dir = world_writable_dir("sighup");
+    let textfile = dir.join("vdso_observer.prom");
+    let config = dir.join("vdso-observer.toml");
+    std::fs::write(
+        &config,
+        format!("interval = \"1s\"\ntextfile = \"{}\"\n", textfile.display()),
+    )
+    .unwrap();
+    let mut daemon = DaemonRun::start(&dir, &["--config", config.to_str().unwrap()]);
+    wait_for("the first textfile", TIMEOUT, || {
+        textfile.exists().then_some(())
+    });
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\ntextfile = \"{}\"\n[series]\ntop_processes = 1\n",
+            textfile.display()
+        ),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("the reload", TIMEOUT, || {
+        daemon
+            .log()
+            .contains("SIGHUP: configuration reloaded")
+            .then_some(())
+    });
+    std::fs::write(&config, "interval = \"soon\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("the refused reload", TIMEOUT, || {
+        daemon
+            .log()
+            .contains("keeping the previous configuration")
+            .then_some(())
+    });
+    assert!(
+        daemon.log().contains("interval = \"soon\""),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.alive());
+    wait_collections(&textfile, 1.0);
+    assert_eq!(daemon.stop().code(), Some(0));
+}
