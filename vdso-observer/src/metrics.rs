@@ -97,7 +97,7 @@ impl Exporter {
         now: Instant,
     ) {
         let mut ranked: Vec<&ProcessReport> = report.processes.iter().collect();
-        ranked.sort_by(|a, b| b.kernel_entries.cmp(&a.kernel_entries));
+        ranked.sort_by_key(|p| std::cmp::Reverse(p.kernel_entries));
         for (rank, process) in ranked.into_iter().enumerate() {
             self.add_to_comm(process, limits, now);
             let id = ProcessKey {
@@ -453,11 +453,10 @@ mod tests {
         }
     }
 
-    fn report_of(
-        aggregator: &mut Aggregator,
-        counts: &[(u32, &[u8], TimeCall, i32, Origin, u64)],
-        running: bool,
-    ) -> Report {
+    /// pid, comm, call, clock id, origin, cumulative count.
+    type Row<'a> = (u32, &'a [u8], TimeCall, i32, Origin, u64);
+
+    fn report_of(aggregator: &mut Aggregator, counts: &[Row], running: bool) -> Report {
         let mut snapshot = MapSnapshot::default();
         for &(pid, comm, call, clock_id, origin, count) in counts {
             let process = ProcessKey {
@@ -566,7 +565,7 @@ mod tests {
         let mut aggregator = Aggregator::new();
         let mut exporter = Exporter::new();
         // Only getrandom (never flagged) so only the top 1 earns a pid series.
-        let rows: Vec<(u32, &[u8], TimeCall, i32, Origin, u64)> = (1..=5u32)
+        let rows: Vec<Row> = (1..=5u32)
             .map(|pid| {
                 let names: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
                 (

@@ -65,8 +65,7 @@ impl DaemonRun {
     /// SIGTERM, then the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
-        let status = self.child.take().unwrap().wait().unwrap();
-        status
+        self.child.take().unwrap().wait().unwrap()
     }
 }
 

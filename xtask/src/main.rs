@@ -76,7 +76,7 @@ fn main() -> Result<()> {
                     std::env::set_var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E")
                 };
             }
-            cargo(&cargo_args)
+            cargo_tests(&cargo_args)
         }
         Task::Lint => {
             setup::run(false)?;
@@ -143,6 +143,46 @@ fn cargo(args: &[&str]) -> Result<()> {
         .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line that
+/// sums every test binary's result: `tests: N passed, M failed`.
+fn cargo_tests(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut out = std::io::stdout();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                result
+                    .split(['.', ';'])
+                    .map(str::trim)
+                    .find_map(|part| part.strip_suffix(word))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+        writeln!(out, "{line}")?;
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    if passed == 0 {
+        bail!("no test ran");
     }
     Ok(())
 }
