@@ -144,6 +144,10 @@ pub const COMM_LEN: usize = 16;
 pub struct ProcessInfo {
     /// The thread group leader's `comm`, NUL-padded, any bytes.
     pub comm: [u8; COMM_LEN],
+    /// Real uid of the calling task when the entry was made.
+    pub uid: u32,
+    /// Always 0.
+    pub _pad: u32,
 }
 
 /// Indexes of [`OBSERVER_STATS_MAP`].
@@ -458,6 +462,6 @@ mod tests {
         // Keys are hashed as bytes by the kernel: hidden padding would split counters.
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<CallKey>(), 24);
-        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN);
+        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 8);
     }
 }

@@ -9,7 +9,8 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -187,7 +188,15 @@ fn remember_process(process: &ProcessKey, leader: *const u8, comm_offset: u32) {
         return;
     };
     if PROCESSES
-        .insert(process, ProcessInfo { comm }, BPF_ANY.into())
+        .insert(
+            process,
+            ProcessInfo {
+                comm,
+                uid: bpf_get_current_uid_gid() as u32,
+                _pad: 0,
+            },
+            BPF_ANY.into(),
+        )
         .is_err()
     {
         bump(ObserverStat::ProcessesMapFull);

@@ -15,6 +15,8 @@ mod system;
 mod table;
 mod textfile;
 mod top;
+mod tui;
+mod users;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -54,10 +56,27 @@ struct LoadArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Kernel-entering time calls per process, like top in batch mode.
+    /// Kernel-entering time calls per process, like top: interactive on a terminal, -b for batch.
     Top(TopArgs),
     /// Run continuously and export Prometheus metrics (node_exporter textfile and/or /metrics).
     Daemon(DaemonArgs),
+    /// Write the man pages or shell completions (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum Generate {
+    /// roff man pages, one per command, into DIR.
+    Man { dir: PathBuf },
+    /// A completion script for SHELL into DIR.
+    Completions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -87,7 +106,8 @@ pub struct DaemonArgs {
 
 #[derive(Args, Clone)]
 pub struct TopArgs {
-    /// One frame, then exit (same as -b -n 1).
+    /// One frame, then exit (same as -b -n 1). Without --once, -b or --json, and
+    /// on a terminal, top is interactive (h for keys).
     #[arg(long)]
     once: bool,
     /// Batch mode: plain frames on stdout, no full screen.
@@ -151,7 +171,30 @@ fn init_logging(daemon: bool) {
     builder.init();
 }
 
+fn generate(what: Generate) -> Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory;
+    let command = Cli::command();
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        }
+        Generate::Completions { shell, dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut command = command;
+            clap_complete::generate_to(shell, &mut command, "vdso-observer", &dir)
+                .with_context(|| format!("writing {shell} completions into {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Generate { what } = cli.command {
+        return generate(what);
+    }
     if cli.load.map_entries == 0 {
         bail!("--map-entries must be at least 1");
     }
@@ -164,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Generate { .. } => unreachable!("handled before loading"),
         Command::Top(args) => runtime.block_on(top::run(args, options)),
         Command::Daemon(args) => {
             let options_for_daemon = daemon::DaemonOptions {
@@ -197,6 +241,24 @@ mod tests {
         assert!(parse_interval("0").is_err());
         assert!(parse_interval("-1").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn man_pages_and_completions_are_generated() {
+        let dir = std::env::temp_dir().join(format!("vdso-gen-{}", std::process::id()));
+        generate(Generate::Man { dir: dir.clone() }).unwrap();
+        let page = std::fs::read_to_string(dir.join("vdso-observer.1")).unwrap();
+        assert!(page.contains(".TH vdso-observer 1"), "{page}");
+        let daemon = std::fs::read_to_string(dir.join("vdso-observer-daemon.1")).unwrap();
+        assert!(daemon.contains("textfile"));
+        generate(Generate::Completions {
+            shell: clap_complete::Shell::Bash,
+            dir: dir.clone(),
+        })
+        .unwrap();
+        let bash = std::fs::read_to_string(dir.join("vdso-observer.bash")).unwrap();
+        assert!(bash.contains("--flagged-only"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -477,7 +477,14 @@ mod tests {
             );
             let mut name = [0u8; 16];
             name[..comm.len()].copy_from_slice(comm);
-            snapshot.names.insert(process, ProcessInfo { comm: name });
+            snapshot.names.insert(
+                process,
+                ProcessInfo {
+                    comm: name,
+                    uid: 0,
+                    _pad: 0,
+                },
+            );
         }
         aggregator
             .window(

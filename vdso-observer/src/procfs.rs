@@ -16,6 +16,18 @@ pub fn is_running(key: &ProcessKey) -> bool {
     }
 }
 
+/// Real uid of a running process (first field of `Uid:` in /proc/PID/status).
+pub fn uid_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Field 22 of /proc/PID/stat: start time after boot in clock ticks; None when
 /// the process is gone or the file is unreadable.
 pub fn start_ticks(pid: u32) -> Option<u64> {

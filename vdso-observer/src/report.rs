@@ -17,7 +17,7 @@ use crate::{
     classify::{self, FallbackReason},
     clocks::clock_name,
     loader::{MapSnapshot, ObserverStats, ProbeStatus},
-    procfs,
+    procfs, users,
 };
 
 /// Version of the JSON documents; bumped when a field changes meaning or goes away.
@@ -51,6 +51,9 @@ pub struct ProcessReport {
     pub pid: u32,
     /// Escaped as by [`procfs::display_comm`]; "?" when the name was never recorded.
     pub comm: String,
+    /// Real uid of the process, and its user name (the uid as text when unnamed).
+    pub uid: Option<u32>,
+    pub user: Option<String>,
     /// Grows by one at every exec of this pid.
     pub exec_id: u32,
     pub start_boottime_ns: u64,
@@ -58,6 +61,12 @@ pub struct ProcessReport {
     pub exited: bool,
     pub kernel_entries: u64,
     pub kernel_entries_per_sec: f64,
+    /// Time calls the vDSO answered in user space, per second; null when not measured.
+    pub vdso_calls_per_sec: Option<f64>,
+    /// Whether `vdso_calls_per_sec` is an estimate (sampling) rather than a count.
+    pub vdso_estimated: bool,
+    /// kernel / (kernel + vDSO) time calls; null without a vDSO figure.
+    pub kernel_share: Option<f64>,
     pub by_origin: OriginCounts,
     pub calls: Vec<CallCount>,
     /// Names of the clocks passed to clock_gettime / clock_getres.
@@ -107,7 +116,7 @@ pub struct Aggregator {
     previous: HashMap<CallKey, u64>,
     previous_stats: ObserverStats,
     /// Names already resolved, for processes whose name entry was lost.
-    names: HashMap<ProcessKey, String>,
+    names: HashMap<ProcessKey, Identity>,
 }
 
 /// What to delete from the maps after a report: processes gone and their keys.
@@ -153,8 +162,8 @@ impl Aggregator {
             if calls.is_empty() {
                 continue;
             }
-            let comm = self.name(&process, snapshot, running);
-            processes.push(process_report(process, comm, !running, &calls, seconds));
+            let identity = self.identity(&process, snapshot, running);
+            processes.push(process_report(process, identity, !running, &calls, seconds));
         }
         processes.sort_by(|a, b| {
             b.kernel_entries
@@ -207,25 +216,46 @@ impl Aggregator {
         (report, retired)
     }
 
-    fn name(&mut self, process: &ProcessKey, snapshot: &MapSnapshot, running: bool) -> String {
+    fn identity(
+        &mut self,
+        process: &ProcessKey,
+        snapshot: &MapSnapshot,
+        running: bool,
+    ) -> Identity {
         if let Some(info) = snapshot.names.get(process) {
-            let name = procfs::display_comm(&info.comm);
-            self.names.insert(*process, name.clone());
-            return name;
+            let identity = Identity {
+                comm: procfs::display_comm(&info.comm),
+                uid: Some(info.uid),
+            };
+            self.names.insert(*process, identity.clone());
+            return identity;
         }
-        if let Some(name) = self.names.get(process) {
-            return name.clone();
+        if let Some(identity) = self.names.get(process) {
+            return identity.clone();
         }
         // The name map was full when the process first appeared: ask /proc while
         // it still runs.
         if running && let Ok(comm) = std::fs::read(format!("/proc/{}/comm", process.tgid)) {
             let comm: Vec<u8> = comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec();
-            let name = procfs::display_comm(&comm);
-            self.names.insert(*process, name.clone());
-            return name;
+            let identity = Identity {
+                comm: procfs::display_comm(&comm),
+                uid: procfs::uid_of(process.tgid),
+            };
+            self.names.insert(*process, identity.clone());
+            return identity;
         }
-        "?".to_owned()
+        Identity {
+            comm: "?".to_owned(),
+            uid: None,
+        }
     }
+}
+
+/// Who a process is, as far as the report says.
+#[derive(Debug, Clone)]
+struct Identity {
+    comm: String,
+    uid: Option<u32>,
 }
 
 /// What the report says about the observer, besides what the maps hold.
@@ -237,7 +267,7 @@ pub struct ObserverHealthInput {
 
 fn process_report(
     process: ProcessKey,
-    comm: String,
+    identity: Identity,
     exited: bool,
     calls: &[(CallKey, u64)],
     seconds: f64,
@@ -282,12 +312,17 @@ fn process_report(
     let reasons: Vec<FallbackReason> = reasons.into_iter().collect();
     ProcessReport {
         pid: process.tgid,
-        comm,
+        user: identity.uid.map(users::name_of),
+        uid: identity.uid,
+        comm: identity.comm,
         exec_id: process.exec_id,
         start_boottime_ns: process.start_boottime_ns,
         exited,
         kernel_entries,
         kernel_entries_per_sec: kernel_entries as f64 / seconds,
+        vdso_calls_per_sec: None,
+        vdso_estimated: false,
+        kernel_share: None,
         by_origin,
         calls: rows.into_iter().map(|(_, row)| row).collect(),
         clocks: clocks.into_iter().map(|(_, name)| name).collect(),
@@ -333,7 +368,14 @@ mod tests {
             snapshot.calls.insert(key, count);
             let mut comm = [0u8; 16];
             comm[..4].copy_from_slice(b"work");
-            snapshot.names.insert(key.process, ProcessInfo { comm });
+            snapshot.names.insert(
+                key.process,
+                ProcessInfo {
+                    comm,
+                    uid: 0,
+                    _pad: 0,
+                },
+            );
         }
         snapshot
     }

@@ -85,8 +85,17 @@ pub fn render(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>7} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<32} {:<28} FLAG",
-        "PID", "COMM", "KERN/s", "FALLBK/s", "DIRECT/s", "VSYSC/s", "NOVDSO/s", "CALLS/s", "CLOCKS"
+        "{:>7} {:<8} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<36} {:<28} FLAG",
+        "PID",
+        "USER",
+        "COMM",
+        "KERN/s",
+        "FALLBK/s",
+        "DIRECT/s",
+        "VSYSC/s",
+        "NOVDSO/s",
+        "CALLS/s",
+        "CLOCKS"
     );
     for process in &report.processes {
         let per_sec = |count: u64| rate(count as f64 / report.window_seconds.max(1e-9));
@@ -97,8 +106,9 @@ pub fn render(report: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<32} {:<28} {}",
+            "{:>7} {:<8} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<36} {:<28} {}",
             process.pid,
+            process.user.as_deref().unwrap_or("?"),
             comm,
             rate(process.kernel_entries_per_sec),
             per_sec(process.by_origin.vdso_fallback),
@@ -171,7 +181,14 @@ mod tests {
         );
         let mut comm = [0u8; 16];
         comm[..6].copy_from_slice(b"bad\nme");
-        snapshot.names.insert(process, ProcessInfo { comm });
+        snapshot.names.insert(
+            process,
+            ProcessInfo {
+                comm,
+                uid: 0,
+                _pad: 0,
+            },
+        );
         let (report, _) = Aggregator::new().window(
             &snapshot,
             Duration::from_secs(2),

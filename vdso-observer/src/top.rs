@@ -1,7 +1,7 @@
 //! `vdso-observer top`: frames of per-process kernel-entering time calls.
 
 use std::{
-    io::{ErrorKind, Write as _},
+    io::{ErrorKind, IsTerminal as _, Write as _},
     time::Instant,
 };
 
@@ -17,6 +17,13 @@ use crate::{
 };
 
 pub async fn run(args: TopArgs, options: LoadOptions) -> Result<()> {
+    let interactive = !args.once && !args.batch && !args.json;
+    if interactive {
+        if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+            return crate::tui::run(args.interval, options).await;
+        }
+        log::info!("stdout is not a terminal: batch mode (-b)");
+    }
     let frames = if args.once { 1 } else { args.iterations };
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;

@@ -43,6 +43,8 @@ enum Task {
     },
     /// `cargo fmt --check` and clippy with warnings denied, eBPF crate included.
     Lint,
+    /// Build the release binary, its man pages and shell completions into target/dist.
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +83,34 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup::run(false)?;
             lint()
+        }
+        Task::Dist => {
+            setup::run(false)?;
+            step("building vdso-observer (release)");
+            cargo(&["build", "--release", "--package", "vdso-observer"])?;
+            let binary = root.join("target/release/vdso-observer");
+            let dist = root.join("target/dist");
+            std::fs::create_dir_all(&dist)?;
+            std::fs::copy(&binary, dist.join("vdso-observer"))
+                .context("copying the binary into target/dist")?;
+            step("man pages into target/dist/man");
+            checked_run(
+                Command::new(&binary)
+                    .args(["generate", "man"])
+                    .arg(dist.join("man")),
+            )?;
+            for shell in ["bash", "zsh", "fish"] {
+                step(&format!("{shell} completions into target/dist/completions"));
+                checked_run(
+                    Command::new(&binary)
+                        .args(["generate", "completions", shell])
+                        .arg(dist.join("completions")),
+                )?;
+            }
+            eprintln!(
+                "target/dist: vdso-observer, man/*.1 (man -l target/dist/man/vdso-observer.1), completions/"
+            );
+            Ok(())
         }
     }
 }
@@ -133,6 +163,16 @@ fn lint() -> Result<()> {
 /// Prints one line per step, so a person sees what is happening and where it stopped.
 pub fn step(what: &str) {
     eprintln!("==> {what}");
+}
+
+fn checked_run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

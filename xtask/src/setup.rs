@@ -24,7 +24,7 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the tests use: gcc builds the C workloads (gcc-multilib the
 /// 32-bit ones); bpftool lists what stays attached; promtool (prometheus) and
 /// node_exporter are the real clients of the metrics; setpriv (util-linux) drops
-/// privileges.
+/// privileges; tmux drives the interactive top.
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "gcc-multilib",
@@ -33,6 +33,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus-node-exporter",
     "util-linux",
     "curl",
+    "tmux",
 ];
 
 pub fn run(for_tests: bool) -> Result<()> {

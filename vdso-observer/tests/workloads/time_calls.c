@@ -14,6 +14,8 @@
  *   int80       64-bit process, N `int $0x80` clock_gettime64 (i386 number 403): a compat syscall
  *   clocks      one direct clock_gettime for each of the clock ids 0..N-1 (distinct map keys)
  *   rename      prctl(PR_SET_NAME, ARG) then N direct calls
+ *   steady      N direct calls a second for ARG seconds (for screens that refresh)
+ *   steadycpu   N CLOCK_PROCESS_CPUTIME_ID calls a second for ARG seconds
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -112,6 +114,18 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "clocks")) {
         for (long id = 0; id < n; id++)
             syscall(SYS_clock_gettime, (clockid_t)id, &ts);
+    } else if (!strcmp(mode, "steady") || !strcmp(mode, "steadycpu")) {
+        int cpu = !strcmp(mode, "steadycpu");
+        long seconds = atol(arg);
+        for (long s = 0; s < seconds * 10; s++) {
+            for (long i = 0; i < n / 10; i++) {
+                if (cpu)
+                    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+                else
+                    direct_calls(1);
+            }
+            usleep(100000);
+        }
     } else if (!strcmp(mode, "rename")) {
         prctl(PR_SET_NAME, arg, 0, 0, 0);
         direct_calls(n);

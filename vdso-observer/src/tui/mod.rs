@@ -1,0 +1,102 @@
+//! The interactive, full-screen `top` (ratatui + crossterm).
+//!
+//! Collection runs on the same timer as batch mode; keys come from a thread
+//! reading terminal events. The terminal is restored on quit, Ctrl-C, SIGTERM
+//! and panic (ratatui's panic hook).
+
+mod app;
+mod view;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+pub use app::{App, Host};
+
+use crate::{
+    loader::{LoadOptions, Observer},
+    procfs,
+    report::{Aggregator, ObserverHealthInput},
+    system,
+};
+
+pub async fn run(interval: Duration, options: LoadOptions) -> Result<()> {
+    // Load before taking over the screen, so errors print as usual.
+    let mut observer = Observer::start(options)?;
+    let health = ObserverHealthInput {
+        probes: observer.probes.clone(),
+        time_call_capacity: observer.options.time_call_entries,
+    };
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+
+    let mut app = App::new(host(), interval);
+    let (keys_tx, mut keys) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while let Ok(event) = event::read() {
+            if keys_tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut terminal = ratatui::init();
+    let result = async {
+        let mut aggregator = Aggregator::new();
+        let mut window_start = Instant::now();
+        // The first frame comes sooner, so the screen fills at once.
+        let mut next = tokio::time::Instant::now() + interval.min(Duration::from_secs(1));
+        terminal.draw(|frame| view::draw(frame, &app))?;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {
+                    next += interval;
+                    let snapshot = observer.snapshot()?;
+                    let elapsed = window_start.elapsed();
+                    window_start = Instant::now();
+                    let (report, retired) =
+                        aggregator.window(&snapshot, elapsed, health.clone(), procfs::is_running);
+                    observer.forget(&retired.processes, &retired.keys)?;
+                    app.host.clocksource = system::clocksource();
+                    app.on_report(report);
+                }
+                event = keys.recv() => match event {
+                    Some(Event::Key(key)) if key.kind != KeyEventKind::Release => app.on_key(key),
+                    Some(_) => {} // resize and others: just redraw
+                    None => app.quit = true,
+                },
+                _ = terminate.recv() => app.quit = true,
+                _ = hangup.recv() => app.quit = true,
+            }
+            if app.quit {
+                return Ok::<(), anyhow::Error>(());
+            }
+            terminal.draw(|frame| view::draw(frame, &app))?;
+        }
+    }
+    .await;
+    ratatui::restore();
+    result
+}
+
+fn host() -> Host {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "?".into())
+    };
+    Host {
+        hostname: read("/proc/sys/kernel/hostname"),
+        kernel: read("/proc/sys/kernel/osrelease"),
+        clocksource: system::clocksource(),
+        vsyscall: Some(system::vsyscall_mode()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

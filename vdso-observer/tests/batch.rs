@@ -1,0 +1,104 @@
+//! `top` in batch mode, as scripts use it: frames, filters, exit status.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn once_prints_one_table_with_the_workload_row() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-batch-text", &[]);
+    let observer = ObserverRun::start_with(&["top", "--once", "-d", "120"]);
+    let pid = run_workload(&workload, &["direct", "1000"]);
+    let (stdout, _) = observer.finish_text();
+    let header = stdout.lines().next().unwrap();
+    assert!(header.starts_with("vdso-observer: "), "{stdout}");
+    let columns = stdout.lines().nth(1).unwrap();
+    for title in [
+        "PID", "USER", "COMM", "KERN/s", "FALLBK/s", "DIRECT/s", "VSYSC/s", "NOVDSO/s", "CALLS/s",
+        "CLOCKS", "FLAG",
+    ] {
+        assert!(columns.contains(title), "{columns}");
+    }
+    let row = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))
+        .unwrap_or_else(|| panic!("no row for {pid}:\n{stdout}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[1], "root");
+    assert_eq!(fields[2], "vt-batch-text*", "exited during the window");
+    assert!(
+        row.contains("CLOCK_MONOTONIC") && row.ends_with("direct"),
+        "{row}"
+    );
+    assert!(stdout.contains("* exited during the window"));
+}
+
+#[test]
+fn batch_frames_and_json_lines() {
+    require_root();
+    let out = Command::new(OBSERVER)
+        .args(["top", "-b", "-n", "3", "-d", "0.3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("vdso-observer: "))
+            .count(),
+        3,
+        "{text}"
+    );
+
+    let out = Command::new(OBSERVER)
+        .args(["top", "-b", "-n", "2", "-d", "0.3", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let frames: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document a line"))
+        .collect();
+    assert_eq!(frames.len(), 2);
+    for frame in &frames {
+        assert_eq!(frame["schema_version"], 1);
+        let window = frame["window_seconds"].as_f64().unwrap();
+        assert!((0.25..1.0).contains(&window), "{window}");
+    }
+}
+
+#[test]
+fn filters_keep_only_what_was_asked() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-filter-a", &[]);
+    let other = build_workload("time_calls", "vt-filter-b", &[]);
+    let observer = ObserverRun::start(&["--comm", "vt-filter-"]);
+    let a = run_workload(&workload, &["direct", "10"]);
+    let b = run_workload(&other, &["cputime", "10"]);
+    let report = observer.finish();
+    let pids: Vec<u64> = processes(&report)
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{report:#}");
+    assert!(pids.contains(&u64::from(a)) && pids.contains(&u64::from(b)));
+
+    let observer = ObserverRun::start(&["--comm", "vt-filter-", "--flagged-only"]);
+    let a = run_workload(&workload, &["direct", "10"]);
+    run_workload(&other, &["cputime", "10"]);
+    let report = observer.finish();
+    let pids: Vec<u64> = processes(&report)
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, [u64::from(a)], "the CPU-time clock is not a fault");
+
+    let observer = ObserverRun::start(&["--pid", "1"]);
+    run_workload(&workload, &["direct", "10"]);
+    let report = observer.finish();
+    assert!(processes(&report).iter().all(|p| p["pid"] == 1));
+}
