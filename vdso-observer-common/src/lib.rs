@@ -18,6 +18,19 @@ pub const SYS_ENTER_PROGRAM: &str = "time_syscall_enter";
 /// Program counting legacy vsyscall calls, attached to raw tracepoint `emulate_vsyscall`.
 pub const VSYSCALL_PROGRAM: &str = "legacy_vsyscall";
 
+/// Map of vDSO calls per [`VdsoKey`] (per-CPU `u64`: samples or exact hits).
+pub const VDSO_CALLS_MAP: &str = "VDSO_CALLS";
+/// Name of the global holding [`VdsoFunctionTable`].
+pub const VDSO_FUNCTIONS_GLOBAL: &str = "VDSO_FUNCTIONS";
+/// perf_event program sampling user instruction pointers (cpu-clock, every CPU).
+pub const VDSO_SAMPLE_PROGRAM: &str = "vdso_sample";
+/// perf_event program on hardware execute breakpoints at vDSO entry points.
+pub const VDSO_BREAKPOINT_PROGRAM: &str = "vdso_breakpoint";
+/// uprobe program on user-space entry points into the vDSO (libc, Go runtime).
+pub const VDSO_UPROBE_PROGRAM: &str = "vdso_entry_uprobe";
+/// Default capacity of [`VDSO_CALLS_MAP`].
+pub const DEFAULT_VDSO_CALL_ENTRIES: u32 = 16_384;
+
 /// Default capacity of [`TIME_CALLS_MAP`]; the loader may change it.
 pub const DEFAULT_TIME_CALL_ENTRIES: u32 = 16_384;
 /// Default capacity of [`PROCESSES_MAP`]; the loader may change it.
@@ -150,6 +163,132 @@ pub struct ProcessInfo {
     pub _pad: u32,
 }
 
+/// How a vDSO call was seen.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provenance {
+    /// A cpu-clock sample found the user instruction pointer inside the function:
+    /// the count is of samples, turned into an estimate of calls in user space.
+    Sampled = 0,
+    /// A uprobe on the caller's entry point (libc `clock_gettime`, Go runtime): exact.
+    Uprobe = 1,
+    /// A hardware execute breakpoint on the vDSO function itself: exact.
+    Breakpoint = 2,
+}
+
+impl Provenance {
+    pub const fn from_u8(value: u8) -> Option<Provenance> {
+        match value {
+            0 => Some(Provenance::Sampled),
+            1 => Some(Provenance::Uprobe),
+            2 => Some(Provenance::Breakpoint),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Provenance::Sampled => "sampled",
+            Provenance::Uprobe => "uprobe",
+            Provenance::Breakpoint => "breakpoint",
+        }
+    }
+}
+
+/// `call` of a [`VdsoKey`] for vDSO code that is not one of the table's
+/// functions (the 32-bit image, unexported helpers).
+pub const VDSO_OTHER_CODE: u8 = 0xff;
+
+/// What one counter of [`VDSO_CALLS_MAP`] counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VdsoKey {
+    pub process: ProcessKey,
+    /// Clock id when the probe could read it; [`NO_CLOCK`] otherwise.
+    pub clock_id: i32,
+    /// A [`TimeCall`], or [`VDSO_OTHER_CODE`].
+    pub call: u8,
+    /// A [`Provenance`].
+    pub provenance: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Most functions the table holds.
+pub const VDSO_FUNCTION_SLOTS: usize = 8;
+
+/// Where each exported function of the 64-bit vDSO image lies, as offsets from
+/// the start of its text (`mm->context.vdso`). The image is the same for every
+/// 64-bit process of a boot, so user space reads it once from its own vDSO.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VdsoFunctionTable {
+    pub count: u32,
+    pub _pad: u32,
+    pub start: [u32; VDSO_FUNCTION_SLOTS],
+    pub end: [u32; VDSO_FUNCTION_SLOTS],
+    /// A [`TimeCall`] per slot.
+    pub call: [u8; VDSO_FUNCTION_SLOTS],
+}
+
+impl VdsoFunctionTable {
+    pub const EMPTY: VdsoFunctionTable = VdsoFunctionTable {
+        count: 0,
+        _pad: 0,
+        start: [0; VDSO_FUNCTION_SLOTS],
+        end: [0; VDSO_FUNCTION_SLOTS],
+        call: [0; VDSO_FUNCTION_SLOTS],
+    };
+
+    /// The call whose function holds `offset`, or [`VDSO_OTHER_CODE`].
+    #[inline(always)]
+    pub fn call_at(&self, offset: u64) -> u8 {
+        let mut i = 0;
+        while i < VDSO_FUNCTION_SLOTS {
+            if (i as u32) < self.count
+                && offset >= self.start[i] as u64
+                && offset < self.end[i] as u64
+            {
+                return self.call[i];
+            }
+            i += 1;
+        }
+        VDSO_OTHER_CODE
+    }
+}
+
+/// Cookie of a uprobe on an entry point: which call, and where its clock is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UprobeCookie {
+    pub call: TimeCall,
+    /// `Some(id)`: the entry always reads this clock (Go's nanotime1 and
+    /// walltime); `None`: the clock is the first argument.
+    pub fixed_clock: Option<i32>,
+}
+
+impl UprobeCookie {
+    const FIXED: u64 = 1 << 8;
+
+    pub const fn encode(self) -> u64 {
+        match self.fixed_clock {
+            None => self.call as u64,
+            Some(clock) => self.call as u64 | Self::FIXED | ((clock as u32 as u64) << 32),
+        }
+    }
+
+    #[inline(always)]
+    pub const fn decode(cookie: u64) -> Option<UprobeCookie> {
+        let Some(call) = TimeCall::from_u8(cookie as u8) else {
+            return None;
+        };
+        let fixed_clock = if cookie & Self::FIXED != 0 {
+            Some((cookie >> 32) as u32 as i32)
+        } else {
+            None
+        };
+        Some(UprobeCookie { call, fixed_clock })
+    }
+}
+
 /// Indexes of [`OBSERVER_STATS_MAP`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,14 +299,17 @@ pub enum ObserverStat {
     ProcessesMapFull = 1,
     /// A kernel or user memory read failed: that call was not counted.
     ReadFailed = 2,
+    /// A new [`VdsoKey`] could not be stored: vDSO calls or samples were lost.
+    VdsoCallsMapFull = 3,
 }
 
 impl ObserverStat {
-    pub const COUNT: u32 = 3;
-    pub const ALL: [ObserverStat; 3] = [
+    pub const COUNT: u32 = 4;
+    pub const ALL: [ObserverStat; 4] = [
         ObserverStat::TimeCallsMapFull,
         ObserverStat::ProcessesMapFull,
         ObserverStat::ReadFailed,
+        ObserverStat::VdsoCallsMapFull,
     ];
 }
 
@@ -372,6 +514,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::ProcessInfo {}
     unsafe impl aya::Pod for super::ProgramConfig {}
+    unsafe impl aya::Pod for super::VdsoKey {}
+    unsafe impl aya::Pod for super::VdsoFunctionTable {}
 }
 
 #[cfg(test)]
@@ -458,7 +602,53 @@ mod tests {
     }
 
     #[test]
+    fn vdso_functions_are_found_by_offset() {
+        let mut table = VdsoFunctionTable::EMPTY;
+        table.count = 2;
+        table.start[0] = 0x100;
+        table.end[0] = 0x180;
+        table.call[0] = TimeCall::ClockGettime as u8;
+        table.start[1] = 0x200;
+        table.end[1] = 0x210;
+        table.call[1] = TimeCall::Time as u8;
+        // A stale slot beyond count is ignored.
+        table.start[2] = 0;
+        table.end[2] = 0x1000;
+        assert_eq!(table.call_at(0x100), TimeCall::ClockGettime as u8);
+        assert_eq!(table.call_at(0x17f), TimeCall::ClockGettime as u8);
+        assert_eq!(table.call_at(0x180), VDSO_OTHER_CODE);
+        assert_eq!(table.call_at(0x20f), TimeCall::Time as u8);
+        assert_eq!(table.call_at(0x50), VDSO_OTHER_CODE);
+    }
+
+    #[test]
+    fn uprobe_cookies_round_trip() {
+        for cookie in [
+            UprobeCookie {
+                call: TimeCall::ClockGettime,
+                fixed_clock: None,
+            },
+            UprobeCookie {
+                call: TimeCall::ClockGettime,
+                fixed_clock: Some(1),
+            },
+            UprobeCookie {
+                call: TimeCall::ClockGetres,
+                fixed_clock: Some(0),
+            },
+            UprobeCookie {
+                call: TimeCall::Gettimeofday,
+                fixed_clock: Some(-7),
+            },
+        ] {
+            assert_eq!(UprobeCookie::decode(cookie.encode()), Some(cookie));
+        }
+        assert_eq!(UprobeCookie::decode(0xfe), None);
+    }
+
+    #[test]
     fn keys_have_no_padding() {
+        assert_eq!(core::mem::size_of::<VdsoKey>(), 24);
         // Keys are hashed as bytes by the kernel: hidden padding would split counters.
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<CallKey>(), 24);

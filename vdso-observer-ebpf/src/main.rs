@@ -6,26 +6,37 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext as _, Global,
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint},
+    macros::{map, perf_event, raw_tracepoint, uprobe},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
-    programs::RawTracePointContext,
+    programs::{PerfEventContext, ProbeContext, RawTracePointContext},
 };
 use vdso_observer_common::{
-    CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, KERNEL_VSYSCALL_RETURN_OFFSET,
-    NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey, ProgramConfig, SyscallAbi, TS_COMPAT,
-    TimeCall, inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
+    CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
+    KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey,
+    ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE,
+    VdsoFunctionTable, VdsoKey, inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
 };
 
 const EEXIST: i32 = 17;
+/// x86 user code segment selector of 32-bit code (GDT_ENTRY_DEFAULT_USER32_CS * 8 + 3):
+/// part of the ABI, as visible to ptrace.
+const USER32_CS: u64 = 0x23;
 
 #[unsafe(no_mangle)]
 static PROGRAM_CONFIG: Global<ProgramConfig> = Global::new(ProgramConfig::ZERO);
+
+#[unsafe(no_mangle)]
+static VDSO_FUNCTIONS: Global<VdsoFunctionTable> = Global::new(VdsoFunctionTable::EMPTY);
+
+#[map]
+static VDSO_CALLS: PerCpuHashMap<VdsoKey, u64> =
+    PerCpuHashMap::with_max_entries(DEFAULT_VDSO_CALL_ENTRIES, 0);
 
 #[map]
 static TIME_CALLS: PerCpuHashMap<CallKey, u64> =
@@ -102,20 +113,8 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
         read_kernel::<u64>(regs, off.regs_di)? as i32
     };
 
-    let mm: *const u8 = read_kernel(task, off.task_mm)?;
-    if mm.is_null() {
+    let Some((vdso_start, vdso_len)) = vdso_text(task)? else {
         return Ok(()); // kernel thread: not a user time call
-    }
-    let vdso_start: u64 = read_kernel(mm, off.mm_vdso)?;
-    let vdso_len = if vdso_start == 0 {
-        0
-    } else {
-        let image: *const u8 = read_kernel(mm, off.mm_vdso_image)?;
-        if image.is_null() {
-            0
-        } else {
-            read_kernel::<u64>(image, off.vdso_image_size)?
-        }
     };
     let ip: u64 = read_kernel(regs, off.regs_ip)?;
     let mut origin = origin_of(ip, vdso_start, vdso_len);
@@ -146,13 +145,8 @@ fn count(
     if tgid == config.observer_tgid {
         return Ok(());
     }
+    let (process, leader) = process_key(task, tgid)?;
     let off = config.offsets;
-    let leader: *const u8 = read_kernel(task, off.task_group_leader)?;
-    let process = ProcessKey {
-        tgid,
-        exec_id: read_kernel(task, off.task_self_exec_id)?,
-        start_boottime_ns: read_kernel(leader, off.task_start_boottime)?,
-    };
     let key = CallKey {
         process,
         clock_id,
@@ -177,6 +171,171 @@ fn count(
         Err(_) => bump(ObserverStat::TimeCallsMapFull),
     }
     Ok(())
+}
+
+/// cpu-clock sample on every CPU: counts one sample for the process and vDSO
+/// function the interrupted user instruction pointer lies in. User space turns
+/// samples into calls with the per-call cost it measured at start.
+#[perf_event]
+pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
+    // SAFETY: the context of a perf_event program is bpf_perf_event_data.
+    let regs = unsafe { &(*ctx.ctx).regs };
+    if regs.cs & 3 != 3 {
+        return 0; // interrupted in the kernel
+    }
+    let compat = regs.cs == USER32_CS;
+    if count_vdso_hit(regs.rip, compat, NO_CLOCK, None, Provenance::Sampled).is_err() {
+        bump(ObserverStat::ReadFailed);
+    }
+    0
+}
+
+/// Hardware execute breakpoint on a vDSO function's first instruction: one
+/// exact call. The clock is still in the first argument register.
+#[perf_event]
+pub fn vdso_breakpoint(ctx: PerfEventContext) -> u32 {
+    // SAFETY: as above.
+    let regs = unsafe { &(*ctx.ctx).regs };
+    if regs.cs & 3 != 3 {
+        return 0;
+    }
+    let compat = regs.cs == USER32_CS;
+    if count_vdso_hit(
+        regs.rip,
+        compat,
+        regs.rdi as i32,
+        None,
+        Provenance::Breakpoint,
+    )
+    .is_err()
+    {
+        bump(ObserverStat::ReadFailed);
+    }
+    0
+}
+
+/// uprobe on a user-space entry point into the vDSO (glibc or musl
+/// `clock_gettime`, Go's `runtime.nanotime1`): one exact call; the cookie says
+/// which call and where its clock is.
+#[uprobe]
+pub fn vdso_entry_uprobe(ctx: ProbeContext) -> u32 {
+    // SAFETY: the helper only reads the program's own attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(cookie) = UprobeCookie::decode(cookie) else {
+        return 0;
+    };
+    let clock_id = match cookie.fixed_clock {
+        Some(clock) => clock,
+        None if cookie.call.takes_clock() => ctx.arg::<u64>(0).unwrap_or(0) as i32,
+        None => NO_CLOCK,
+    };
+    if count_vdso_hit(0, false, clock_id, Some(cookie.call), Provenance::Uprobe).is_err() {
+        bump(ObserverStat::ReadFailed);
+    }
+    0
+}
+
+/// Counts a vDSO call or sample. `call` is given by uprobes; samples and
+/// breakpoints find it from `ip` in the function table, and only count when `ip`
+/// is inside the task's own vDSO (a breakpoint left at a stale address after exec,
+/// or a sample outside the vDSO, counts nothing).
+#[inline(always)]
+fn count_vdso_hit(
+    ip: u64,
+    compat: bool,
+    clock_id: i32,
+    call: Option<TimeCall>,
+    provenance: Provenance,
+) -> Result<(), i32> {
+    let Some(task) = current_task() else {
+        return Ok(());
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 || tgid == PROGRAM_CONFIG.load().observer_tgid {
+        return Ok(()); // idle, or the observer's own calibration
+    }
+    let call = match call {
+        Some(call) => call as u8,
+        None => {
+            let Some((vdso_start, vdso_len)) = vdso_text(task)? else {
+                return Ok(());
+            };
+            if vdso_start == 0 || ip < vdso_start || ip >= vdso_start + vdso_len {
+                return Ok(());
+            }
+            // The table describes the 64-bit image; 32-bit code runs vdso32.
+            if compat {
+                VDSO_OTHER_CODE
+            } else {
+                VDSO_FUNCTIONS.load().call_at(ip - vdso_start)
+            }
+        }
+    };
+    let (process, leader) = process_key(task, tgid)?;
+    let clock_id = if call == TimeCall::ClockGettime as u8 || call == TimeCall::ClockGetres as u8 {
+        clock_id
+    } else {
+        NO_CLOCK
+    };
+    let key = VdsoKey {
+        process,
+        clock_id,
+        call,
+        provenance: provenance as u8,
+        _pad: [0; 2],
+    };
+    if let Some(value) = VDSO_CALLS.get_ptr_mut(key) {
+        unsafe { *value += 1 };
+        return Ok(());
+    }
+    match VDSO_CALLS.insert(key, 1, BPF_NOEXIST.into()) {
+        Ok(()) => remember_process(&process, leader, PROGRAM_CONFIG.load().offsets.task_comm),
+        Err(err) if err == -EEXIST => {
+            if let Some(value) = VDSO_CALLS.get_ptr_mut(key) {
+                unsafe { *value += 1 };
+            }
+        }
+        Err(_) => bump(ObserverStat::VdsoCallsMapFull),
+    }
+    Ok(())
+}
+
+/// The process image a task belongs to, and its thread group leader.
+#[inline(always)]
+fn process_key(task: *const u8, tgid: u32) -> Result<(ProcessKey, *const u8), i32> {
+    let off = PROGRAM_CONFIG.load().offsets;
+    let leader: *const u8 = read_kernel(task, off.task_group_leader)?;
+    Ok((
+        ProcessKey {
+            tgid,
+            exec_id: read_kernel(task, off.task_self_exec_id)?,
+            start_boottime_ns: read_kernel(leader, off.task_start_boottime)?,
+        },
+        leader,
+    ))
+}
+
+/// `(start, length)` of the task's vDSO text, `(0, 0)` when it has none, None
+/// for kernel threads (no mm).
+#[inline(always)]
+fn vdso_text(task: *const u8) -> Result<Option<(u64, u64)>, i32> {
+    let off = PROGRAM_CONFIG.load().offsets;
+    let mm: *const u8 = read_kernel(task, off.task_mm)?;
+    if mm.is_null() {
+        return Ok(None);
+    }
+    let start: u64 = read_kernel(mm, off.mm_vdso)?;
+    if start == 0 {
+        return Ok(Some((0, 0)));
+    }
+    let image: *const u8 = read_kernel(mm, off.mm_vdso_image)?;
+    if image.is_null() {
+        return Ok(Some((start, 0)));
+    }
+    Ok(Some((
+        start,
+        read_kernel::<u64>(image, off.vdso_image_size)?,
+    )))
 }
 
 /// Keeps the leader's name next to the key, so a process that exits before user

@@ -19,6 +19,8 @@ pub struct DaemonConfig {
     /// Address of the `/metrics` and `/healthz` endpoint.
     pub listen: Option<SocketAddr>,
     pub series: SeriesLimits,
+    /// When a fault becomes a flag (file `[thresholds]`; flags `--min-rate`, ...).
+    pub thresholds: Option<crate::report::Thresholds>,
 }
 
 /// Bounds on what the metrics say per process.
@@ -44,6 +46,7 @@ impl Default for DaemonConfig {
             textfile: None,
             listen: None,
             series: SeriesLimits::default(),
+            thresholds: None,
         }
     }
 }
@@ -69,6 +72,16 @@ struct ConfigFile {
     listen: Option<String>,
     #[serde(default)]
     series: SeriesFile,
+    thresholds: Option<ThresholdsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdsFile {
+    /// Kernel entries a second for a fault before it is a flag.
+    min_rate_per_sec: Option<f64>,
+    /// Percent of a process's time calls in the kernel before it is flagged.
+    min_kernel_share_percent: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +149,12 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
                 .with_context(|| format!("listen = {listen:?} is not an address:port"))?,
         );
     }
+    if let Some(thresholds) = &file.thresholds {
+        config.thresholds = Some(crate::report::Thresholds {
+            min_rate_per_sec: thresholds.min_rate_per_sec.unwrap_or(0.0),
+            min_kernel_share: thresholds.min_kernel_share_percent.unwrap_or(0.0) / 100.0,
+        });
+    }
     let series = &mut config.series;
     if let Some(top) = file.series.top_processes {
         series.top_processes = top;
@@ -192,6 +211,9 @@ mod tests {
             [series]
             top_processes = 3
             exited_grace = "1m"
+            [thresholds]
+            min_rate_per_sec = 50
+            min_kernel_share_percent = 1
             "#,
         )
         .unwrap();
@@ -200,6 +222,9 @@ mod tests {
         assert_eq!(config.series.exited_grace, Duration::from_secs(60));
         assert_eq!(config.series.max_comms, 200);
         assert_eq!(config.listen.unwrap().port(), 9736);
+        let thresholds = config.thresholds.unwrap();
+        assert_eq!(thresholds.min_rate_per_sec, 50.0);
+        assert_eq!(thresholds.min_kernel_share, 0.01);
 
         let dir = std::env::temp_dir().join(format!("vdso-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -17,17 +17,14 @@ use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     task::JoinHandle,
-    time::MissedTickBehavior,
 };
 use vdso_observer_common::ProcessKey;
 
 use crate::{
     config::{self, DaemonConfig, Overrides},
     http::{self, Published, Shared},
-    loader::{LoadOptions, Observer},
     metrics::{Context, Exporter},
-    procfs,
-    report::{Aggregator, ObserverHealthInput},
+    session::{Session, SessionOptions},
     system, textfile,
 };
 
@@ -44,7 +41,7 @@ pub fn check_config(options: &DaemonOptions) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(options: DaemonOptions, load: LoadOptions) -> Result<()> {
+pub async fn run(options: DaemonOptions, load: SessionOptions) -> Result<()> {
     let mut config = config::load(options.config_file.as_deref(), &options.overrides)?;
     warn_about_textfile_directory(&config);
 
@@ -52,7 +49,10 @@ pub async fn run(options: DaemonOptions, load: LoadOptions) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
-    let mut observer = Observer::start(load)?;
+    let mut session = Session::start(load)?;
+    if let Some(thresholds) = config.thresholds {
+        session.set_thresholds(thresholds);
+    }
     let shared: Shared = Arc::new(Mutex::new(Published {
         metrics: String::new(),
         last_collection: None,
@@ -69,19 +69,23 @@ pub async fn run(options: DaemonOptions, load: LoadOptions) -> Result<()> {
         config.listen.map_or("none".to_owned(), |a| a.to_string())
     );
 
-    let mut collector = Collector::new(&observer);
+    let mut collector = Collector::new(&session);
     // A first write right away, so a scrape soon after start finds the file.
-    collector.collect(&mut observer, &config, &shared);
-    let mut ticker = new_ticker(config.interval);
+    collector.collect(&mut session, &config, &shared);
+    let mut next = tokio::time::Instant::now() + config.interval;
     loop {
         tokio::select! {
-            _ = ticker.tick() => collector.collect(&mut observer, &config, &shared),
+            _ = session.sleep_until(next) => {
+                // A slow collection delays the next one rather than bunching them.
+                next = (next + config.interval).max(tokio::time::Instant::now());
+                collector.collect(&mut session, &config, &shared);
+            }
             _ = hangup.recv() => {
                 match config::load(options.config_file.as_deref(), &options.overrides) {
                     Ok(new) => {
                         info!("SIGHUP: configuration reloaded");
                         if new.interval != config.interval {
-                            ticker = new_ticker(new.interval);
+                            next = tokio::time::Instant::now() + new.interval;
                             shared.lock().expect("published").stale_after = new.interval * 3;
                         }
                         if new.listen != config.listen {
@@ -96,22 +100,19 @@ pub async fn run(options: DaemonOptions, load: LoadOptions) -> Result<()> {
                                 }
                             };
                         }
+                        if let Some(thresholds) = new.thresholds {
+                            session.set_thresholds(thresholds);
+                        }
                         config = new;
                         warn_about_textfile_directory(&config);
                     }
                     Err(err) => error!("SIGHUP: {err:#}; keeping the previous configuration"),
                 }
             }
-            _ = interrupt.recv() => return collector.stop(&mut observer, &config, &shared, "SIGINT"),
-            _ = terminate.recv() => return collector.stop(&mut observer, &config, &shared, "SIGTERM"),
+            _ = interrupt.recv() => return collector.stop(&mut session, &config, &shared, "SIGINT"),
+            _ = terminate.recv() => return collector.stop(&mut session, &config, &shared, "SIGTERM"),
         }
     }
-}
-
-fn new_ticker(interval: Duration) -> tokio::time::Interval {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker
 }
 
 async fn start_server(
@@ -145,48 +146,40 @@ fn warn_about_textfile_directory(config: &DaemonConfig) {
 
 /// The state carried from one window to the next.
 struct Collector {
-    aggregator: Aggregator,
     exporter: Exporter,
-    window_start: Instant,
-    health: ObserverHealthInput,
-    clocksource: Option<String>,
+    vdso_costs: std::collections::BTreeMap<&'static str, f64>,
+    probes: Vec<crate::loader::ProbeStatus>,
+    map_capacity: u32,
     flagged: HashSet<ProcessKey>,
     textfile_failing: bool,
 }
 
 impl Collector {
-    fn new(observer: &Observer) -> Collector {
+    fn new(session: &Session) -> Collector {
         Collector {
-            aggregator: Aggregator::new(),
             exporter: Exporter::new(),
-            window_start: Instant::now(),
-            health: ObserverHealthInput {
-                probes: observer.probes.clone(),
-                time_call_capacity: observer.options.time_call_entries,
-            },
-            clocksource: None,
+            vdso_costs: session
+                .observer
+                .vdso
+                .as_ref()
+                .map(|m| m.costs.ns_per_call.clone())
+                .unwrap_or_default(),
+            probes: session.observer.probes.clone(),
+            map_capacity: session.observer.options.time_call_entries,
             flagged: HashSet::new(),
             textfile_failing: false,
         }
     }
 
-    fn collect(&mut self, observer: &mut Observer, config: &DaemonConfig, shared: &Shared) {
+    fn collect(&mut self, session: &mut Session, config: &DaemonConfig, shared: &Shared) {
         let started = Instant::now();
-        let snapshot = match observer.snapshot() {
-            Ok(snapshot) => snapshot,
+        let (report, retired) = match session.next_window() {
+            Ok(window) => window,
             Err(err) => {
                 error!("reading the kernel maps failed: {err:#}; retrying next interval");
                 return;
             }
         };
-        let window = self.window_start.elapsed();
-        self.window_start = Instant::now();
-        let (report, retired) =
-            self.aggregator
-                .window(&snapshot, window, self.health.clone(), procfs::is_running);
-        if let Err(err) = observer.forget(&retired.processes, &retired.keys) {
-            warn!("dropping counters of exited processes failed: {err:#}");
-        }
         for process in &report.processes {
             let key = ProcessKey {
                 tgid: process.pid,
@@ -213,27 +206,24 @@ impl Collector {
             );
         }
 
-        let clocksource = system::clocksource();
-        let current = clocksource.as_ref().map(|c| c.current.clone());
-        if let (Some(before), Some(now)) = (&self.clocksource, &current)
-            && before != now
-        {
-            self.exporter.clocksource_changes += 1;
-            warn!("clocksource changed from {before} to {now}");
+        let system_report = report.system.clone();
+        for event in system_report.iter().flat_map(|s| &s.events) {
+            self.exporter.count_clock_event(event.kind);
         }
-        self.clocksource = current;
 
         self.exporter
             .update(&report, &retired.processes, &config.series, Instant::now());
         self.exporter.collections += 1;
         let context = Context {
-            clocksource,
+            clocksource: system_report.as_ref().and_then(|s| s.clocksource.clone()),
+            vdso_capable: system_report.as_ref().and_then(|s| s.vdso_capable),
             vsyscall: system::vsyscall_mode(),
-            probes: self.health.probes.clone(),
-            map_entries: snapshot.calls.len(),
-            map_capacity: self.health.time_call_capacity,
+            probes: self.probes.clone(),
+            map_entries: report.observer.time_call_keys,
+            map_capacity: self.map_capacity,
             kernel_release: kernel_release(),
             boot_settings: system::boot_settings(),
+            vdso_costs: self.vdso_costs.clone(),
         };
         self.exporter.last_collection_seconds = started.elapsed().as_secs_f64();
         let mut text = self.exporter.render(&context);
@@ -267,13 +257,13 @@ impl Collector {
 
     fn stop(
         &mut self,
-        observer: &mut Observer,
+        session: &mut Session,
         config: &DaemonConfig,
         shared: &Shared,
         signal: &str,
     ) -> Result<()> {
         info!("{signal}: final collection, then detaching");
-        self.collect(observer, config, shared);
+        self.collect(session, config, shared);
         info!("stopped");
         Ok(())
     }

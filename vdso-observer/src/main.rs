@@ -2,21 +2,26 @@
 //! entered the kernel, and why.
 
 mod btf_offsets;
+mod calibrate;
 mod classify;
 mod clocks;
 mod config;
 mod daemon;
+mod doctor;
+mod exact;
 mod http;
 mod loader;
 mod metrics;
 mod procfs;
 mod report;
+mod session;
 mod system;
 mod table;
 mod textfile;
 mod top;
 mod tui;
 mod users;
+mod vdso_image;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -33,6 +38,7 @@ use clap::{Args, Parser, Subcommand};
         sudo vdso-observer top --once -d 10 --json    one 10 s window as JSON\n  \
         sudo vdso-observer top -b -n 5 -d 1           five 1 s frames\n  \
         sudo vdso-observer top --once --comm java     only processes whose name contains java\n  \
+        sudo vdso-observer doctor                     is the clocksource readable by the vDSO? what to do\n  \
         sudo vdso-observer daemon --textfile /var/lib/prometheus/node-exporter/vdso_observer.prom\n  \
         sudo vdso-observer daemon --listen 127.0.0.1:9736 --interval 15s"
 )]
@@ -52,6 +58,31 @@ struct LoadArgs {
     /// origin). When it is full, further new entries are counted as lost and reported.
     #[arg(long, global = true, default_value_t = vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES)]
     map_entries: u32,
+    /// cpu-clock samples a second on each CPU for the estimate of vDSO-answered
+    /// calls; 0 turns the estimate off.
+    #[arg(long, global = true, default_value_t = loader::DEFAULT_SAMPLE_HZ)]
+    sample_hz: u64,
+    /// Count vDSO-answered calls exactly in every process (uprobes on libc/Go entry
+    /// points, hardware breakpoints for the rest); costs microseconds a call.
+    #[arg(long, global = true)]
+    exact: bool,
+    /// Count exactly only in these processes (repeatable).
+    #[arg(long = "exact-pid", global = true, value_name = "PID")]
+    exact_pids: Vec<u32>,
+    /// Largest share of a process's CPU time exact counting may cost before the
+    /// governor detaches it (percent).
+    #[arg(long, global = true, default_value_t = 2.0)]
+    exact_budget: f64,
+    /// Never detach exact counting, whatever it costs.
+    #[arg(long, global = true)]
+    no_governor: bool,
+    /// Flag a fault only from this many kernel entries a second for it.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    min_rate: f64,
+    /// Flag a fault only when at least this share (percent) of the process's time
+    /// calls entered the kernel (when vDSO calls are known).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    min_kernel_share: f64,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +91,19 @@ enum Command {
     Top(TopArgs),
     /// Run continuously and export Prometheus metrics (node_exporter textfile and/or /metrics).
     Daemon(DaemonArgs),
+    /// One screen about this machine: clocksource and whether the vDSO can read it
+    /// (measured), costs of each call, kernel features, kernel log, advice.
+    Doctor {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The calibration child the observer runs under its sampler at start.
+    #[command(hide = true, name = "vdso-loop")]
+    VdsoLoop {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Write the man pages or shell completions (used by `cargo xtask dist`).
     #[command(hide = true)]
     Generate {
@@ -192,23 +236,45 @@ fn generate(what: Generate) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Generate { what } = cli.command {
-        return generate(what);
+    match cli.command {
+        Command::Generate { what } => return generate(what),
+        Command::VdsoLoop { quick } => {
+            return calibrate::run_loop(&vdso_image::VdsoImage::current()?, quick);
+        }
+        _ => {}
     }
     if cli.load.map_entries == 0 {
         bail!("--map-entries must be at least 1");
     }
-    let options = loader::LoadOptions {
-        btf_path: cli.load.btf,
-        time_call_entries: cli.load.map_entries,
-        ..Default::default()
+    if !(cli.load.exact_budget > 0.0 && cli.load.exact_budget <= 100.0) {
+        bail!("--exact-budget must be more than 0 and at most 100 (percent)");
+    }
+    let options = session::SessionOptions {
+        load: loader::LoadOptions {
+            btf_path: cli.load.btf,
+            time_call_entries: cli.load.map_entries,
+            sample_hz: cli.load.sample_hz,
+            ..Default::default()
+        },
+        exact: exact::ExactOptions {
+            all: cli.load.exact,
+            pids: cli.load.exact_pids,
+            budget: (!cli.load.no_governor).then_some(cli.load.exact_budget / 100.0),
+        },
+        thresholds: report::Thresholds {
+            min_rate_per_sec: cli.load.min_rate,
+            min_kernel_share: cli.load.min_kernel_share / 100.0,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Generate { .. } => unreachable!("handled before loading"),
+        Command::Generate { .. } | Command::VdsoLoop { .. } => {
+            unreachable!("handled before loading")
+        }
         Command::Top(args) => runtime.block_on(top::run(args, options)),
+        Command::Doctor { json } => doctor::run(options.load, json),
         Command::Daemon(args) => {
             let options_for_daemon = daemon::DaemonOptions {
                 config_file: args.config,

@@ -38,12 +38,15 @@ struct CallLabels {
 struct ProcessSeries {
     comm: String,
     counts: BTreeMap<CallLabels, u64>,
+    vdso: BTreeMap<(&'static str, &'static str), f64>,
     exited_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct CommSeries {
     counts: BTreeMap<CallLabels, u64>,
+    /// vDSO-answered calls per (call, provenance): exact counts and estimates.
+    vdso: BTreeMap<(&'static str, &'static str), f64>,
     last_increase: Instant,
 }
 
@@ -57,13 +60,16 @@ pub struct Exporter {
     pub collections: u64,
     pub last_collection_seconds: f64,
     pub textfile_write_errors: u64,
-    pub clocksource_changes: u64,
+    clocksource_changes: u64,
+    clock_events: BTreeMap<&'static str, u64>,
 }
 
 /// What the daemon knows about the machine and itself, besides the counts.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub clocksource: Option<ClocksourceState>,
+    /// Measured (or, failing that, tabled) vDSO capability of the clocksource.
+    pub vdso_capable: Option<bool>,
     pub vsyscall: VsyscallMode,
     pub probes: Vec<ProbeStatus>,
     pub map_entries: usize,
@@ -71,6 +77,8 @@ pub struct Context {
     pub kernel_release: String,
     /// Boot parameters that decide time calls (`clocksource=hpet`, `tsc=unstable`, ...).
     pub boot_settings: Vec<String>,
+    /// ns per call by which samples become calls.
+    pub vdso_costs: BTreeMap<&'static str, f64>,
 }
 
 fn labels_of(call: &crate::report::CallCount) -> CallLabels {
@@ -114,6 +122,7 @@ impl Exporter {
                         ProcessSeries {
                             comm: process.comm.clone(),
                             counts: BTreeMap::new(),
+                            vdso: BTreeMap::new(),
                             exited_at: None,
                         },
                     );
@@ -125,6 +134,9 @@ impl Exporter {
             if let Some(series) = series {
                 for call in &process.calls {
                     *series.counts.entry(labels_of(call)).or_default() += call.count;
+                }
+                for call in &process.vdso_calls {
+                    *series.vdso.entry((call.call, call.provenance)).or_default() += call.calls;
                 }
             }
         }
@@ -145,6 +157,7 @@ impl Exporter {
         self.lost.time_calls_map_full += lost.time_calls_map_full;
         self.lost.processes_map_full += lost.processes_map_full;
         self.lost.read_failed += lost.read_failed;
+        self.lost.vdso_calls_map_full += lost.vdso_calls_map_full;
     }
 
     fn add_to_comm(&mut self, process: &ProcessReport, limits: &SeriesLimits, now: Instant) {
@@ -156,11 +169,23 @@ impl Exporter {
         };
         let series = self.comms.entry(comm).or_insert_with(|| CommSeries {
             counts: BTreeMap::new(),
+            vdso: BTreeMap::new(),
             last_increase: now,
         });
         series.last_increase = now;
         for call in &process.calls {
             *series.counts.entry(labels_of(call)).or_default() += call.count;
+        }
+        for call in &process.vdso_calls {
+            *series.vdso.entry((call.call, call.provenance)).or_default() += call.calls;
+        }
+    }
+
+    /// One clock event of the kind `ClockWatch` reports.
+    pub fn count_clock_event(&mut self, kind: &'static str) {
+        *self.clock_events.entry(kind).or_default() += 1;
+        if kind == "sysfs_change" {
+            self.clocksource_changes += 1;
         }
     }
 
@@ -215,6 +240,47 @@ impl Exporter {
             }
         }
 
+        out.family(
+            "vdso_observer_vdso_time_calls_total",
+            "counter",
+            "Time calls the vDSO answered in user space, per comm; provenance sampled is an estimate from cpu-clock samples, uprobe and breakpoint are exact.",
+        );
+        for (comm, series) in &self.comms {
+            for ((call, provenance), calls) in &series.vdso {
+                out.sample(
+                    &[("comm", comm), ("call", call), ("provenance", provenance)],
+                    *calls,
+                );
+            }
+        }
+        out.family(
+            "vdso_observer_process_vdso_time_calls_total",
+            "counter",
+            "Time calls the vDSO answered, for the processes with pid series.",
+        );
+        for (id, series) in &self.processes {
+            let pid = id.tgid.to_string();
+            for ((call, provenance), calls) in &series.vdso {
+                out.sample(
+                    &[
+                        ("pid", &pid),
+                        ("comm", &series.comm),
+                        ("call", call),
+                        ("provenance", provenance),
+                    ],
+                    *calls,
+                );
+            }
+        }
+        out.family(
+            "vdso_observer_vdso_call_cost_seconds",
+            "gauge",
+            "Time one call stands for when samples are turned into calls, calibrated at start.",
+        );
+        for (call, ns) in &context.vdso_costs {
+            out.sample(&[("call", call)], ns / 1e9);
+        }
+
         if let Some(clocksource) = &context.clocksource {
             out.family(
                 "vdso_observer_clocksource_info",
@@ -237,16 +303,11 @@ impl Exporter {
             out.family(
                 "vdso_observer_clocksource_vdso_capable",
                 "gauge",
-                "1 when the current clocksource can be read by the vDSO, 0 when every high-resolution clock read enters the kernel.",
+                "1 when the vDSO answers clock_gettime in user space (measured by the observer's own calls), 0 when every high-resolution clock read enters the kernel.",
             );
-            out.sample(
-                &[],
-                if clocksource.vdso_capability == VdsoCapability::No {
-                    0.0
-                } else {
-                    1.0
-                },
-            );
+            if let Some(capable) = context.vdso_capable {
+                out.sample(&[], if capable { 1.0 } else { 0.0 });
+            }
             out.family(
                 "vdso_observer_clocksource_available",
                 "gauge",
@@ -262,6 +323,17 @@ impl Exporter {
             "Changes of the current clocksource seen since the observer started.",
         );
         out.sample(&[], self.clocksource_changes as f64);
+        out.family(
+            "vdso_observer_clock_events_total",
+            "counter",
+            "Clock events seen since start: kernel log lines (switched, tsc_unstable, watchdog) and sysfs changes.",
+        );
+        for kind in ["switched", "tsc_unstable", "watchdog", "sysfs_change"] {
+            out.sample(
+                &[("kind", kind)],
+                self.clock_events.get(kind).copied().unwrap_or(0) as f64,
+            );
+        }
         out.family(
             "vdso_observer_vsyscall_mode_info",
             "gauge",
@@ -310,6 +382,10 @@ impl Exporter {
             self.lost.time_calls_map_full as f64,
         );
         out.sample(&[("cause", "read_failed")], self.lost.read_failed as f64);
+        out.sample(
+            &[("cause", "vdso_map_full")],
+            self.lost.vdso_calls_map_full as f64,
+        );
         out.family(
             "vdso_observer_unnamed_processes_total",
             "counter",
@@ -444,12 +520,14 @@ mod tests {
                 vdso_capability: VdsoCapability::No,
                 why: "",
             }),
+            vdso_capable: Some(false),
             vsyscall: VsyscallMode::Xonly,
             probes: vec![],
             map_entries: 3,
             map_capacity: 100,
             kernel_release: "6.18.0".into(),
             boot_settings: vec!["tsc=unstable".into()],
+            vdso_costs: BTreeMap::new(),
         }
     }
 
@@ -511,7 +589,7 @@ mod tests {
             exited_grace: Duration::from_secs(10),
             ..Default::default()
         };
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = Aggregator::new(None);
         let mut exporter = Exporter::new();
         let start = Instant::now();
         let direct = (
@@ -569,7 +647,7 @@ mod tests {
             max_comms: 2,
             ..Default::default()
         };
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = Aggregator::new(None);
         let mut exporter = Exporter::new();
         // Only getrandom (never flagged) so only the top 1 earns a pid series.
         let rows: Vec<Row> = (1..=5u32)
@@ -607,7 +685,7 @@ mod tests {
 
     #[test]
     fn families_are_declared_once_and_labels_escaped() {
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = Aggregator::new(None);
         let mut exporter = Exporter::new();
         let report = report_of(
             &mut aggregator,

@@ -11,13 +11,19 @@ use std::{
 };
 
 use serde::Serialize;
-use vdso_observer_common::{CallKey, NO_CLOCK, Origin, ProcessKey, SyscallAbi, TimeCall};
+use vdso_observer_common::{
+    CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey,
+};
 
 use crate::{
+    calibrate::VdsoCosts,
     classify::{self, FallbackReason},
     clocks::clock_name,
-    loader::{MapSnapshot, ObserverStats, ProbeStatus},
-    procfs, users,
+    exact::ExactState,
+    loader::{MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck, VdsoModel},
+    procfs,
+    system::{ClockEvent, ClocksourceState, VsyscallMode},
+    users,
 };
 
 /// Version of the JSON documents; bumped when a field changes meaning or goes away.
@@ -32,8 +38,27 @@ pub struct Report {
     /// Wall-clock end of the window, Unix seconds.
     pub timestamp_unix: f64,
     pub observer: ObserverHealth,
+    /// The machine's time set-up during the window; null until a session adds it.
+    pub system: Option<SystemReport>,
     /// Sorted by kernel entries, most first.
     pub processes: Vec<ProcessReport>,
+}
+
+/// What decides whether time calls stay in user space on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemReport {
+    pub clocksource: Option<ClocksourceState>,
+    /// Measured: the observer's own child made vDSO clock_gettime(CLOCK_MONOTONIC)
+    /// calls and counted how many entered the kernel.
+    pub vdso_check: Option<VdsoCheck>,
+    /// The measured answer when there is one, else the clocksource table's.
+    pub vdso_capable: Option<bool>,
+    pub vsyscall: VsyscallMode,
+    pub boot_settings: Vec<String>,
+    /// Clocksource events seen during the window (kernel log, sysfs).
+    pub events: Vec<ClockEvent>,
+    /// Why the kernel log could not be read, when it could not.
+    pub kernel_log_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +69,8 @@ pub struct ObserverHealth {
     /// Counters in use in the kernel map, and its capacity.
     pub time_call_keys: usize,
     pub time_call_capacity: u32,
+    /// Time one vDSO sample stands for; null when sampling is off.
+    pub vdso_sample_period_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +94,12 @@ pub struct ProcessReport {
     pub vdso_estimated: bool,
     /// kernel / (kernel + vDSO) time calls; null without a vDSO figure.
     pub kernel_share: Option<f64>,
+    /// vDSO-answered calls by call, clock and provenance.
+    pub vdso_calls: Vec<VdsoCallCount>,
+    /// Relative uncertainty of a sampled estimate (1/√samples); null when exact.
+    pub vdso_uncertainty: Option<f64>,
+    /// Exact counting of this process (`--exact`, `--exact-pid`); null when not asked.
+    pub exact: Option<ExactState>,
     pub by_origin: OriginCounts,
     pub calls: Vec<CallCount>,
     /// Names of the clocks passed to clock_gettime / clock_getres.
@@ -109,14 +142,90 @@ pub struct CallCount {
     pub per_sec: f64,
 }
 
+/// One row of vDSO-answered calls of a process.
+#[derive(Debug, Clone, Serialize)]
+pub struct VdsoCallCount {
+    pub call: &'static str,
+    /// Clock name when the probe could read it.
+    pub clock: Option<String>,
+    /// `sampled` (estimate), `uprobe` or `breakpoint` (exact).
+    pub provenance: &'static str,
+    /// Exact calls the vDSO answered (hits less the vDSO's own kernel entries); null
+    /// when estimated.
+    pub count: Option<u64>,
+    /// cpu-clock samples inside the function; null when exact.
+    pub samples: Option<u64>,
+    /// Calls in the window: the count, or the estimate from samples.
+    pub calls: f64,
+    pub per_sec: f64,
+}
+
+/// Turns samples into calls: the time one sample stands for over the time one
+/// call spends inside the vDSO function.
+#[derive(Debug, Clone)]
+pub struct VdsoEstimator {
+    pub costs: VdsoCosts,
+    pub sample_period_ns: u64,
+}
+
+impl VdsoEstimator {
+    pub fn from_model(model: Option<&VdsoModel>) -> Option<VdsoEstimator> {
+        let model = model?;
+        Some(VdsoEstimator {
+            costs: model.costs.clone(),
+            sample_period_ns: model.sample_period_ns?,
+        })
+    }
+
+    pub fn calls(&self, call: Option<TimeCall>, samples: u64) -> f64 {
+        samples as f64 * self.sample_period_ns as f64 / self.costs.ns(call)
+    }
+}
+
 /// Turns successive [`MapSnapshot`]s into [`Report`]s of the windows between them.
 #[derive(Debug, Default)]
 pub struct Aggregator {
     /// Counter values at the end of the previous window.
     previous: HashMap<CallKey, u64>,
+    previous_vdso: HashMap<VdsoKey, u64>,
     previous_stats: ObserverStats,
     /// Names already resolved, for processes whose name entry was lost.
     names: HashMap<ProcessKey, Identity>,
+    estimator: Option<VdsoEstimator>,
+    thresholds: Thresholds,
+}
+
+/// When a fault reason becomes a flag: at least this many kernel entries a
+/// second for it, and at least this share of the process's time calls in the
+/// kernel (when the share is known). Defaults flag anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    pub min_rate_per_sec: f64,
+    pub min_kernel_share: f64,
+}
+
+impl Thresholds {
+    /// Keeps in `flags` only the fault reasons over the thresholds; `reasons`
+    /// keeps every cause seen.
+    pub fn apply(&self, report: &mut ProcessReport) {
+        let share_ok = report
+            .kernel_share
+            .is_none_or(|share| share >= self.min_kernel_share);
+        let rate_of = |reason: FallbackReason| -> f64 {
+            report
+                .calls
+                .iter()
+                .filter(|c| c.reason == Some(reason))
+                .map(|c| c.per_sec)
+                .sum()
+        };
+        report.flags = report
+            .reasons
+            .iter()
+            .filter(|r| r.is_fault() && share_ok && rate_of(**r) >= self.min_rate_per_sec)
+            .map(|r| r.flag())
+            .collect();
+    }
 }
 
 /// What to delete from the maps after a report: processes gone and their keys.
@@ -124,11 +233,34 @@ pub struct Aggregator {
 pub struct Retired {
     pub processes: Vec<ProcessKey>,
     pub keys: Vec<CallKey>,
+    pub vdso_keys: Vec<VdsoKey>,
+}
+
+/// One process's deltas in a window, before they become a [`ProcessReport`].
+#[derive(Default)]
+struct Deltas {
+    calls: Vec<(CallKey, u64)>,
+    vdso: Vec<(VdsoKey, u64)>,
 }
 
 impl Aggregator {
-    pub fn new() -> Aggregator {
-        Aggregator::default()
+    pub fn new(estimator: Option<VdsoEstimator>) -> Aggregator {
+        Aggregator {
+            estimator,
+            ..Aggregator::default()
+        }
+    }
+
+    /// Starts the first window now: what the maps hold already (counted while
+    /// the observer was starting) belongs to no window.
+    pub fn prime(&mut self, snapshot: &MapSnapshot) {
+        self.previous = snapshot.calls.clone();
+        self.previous_vdso = snapshot.vdso.clone();
+        self.previous_stats = snapshot.stats;
+    }
+
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = thresholds;
     }
 
     /// The report of the window that ends with `snapshot`, and what can now be
@@ -141,58 +273,76 @@ impl Aggregator {
         is_running: impl Fn(&ProcessKey) -> bool,
     ) -> (Report, Retired) {
         let seconds = window.as_secs_f64().max(1e-9);
-        let mut per_process: BTreeMap<ProcessKey, Vec<(CallKey, u64)>> = BTreeMap::new();
+        let mut per_process: BTreeMap<ProcessKey, Deltas> = BTreeMap::new();
         for (key, &total) in &snapshot.calls {
             let delta = total.saturating_sub(self.previous.get(key).copied().unwrap_or(0));
             per_process
                 .entry(key.process)
                 .or_default()
+                .calls
+                .push((*key, delta));
+        }
+        for (key, &total) in &snapshot.vdso {
+            let delta = total.saturating_sub(self.previous_vdso.get(key).copied().unwrap_or(0));
+            per_process
+                .entry(key.process)
+                .or_default()
+                .vdso
                 .push((*key, delta));
         }
 
         let mut retired = Retired::default();
         let mut processes = Vec::new();
-        for (process, mut calls) in per_process {
+        for (process, mut deltas) in per_process {
             let running = is_running(&process);
             if !running {
                 retired.processes.push(process);
-                retired.keys.extend(calls.iter().map(|(key, _)| *key));
+                retired
+                    .keys
+                    .extend(deltas.calls.iter().map(|(key, _)| *key));
+                retired
+                    .vdso_keys
+                    .extend(deltas.vdso.iter().map(|(key, _)| *key));
             }
-            calls.retain(|&(_, delta)| delta > 0);
-            if calls.is_empty() {
+            deltas.calls.retain(|&(_, delta)| delta > 0);
+            deltas.vdso.retain(|&(_, delta)| delta > 0);
+            if deltas.calls.is_empty() && deltas.vdso.is_empty() {
                 continue;
             }
             let identity = self.identity(&process, snapshot, running);
-            processes.push(process_report(process, identity, !running, &calls, seconds));
+            let mut report = process_report(process, identity, !running, &deltas.calls, seconds);
+            add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
+            self.thresholds.apply(&mut report);
+            processes.push(report);
         }
         processes.sort_by(|a, b| {
             b.kernel_entries
                 .cmp(&a.kernel_entries)
+                .then(
+                    b.vdso_calls_per_sec
+                        .unwrap_or(0.0)
+                        .total_cmp(&a.vdso_calls_per_sec.unwrap_or(0.0)),
+                )
                 .then(a.pid.cmp(&b.pid))
                 .then(a.exec_id.cmp(&b.exec_id))
         });
 
+        let since = |now: u64, before: u64| now - before.min(now);
+        let (now, before) = (snapshot.stats, self.previous_stats);
         let lost = ObserverStats {
-            time_calls_map_full: snapshot.stats.time_calls_map_full
-                - self
-                    .previous_stats
-                    .time_calls_map_full
-                    .min(snapshot.stats.time_calls_map_full),
-            processes_map_full: snapshot.stats.processes_map_full
-                - self
-                    .previous_stats
-                    .processes_map_full
-                    .min(snapshot.stats.processes_map_full),
-            read_failed: snapshot.stats.read_failed
-                - self
-                    .previous_stats
-                    .read_failed
-                    .min(snapshot.stats.read_failed),
+            time_calls_map_full: since(now.time_calls_map_full, before.time_calls_map_full),
+            processes_map_full: since(now.processes_map_full, before.processes_map_full),
+            read_failed: since(now.read_failed, before.read_failed),
+            vdso_calls_map_full: since(now.vdso_calls_map_full, before.vdso_calls_map_full),
         };
         self.previous_stats = snapshot.stats;
         self.previous = snapshot.calls.clone();
+        self.previous_vdso = snapshot.vdso.clone();
         for key in &retired.keys {
             self.previous.remove(key);
+        }
+        for key in &retired.vdso_keys {
+            self.previous_vdso.remove(key);
         }
         for process in &retired.processes {
             self.names.remove(process);
@@ -210,7 +360,9 @@ impl Aggregator {
                 lost,
                 time_call_keys: snapshot.calls.len(),
                 time_call_capacity: health.time_call_capacity,
+                vdso_sample_period_ns: self.estimator.as_ref().map(|e| e.sample_period_ns),
             },
+            system: None,
             processes,
         };
         (report, retired)
@@ -323,6 +475,9 @@ fn process_report(
         vdso_calls_per_sec: None,
         vdso_estimated: false,
         kernel_share: None,
+        vdso_calls: Vec::new(),
+        vdso_uncertainty: None,
+        exact: None,
         by_origin,
         calls: rows.into_iter().map(|(_, row)| row).collect(),
         clocks: clocks.into_iter().map(|(_, name)| name).collect(),
@@ -333,6 +488,92 @@ fn process_report(
             .collect(),
         reasons,
     }
+}
+
+/// Fills the vDSO side of a process report: exact hits where a uprobe or
+/// breakpoint counted a call, estimates from samples for the rest.
+fn add_vdso_calls(
+    report: &mut ProcessReport,
+    deltas: &[(VdsoKey, u64)],
+    estimator: Option<&VdsoEstimator>,
+    seconds: f64,
+) {
+    // Kernel entries the vDSO itself made (or a vDSO-less libc), per call and
+    // clock: an exact hit that ended in the kernel was not answered in user space.
+    let entered = |call: &str, clock: &Option<String>| -> u64 {
+        report
+            .calls
+            .iter()
+            .filter(|c| {
+                c.call == call
+                    && (c.origin == Origin::VdsoFallback.name()
+                        || c.origin == Origin::NoVdso.name())
+                    && (clock.is_none() || &c.clock == clock)
+            })
+            .map(|c| c.count)
+            .sum()
+    };
+    let exact_calls: BTreeSet<u8> = deltas
+        .iter()
+        .filter(|(k, _)| k.provenance != Provenance::Sampled as u8)
+        .map(|(k, _)| k.call)
+        .collect();
+    let mut rows = Vec::new();
+    let mut samples_used = 0u64;
+    for &(key, count) in deltas {
+        let Some(provenance) = Provenance::from_u8(key.provenance) else {
+            continue;
+        };
+        let call = TimeCall::from_u8(key.call);
+        let call_name = call.map_or("other", TimeCall::name);
+        let clock = (key.clock_id != NO_CLOCK).then(|| clock_name(key.clock_id));
+        if provenance == Provenance::Sampled {
+            // Exact counts of the same call win over samples.
+            if exact_calls.contains(&key.call) {
+                continue;
+            }
+            let Some(estimator) = estimator else { continue };
+            let calls = estimator.calls(call, count);
+            samples_used += count;
+            rows.push(VdsoCallCount {
+                call: call_name,
+                clock,
+                provenance: provenance.name(),
+                count: None,
+                samples: Some(count),
+                calls,
+                per_sec: calls / seconds,
+            });
+        } else {
+            let answered = count.saturating_sub(entered(call_name, &clock));
+            rows.push(VdsoCallCount {
+                call: call_name,
+                clock,
+                provenance: provenance.name(),
+                count: Some(answered),
+                samples: None,
+                calls: answered as f64,
+                per_sec: answered as f64 / seconds,
+            });
+        }
+    }
+    if rows.is_empty() {
+        if estimator.is_some() {
+            // Sampling is on and saw nothing: an estimate of zero.
+            report.vdso_calls_per_sec = Some(0.0);
+            report.vdso_estimated = true;
+            report.kernel_share = (report.kernel_entries > 0).then_some(1.0);
+        }
+        return;
+    }
+    rows.sort_by(|a, b| b.calls.total_cmp(&a.calls).then(a.call.cmp(b.call)));
+    let total: f64 = rows.iter().map(|r| r.calls).sum();
+    report.vdso_calls_per_sec = Some(total / seconds);
+    report.vdso_estimated = samples_used > 0;
+    report.vdso_uncertainty = (samples_used > 0).then(|| 1.0 / (samples_used as f64).sqrt());
+    let kernel = report.kernel_entries as f64;
+    report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
+    report.vdso_calls = rows;
 }
 
 #[cfg(test)]
@@ -385,7 +626,7 @@ mod tests {
         let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
         let cpu = key(10, TimeCall::ClockGettime, 2, Origin::VdsoFallback);
         let other = key(20, TimeCall::Time, NO_CLOCK, Origin::Direct);
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = Aggregator::new(None);
         let first = snapshot(&[(direct, 100), (cpu, 50), (other, 1)]);
         let (report, retired) =
             aggregator.window(&first, Duration::from_secs(2), health(), |_| true);
@@ -418,7 +659,7 @@ mod tests {
     #[test]
     fn exited_processes_report_their_last_counts_once_then_retire() {
         let direct = key(30, TimeCall::Gettimeofday, NO_CLOCK, Origin::Direct);
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = Aggregator::new(None);
         let snap = snapshot(&[(direct, 7)]);
         let (report, retired) =
             aggregator.window(&snap, Duration::from_secs(1), health(), |_| false);
@@ -433,9 +674,39 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_decide_which_faults_are_flags() {
+        let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
+        let mut aggregator = Aggregator::new(None);
+        aggregator.set_thresholds(Thresholds {
+            min_rate_per_sec: 10.0,
+            min_kernel_share: 0.0,
+        });
+        let (report, _) = aggregator.window(
+            &snapshot(&[(direct, 5)]),
+            Duration::from_secs(1),
+            health(),
+            |_| true,
+        );
+        let process = &report.processes[0];
+        assert_eq!(
+            process.reasons,
+            [FallbackReason::DirectSyscall],
+            "the cause is still said"
+        );
+        assert!(process.flags.is_empty(), "5/s is under the 10/s threshold");
+        let (report, _) = aggregator.window(
+            &snapshot(&[(direct, 25)]),
+            Duration::from_secs(1),
+            health(),
+            |_| true,
+        );
+        assert_eq!(report.processes[0].flags, ["direct"]);
+    }
+
+    #[test]
     fn json_field_names_are_stable() {
         let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
-        let (report, _) = Aggregator::new().window(
+        let (report, _) = Aggregator::new(None).window(
             &snapshot(&[(direct, 4)]),
             Duration::from_secs(2),
             health(),

@@ -17,6 +17,24 @@ pub fn rate(per_sec: f64) -> String {
     }
 }
 
+/// vDSO-answered calls/s: `~` marks an estimate from samples.
+pub fn vdso_column(process: &ProcessReport) -> String {
+    match process.vdso_calls_per_sec {
+        Some(v) if process.vdso_estimated => format!("~{}", rate(v)),
+        Some(v) => rate(v),
+        None => "-".to_owned(),
+    }
+}
+
+/// A share as a percentage, more digits when small.
+pub fn percent(share: f64) -> String {
+    if share >= 0.1 {
+        format!("{:.0}%", share * 100.0)
+    } else {
+        format!("{:.2}%", share * 100.0)
+    }
+}
+
 /// Kernel entries per second of each call, e.g. `clock_gettime 1.0k, time 2.0`.
 pub fn calls_summary(process: &ProcessReport) -> String {
     let mut per_call: BTreeMap<&str, f64> = BTreeMap::new();
@@ -35,6 +53,13 @@ pub fn calls_summary(process: &ProcessReport) -> String {
 /// The FLAG column: faults by their word, informational reasons in parentheses.
 pub fn flag_column(process: &ProcessReport) -> String {
     let mut words: Vec<String> = process.flags.iter().map(|f| f.to_string()).collect();
+    if process
+        .exact
+        .as_ref()
+        .is_some_and(|e| e.state == "over_budget")
+    {
+        words.push("(exact-over-budget)".into());
+    }
     words.extend(
         process
             .reasons
@@ -57,12 +82,18 @@ pub fn render(report: &Report) -> String {
         .iter()
         .map(|p| p.kernel_entries_per_sec)
         .sum();
+    let vdso: Option<f64> = report
+        .processes
+        .iter()
+        .map(|p| p.vdso_calls_per_sec)
+        .try_fold(0.0, |sum, v| v.map(|v| sum + v));
     let _ = writeln!(
         out,
-        "vdso-observer: {:.2} s window, {} processes made time calls that entered the kernel, {} entries/s in all",
+        "vdso-observer: {:.2} s window, {} processes made time calls, {} kernel entries/s, {} vDSO calls/s",
         report.window_seconds,
         report.processes.len(),
-        rate(total)
+        rate(total),
+        vdso.map_or("-".to_owned(), |v| format!("~{}", rate(v)))
     );
     for probe in report.observer.probes.iter().filter(|p| !p.attached) {
         let _ = writeln!(
@@ -106,15 +137,17 @@ pub fn render(report: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:<8} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<36} {:<28} {}",
+            "{:>7} {:<8} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} {}",
             process.pid,
             process.user.as_deref().unwrap_or("?"),
             comm,
+            vdso_column(process),
             rate(process.kernel_entries_per_sec),
             per_sec(process.by_origin.vdso_fallback),
             per_sec(process.by_origin.direct),
             per_sec(process.by_origin.legacy_vsyscall),
             per_sec(process.by_origin.no_vdso),
+            process.kernel_share.map_or("-".to_owned(), percent),
             calls_summary(process),
             if process.clocks.is_empty() {
                 "-".to_owned()
@@ -189,7 +222,7 @@ mod tests {
                 _pad: 0,
             },
         );
-        let (report, _) = Aggregator::new().window(
+        let (report, _) = Aggregator::new(None).window(
             &snapshot,
             Duration::from_secs(2),
             ObserverHealthInput {

@@ -1,22 +1,18 @@
 //! `vdso-observer top`: frames of per-process kernel-entering time calls.
 
-use std::{
-    io::{ErrorKind, IsTerminal as _, Write as _},
-    time::Instant,
-};
+use std::io::{ErrorKind, IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     TopArgs,
-    loader::{LoadOptions, Observer},
-    procfs,
-    report::{Aggregator, ObserverHealthInput, Report},
+    report::Report,
+    session::{Session, SessionOptions},
     table,
 };
 
-pub async fn run(args: TopArgs, options: LoadOptions) -> Result<()> {
+pub async fn run(args: TopArgs, options: SessionOptions) -> Result<()> {
     let interactive = !args.once && !args.batch && !args.json;
     if interactive {
         if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
@@ -28,33 +24,21 @@ pub async fn run(args: TopArgs, options: LoadOptions) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
 
-    let mut observer = Observer::start(options)?;
-    let health = ObserverHealthInput {
-        probes: observer.probes.clone(),
-        time_call_capacity: observer.options.time_call_entries,
-    };
+    let mut session = Session::start(options)?;
     eprintln!(
         "vdso-observer: observing every process, {} per frame (Ctrl-C ends the window early)",
         humantime::format_duration(args.interval)
     );
 
-    let mut aggregator = Aggregator::new();
-    let mut window_start = Instant::now();
     let mut frame = 0u64;
     loop {
+        let deadline = tokio::time::Instant::now() + args.interval;
         let interrupted = tokio::select! {
-            _ = tokio::time::sleep(args.interval) => false,
+            _ = session.sleep_until(deadline) => false,
             _ = interrupt.recv() => true,
             _ = terminate.recv() => true,
         };
-        let snapshot = observer.snapshot()?;
-        let elapsed = window_start.elapsed();
-        window_start = Instant::now();
-        let (mut report, retired) =
-            aggregator.window(&snapshot, elapsed, health.clone(), procfs::is_running);
-        observer
-            .forget(&retired.processes, &retired.keys)
-            .context("dropping the counters of exited processes")?;
+        let (mut report, _) = session.next_window()?;
         keep_selected(&mut report, &args);
         if !print(&report, args.json)? {
             return Ok(()); // stdout closed (e.g. piped into head)

@@ -102,3 +102,49 @@ fn filters_keep_only_what_was_asked() {
     let report = observer.finish();
     assert!(processes(&report).iter().all(|p| p["pid"] == 1));
 }
+
+#[test]
+fn doctor_measures_this_machine() {
+    require_root();
+    let out = Command::new(OBSERVER)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diagnosis: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The development machines run tsc or kvm-clock, both vDSO-capable.
+    assert_eq!(diagnosis["decided_by"], "measured", "{diagnosis:#}");
+    assert_eq!(diagnosis["vdso_capable"], true, "{diagnosis:#}");
+    let check = &diagnosis["vdso_check"];
+    assert!(check["calls"].as_u64().unwrap() > 100_000, "{check}");
+    assert_eq!(check["kernel_entries"], 0, "{check}");
+    let gettime = &diagnosis["costs"][0];
+    assert_eq!(gettime["call"], "clock_gettime");
+    assert!(gettime["vdso_ns"].as_f64().unwrap() < gettime["syscall_ns"].as_f64().unwrap());
+    assert!(
+        diagnosis["advice"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing to do")
+    );
+
+    let text = Command::new(OBSERVER).arg("doctor").output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("vDSO-capable     yes"), "{text}");
+}
+
+#[test]
+fn reports_carry_the_system_state() {
+    require_root();
+    let observer = ObserverRun::start(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = observer.finish();
+    let system = &report["system"];
+    assert_eq!(system["vdso_capable"], true, "{system:#}");
+    assert!(system["clocksource"]["current"].is_string());
+    assert!(system["vsyscall"].is_string());
+}

@@ -7,7 +7,7 @@
 mod app;
 mod view;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
@@ -19,19 +19,13 @@ use tokio::{
 pub use app::{App, Host};
 
 use crate::{
-    loader::{LoadOptions, Observer},
-    procfs,
-    report::{Aggregator, ObserverHealthInput},
+    session::{Session, SessionOptions},
     system,
 };
 
-pub async fn run(interval: Duration, options: LoadOptions) -> Result<()> {
+pub async fn run(interval: Duration, options: SessionOptions) -> Result<()> {
     // Load before taking over the screen, so errors print as usual.
-    let mut observer = Observer::start(options)?;
-    let health = ObserverHealthInput {
-        probes: observer.probes.clone(),
-        time_call_capacity: observer.options.time_call_entries,
-    };
+    let mut session = Session::start(options)?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
@@ -47,21 +41,14 @@ pub async fn run(interval: Duration, options: LoadOptions) -> Result<()> {
 
     let mut terminal = ratatui::init();
     let result = async {
-        let mut aggregator = Aggregator::new();
-        let mut window_start = Instant::now();
         // The first frame comes sooner, so the screen fills at once.
         let mut next = tokio::time::Instant::now() + interval.min(Duration::from_secs(1));
         terminal.draw(|frame| view::draw(frame, &app))?;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {
+                _ = session.sleep_until(next) => {
                     next += interval;
-                    let snapshot = observer.snapshot()?;
-                    let elapsed = window_start.elapsed();
-                    window_start = Instant::now();
-                    let (report, retired) =
-                        aggregator.window(&snapshot, elapsed, health.clone(), procfs::is_running);
-                    observer.forget(&retired.processes, &retired.keys)?;
+                    let (report, _) = session.next_window()?;
                     app.host.clocksource = system::clocksource();
                     app.on_report(report);
                 }

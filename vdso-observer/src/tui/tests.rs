@@ -75,7 +75,7 @@ fn report(rows: &[Row]) -> Report {
             },
         );
     }
-    Aggregator::new()
+    Aggregator::new(None)
         .window(
             &snapshot,
             Duration::from_secs(1),

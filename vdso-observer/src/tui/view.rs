@@ -12,7 +12,7 @@ use super::app::{App, Column, main_clock};
 use crate::{
     report::ProcessReport,
     system::VdsoCapability,
-    table::{flag_column, rate},
+    table::{flag_column, percent, rate, vdso_column},
 };
 
 /// Style of a row whose process has a fault flag.
@@ -120,14 +120,6 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
     vec![Line::from(first), Line::from(second), third]
 }
 
-fn percent(share: f64) -> String {
-    if share >= 0.1 {
-        format!("{:.0}%", share * 100.0)
-    } else {
-        format!("{:.2}%", share * 100.0)
-    }
-}
-
 /// Columns that fit `width`, dropping the least important first.
 pub fn visible_columns(width: u16) -> Vec<Column> {
     // Least important last.
@@ -193,11 +185,7 @@ fn cell(process: &ProcessReport, column: Column) -> String {
                 process.comm.clone()
             }
         }
-        Column::Vdso => match process.vdso_calls_per_sec {
-            Some(v) if process.vdso_estimated => format!("~{}", rate(v)),
-            Some(v) => rate(v),
-            None => "-".into(),
-        },
+        Column::Vdso => vdso_column(process),
         Column::Kernel => rate(process.kernel_entries_per_sec),
         Column::Fallback => per_sec(process.by_origin.vdso_fallback),
         Column::Direct => per_sec(process.by_origin.direct),

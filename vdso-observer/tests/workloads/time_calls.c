@@ -16,6 +16,14 @@
  *   rename      prctl(PR_SET_NAME, ARG) then N direct calls
  *   steady      N direct calls a second for ARG seconds (for screens that refresh)
  *   steadycpu   N CLOCK_PROCESS_CPUTIME_ID calls a second for ARG seconds
+ *   hot         libc clock_gettime(CLOCK_MONOTONIC) for ARG seconds, N calls a
+ *               second at most (0: as fast as it can); prints "calls SECONDS" at the end
+ *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
+ *               CPU time, so a slowdown shows whatever else runs on the machine)
+ *   gtod        N libc gettimeofday calls (straight into the vDSO: glibc's IFUNC)
+ *
+ * With VT_WAIT_STDIN set it first reads one byte from stdin, so a test can
+ * attach to its pid before any call is made.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -52,6 +60,11 @@ int main(int argc, char **argv) {
     n = atol(argv[2]);
     const char *arg = argc > 3 ? argv[3] : "";
     struct timespec ts;
+    if (getenv("VT_WAIT_STDIN")) {
+        char byte;
+        if (read(0, &byte, 1) != 1)
+            return 7;
+    }
 
     if (!strcmp(mode, "direct")) {
         direct_calls(n);
@@ -126,6 +139,47 @@ int main(int argc, char **argv) {
             }
             usleep(100000);
         }
+    } else if (!strcmp(mode, "hot")) {
+        double seconds = atof(arg);
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        long calls = 0;
+        double elapsed = 0;
+        /* Batches of 1000 calls; a rate limit sleeps between batches. */
+        while (elapsed < seconds) {
+            for (int i = 0; i < 1000; i++)
+                clock_gettime(CLOCK_MONOTONIC, &now);
+            calls += 1000;
+            elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+            if (n > 0) {
+                double ahead = calls / (double)n - elapsed;
+                if (ahead > 0)
+                    usleep((useconds_t)(ahead * 1e6));
+            }
+        }
+        printf("%ld %.6f\n", calls, elapsed);
+    } else if (!strcmp(mode, "hotlog")) {
+        double seconds = atof(arg);
+        struct timespec start, now, cpu;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        double next = 0.25, elapsed = 0;
+        long calls = 0;
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        while (elapsed < seconds) {
+            for (int i = 0; i < 1000; i++)
+                clock_gettime(CLOCK_MONOTONIC, &now);
+            calls += 1000;
+            elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+            if (elapsed >= next) {
+                clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
+                printf("%ld %lld\n", calls, cpu.tv_sec * 1000000000LL + cpu.tv_nsec);
+                next += 0.25;
+            }
+        }
+    } else if (!strcmp(mode, "gtod")) {
+        struct timeval tv;
+        for (long i = 0; i < n; i++)
+            gettimeofday(&tv, NULL);
     } else if (!strcmp(mode, "rename")) {
         prctl(PR_SET_NAME, arg, 0, 0, 0);
         direct_calls(n);

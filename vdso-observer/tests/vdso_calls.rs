@@ -1,0 +1,323 @@
+//! Calls the vDSO answered: sampled estimates by default, exact counts on
+//! request (uprobes, hardware breakpoints), and the governor that keeps exact
+//! counting within its budget.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+/// These tests measure rates and CPU time: one at a time, so they do not
+/// slow each other down on a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A workload held at its start (VT_WAIT_STDIN) until [`Held::release`].
+struct Held {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Held {
+    fn start(binary: &std::path::Path, args: &[&str]) -> Held {
+        let mut child = Command::new(binary)
+            .args(args)
+            .env("VT_WAIT_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        Held { child, stdin }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn release(&mut self) {
+        let mut stdin = self.stdin.take().unwrap();
+        stdin.write_all(b"x").unwrap();
+    }
+
+    fn wait(mut self) -> String {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        out
+    }
+}
+
+fn row(report: &Value, pid: u32) -> Value {
+    let rows = rows_of_pid(report, pid);
+    assert_eq!(rows.len(), 1, "pid {pid}: {report:#}");
+    rows.into_iter().next().unwrap()
+}
+
+/// (call, clock, provenance, count) of the exact vDSO rows.
+fn exact_rows(row: &Value) -> Vec<(String, String, String, u64)> {
+    row["vdso_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["provenance"] != "sampled")
+        .map(|c| {
+            (
+                c["call"].as_str().unwrap().to_owned(),
+                c["clock"].as_str().unwrap_or("").to_owned(),
+                c["provenance"].as_str().unwrap().to_owned(),
+                c["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn exact_row(
+    call: &str,
+    clock: &str,
+    provenance: &str,
+    count: u64,
+) -> (String, String, String, u64) {
+    (call.into(), clock.into(), provenance.into(), count)
+}
+
+#[test]
+fn exact_pid_counts_glibc_clock_gettime_with_a_uprobe() {
+    require_root();
+    let _serial = serial();
+    const N: u64 = 5000;
+    let workload = build_workload("time_calls", "vt-exact-up", &[]);
+    let mut held = Held::start(&workload, &["monotonic", &N.to_string()]);
+    let observer = ObserverRun::start(&["--exact-pid", &held.pid().to_string(), "--no-governor"]);
+    held.release();
+    let pid = held.pid();
+    held.wait();
+    let report = observer.finish();
+    let row = row(&report, pid);
+    assert_eq!(
+        exact_rows(&row),
+        [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
+        "{row:#}"
+    );
+    assert_eq!(row["vdso_estimated"], false);
+    let exact = &row["exact"];
+    assert_eq!(exact["state"], "traced");
+    assert!(
+        exact["entry_points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().ends_with("libc.so.6:clock_gettime")),
+        "{exact}"
+    );
+    // The workload's one direct marker call entered the kernel: share = 1/(N+1).
+    let share = row["kernel_share"].as_f64().unwrap();
+    assert!((share - 1.0 / (N as f64 + 1.0)).abs() < 1e-9, "{share}");
+}
+
+#[test]
+fn exact_pid_counts_gettimeofday_with_a_hardware_breakpoint() {
+    require_root();
+    let _serial = serial();
+    const N: u64 = 3000;
+    let workload = build_workload("time_calls", "vt-exact-bp", &[]);
+    let mut held = Held::start(&workload, &["gtod", &N.to_string()]);
+    let observer = ObserverRun::start(&["--exact-pid", &held.pid().to_string(), "--no-governor"]);
+    held.release();
+    let pid = held.pid();
+    held.wait();
+    let report = observer.finish();
+    let row = row(&report, pid);
+    assert_eq!(
+        exact_rows(&row),
+        [exact_row("gettimeofday", "", "breakpoint", N)],
+        "{row:#}"
+    );
+    assert_eq!(
+        row["comm"], "vt-exact-bp",
+        "named though it never entered the kernel"
+    );
+}
+
+#[test]
+fn exact_counts_a_static_binary_through_its_own_clock_gettime() {
+    require_root();
+    let _serial = serial();
+    const N: u64 = 4000;
+    let workload = build_workload("time_calls", "vt-exact-static", &["-static"]);
+    let observer = ObserverRun::start(&["--exact", "--no-governor"]);
+    let mut held = Held::start(&workload, &["monotonic", &N.to_string()]);
+    // --exact looks for new processes every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    held.release();
+    let pid = held.pid();
+    held.wait();
+    let report = observer.finish();
+    let row = row(&report, pid);
+    assert_eq!(
+        exact_rows(&row),
+        [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
+        "{row:#}"
+    );
+    let entry_points = row["exact"]["entry_points"].to_string();
+    assert!(
+        entry_points.contains("vt-exact-static:clock_gettime"),
+        "the binary's own clock_gettime, no libc: {entry_points}"
+    );
+}
+
+#[test]
+fn default_sampling_estimates_a_hot_loop_within_a_quarter() {
+    require_root();
+    let _serial = serial();
+    let hot = build_workload("time_calls", "vt-est-hot", &[]);
+    let idle = build_workload("time_calls", "vt-est-none", &[]);
+    let observer = ObserverRun::start(&[]);
+    // 5 M calls/s for 3 s, and beside it a process making only direct syscalls.
+    let quiet = Command::new(&idle)
+        .args(["steady", "1000", "3"])
+        .spawn()
+        .unwrap();
+    let out = Command::new(&hot)
+        .args(["hot", "5000000", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut quiet = quiet;
+    assert!(quiet.wait().unwrap().success());
+    let report = observer.finish();
+    let truth: f64 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hot_row = rows_of_comm(&report, "vt-est-hot")
+        .pop()
+        .expect("hot loop row");
+    assert_eq!(hot_row["vdso_estimated"], true);
+    let estimate = hot_row["vdso_calls_per_sec"].as_f64().unwrap()
+        * report["window_seconds"].as_f64().unwrap();
+    let error = (estimate - truth) / truth;
+    eprintln!(
+        "hot loop: {truth} calls, estimated {estimate:.0} ({:+.1}%), {} samples",
+        error * 100.0,
+        hot_row["vdso_calls"][0]["samples"]
+    );
+    assert!(
+        error.abs() <= 0.25,
+        "estimate {estimate:.0} vs {truth}: {hot_row:#}"
+    );
+    assert!(hot_row["vdso_uncertainty"].as_f64().unwrap() < 0.25);
+
+    let quiet_row = rows_of_comm(&report, "vt-est-none")
+        .pop()
+        .expect("direct row");
+    assert_eq!(quiet_row["vdso_calls_per_sec"], 0.0, "{quiet_row:#}");
+    assert_eq!(quiet_row["kernel_share"], 1.0);
+}
+
+/// Calls per CPU-second of a `hotlog` workload between two of its log lines.
+fn rate(lines: &[(u64, u64)], from: usize, to: usize) -> f64 {
+    let (calls0, cpu0) = lines[from];
+    let (calls1, cpu1) = lines[to];
+    (calls1 - calls0) as f64 / ((cpu1 - cpu0) as f64 / 1e9)
+}
+
+#[test]
+fn the_governor_keeps_a_hot_process_within_budget() {
+    require_root();
+    let _serial = serial();
+    let hot = build_workload("time_calls", "vt-gov-hot", &[]);
+    let mut child = Command::new(&hot)
+        .args(["hotlog", "0", "7"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (sender, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+            let entry = (
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+                Instant::now(),
+            );
+            if sender.send(entry).is_err() {
+                break;
+            }
+        }
+    });
+    // Before: 1.5 s of the loop alone.
+    std::thread::sleep(Duration::from_millis(1500));
+    let observer = ObserverRun::start(&["--exact", "--exact-budget", "2"]);
+    let attached = Instant::now();
+    std::thread::sleep(Duration::from_millis(3000));
+    let report = observer.finish();
+    assert!(child.wait().unwrap().success());
+    let all: Vec<(u64, u64, Instant)> = lines.try_iter().collect();
+    let before: Vec<(u64, u64)> = all
+        .iter()
+        .filter(|l| l.2 < attached)
+        .map(|l| (l.0, l.1))
+        .collect();
+    let during: Vec<(u64, u64)> = all
+        .iter()
+        .filter(|l| l.2 >= attached && l.2 < attached + Duration::from_millis(3000))
+        .map(|l| (l.0, l.1))
+        .collect();
+    assert!(
+        before.len() >= 4 && during.len() >= 8,
+        "{before:?} {during:?}"
+    );
+    let base = rate(&before, 1, before.len() - 1);
+    let observed = rate(&during, 0, during.len() - 1);
+    let slowdown = 1.0 - observed / base;
+    let row = row(&report, pid);
+    eprintln!(
+        "governor: {base:.0} calls/CPU-s before, {observed:.0} during ({:+.2}% slowdown); state {}",
+        slowdown * 100.0,
+        row["exact"]
+    );
+    assert_eq!(row["exact"]["state"], "over_budget", "{row:#}");
+    assert!(row["exact"]["note"].as_str().unwrap().contains("budget 2%"));
+    assert_eq!(row["vdso_estimated"], true, "falls back to the estimate");
+    // The budget is 2%; allow 2 points of noise in the workload's own measure.
+    assert!(slowdown < 0.04, "slowed by {:.1}%", slowdown * 100.0);
+}
+
+#[test]
+fn the_governor_detaches_a_process_that_turns_hot() {
+    require_root();
+    let _serial = serial();
+    let hot = build_workload("time_calls", "vt-gov-turn", &[]);
+    let mut held = Held::start(&hot, &["hot", "0", "2"]);
+    let pid = held.pid();
+    let observer = ObserverRun::start(&["--exact-pid", &pid.to_string(), "--exact-budget", "2"]);
+    held.release();
+    held.wait();
+    let report = observer.finish();
+    let row = row(&report, pid);
+    let exact = &row["exact"];
+    assert_eq!(exact["state"], "over_budget", "{row:#}");
+    assert!(
+        exact["note"].as_str().unwrap().starts_with("detached"),
+        "{exact}"
+    );
+    assert!(exact["overhead"].as_f64().unwrap() > 0.02);
+}
