@@ -286,7 +286,7 @@ impl Observer {
                         "vDSO costs as sampled (ns per call): {:?}",
                         model.costs.ns_per_call
                     );
-                } else if model.sample_period_ns.is_some() {
+                } else if model.sample_period_ns.is_some() && check.vdso_capable() {
                     warn!(
                         "the sampler saw too few samples of the calibration loop; using stopwatch \
                          costs, which may misjudge vDSO call counts"

@@ -28,8 +28,8 @@ pub fn clocksource_vdso_capability(name: &str) -> (VdsoCapability, &'static str)
     match name {
         "tsc" => (Yes, "TSC is read with rdtsc in user space"),
         "tsc-early" => (
-            No,
-            "the early boot TSC has no vDSO clock mode until it is refined to tsc",
+            Yes,
+            "the early-boot TSC is read with rdtsc in user space too",
         ),
         "kvm-clock" => (
             Conditional,

@@ -5,6 +5,7 @@
 //! call it first, so the README's two commands work on a new machine.
 
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,12 +36,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and lints, then run every test (needs root).
+    /// Set up, check formatting and lints, then run every test (needs root),
+    /// the guest-kernel scenarios of vm-test included.
     Test {
+        /// Skip the guest-kernel scenarios (several minutes under TCG).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot Debian's kernel in QEMU with hpet, a run-time switch and vdso=0, and
+    /// check what the observer reports there.
+    VmTest,
     /// `cargo fmt --check` and clippy with warnings denied, eBPF crate included.
     Lint,
     /// Build the release binary, its man pages and shell completions into target/dist.
@@ -61,7 +69,16 @@ fn main() -> Result<()> {
             let binary = root.join("target/release/vdso-observer");
             run_as_root(&binary, &args)
         }
-        Task::Test { args } => {
+        Task::VmTest => {
+            setup::run(true)?;
+            let (passed, failed) = vm::run(&root)?;
+            println!("vm-test: {passed} passed, {failed} failed");
+            if failed > 0 {
+                bail!("{failed} vm-test scenarios failed");
+            }
+            Ok(())
+        }
+        Task::Test { no_vm, args } => {
             setup::run(true)?;
             lint()?;
             step(
@@ -78,7 +95,27 @@ fn main() -> Result<()> {
                     std::env::set_var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E")
                 };
             }
-            cargo_tests(&cargo_args)
+            let (passed, failed) = cargo_tests(&cargo_args)?;
+            let (vm_passed, vm_failed) = if no_vm {
+                step("vm-test skipped (--no-vm)");
+                (0, 0)
+            } else {
+                step(
+                    "vm-test: the observer in a guest kernel whose clocksource the vDSO cannot use",
+                );
+                let (p, f) = vm::run(&root)?;
+                println!("vm-test: {p} passed, {f} failed");
+                (p, f)
+            };
+            println!(
+                "all: {} passed, {} failed",
+                passed + vm_passed,
+                failed + vm_failed
+            );
+            if failed + vm_failed > 0 {
+                bail!("{} tests failed", failed + vm_failed);
+            }
+            Ok(())
         }
         Task::Lint => {
             setup::run(false)?;
@@ -187,9 +224,9 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo test`, passing its output through, and ends with one line that
+/// Runs `cargo test`, passing its output through, and prints one line that
 /// sums every test binary's result: `tests: N passed, M failed`.
-fn cargo_tests(args: &[&str]) -> Result<()> {
+fn cargo_tests(args: &[&str]) -> Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(&cargo)
@@ -219,12 +256,13 @@ fn cargo_tests(args: &[&str]) -> Result<()> {
     let status = child.wait().context("waiting for cargo test")?;
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
+        println!("all: {passed} passed, {} failed", failed.max(1));
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     if passed == 0 {
         bail!("no test ran");
     }
-    Ok(())
+    Ok((passed, failed))
 }
 
 fn run_as_root(binary: &Path, args: &[String]) -> Result<()> {

@@ -106,7 +106,7 @@ fn nightly_rust_src() -> Result<()> {
     Ok(())
 }
 
-fn debian_packages(packages: &[&str]) -> Result<()> {
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

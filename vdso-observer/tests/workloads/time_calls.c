@@ -16,6 +16,7 @@
  *   rename      prctl(PR_SET_NAME, ARG) then N direct calls
  *   steady      N direct calls a second for ARG seconds (for screens that refresh)
  *   steadycpu   N CLOCK_PROCESS_CPUTIME_ID calls a second for ARG seconds
+ *   steadyvdso  N libc clock_gettime(CLOCK_MONOTONIC) calls a second for ARG seconds
  *   hot         libc clock_gettime(CLOCK_MONOTONIC) for ARG seconds, N calls a
  *               second at most (0: as fast as it can); prints "calls SECONDS" at the end
  *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
@@ -127,13 +128,17 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "clocks")) {
         for (long id = 0; id < n; id++)
             syscall(SYS_clock_gettime, (clockid_t)id, &ts);
-    } else if (!strcmp(mode, "steady") || !strcmp(mode, "steadycpu")) {
+    } else if (!strcmp(mode, "steady") || !strcmp(mode, "steadycpu") ||
+               !strcmp(mode, "steadyvdso")) {
         int cpu = !strcmp(mode, "steadycpu");
+        int vdso = !strcmp(mode, "steadyvdso");
         long seconds = atol(arg);
         for (long s = 0; s < seconds * 10; s++) {
             for (long i = 0; i < n / 10; i++) {
                 if (cpu)
                     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+                else if (vdso)
+                    clock_gettime(CLOCK_MONOTONIC, &ts);
                 else
                     direct_calls(1);
             }

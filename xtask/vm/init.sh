@@ -1,0 +1,68 @@
+#!/bin/busybox sh
+# /init of the vm-test guest: runs one scenario (vt.scenario= on the kernel
+# command line), prints results as VMTEST lines on the serial console, powers off.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp && mount -t tmpfs tmp /tmp
+export PATH=/bin RUST_LOG=warn
+
+scenario=$(sed -n 's/.*vt\.scenario=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
+clocksource=/sys/devices/system/clocksource/clocksource0/current_clocksource
+echo "VMTEST-BEGIN $scenario"
+echo "VMTEST-CLOCKSOURCE $(cat $clocksource)"
+
+# Starts `vdso-observer ARGS` in the background, waits until it observes.
+observe() {
+    /vdso-observer "$@" > /tmp/out.json 2> /tmp/err.txt &
+    observer=$!
+    i=0
+    while ! grep -q "observing every process" /tmp/err.txt; do
+        sleep 0.5
+        i=$((i + 1))
+        if [ $i -gt 600 ] || ! kill -0 $observer 2>/dev/null; then
+            echo "VMTEST-ERROR observer did not start: $(cat /tmp/err.txt)"
+            break
+        fi
+    done
+}
+
+stop() {
+    kill -INT $observer 2>/dev/null
+    wait $observer
+    echo "VMTEST-OBSERVER-EXIT $?"
+    sed 's/^/VMTEST-STDERR /' /tmp/err.txt
+}
+
+case "$scenario" in
+switch)
+    observe top -b -n 0 -d 2 --json --comm workload
+    /workload steadyvdso 2000 16 &
+    workload=$!
+    echo "VMTEST-PID $workload"
+    sleep 7
+    echo hpet > $clocksource
+    echo "VMTEST-SWITCHED $(cat $clocksource)"
+    wait $workload
+    sleep 2
+    stop
+    sed 's/^/VMTEST-FRAME /' /tmp/out.json
+    ;;
+*)
+    /vdso-observer doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
+    echo "VMTEST-DOCTOR $(cat /tmp/doctor.json)"
+    sed 's/^/VMTEST-STDERR /' /tmp/doctor.err
+    observe top --once -d 600 --json --comm workload
+    /workload monotonic 20000 &
+    workload=$!
+    wait $workload
+    echo "VMTEST-PID $workload"
+    stop
+    echo "VMTEST-TOP $(cat /tmp/out.json)"
+    echo "VMTEST-NS $(/workload hot 0 1)"
+    ;;
+esac
+echo "VMTEST-END"
+sync
+poweroff -f
