@@ -15,6 +15,8 @@ pub const PROGRAM_CONFIG_GLOBAL: &str = "PROGRAM_CONFIG";
 
 /// Program counting time syscalls, attached to raw tracepoint `sys_enter`.
 pub const SYS_ENTER_PROGRAM: &str = "time_syscall_enter";
+/// An empty program on `sys_enter`: the benchmark's floor.
+pub const EMPTY_SYS_ENTER_PROGRAM: &str = "empty_sys_enter";
 /// Program counting legacy vsyscall calls, attached to raw tracepoint `emulate_vsyscall`.
 pub const VSYSCALL_PROGRAM: &str = "legacy_vsyscall";
 

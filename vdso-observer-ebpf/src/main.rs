@@ -62,6 +62,13 @@ pub fn time_syscall_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Does nothing: the floor any `sys_enter` observer pays (the kernel's traced
+/// syscall path for every thread), measured by `cargo xtask bench`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn empty_sys_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
 /// `vsyscall:emulate_vsyscall`: args are (int nr). Emulated calls do not pass
 /// `sys_enter`, so nothing is counted twice.
 #[raw_tracepoint(tracepoint = "emulate_vsyscall")]

@@ -623,6 +623,30 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// Attaches only the empty `sys_enter` program (the benchmark's floor) and
+/// returns what keeps it attached.
+pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
+    check_privileges()?;
+    raise_memlock_limit();
+    let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
+    let config = ProgramConfig {
+        offsets,
+        observer_tgid: std::process::id(),
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
+        .override_global(VDSO_FUNCTIONS_GLOBAL, &VdsoFunctionTable::EMPTY, true)
+        .load(EBPF_OBJECT)
+        .map_err(|err| explain_load_error(anyhow!(err)))
+        .context("loading the eBPF object")?;
+    attach(
+        &mut ebpf,
+        vdso_observer_common::EMPTY_SYS_ENTER_PROGRAM,
+        "sys_enter",
+    )?;
+    Ok(ebpf)
+}
+
 /// Capability bits (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;

@@ -98,6 +98,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attach only an empty sys_enter program until SIGINT/SIGTERM (the floor
+    /// `cargo xtask bench` compares with).
+    #[command(hide = true, name = "bench-floor")]
+    BenchFloor,
     /// The calibration child the observer runs under its sampler at start.
     #[command(hide = true, name = "vdso-loop")]
     VdsoLoop {
@@ -275,6 +279,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Top(args) => runtime.block_on(top::run(args, options)),
         Command::Doctor { json } => doctor::run(options.load, json),
+        Command::BenchFloor => runtime.block_on(async {
+            let _floor = loader::attach_floor(&options.load)?;
+            eprintln!("vdso-observer: observing every process (empty sys_enter program only)");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            Ok(())
+        }),
         Command::Daemon(args) => {
             let options_for_daemon = daemon::DaemonOptions {
                 config_file: args.config,

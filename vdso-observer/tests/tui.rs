@@ -139,7 +139,8 @@ fn top_shows_workloads_sorts_filters_and_restores_the_terminal() {
         "{line}"
     );
     let rate = kernel_rate(line);
-    assert!((1500.0..=2100.0).contains(&rate), "about 2000/s: {line}");
+    // 200 calls every 100 ms: a 1 s window holds 10 or 11 bursts.
+    assert!((1600.0..=2400.0).contains(&rate), "about 2000/s: {line}");
     let line = row(&screen, cpu).unwrap();
     assert!(
         line.contains("CLOCK_PROCESS_CPUTIME_ID") && line.ends_with("(cpu-clock)"),

@@ -4,6 +4,7 @@
 //! bpf-linker, test tools) and skips what is present; `run`, `test` and `bench`
 //! call it first, so the README's two commands work on a new machine.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -53,6 +54,9 @@ enum Task {
     Lint,
     /// Build the release binary, its man pages and shell completions into target/dist.
     Dist,
+    /// Measure the observer against bare, an empty program, bpftrace and BCC, in one
+    /// run (root; about 6 minutes). Prints a table, writes target/bench/bench.json.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -120,6 +124,10 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup::run(false)?;
             lint()
+        }
+        Task::Bench => {
+            setup::run(true)?;
+            bench::run(&root)
         }
         Task::Dist => {
             setup::run(false)?;

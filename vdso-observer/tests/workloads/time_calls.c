@@ -22,6 +22,7 @@
  *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
  *               CPU time, so a slowdown shows whatever else runs on the machine)
  *   gtod        N libc gettimeofday calls (straight into the vDSO: glibc's IFUNC)
+ *   bench       N calls of ARG (getppid, direct, vdso), then prints ns per call
  *
  * With VT_WAIT_STDIN set it first reads one byte from stdin, so a test can
  * attach to its pid before any call is made.
@@ -181,6 +182,20 @@ int main(int argc, char **argv) {
                 next += 0.25;
             }
         }
+    } else if (!strcmp(mode, "bench")) {
+        struct timespec start, end;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        if (!strcmp(arg, "getppid")) {
+            for (long i = 0; i < n; i++)
+                syscall(SYS_getppid);
+        } else if (!strcmp(arg, "direct")) {
+            direct_calls(n);
+        } else {
+            for (long i = 0; i < n; i++)
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        printf("%.2f\n", ((end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec)) / n);
     } else if (!strcmp(mode, "gtod")) {
         struct timeval tv;
         for (long i = 0; i < n; i++)

@@ -1,0 +1,633 @@
+//! `cargo xtask bench`: what the observer costs the machine it watches, side by
+//! side in one run with what people would use instead (an empty sys_enter
+//! program as the kernel's floor, bpftrace, BCC's syscount), and how exact it is.
+//!
+//! Every figure is the median of several runs with min and max; configurations
+//! alternate within each round so a noisy machine hits them alike. Loops are
+//! pinned to CPU 1. Results: a table on stdout and target/bench/bench.json.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::{setup, step};
+
+const ROUNDS: usize = 3;
+const SYSCALLS: u64 = 3_000_000;
+/// Time-syscall numbers (x86_64) the bpftrace equivalent filters on.
+const TIME_SYSCALLS: &str = "args->id == 228 || args->id == 96 || args->id == 201 || args->id == 229 || args->id == 309 || args->id == 318";
+
+struct Bench {
+    dir: PathBuf,
+    observer: PathBuf,
+    workload: PathBuf,
+}
+
+/// A tool running beside the workload, stopped on drop.
+struct Tool {
+    child: Child,
+    name: String,
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("bench: {} did not stop on SIGINT; killed", self.name);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    Bare,
+    Floor,
+    Observer,
+    ObserverExact { governor: bool },
+    Bpftrace,
+    BpftraceUprobe,
+    Syscount,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::Floor => "empty sys_enter program",
+            Config::Observer => "vdso-observer daemon",
+            Config::ObserverExact { governor: false } => "vdso-observer --exact (no governor)",
+            Config::ObserverExact { governor: true } => "vdso-observer --exact (governor 2%)",
+            Config::Bpftrace => "bpftrace raw_syscalls:sys_enter count",
+            Config::BpftraceUprobe => "bpftrace uprobe libc clock_gettime",
+            Config::Syscount => "BCC syscount-bpfcc -P",
+        }
+    }
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    setup::debian_packages(&["bpftrace", "bpfcc-tools", "util-linux"])?;
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        step("mounting tracefs (bpftrace attaches tracepoints through it)");
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+    let bench = Bench::build(root)?;
+    let machine = machine();
+    let mut results = json!({ "machine": machine });
+
+    step("1/4 tax on every syscall: getppid and direct clock_gettime loops");
+    let configs = [
+        Config::Bare,
+        Config::Floor,
+        Config::Observer,
+        Config::Bpftrace,
+        Config::Syscount,
+    ];
+    for kind in ["getppid", "direct"] {
+        results[format!("syscall_{kind}")] = bench.syscall_tax(kind, &configs)?;
+    }
+
+    step("2/4 tax on vDSO calls: a hot clock_gettime(CLOCK_MONOTONIC) loop");
+    results["vdso_loop"] = bench.vdso_tax()?;
+
+    step("3/4 cost of the observer: 1000 idle and 50 active processes for 60 s");
+    results["observer_cost"] = bench.observer_cost()?;
+
+    step("4/4 accuracy: fork storm, 64 threads, estimates at three rates");
+    results["accuracy"] = bench.accuracy()?;
+
+    let path = bench.dir.join("bench.json");
+    fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    println!("{}", render(&results));
+    println!("(JSON: {})", path.display());
+    Ok(())
+}
+
+impl Bench {
+    fn build(root: &Path) -> Result<Bench> {
+        step("bench: building the observer (release) and the C workload");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--package", "vdso-observer"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build --release failed");
+        }
+        let dir = root.join("target/bench");
+        fs::create_dir_all(&dir)?;
+        let workload = dir.join("vt-bench");
+        let status = Command::new("gcc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&workload)
+            .arg(root.join("vdso-observer/tests/workloads/time_calls.c"))
+            .status()?;
+        if !status.success() {
+            bail!("gcc of the workload failed");
+        }
+        Ok(Bench {
+            dir,
+            observer: root.join("target/release/vdso-observer"),
+            workload,
+        })
+    }
+
+    /// Starts a configuration's tool and waits until it is attached.
+    fn start(&self, config: Config, exact_pid: Option<u32>) -> Result<Option<Tool>> {
+        let log = self.dir.join("tool.log");
+        let (mut command, ready): (Command, &str) = match config {
+            Config::Bare => return Ok(None),
+            Config::Floor => {
+                let mut c = Command::new(&self.observer);
+                c.arg("bench-floor");
+                (c, "observing every process")
+            }
+            Config::Observer => {
+                let mut c = Command::new(&self.observer);
+                c.args(["daemon", "--interval", "5s", "--textfile"])
+                    .arg(self.dir.join("bench.prom"));
+                (c, "started:")
+            }
+            Config::ObserverExact { governor } => {
+                let mut c = Command::new(&self.observer);
+                c.args(["top", "-b", "-n", "0", "-d", "60", "--json", "--exact-pid"])
+                    .arg(exact_pid.expect("a pid").to_string());
+                if !governor {
+                    c.arg("--no-governor");
+                }
+                (c, "observing every process")
+            }
+            Config::Bpftrace => {
+                let mut c = Command::new("bpftrace");
+                c.arg("-e").arg(format!(
+                    "tracepoint:raw_syscalls:sys_enter /{TIME_SYSCALLS}/ {{ @[pid, args->id] = count(); }}"
+                ));
+                (c, "Attaching")
+            }
+            Config::BpftraceUprobe => {
+                let libc = libc_path()?;
+                let mut c = Command::new("bpftrace");
+                c.arg("-e").arg(format!(
+                    "uprobe:{libc}:clock_gettime {{ @[pid] = count(); }}"
+                ));
+                (c, "Attaching")
+            }
+            Config::Syscount => {
+                let mut c = Command::new("syscount-bpfcc");
+                c.arg("-P");
+                (c, "Tracing syscalls")
+            }
+        };
+        let file = fs::File::create(&log)?;
+        let child = command
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", config.name()))?;
+        let mut tool = Tool {
+            child,
+            name: config.name().into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(ready) {
+                // bpftrace prints "Attaching" just before it attaches.
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(Some(tool));
+            }
+            if let Ok(Some(status)) = tool.child.try_wait() {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = text.lines().rev().take(3).collect();
+                bail!("{} exited ({status}): {}", config.name(), last.join(" | "));
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not attach within 60 s", config.name());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// ns per call of `workload bench N kind`, pinned to CPU 1.
+    fn loop_ns(&self, kind: &str, calls: u64) -> Result<f64> {
+        let out = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(&self.workload)
+            .args(["bench", &calls.to_string(), kind])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("the loop printed no ns/call"))
+    }
+
+    fn syscall_tax(&self, kind: &str, configs: &[Config]) -> Result<Value> {
+        let mut samples: Vec<(Config, Vec<f64>, Option<String>)> =
+            configs.iter().map(|c| (*c, vec![], None)).collect();
+        for round in 0..ROUNDS {
+            for (config, values, error) in &mut samples {
+                if error.is_some() {
+                    continue;
+                }
+                match self.start(*config, None) {
+                    Ok(tool) => {
+                        values.push(self.loop_ns(kind, SYSCALLS)?);
+                        drop(tool);
+                    }
+                    Err(err) => *error = Some(format!("{err:#}")),
+                }
+            }
+            eprintln!("bench: {kind} round {} of {ROUNDS} done", round + 1);
+        }
+        Ok(figures(&samples, "ns_per_call"))
+    }
+
+    fn vdso_tax(&self) -> Result<Value> {
+        let configs = [
+            Config::Bare,
+            Config::Observer,
+            Config::ObserverExact { governor: true },
+            Config::ObserverExact { governor: false },
+            Config::BpftraceUprobe,
+        ];
+        let mut samples: Vec<(Config, Vec<f64>, Option<String>)> =
+            configs.iter().map(|c| (*c, vec![], None)).collect();
+        for round in 0..ROUNDS {
+            for (config, values, error) in &mut samples {
+                if error.is_some() {
+                    continue;
+                }
+                // A 3 s loop held until the tool is attached (exact mode needs its pid).
+                let mut child = Command::new("taskset")
+                    .args(["-c", "1"])
+                    .arg(&self.workload)
+                    .args(["hot", "0", "3"])
+                    .env("VT_WAIT_STDIN", "1")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                let tool = match self.start(*config, Some(child.id())) {
+                    Ok(tool) => tool,
+                    Err(err) => {
+                        *error = Some(format!("{err:#}"));
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        continue;
+                    }
+                };
+                child.stdin.take().unwrap().write_all(b"x")?;
+                let out = child.wait_with_output()?;
+                drop(tool);
+                let text = String::from_utf8_lossy(&out.stdout);
+                let mut fields = text.split_whitespace();
+                let calls: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
+                let seconds: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
+                if calls > 0.0 {
+                    values.push(seconds * 1e9 / calls);
+                }
+            }
+            eprintln!("bench: vDSO loop round {} of {ROUNDS} done", round + 1);
+        }
+        Ok(figures(&samples, "ns_per_call"))
+    }
+
+    fn observer_cost(&self) -> Result<Value> {
+        let mut idle = Vec::new();
+        for _ in 0..1000 {
+            idle.push(Command::new("sleep").arg("600").spawn()?);
+        }
+        let mut active = Vec::new();
+        for i in 0..50 {
+            let mode = if i % 2 == 0 { "steady" } else { "steadyvdso" };
+            active.push(
+                Command::new(&self.workload)
+                    .args([mode, "1000", "90"])
+                    .spawn()?,
+            );
+        }
+        let textfile = self.dir.join("cost.prom");
+        let _ = fs::remove_file(&textfile);
+        let started = Instant::now();
+        let mut daemon = Command::new(&self.observer)
+            .args(["daemon", "--interval", "15s", "--textfile"])
+            .arg(&textfile)
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = daemon.id();
+        while !textfile.exists() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first_data = started.elapsed().as_secs_f64();
+        let cpu0 = cpu_ticks(pid).unwrap_or(0);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(60));
+        let cpu1 = cpu_ticks(pid).unwrap_or(0);
+        let elapsed = t0.elapsed().as_secs_f64();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb = |field: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let _ = daemon.wait();
+        for mut child in idle.into_iter().chain(active) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(json!({
+            "idle_processes": 1000,
+            "active_processes": 50,
+            "active_calls_per_sec_each": 1000,
+            "window_seconds": elapsed,
+            "cpu_percent_of_one_core": (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0,
+            "rss_mb": kb("VmRSS:") / 1024.0,
+            "peak_rss_mb": kb("VmHWM:") / 1024.0,
+            "seconds_to_first_textfile": first_data,
+        }))
+    }
+
+    fn accuracy(&self) -> Result<Value> {
+        // Fork storm: 200 children × 500 direct calls; 64 threads × 5000.
+        let storm = self.counted(&["children", "500", "200"], "vt-bench")?;
+        let threads = self.counted(&["threads", "5000", "64"], "vt-bench")?;
+        let mut estimates = Vec::new();
+        for rate in [1_000_000u64, 5_000_000, 0] {
+            let (truth, estimate) = self.estimate(rate)?;
+            estimates.push(json!({
+                "rate_limit_per_sec": rate,
+                "true_calls": truth,
+                "estimated_calls": estimate,
+                "error_percent": (estimate - truth) / truth * 100.0,
+            }));
+        }
+        Ok(json!({
+            "fork_storm": { "true": 200 * 500, "counted": storm },
+            "threads_64": { "true": 64 * 5000, "counted": threads },
+            "estimates": estimates,
+        }))
+    }
+
+    /// Direct clock_gettime entries counted by `top --once` for the workload.
+    fn counted(&self, args: &[&str], comm: &str) -> Result<u64> {
+        let report = self
+            .observe(|| {
+                let status = Command::new(&self.workload).args(args).status()?;
+                if !status.success() {
+                    bail!("workload {args:?} failed");
+                }
+                Ok(String::new())
+            })?
+            .0;
+        Ok(report["processes"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["comm"] == comm)
+                    .flat_map(|r| r["calls"].as_array().cloned().unwrap_or_default())
+                    .filter(|c| c["call"] == "clock_gettime" && c["origin"] == "direct")
+                    .filter_map(|c| c["count"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0))
+    }
+
+    fn estimate(&self, rate: u64) -> Result<(f64, f64)> {
+        let (report, out) = self.observe(|| {
+            let out = Command::new(&self.workload)
+                .args(["hot", &rate.to_string(), "3"])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        })?;
+        let truth: f64 = out
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("the hot loop printed no count"))?;
+        let window = report["window_seconds"].as_f64().unwrap_or(0.0);
+        let estimate = report["processes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["comm"] == "vt-bench").cloned())
+            .and_then(|r| r["vdso_calls_per_sec"].as_f64())
+            .unwrap_or(0.0)
+            * window;
+        Ok((truth, estimate))
+    }
+
+    /// Runs `work` inside one `top --once --json` window.
+    fn observe(&self, work: impl FnOnce() -> Result<String>) -> Result<(Value, String)> {
+        let mut top = Command::new(&self.observer)
+            .args(["top", "--once", "-d", "600", "--json", "--comm", "vt-bench"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stderr = BufReader::new(top.stderr.take().unwrap());
+        let mut line = String::new();
+        while stderr.read_line(&mut line)? > 0 && !line.contains("observing every process") {
+            line.clear();
+        }
+        let result = work();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(top.id() as i32, libc::SIGINT) };
+        let out = top.wait_with_output()?;
+        let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "top printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        Ok((report, result?))
+    }
+}
+
+/// Median, min and max per configuration, with ratios to bare and taxes.
+fn figures(samples: &[(Config, Vec<f64>, Option<String>)], unit: &str) -> Value {
+    let stats = |values: &[f64]| -> Option<(f64, f64, f64)> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some((
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1],
+        ))
+    };
+    let bare = samples
+        .iter()
+        .find(|(c, _, _)| *c == Config::Bare)
+        .and_then(|(_, v, _)| stats(v))
+        .map(|s| s.0);
+    let floor_tax = samples
+        .iter()
+        .find(|(c, _, _)| *c == Config::Floor)
+        .and_then(|(_, v, _)| stats(v))
+        .and_then(|s| Some(s.0 - bare?));
+    let bpftrace_tax = samples
+        .iter()
+        .find(|(c, _, _)| *c == Config::Bpftrace)
+        .and_then(|(_, v, _)| stats(v))
+        .and_then(|s| Some(s.0 - bare?));
+    let rows: Vec<Value> = samples
+        .iter()
+        .map(|(config, values, error)| match stats(values) {
+            Some((median, min, max)) => {
+                let tax = bare.map(|b| median - b);
+                json!({
+                    "config": config.name(),
+                    unit: median,
+                    "min": min,
+                    "max": max,
+                    "runs": values.len(),
+                    "ratio_to_bare": bare.map(|b| median / b),
+                    "tax_ns": tax,
+                    "tax_vs_floor": tax.zip(floor_tax).map(|(t, f)| t / f),
+                    "tax_vs_bpftrace": tax.zip(bpftrace_tax).map(|(t, b)| t / b),
+                })
+            }
+            None => json!({
+                "config": config.name(),
+                "error": error.clone().unwrap_or_else(|| "no runs".into()),
+            }),
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+fn render(results: &Value) -> String {
+    let mut out = String::new();
+    let machine = &results["machine"];
+    out.push_str(&format!(
+        "\nvdso-observer bench — {} CPUs, kernel {}, clocksource {}\n",
+        machine["cpus"], machine["kernel"], machine["clocksource"]
+    ));
+    for (key, title) in [
+        (
+            "syscall_getppid",
+            "getppid loop (ns/call, pinned, median of 3)",
+        ),
+        ("syscall_direct", "direct syscall(SYS_clock_gettime) loop"),
+        ("vdso_loop", "vDSO clock_gettime(CLOCK_MONOTONIC) loop, 3 s"),
+    ] {
+        out.push_str(&format!("\n{title}\n"));
+        out.push_str(&format!(
+            "  {:<40} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
+            "config", "median", "min", "max", "x bare", "tax ns", "vs floor", "vs bpftr"
+        ));
+        for row in results[key].as_array().into_iter().flatten() {
+            if let Some(error) = row["error"].as_str() {
+                out.push_str(&format!(
+                    "  {:<40} not measured: {error}\n",
+                    row["config"].as_str().unwrap_or("")
+                ));
+                continue;
+            }
+            let num = |v: &Value, digits: usize| {
+                v.as_f64()
+                    .map_or("-".to_owned(), |v| format!("{v:.digits$}"))
+            };
+            out.push_str(&format!(
+                "  {:<40} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
+                row["config"].as_str().unwrap_or(""),
+                num(&row["ns_per_call"], 1),
+                num(&row["min"], 1),
+                num(&row["max"], 1),
+                num(&row["ratio_to_bare"], 3),
+                num(&row["tax_ns"], 1),
+                num(&row["tax_vs_floor"], 2),
+                num(&row["tax_vs_bpftrace"], 2),
+            ));
+        }
+    }
+    let cost = &results["observer_cost"];
+    out.push_str(&format!(
+        "\nobserver daemon, 1000 idle + 50 active processes, {:.0} s: {:.2}% of one core, RSS {:.1} MB (peak {:.1} MB), first textfile after {:.2} s\n",
+        cost["window_seconds"].as_f64().unwrap_or(0.0),
+        cost["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
+        cost["rss_mb"].as_f64().unwrap_or(0.0),
+        cost["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        cost["seconds_to_first_textfile"].as_f64().unwrap_or(0.0),
+    ));
+    let accuracy = &results["accuracy"];
+    out.push_str(&format!(
+        "\naccuracy: fork storm {} of {} counted; 64 threads {} of {}\n",
+        accuracy["fork_storm"]["counted"],
+        accuracy["fork_storm"]["true"],
+        accuracy["threads_64"]["counted"],
+        accuracy["threads_64"]["true"]
+    ));
+    for estimate in accuracy["estimates"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  estimate at {}: {:.0} true, {:.0} estimated ({:+.1}%)\n",
+            match estimate["rate_limit_per_sec"].as_u64() {
+                Some(0) => "full speed".to_owned(),
+                Some(r) => format!("{r} calls/s"),
+                None => "?".into(),
+            },
+            estimate["true_calls"].as_f64().unwrap_or(0.0),
+            estimate["estimated_calls"].as_f64().unwrap_or(0.0),
+            estimate["error_percent"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    out
+}
+
+fn machine() -> Value {
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "clocksource": read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+    })
+}
+
+fn libc_path() -> Result<String> {
+    let maps = fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no libc.so.6 mapped in xtask"))
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
