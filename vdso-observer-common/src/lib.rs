@@ -241,16 +241,20 @@ impl VdsoFunctionTable {
         call: [0; VDSO_FUNCTION_SLOTS],
     };
 
-    /// The call whose function holds `offset`, or [`VDSO_OTHER_CODE`].
+    /// The call whose function holds `offset`, or [`VDSO_OTHER_CODE`]. Reads
+    /// are volatile: in the eBPF object the table is a loader-written global whose
+    /// initializer the compiler must not fold in.
     #[inline(always)]
     pub fn call_at(&self, offset: u64) -> u8 {
+        use core::ptr::read_volatile;
+        // SAFETY: plain reads of fields of a valid reference.
+        let count = unsafe { read_volatile(&self.count) } as usize;
         let mut i = 0;
-        while i < VDSO_FUNCTION_SLOTS {
-            if (i as u32) < self.count
-                && offset >= self.start[i] as u64
-                && offset < self.end[i] as u64
-            {
-                return self.call[i];
+        while i < VDSO_FUNCTION_SLOTS && i < count {
+            let (start, end) =
+                unsafe { (read_volatile(&self.start[i]), read_volatile(&self.end[i])) };
+            if offset >= start as u64 && offset < end as u64 {
+                return unsafe { read_volatile(&self.call[i]) };
             }
             i += 1;
         }

@@ -31,6 +31,17 @@ const USER32_CS: u64 = 0x23;
 #[unsafe(no_mangle)]
 static PROGRAM_CONFIG: Global<ProgramConfig> = Global::new(ProgramConfig::ZERO);
 
+/// One field of the loader-written config, read on its own: `Global::load`
+/// copies the whole struct, a byte-wise memcpy on every time call.
+macro_rules! config {
+    ($($field:tt)+) => {{
+        let config = (&raw const PROGRAM_CONFIG).cast::<ProgramConfig>();
+        // SAFETY: Global<T> is a transparent wrapper of T, written by the loader
+        // before the program is loaded; volatile, so the initializer is not folded in.
+        unsafe { core::ptr::read_volatile(&raw const (*config).$($field)+) }
+    }};
+}
+
 #[unsafe(no_mangle)]
 static VDSO_FUNCTIONS: Global<VdsoFunctionTable> = Global::new(VdsoFunctionTable::EMPTY);
 
@@ -99,9 +110,8 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
     let Some(task) = current_task() else {
         return Ok(());
     };
-    let off = PROGRAM_CONFIG.load().offsets;
 
-    let status: u32 = read_kernel(task, off.task_thread_status)?;
+    let status: u32 = read_kernel(task, config!(offsets.task_thread_status))?;
     let abi = if status & TS_COMPAT != 0 {
         SyscallAbi::I386
     } else {
@@ -115,20 +125,20 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
     let clock_id = if !call.takes_clock() {
         NO_CLOCK
     } else if abi == SyscallAbi::I386 {
-        read_kernel::<u64>(regs, off.regs_bx)? as u32 as i32
+        read_kernel::<u64>(regs, config!(offsets.regs_bx))? as u32 as i32
     } else {
-        read_kernel::<u64>(regs, off.regs_di)? as i32
+        read_kernel::<u64>(regs, config!(offsets.regs_di))? as i32
     };
 
     let Some((vdso_start, vdso_len)) = vdso_text(task)? else {
         return Ok(()); // kernel thread: not a user time call
     };
-    let ip: u64 = read_kernel(regs, off.regs_ip)?;
+    let ip: u64 = read_kernel(regs, config!(offsets.regs_ip))?;
     let mut origin = origin_of(ip, vdso_start, vdso_len);
     if origin == Origin::VdsoFallback && abi == SyscallAbi::I386 {
         // Every 32-bit libc syscall enters through __kernel_vsyscall inside the
         // vDSO; its caller's return address tells the vDSO's own fallback apart.
-        let sp: u64 = read_kernel(regs, off.regs_sp)?;
+        let sp: u64 = read_kernel(regs, config!(offsets.regs_sp))?;
         let caller =
             unsafe { bpf_probe_read_user((sp + KERNEL_VSYSCALL_RETURN_OFFSET) as *const u32) }?
                 as u64;
@@ -147,13 +157,11 @@ fn count(
     clock_id: i32,
     origin: Origin,
 ) -> Result<(), i32> {
-    let config = PROGRAM_CONFIG.load();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == config.observer_tgid {
+    if tgid == config!(observer_tgid) {
         return Ok(());
     }
     let (process, leader) = process_key(task, tgid)?;
-    let off = config.offsets;
     let key = CallKey {
         process,
         clock_id,
@@ -168,7 +176,7 @@ fn count(
         return Ok(());
     }
     match TIME_CALLS.insert(key, 1, BPF_NOEXIST.into()) {
-        Ok(()) => remember_process(&process, leader, off.task_comm),
+        Ok(()) => remember_process(&process, leader, config!(offsets.task_comm)),
         // Another CPU created the key between the lookup and the insert.
         Err(err) if err == -EEXIST => {
             if let Some(value) = TIME_CALLS.get_ptr_mut(key) {
@@ -258,7 +266,7 @@ fn count_vdso_hit(
         return Ok(());
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == 0 || tgid == PROGRAM_CONFIG.load().observer_tgid {
+    if tgid == 0 || tgid == config!(observer_tgid) {
         return Ok(()); // idle, or the observer's own calibration
     }
     let call = match call {
@@ -274,7 +282,9 @@ fn count_vdso_hit(
             if compat {
                 VDSO_OTHER_CODE
             } else {
-                VDSO_FUNCTIONS.load().call_at(ip - vdso_start)
+                // SAFETY: Global<T> is a transparent wrapper of T; call_at reads it volatile.
+                unsafe { &*(&raw const VDSO_FUNCTIONS).cast::<VdsoFunctionTable>() }
+                    .call_at(ip - vdso_start)
             }
         }
     };
@@ -296,7 +306,7 @@ fn count_vdso_hit(
         return Ok(());
     }
     match VDSO_CALLS.insert(key, 1, BPF_NOEXIST.into()) {
-        Ok(()) => remember_process(&process, leader, PROGRAM_CONFIG.load().offsets.task_comm),
+        Ok(()) => remember_process(&process, leader, config!(offsets.task_comm)),
         Err(err) if err == -EEXIST => {
             if let Some(value) = VDSO_CALLS.get_ptr_mut(key) {
                 unsafe { *value += 1 };
@@ -310,13 +320,12 @@ fn count_vdso_hit(
 /// The process image a task belongs to, and its thread group leader.
 #[inline(always)]
 fn process_key(task: *const u8, tgid: u32) -> Result<(ProcessKey, *const u8), i32> {
-    let off = PROGRAM_CONFIG.load().offsets;
-    let leader: *const u8 = read_kernel(task, off.task_group_leader)?;
+    let leader: *const u8 = read_kernel(task, config!(offsets.task_group_leader))?;
     Ok((
         ProcessKey {
             tgid,
-            exec_id: read_kernel(task, off.task_self_exec_id)?,
-            start_boottime_ns: read_kernel(leader, off.task_start_boottime)?,
+            exec_id: read_kernel(task, config!(offsets.task_self_exec_id))?,
+            start_boottime_ns: read_kernel(leader, config!(offsets.task_start_boottime))?,
         },
         leader,
     ))
@@ -326,22 +335,21 @@ fn process_key(task: *const u8, tgid: u32) -> Result<(ProcessKey, *const u8), i3
 /// for kernel threads (no mm).
 #[inline(always)]
 fn vdso_text(task: *const u8) -> Result<Option<(u64, u64)>, i32> {
-    let off = PROGRAM_CONFIG.load().offsets;
-    let mm: *const u8 = read_kernel(task, off.task_mm)?;
+    let mm: *const u8 = read_kernel(task, config!(offsets.task_mm))?;
     if mm.is_null() {
         return Ok(None);
     }
-    let start: u64 = read_kernel(mm, off.mm_vdso)?;
+    let start: u64 = read_kernel(mm, config!(offsets.mm_vdso))?;
     if start == 0 {
         return Ok(Some((0, 0)));
     }
-    let image: *const u8 = read_kernel(mm, off.mm_vdso_image)?;
+    let image: *const u8 = read_kernel(mm, config!(offsets.mm_vdso_image))?;
     if image.is_null() {
         return Ok(Some((start, 0)));
     }
     Ok(Some((
         start,
-        read_kernel::<u64>(image, off.vdso_image_size)?,
+        read_kernel::<u64>(image, config!(offsets.vdso_image_size))?,
     )))
 }
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::{setup, step};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SYSCALLS: u64 = 3_000_000;
 /// Time-syscall numbers (x86_64) the bpftrace equivalent filters on.
 const TIME_SYSCALLS: &str = "args->id == 228 || args->id == 96 || args->id == 201 || args->id == 229 || args->id == 309 || args->id == 318";
