@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, perf_event, raw_tracepoint, uprobe},
@@ -111,7 +111,7 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
         return Ok(());
     };
 
-    let status: u32 = read_kernel(task, config!(offsets.task_thread_status))?;
+    let status: u32 = read_task(task, config!(offsets.task_thread_status));
     let abi = if status & TS_COMPAT != 0 {
         SyscallAbi::I386
     } else {
@@ -320,12 +320,12 @@ fn count_vdso_hit(
 /// The process image a task belongs to, and its thread group leader.
 #[inline(always)]
 fn process_key(task: *const u8, tgid: u32) -> Result<(ProcessKey, *const u8), i32> {
-    let leader: *const u8 = read_kernel(task, config!(offsets.task_group_leader))?;
+    let leader: *const u8 = read_task(task, config!(offsets.task_group_leader));
     Ok((
         ProcessKey {
             tgid,
-            exec_id: read_kernel(task, config!(offsets.task_self_exec_id))?,
-            start_boottime_ns: read_kernel(leader, config!(offsets.task_start_boottime))?,
+            exec_id: read_task(task, config!(offsets.task_self_exec_id)),
+            start_boottime_ns: read_task(leader, config!(offsets.task_start_boottime)),
         },
         leader,
     ))
@@ -335,21 +335,21 @@ fn process_key(task: *const u8, tgid: u32) -> Result<(ProcessKey, *const u8), i3
 /// for kernel threads (no mm).
 #[inline(always)]
 fn vdso_text(task: *const u8) -> Result<Option<(u64, u64)>, i32> {
-    let mm: *const u8 = read_kernel(task, config!(offsets.task_mm))?;
+    let mm: *const u8 = read_task(task, config!(offsets.task_mm));
     if mm.is_null() {
         return Ok(None);
     }
-    let start: u64 = read_kernel(mm, config!(offsets.mm_vdso))?;
+    let start: u64 = read_task(mm, config!(offsets.mm_vdso));
     if start == 0 {
         return Ok(Some((0, 0)));
     }
-    let image: *const u8 = read_kernel(mm, config!(offsets.mm_vdso_image))?;
+    let image: *const u8 = read_task(mm, config!(offsets.mm_vdso_image));
     if image.is_null() {
         return Ok(Some((start, 0)));
     }
     Ok(Some((
         start,
-        read_kernel::<u64>(image, config!(offsets.vdso_image_size))?,
+        read_task::<u64>(image, config!(offsets.vdso_image_size)),
     )))
 }
 
@@ -379,8 +379,17 @@ fn remember_process(process: &ProcessKey, leader: *const u8, comm_offset: u32) {
 
 #[inline(always)]
 fn current_task() -> Option<*const u8> {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // The BTF-typed task: fields load directly (the verifier knows the offsets,
+    // read from the frozen config, as constants) instead of one helper call each.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     (!task.is_null()).then_some(task)
+}
+
+/// A field of a BTF-typed kernel object (task, mm, vdso_image): a direct load
+/// the verifier checks against the type and turns into a faulting-safe read.
+#[inline(always)]
+fn read_task<T>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
 }
 
 #[inline(always)]

@@ -116,15 +116,17 @@ pub fn render(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>7} {:<8} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<36} {:<28} FLAG",
+        "{:>7} {:<8} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} FLAG",
         "PID",
         "USER",
         "COMM",
+        "VDSO/s",
         "KERN/s",
         "FALLBK/s",
         "DIRECT/s",
         "VSYSC/s",
         "NOVDSO/s",
+        "KERN%",
         "CALLS/s",
         "CLOCKS"
     );
