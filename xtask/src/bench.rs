@@ -519,13 +519,13 @@ fn render(results: &Value) -> String {
     let mut out = String::new();
     let machine = &results["machine"];
     out.push_str(&format!(
-        "\nvdso-observer bench — {} CPUs, kernel {}, clocksource {}\n",
-        machine["cpus"], machine["kernel"], machine["clocksource"]
+        "\nvdso-observer bench — {} CPUs ({}), kernel {}, clocksource {}, {ROUNDS} rounds\n",
+        machine["cpus"], machine["cpu_model"], machine["kernel"], machine["clocksource"]
     ));
     for (key, title) in [
         (
             "syscall_getppid",
-            "getppid loop (ns/call, pinned, median of 3)",
+            "getppid loop (ns/call, pinned, median of the rounds)",
         ),
         ("syscall_direct", "direct syscall(SYS_clock_gettime) loop"),
         ("vdso_loop", "vDSO clock_gettime(CLOCK_MONOTONIC) loop, 3 s"),
