@@ -170,22 +170,35 @@ fn count(
         abi: abi as u8,
         _pad: 0,
     };
-    if let Some(value) = TIME_CALLS.get_ptr_mut(key) {
-        // Per-CPU slot: no other CPU writes it.
-        unsafe { *value += 1 };
-        return Ok(());
-    }
-    match TIME_CALLS.insert(key, 1, BPF_NOEXIST.into()) {
-        Ok(()) => remember_process(&process, leader, config!(offsets.task_comm)),
-        // Another CPU created the key between the lookup and the insert.
-        Err(err) if err == -EEXIST => {
-            if let Some(value) = TIME_CALLS.get_ptr_mut(key) {
-                unsafe { *value += 1 };
-            }
-        }
-        Err(_) => bump(ObserverStat::TimeCallsMapFull),
+    if increment(&TIME_CALLS, &key, ObserverStat::TimeCallsMapFull) {
+        remember_process(&process, leader, config!(offsets.task_comm));
     }
     Ok(())
+}
+
+/// Adds one to a per-CPU counter, creating it at 1; true when it was created.
+/// A full map is counted in `full`, never silent.
+#[inline(always)]
+fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K, full: ObserverStat) -> bool {
+    if let Some(value) = map.get_ptr_mut(key) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *value += 1 };
+        return false;
+    }
+    match map.insert(key, 1, BPF_NOEXIST.into()) {
+        Ok(()) => true,
+        // Another CPU created the key between the lookup and the insert.
+        Err(err) if err == -EEXIST => {
+            if let Some(value) = map.get_ptr_mut(key) {
+                unsafe { *value += 1 };
+            }
+            false
+        }
+        Err(_) => {
+            bump(full);
+            false
+        }
+    }
 }
 
 /// cpu-clock sample on every CPU: counts one sample for the process and vDSO
@@ -301,18 +314,8 @@ fn count_vdso_hit(
         provenance: provenance as u8,
         _pad: [0; 2],
     };
-    if let Some(value) = VDSO_CALLS.get_ptr_mut(key) {
-        unsafe { *value += 1 };
-        return Ok(());
-    }
-    match VDSO_CALLS.insert(key, 1, BPF_NOEXIST.into()) {
-        Ok(()) => remember_process(&process, leader, config!(offsets.task_comm)),
-        Err(err) if err == -EEXIST => {
-            if let Some(value) = VDSO_CALLS.get_ptr_mut(key) {
-                unsafe { *value += 1 };
-            }
-        }
-        Err(_) => bump(ObserverStat::VdsoCallsMapFull),
+    if increment(&VDSO_CALLS, &key, ObserverStat::VdsoCallsMapFull) {
+        remember_process(&process, leader, config!(offsets.task_comm));
     }
     Ok(())
 }

@@ -239,7 +239,7 @@ impl ExactTracer {
                 now.0.saturating_sub(traced.last_hits.0),
                 now.1.saturating_sub(traced.last_hits.1),
             );
-            let cpu = cpu_ticks(*pid).unwrap_or(traced.last_cpu_ticks);
+            let cpu = procfs::cpu_ticks(*pid).unwrap_or(traced.last_cpu_ticks);
             let elapsed = traced.last_look.elapsed().as_secs_f64().max(1e-3);
             let cost_ns = uprobes as f64 * self.costs.uprobe_ns
                 + breakpoints as f64 * self.costs.breakpoint_ns;
@@ -489,7 +489,7 @@ fn attach_process(
             note: None,
         },
         last_hits: (0, 0),
-        last_cpu_ticks: cpu_ticks(pid).unwrap_or(0),
+        last_cpu_ticks: procfs::cpu_ticks(pid).unwrap_or(0),
         last_look: Instant::now(),
     };
     for (file, symbol, cookie) in &points.uprobes {
@@ -580,19 +580,9 @@ fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// A process's CPU use over its life so far, in CPUs.
 fn cpu_share(pid: u32) -> Option<f64> {
-    let ticks = cpu_ticks(pid)? as f64;
+    let ticks = procfs::cpu_ticks(pid)? as f64;
     let start = procfs::start_ticks(pid)? as f64;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
@@ -771,7 +761,7 @@ mod tests {
     fn own_process_has_glibc_entry_points_and_cpu_figures() {
         let points = entry_points(std::process::id()).unwrap();
         assert!(points.uprobes.iter().any(|(_, s, _)| s == "clock_gettime"));
-        assert!(cpu_ticks(std::process::id()).is_some());
+        assert!(procfs::cpu_ticks(std::process::id()).is_some());
         let share = cpu_share(std::process::id()).unwrap();
         assert!((0.0..=64.0).contains(&share));
         assert_eq!(

@@ -50,6 +50,17 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in clock
+/// ticks; None when it is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// The kernel reports start times in USER_HZ ticks, truncating.
 pub fn boottime_ns_to_ticks(ns: u64) -> u64 {
     ns / (1_000_000_000 / clock_ticks_per_second())

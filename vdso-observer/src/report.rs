@@ -44,6 +44,24 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
 }
 
+impl Report {
+    /// Kernel entries/s of every process, and vDSO calls/s when every process
+    /// has a figure.
+    pub fn totals(&self) -> (f64, Option<f64>) {
+        let kernel = self
+            .processes
+            .iter()
+            .map(|p| p.kernel_entries_per_sec)
+            .sum();
+        let vdso = self
+            .processes
+            .iter()
+            .map(|p| p.vdso_calls_per_sec)
+            .try_fold(0.0, |sum, v| v.map(|v| sum + v));
+        (kernel, vdso)
+    }
+}
+
 /// What decides whether time calls stay in user space on this machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct SystemReport {

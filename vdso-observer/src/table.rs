@@ -77,16 +77,7 @@ pub fn flag_column(process: &ProcessReport) -> String {
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let lost = &report.observer.lost;
-    let total: f64 = report
-        .processes
-        .iter()
-        .map(|p| p.kernel_entries_per_sec)
-        .sum();
-    let vdso: Option<f64> = report
-        .processes
-        .iter()
-        .map(|p| p.vdso_calls_per_sec)
-        .try_fold(0.0, |sum, v| v.map(|v| sum + v));
+    let (total, vdso) = report.totals();
     let _ = writeln!(
         out,
         "vdso-observer: {:.2} s window, {} processes made time calls, {} kernel entries/s, {} vDSO calls/s",

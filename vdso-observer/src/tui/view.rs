@@ -84,16 +84,7 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
             humantime::format_duration(app.interval)
         )),
         Some(report) => {
-            let kernel: f64 = report
-                .processes
-                .iter()
-                .map(|p| p.kernel_entries_per_sec)
-                .sum();
-            let vdso: Option<f64> = report
-                .processes
-                .iter()
-                .map(|p| p.vdso_calls_per_sec)
-                .try_fold(0.0, |sum, v| v.map(|v| sum + v));
+            let (kernel, vdso) = report.totals();
             let flagged = report
                 .processes
                 .iter()
