@@ -364,36 +364,56 @@ pub fn choose_entry_points(
         let n = name(p);
         n == "libc.so.6" || (n.starts_with("libc-2.") && n.ends_with(".so"))
     });
+    // /lib/ld-musl-x86_64.so.1 is often a link to .../x86_64-linux-musl/libc.so.
     let musl = mapped.iter().find(|p| {
         let n = name(p);
-        n.starts_with("ld-musl-") || n.starts_with("libc.musl-")
+        let path = p.to_string_lossy();
+        n.starts_with("ld-musl-")
+            || n.starts_with("libc.musl-")
+            || path.contains("-linux-musl/")
+            || path.contains("/musl/")
     });
     let mut points = EntryPoints {
         uprobes: vec![],
         breakpoints: vec![],
     };
-    if exe_symbols.contains("runtime.nanotime1") {
+    let go_nanotime = ["runtime.nanotime1", "runtime.nanotime1.abi0"]
+        .into_iter()
+        .find(|s| exe_symbols.contains(*s));
+    if let Some(nanotime) = go_nanotime {
         // Go calls the vDSO from its runtime, with or without libc.
+        let fixed = |clock| UprobeCookie {
+            call: TimeCall::ClockGettime,
+            fixed_clock: Some(clock),
+        };
         points.uprobes.push((
             exe.to_path_buf(),
-            "runtime.nanotime1".into(),
-            UprobeCookie {
-                call: TimeCall::ClockGettime,
-                fixed_clock: Some(libc::CLOCK_MONOTONIC),
-            },
+            nanotime.into(),
+            fixed(libc::CLOCK_MONOTONIC),
         ));
-        for walltime in ["runtime.walltime", "runtime.walltime1"] {
-            if exe_symbols.contains(walltime) {
-                points.uprobes.push((
-                    exe.to_path_buf(),
-                    walltime.into(),
-                    UprobeCookie {
-                        call: TimeCall::ClockGettime,
-                        fixed_clock: Some(libc::CLOCK_REALTIME),
-                    },
-                ));
-                break;
+        let walltime = [
+            "runtime.walltime",
+            "runtime.walltime1",
+            "runtime.walltime.abi0",
+        ]
+        .into_iter()
+        .find(|s| exe_symbols.contains(*s));
+        match walltime {
+            Some(walltime) => points.uprobes.push((
+                exe.to_path_buf(),
+                walltime.into(),
+                fixed(libc::CLOCK_REALTIME),
+            )),
+            // Go >= 1.17 on amd64: time.now reads both clocks itself, one vDSO
+            // call each; two probes at one place count both.
+            None if exe_symbols.contains("time.now") => {
+                for clock in [libc::CLOCK_REALTIME, libc::CLOCK_MONOTONIC] {
+                    points
+                        .uprobes
+                        .push((exe.to_path_buf(), "time.now".into(), fixed(clock)));
+                }
             }
+            None => {}
         }
     } else if let Some(glibc) = glibc {
         let libc = in_root(glibc);
@@ -450,7 +470,8 @@ fn mapped_files(maps: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Names in .symtab and .dynsym of an ELF file.
+/// Names defined in .symtab and .dynsym of an ELF file (not the imports: a
+/// dynamic binary "has" clock_gettime only as an undefined symbol).
 fn elf_symbols(path: &Path) -> Result<HashSet<String>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file =
@@ -458,6 +479,7 @@ fn elf_symbols(path: &Path) -> Result<HashSet<String>> {
     Ok(file
         .symbols()
         .chain(file.dynamic_symbols())
+        .filter(|s| s.is_definition())
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect())
 }
@@ -717,6 +739,30 @@ mod tests {
     }
 
     #[test]
+    fn go_1_17_and_later_read_both_clocks_in_time_now() {
+        let exe = Path::new("/srv/go119");
+        let points = choose_entry_points(
+            &[exe.to_path_buf()],
+            exe,
+            &symbols(&["runtime.nanotime1.abi0", "time.now"]),
+            root,
+        );
+        let probes: Vec<(&str, Option<i32>)> = points
+            .uprobes
+            .iter()
+            .map(|(_, s, c)| (s.as_str(), c.fixed_clock))
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                ("runtime.nanotime1.abi0", Some(libc::CLOCK_MONOTONIC)),
+                ("time.now", Some(libc::CLOCK_REALTIME)),
+                ("time.now", Some(libc::CLOCK_MONOTONIC)),
+            ]
+        );
+    }
+
+    #[test]
     fn static_musl_and_unknown_binaries() {
         let exe = Path::new("/bin/static");
         let points = choose_entry_points(
@@ -728,10 +774,15 @@ mod tests {
         assert_eq!(points.uprobes[0].0, exe);
         assert_eq!(points.breakpoints, [TimeCall::Gettimeofday, TimeCall::Time]);
 
-        let musl = vec![PathBuf::from("/lib/ld-musl-x86_64.so.1")];
-        let points = choose_entry_points(&musl, exe, &symbols(&[]), root);
-        assert_eq!(points.uprobes.len(), 1);
-        assert!(points.breakpoints.is_empty());
+        for musl in [
+            "/lib/ld-musl-x86_64.so.1",
+            "/usr/lib/x86_64-linux-musl/libc.so",
+        ] {
+            let points = choose_entry_points(&[PathBuf::from(musl)], exe, &symbols(&[]), root);
+            assert_eq!(points.uprobes.len(), 1, "{musl}");
+            assert!(points.uprobes[0].0.ends_with(musl.trim_start_matches('/')));
+            assert!(points.breakpoints.is_empty());
+        }
 
         let points = choose_entry_points(&[], exe, &symbols(&[]), root);
         assert!(points.uprobes.is_empty());

@@ -179,6 +179,103 @@ fn exact_counts_a_static_binary_through_its_own_clock_gettime() {
 }
 
 #[test]
+fn exact_counts_musl_through_its_clock_gettime_gettimeofday_included() {
+    require_root();
+    let _serial = serial();
+    const N: u64 = 3000;
+    let workload = build_workload_with("musl-gcc", "time_calls", "vt-exact-musl", &[]);
+    let mut monotonic = Held::start(&workload, &["monotonic", &N.to_string()]);
+    let mut gtod = Held::start(&workload, &["gtod", &N.to_string()]);
+    let (a, b) = (monotonic.pid(), gtod.pid());
+    let observer = ObserverRun::start(&[
+        "--exact-pid",
+        &a.to_string(),
+        "--exact-pid",
+        &b.to_string(),
+        "--no-governor",
+    ]);
+    monotonic.release();
+    gtod.release();
+    monotonic.wait();
+    gtod.wait();
+    let report = observer.finish();
+    let row_a = row(&report, a);
+    assert_eq!(
+        exact_rows(&row_a),
+        [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
+        "{row_a:#}"
+    );
+    let entry_points = row_a["exact"]["entry_points"].to_string();
+    assert!(
+        entry_points.contains("musl"),
+        "musl's own clock_gettime: {entry_points}"
+    );
+    // musl's gettimeofday is clock_gettime(CLOCK_REALTIME) underneath.
+    assert_eq!(
+        exact_rows(&row(&report, b)),
+        [exact_row("clock_gettime", "CLOCK_REALTIME", "uprobe", N)]
+    );
+}
+
+/// Builds tests/workloads/go/time_now.go with Debian's Go (std only, offline).
+fn build_go_workload() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("vt-go");
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/go/time_now.go");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .env("GOCACHE", dir.join("cache"))
+        .env("HOME", &dir)
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("go (golang-go, installed by `cargo xtask setup --for-tests`)");
+    assert!(status.success(), "go build failed");
+    binary
+}
+
+#[test]
+fn exact_counts_go_through_its_runtime() {
+    require_root();
+    let _serial = serial();
+    const N: u64 = 5000;
+    let workload = build_go_workload();
+    let mut child = Command::new(&workload)
+        .arg(N.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let observer = ObserverRun::start(&["--exact-pid", &pid.to_string(), "--no-governor"]);
+    child.stdin.take().unwrap().write_all(b"x").unwrap();
+    assert!(child.wait().unwrap().success());
+    let report = observer.finish();
+    let row = row(&report, pid);
+    let rows = exact_rows(&row);
+    // time.Now() reads CLOCK_REALTIME and CLOCK_MONOTONIC through the vDSO
+    // itself (Go >= 1.17 on amd64); the runtime adds its own monotonic reads.
+    let realtime = rows
+        .iter()
+        .find(|r| r.1 == "CLOCK_REALTIME")
+        .expect("REALTIME row");
+    assert_eq!((realtime.2.as_str(), realtime.3), ("uprobe", N), "{row:#}");
+    let monotonic = rows
+        .iter()
+        .find(|r| r.1 == "CLOCK_MONOTONIC")
+        .expect("MONOTONIC row");
+    assert!(monotonic.3 >= N, "{row:#}");
+    let entry_points = row["exact"]["entry_points"].to_string();
+    assert!(
+        entry_points.contains("nanotime1") && entry_points.contains("time.now"),
+        "{entry_points}"
+    );
+}
+
+#[test]
 fn default_sampling_estimates_a_hot_loop_within_a_quarter() {
     require_root();
     let _serial = serial();

@@ -24,7 +24,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the tests use: gcc builds the C workloads (gcc-multilib the
 /// 32-bit ones); bpftool lists what stays attached; promtool (prometheus) and
 /// node_exporter are the real clients of the metrics; setpriv (util-linux) drops
-/// privileges; tmux drives the interactive top.
+/// privileges; tmux drives the interactive top; musl-gcc and go build workloads
+/// whose vDSO entry points differ from glibc's.
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "gcc-multilib",
@@ -34,6 +35,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "curl",
     "tmux",
+    "musl-tools",
+    "golang-go",
 ];
 
 pub fn run(for_tests: bool) -> Result<()> {

@@ -29,13 +29,18 @@ pub fn require_root() {
 /// Compiles tests/workloads/NAME.c with gcc into a binary named `output` (its
 /// comm), with extra flags such as -m32.
 pub fn build_workload(name: &str, output: &str, flags: &[&str]) -> PathBuf {
+    build_workload_with("gcc", name, output, flags)
+}
+
+/// Like [`build_workload`] with another compiler driver (musl-gcc).
+pub fn build_workload_with(compiler: &str, name: &str, output: &str, flags: &[&str]) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/workloads")
         .join(format!("{name}.c"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     std::fs::create_dir_all(&dir).unwrap();
     let binary = dir.join(output);
-    let status = Command::new("gcc")
+    let status = Command::new(compiler)
         .args(["-O2", "-pthread", "-Wall", "-o"])
         .arg(&binary)
         .arg(&source)
