@@ -6,7 +6,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     report::{ProcessReport, Report},
-    system::{ClocksourceState, VsyscallMode},
+    system::{ClockEvent, ClocksourceState, VsyscallMode},
 };
 
 /// Columns, in screen order.
@@ -138,6 +138,8 @@ pub struct App {
     /// First visible row.
     pub scroll: usize,
     pub quit: bool,
+    /// The newest clock event (clocksource switch, TSC unstable) since start.
+    pub last_event: Option<ClockEvent>,
 }
 
 impl App {
@@ -156,11 +158,15 @@ impl App {
             help: false,
             scroll: 0,
             quit: false,
+            last_event: None,
         }
     }
 
     /// A new window arrived.
     pub fn on_report(&mut self, report: Report) {
+        if let Some(event) = report.system.as_ref().and_then(|s| s.events.last()) {
+            self.last_event = Some(event.clone());
+        }
         if self.paused {
             self.pending = Some(report);
         } else {

@@ -171,6 +171,32 @@ fn header_names_host_clocksource_and_totals() {
 }
 
 #[test]
+fn a_clock_event_stays_in_the_header() {
+    let mut app = App::new(host(VdsoCapability::No), Duration::from_secs(2));
+    let mut with_event = sample_report();
+    with_event.system = Some(crate::report::SystemReport {
+        clocksource: None,
+        vdso_check: None,
+        vdso_capable: Some(false),
+        vsyscall: VsyscallMode::Xonly,
+        boot_settings: vec![],
+        events: vec![crate::system::ClockEvent {
+            at_unix: 0.0,
+            kind: "switched",
+            message: "clocksource: Switched to clocksource hpet".into(),
+        }],
+        kernel_log_error: None,
+    });
+    app.on_report(with_event);
+    app.on_report(sample_report());
+    let screen = lines(&render(&app, 200, 12));
+    assert!(
+        screen[1].contains("clock event: clocksource: Switched to clocksource hpet"),
+        "{screen:?}"
+    );
+}
+
+#[test]
 fn rows_are_sorted_by_kernel_entries_with_estimates_marked() {
     let mut app = App::new(host(VdsoCapability::Yes), Duration::from_secs(2));
     app.on_report(sample_report());

@@ -77,6 +77,12 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
     if let Some(mode) = host.vsyscall {
         second.push(Span::from(format!("  vsyscall: {}", mode.name())));
     }
+    if let Some(event) = &app.last_event {
+        second.push(Span::styled(
+            format!("  clock event: {}", event.message),
+            Style::new().yellow().bold(),
+        ));
+    }
 
     let third = match &app.report {
         None => Line::from(format!(
