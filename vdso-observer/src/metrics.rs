@@ -504,12 +504,12 @@ fn format_value(value: f64) -> String {
 mod tests {
     use std::time::Duration;
 
-    use vdso_observer_common::{CallKey, NO_CLOCK, Origin, ProcessInfo, SyscallAbi, TimeCall};
+    use vdso_observer_common::{NO_CLOCK, Origin, TimeCall};
 
     use super::*;
-    use crate::{
-        loader::MapSnapshot,
-        report::{Aggregator, ObserverHealthInput},
+    use crate::report::{
+        Aggregator,
+        testing::{self, Row},
     };
 
     fn context() -> Context {
@@ -531,50 +531,8 @@ mod tests {
         }
     }
 
-    /// pid, comm, call, clock id, origin, cumulative count.
-    type Row<'a> = (u32, &'a [u8], TimeCall, i32, Origin, u64);
-
-    fn report_of(aggregator: &mut Aggregator, counts: &[Row], running: bool) -> Report {
-        let mut snapshot = MapSnapshot::default();
-        for &(pid, comm, call, clock_id, origin, count) in counts {
-            let process = ProcessKey {
-                tgid: pid,
-                exec_id: 0,
-                start_boottime_ns: 1_000_000_000,
-            };
-            snapshot.calls.insert(
-                CallKey {
-                    process,
-                    clock_id,
-                    call: call as u8,
-                    origin: origin as u8,
-                    abi: SyscallAbi::X86_64 as u8,
-                    _pad: 0,
-                },
-                count,
-            );
-            let mut name = [0u8; 16];
-            name[..comm.len()].copy_from_slice(comm);
-            snapshot.names.insert(
-                process,
-                ProcessInfo {
-                    comm: name,
-                    uid: 0,
-                    _pad: 0,
-                },
-            );
-        }
-        aggregator
-            .window(
-                &snapshot,
-                Duration::from_secs(1),
-                ObserverHealthInput {
-                    probes: vec![],
-                    time_call_capacity: 100,
-                },
-                |_| running,
-            )
-            .0
+    fn report_of(aggregator: &mut Aggregator, rows: &[Row], running: bool) -> Report {
+        testing::window(aggregator, rows, Duration::from_secs(1), running)
     }
 
     fn sample_value(text: &str, prefix: &str) -> Option<f64> {

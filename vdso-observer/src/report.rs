@@ -594,6 +594,71 @@ fn add_vdso_calls(
     report.vdso_calls = rows;
 }
 
+/// Snapshots and reports built from plain rows, for the front ends' tests.
+#[cfg(test)]
+pub mod testing {
+    use std::time::Duration;
+
+    use vdso_observer_common::{CallKey, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall};
+
+    use super::{Aggregator, ObserverHealthInput, Report};
+    use crate::loader::MapSnapshot;
+
+    /// pid, comm, call, clock id, origin, cumulative count.
+    pub type Row<'a> = (u32, &'a [u8], TimeCall, i32, Origin, u64);
+
+    pub fn health() -> ObserverHealthInput {
+        ObserverHealthInput {
+            probes: vec![],
+            time_call_capacity: 100,
+        }
+    }
+
+    /// One process image per pid (exec 0, started at 1 s), named `comm`, uid 0.
+    pub fn snapshot(rows: &[Row]) -> MapSnapshot {
+        let mut snapshot = MapSnapshot::default();
+        for &(pid, comm, call, clock_id, origin, count) in rows {
+            let process = ProcessKey {
+                tgid: pid,
+                exec_id: 0,
+                start_boottime_ns: 1_000_000_000,
+            };
+            let key = CallKey {
+                process,
+                clock_id,
+                call: call as u8,
+                origin: origin as u8,
+                abi: SyscallAbi::X86_64 as u8,
+                _pad: 0,
+            };
+            snapshot.calls.insert(key, count);
+            let mut name = [0u8; 16];
+            name[..comm.len()].copy_from_slice(comm);
+            snapshot.names.insert(
+                process,
+                ProcessInfo {
+                    comm: name,
+                    uid: 0,
+                    _pad: 0,
+                },
+            );
+        }
+        snapshot
+    }
+
+    /// The next window of `aggregator` over `rows`, every process running or not.
+    pub fn window(
+        aggregator: &mut Aggregator,
+        rows: &[Row],
+        window: Duration,
+        running: bool,
+    ) -> Report {
+        aggregator
+            .window(&snapshot(rows), window, health(), |_| running)
+            .0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,15 +160,10 @@ pub fn render(report: &Report) -> String {
 mod tests {
     use std::time::Duration;
 
-    use vdso_observer_common::{
-        CallKey, NO_CLOCK, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall,
-    };
+    use vdso_observer_common::{NO_CLOCK, Origin, TimeCall};
 
     use super::*;
-    use crate::{
-        loader::MapSnapshot,
-        report::{Aggregator, ObserverHealthInput},
-    };
+    use crate::report::{Aggregator, testing};
 
     #[test]
     fn rates_are_short() {
@@ -181,48 +176,30 @@ mod tests {
 
     #[test]
     fn a_frame_has_a_row_per_process_with_flags() {
-        let process = ProcessKey {
-            tgid: 4321,
-            exec_id: 1,
-            start_boottime_ns: 1,
-        };
-        let mut snapshot = MapSnapshot::default();
-        let key = |call: TimeCall, clock_id, origin: Origin| CallKey {
-            process,
-            clock_id,
-            call: call as u8,
-            origin: origin as u8,
-            abi: SyscallAbi::X86_64 as u8,
-            _pad: 0,
-        };
-        snapshot
-            .calls
-            .insert(key(TimeCall::ClockGettime, 1, Origin::Direct), 2000);
-        snapshot
-            .calls
-            .insert(key(TimeCall::ClockGettime, 2, Origin::VdsoFallback), 10);
-        snapshot.calls.insert(
-            key(TimeCall::Gettimeofday, NO_CLOCK, Origin::LegacyVsyscall),
-            4,
-        );
-        let mut comm = [0u8; 16];
-        comm[..6].copy_from_slice(b"bad\nme");
-        snapshot.names.insert(
-            process,
-            ProcessInfo {
-                comm,
-                uid: 0,
-                _pad: 0,
-            },
-        );
-        let (report, _) = Aggregator::new(None).window(
-            &snapshot,
+        let comm = b"bad\nme";
+        let report = testing::window(
+            &mut Aggregator::new(None),
+            &[
+                (4321, comm, TimeCall::ClockGettime, 1, Origin::Direct, 2000),
+                (
+                    4321,
+                    comm,
+                    TimeCall::ClockGettime,
+                    2,
+                    Origin::VdsoFallback,
+                    10,
+                ),
+                (
+                    4321,
+                    comm,
+                    TimeCall::Gettimeofday,
+                    NO_CLOCK,
+                    Origin::LegacyVsyscall,
+                    4,
+                ),
+            ],
             Duration::from_secs(2),
-            ObserverHealthInput {
-                probes: Vec::new(),
-                time_call_capacity: 10,
-            },
-            |_| false,
+            false,
         );
         let text = render(&report);
         let row = text.lines().find(|l| l.contains("4321")).expect(&text);

@@ -122,13 +122,7 @@ pub fn run(root: &Path) -> Result<()> {
 impl Bench {
     fn build(root: &Path) -> Result<Bench> {
         step("bench: building the observer (release) and the C workload");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--package", "vdso-observer"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build --release failed");
-        }
+        crate::build_release_observer()?;
         let dir = root.join("target/bench");
         fs::create_dir_all(&dir)?;
         let workload = dir.join("vt-bench");

@@ -68,8 +68,7 @@ fn main() -> Result<()> {
         Task::Setup { for_tests } => setup::run(for_tests),
         Task::Run { args } => {
             setup::run(false)?;
-            step("building vdso-observer (release)");
-            cargo(&["build", "--release", "--package", "vdso-observer"])?;
+            build_release_observer()?;
             let binary = root.join("target/release/vdso-observer");
             run_as_root(&binary, &args)
         }
@@ -131,8 +130,7 @@ fn main() -> Result<()> {
         }
         Task::Dist => {
             setup::run(false)?;
-            step("building vdso-observer (release)");
-            cargo(&["build", "--release", "--package", "vdso-observer"])?;
+            build_release_observer()?;
             let binary = root.join("target/release/vdso-observer");
             let dist = root.join("target/dist");
             std::fs::create_dir_all(&dist)?;
@@ -208,6 +206,12 @@ fn lint() -> Result<()> {
 /// Prints one line per step, so a person sees what is happening and where it stopped.
 pub fn step(what: &str) {
     eprintln!("==> {what}");
+}
+
+/// target/release/vdso-observer, eBPF object included.
+pub fn build_release_observer() -> Result<()> {
+    step("building vdso-observer (release)");
+    cargo(&["build", "--release", "--package", "vdso-observer"])
 }
 
 fn checked_run(command: &mut Command) -> Result<()> {

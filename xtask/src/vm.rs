@@ -438,13 +438,7 @@ fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
 /// busybox, the release observer and its libraries, a static workload, /init.
 fn build_initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
     step("vm-test: building the observer (release) and a static workload");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--package", "vdso-observer"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
+    crate::build_release_observer()?;
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for sub in ["bin", "proc", "sys", "dev", "tmp"] {

@@ -9,17 +9,14 @@ use ratatui::{
     crossterm::event::{KeyCode, KeyEvent, KeyModifiers},
     style::Color,
 };
-use vdso_observer_common::{
-    CallKey, NO_CLOCK, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall,
-};
+use vdso_observer_common::{NO_CLOCK, Origin, TimeCall};
 
 use super::{
     app::{App, Column, Host},
     view,
 };
 use crate::{
-    loader::MapSnapshot,
-    report::{Aggregator, ObserverHealthInput, Report},
+    report::{Aggregator, Report, testing},
     system::{ClocksourceState, VdsoCapability, VsyscallMode},
 };
 
@@ -46,46 +43,18 @@ fn host(capability: VdsoCapability) -> Host {
 type Row<'a> = (u32, &'a str, TimeCall, i32, Origin, u64);
 
 fn report(rows: &[Row]) -> Report {
-    let mut snapshot = MapSnapshot::default();
-    for &(pid, comm, call, clock_id, origin, count) in rows {
-        let process = ProcessKey {
-            tgid: pid,
-            exec_id: 0,
-            start_boottime_ns: 1,
-        };
-        snapshot.calls.insert(
-            CallKey {
-                process,
-                clock_id,
-                call: call as u8,
-                origin: origin as u8,
-                abi: SyscallAbi::X86_64 as u8,
-                _pad: 0,
-            },
-            count,
-        );
-        let mut name = [0u8; 16];
-        name[..comm.len()].copy_from_slice(comm.as_bytes());
-        snapshot.names.insert(
-            process,
-            ProcessInfo {
-                comm: name,
-                uid: 0,
-                _pad: 0,
-            },
-        );
-    }
-    Aggregator::new(None)
-        .window(
-            &snapshot,
-            Duration::from_secs(1),
-            ObserverHealthInput {
-                probes: vec![],
-                time_call_capacity: 100,
-            },
-            |_| true,
-        )
-        .0
+    let rows: Vec<testing::Row> = rows
+        .iter()
+        .map(|&(pid, comm, call, clock, origin, count)| {
+            (pid, comm.as_bytes(), call, clock, origin, count)
+        })
+        .collect();
+    testing::window(
+        &mut Aggregator::new(None),
+        &rows,
+        Duration::from_secs(1),
+        true,
+    )
 }
 
 fn sample_report() -> Report {
