@@ -150,6 +150,12 @@ pub fn render(report: &Report) -> String {
             flag_column(process)
         );
     }
+    if report.processes.is_empty() {
+        let _ = writeln!(
+            out,
+            "(no process made a time call in this window: nothing entered the kernel, and the sampler saw no vDSO calls)"
+        );
+    }
     if report.processes.iter().any(|p| p.exited) {
         let _ = writeln!(out, "* exited during the window");
     }
