@@ -178,11 +178,7 @@ impl ExactTracer {
                             budget * 100.0
                         )),
                     };
-                    info!(
-                        "pid {pid}: exact counting {}",
-                        state.note.as_deref().unwrap_or("")
-                    );
-                    self.refused.insert(pid, (start_ticks, state));
+                    self.refuse(pid, start_ticks, state);
                     continue;
                 }
             }
@@ -275,12 +271,17 @@ impl ExactTracer {
                     budget * 100.0
                 )),
             };
-            warn!(
-                "pid {pid}: exact counting {}",
-                state.note.as_deref().unwrap_or("")
-            );
-            self.refused.insert(pid, (start, state));
+            self.refuse(pid, start, state);
         }
+    }
+
+    /// Leaves a process to the estimate from now on, and says why once.
+    fn refuse(&mut self, pid: u32, start_ticks: u64, state: ExactState) {
+        warn!(
+            "pid {pid}: exact counting {}",
+            state.note.as_deref().unwrap_or("")
+        );
+        self.refused.insert(pid, (start_ticks, state));
     }
 
     /// Writes each process's exact-counting state into the report.
