@@ -112,7 +112,7 @@ impl VdsoCosts {
 
 /// How long the calibration child calls each function.
 pub const LOOP_MS: [(TimeCall, u64); 2] =
-    [(TimeCall::ClockGettime, 400), (TimeCall::Gettimeofday, 200)];
+    [(TimeCall::ClockGettime, 800), (TimeCall::Gettimeofday, 200)];
 
 /// The hidden `vdso-loop` subcommand, run as a child of the observer: calls
 /// clock_gettime, then gettimeofday, through the vDSO for LOOP_MS each, and
