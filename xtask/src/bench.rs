@@ -17,7 +17,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{setup, step};
+use crate::{
+    exec::{self, step},
+    observer, setup,
+};
 
 const ROUNDS: usize = 5;
 const SYSCALLS: u64 = 3_000_000;
@@ -121,22 +124,21 @@ pub fn run(root: &Path) -> Result<()> {
 
 impl Bench {
     fn build(root: &Path) -> Result<Bench> {
-        step("bench: building the observer (release) and the C workload");
-        crate::build_release_observer()?;
+        observer::build_release()?;
         let dir = root.join("target/bench");
         fs::create_dir_all(&dir)?;
         let workload = dir.join("vt-bench");
-        let status = Command::new("gcc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(&workload)
-            .arg(root.join("vdso-observer/tests/workloads/time_calls.c"))
-            .status()?;
-        if !status.success() {
-            bail!("gcc of the workload failed");
-        }
+        exec::quiet(
+            "bench: the C workload",
+            "bench-workload",
+            Command::new("gcc")
+                .args(["-O2", "-pthread", "-o"])
+                .arg(&workload)
+                .arg(root.join("vdso-observer/tests/workloads/time_calls.c")),
+        )?;
         Ok(Bench {
             dir,
-            observer: root.join("target/release/vdso-observer"),
+            observer: root.join(observer::RELEASE_BINARY),
             workload,
         })
     }

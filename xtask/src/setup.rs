@@ -1,13 +1,10 @@
 //! Idempotent machine set-up: one line per step, skipping what is present.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{path::PathBuf, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::step;
+use crate::exec::{self, probe, quiet, step};
 
 /// LLVM major that rustc's nightly uses here; bpf-linker must link the same one.
 const LLVM_MAJOR: &str = "22";
@@ -76,20 +73,23 @@ fn cargo_home() -> PathBuf {
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let installed = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    let installed = probe("rustup", &["toolchain", "list"]).unwrap_or_default();
     if installed.lines().any(|line| line.starts_with("nightly")) {
         step("rust nightly toolchain: present");
     } else {
-        step("rust nightly toolchain: installing (eBPF needs -Z build-std)");
-        checked(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        quiet(
+            "rust nightly toolchain: installing (eBPF needs -Z build-std)",
+            "setup-nightly",
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+        )?;
     }
-    let components = output(
+    let components = probe(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
     )
@@ -97,14 +97,11 @@ fn nightly_rust_src() -> Result<()> {
     if components.lines().any(|line| line.starts_with("rust-src")) {
         step("nightly rust-src: present");
     } else {
-        step("nightly rust-src: installing (core is rebuilt for bpfel-unknown-none)");
-        checked(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        quiet(
+            "nightly rust-src: installing (core is rebuilt for bpfel-unknown-none)",
+            "setup-rust-src",
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        )?;
     }
     Ok(())
 }
@@ -119,14 +116,7 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
         step(&format!("Debian packages {}: present", packages.join(" ")));
         return Ok(());
     }
-    step(&format!(
-        "Debian packages: installing {}",
-        missing.join(" ")
-    ));
     let sudo = !is_root();
-    if sudo {
-        step("not root: using sudo for apt-get");
-    }
     let apt = |args: &[&str]| {
         let mut command = if sudo {
             let mut command = Command::new("sudo");
@@ -135,33 +125,45 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
         } else {
             Command::new("apt-get")
         };
-        command.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        // Another apt (unattended upgrades, a parallel set-up) may hold the lock a while.
+        command
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args);
         command
     };
-    checked(&mut apt(&["update", "-qq"])).context("apt-get update")?;
+    let via = if sudo { " (through sudo)" } else { "" };
+    quiet(
+        &format!("apt-get update{via}"),
+        "setup-apt-update",
+        &mut apt(&["update", "-qq"]),
+    )?;
     let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
     install.args(&missing);
-    checked(&mut install).with_context(|| format!("apt-get install {}", missing.join(" ")))?;
-    Ok(())
+    quiet(
+        &format!("Debian packages: installing {}{via}", missing.join(" ")),
+        "setup-apt-install",
+        &mut install,
+    )
 }
 
 fn dpkg_installed(package: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${Status}", package])
+    probe("dpkg-query", &["-W", "-f=${Status}", package])
         .is_some_and(|status| status.contains("install ok installed"))
 }
 
 fn bpf_linker() -> Result<()> {
-    if let Some(version) = output("bpf-linker", &["--version"]) {
+    if let Some(version) = probe("bpf-linker", &["--version"]) {
         step(&format!("bpf-linker: present ({})", version.trim()));
         return Ok(());
     }
     let llvm_prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
-    step(&format!(
-        "bpf-linker {BPF_LINKER_VERSION}: building against {llvm_prefix} (about a minute)"
-    ));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    checked(
-        Command::new(cargo)
+    quiet(
+        &format!(
+            "bpf-linker {BPF_LINKER_VERSION}: building against {llvm_prefix} (about a minute)"
+        ),
+        "setup-bpf-linker",
+        exec::cargo()
             .args([
                 "install",
                 "bpf-linker",
@@ -173,35 +175,12 @@ fn bpf_linker() -> Result<()> {
                 &format!("llvm-{LLVM_MAJOR}"),
             ])
             .env("LLVM_PREFIX", &llvm_prefix),
-    )
-    .context("cargo install bpf-linker")?;
-    if output("bpf-linker", &["--version"]).is_none() {
+    )?;
+    if probe("bpf-linker", &["--version"]).is_none() {
         bail!(
             "bpf-linker was installed but is not on PATH: add {}/bin to PATH",
             cargo_home().display()
         );
-    }
-    Ok(())
-}
-
-/// stdout of a command that succeeded; None when it is missing or failed.
-fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn checked(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("starting {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed ({status})");
     }
     Ok(())
 }

@@ -23,7 +23,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::{setup, step};
+use crate::{
+    exec::{self, quiet, step},
+    observer, setup,
+};
 
 const INIT: &str = include_str!("../vm/init.sh");
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -39,6 +42,9 @@ struct Scenario {
     cmdline: &'static str,
     check: fn(&Guest) -> Result<Vec<String>>,
 }
+
+/// The scenarios' names, in the order they run.
+pub const SCENARIO_NAMES: [&str; 4] = ["default", "hpet", "switch", "vdso0"];
 
 const SCENARIOS: [Scenario; 4] = [
     Scenario {
@@ -148,7 +154,18 @@ fn ensure(condition: bool, what: String) -> Result<()> {
     if condition { Ok(()) } else { bail!(what) }
 }
 
+/// The doctor's exit code must say what scripts gate on (README: 0 healthy,
+/// 2 the clocksource falls back, 3 no vDSO).
+fn ensure_doctor_exit(guest: &Guest, expected: &str) -> Result<()> {
+    let code = guest.line("DOCTOR-EXIT").unwrap_or("none").trim();
+    ensure(
+        code == expected,
+        format!("doctor exited {code}, expected {expected}"),
+    )
+}
+
 fn check_default(guest: &Guest) -> Result<Vec<String>> {
+    ensure_doctor_exit(guest, "0")?;
     let doctor = guest.json("DOCTOR")?;
     ensure(
         doctor["vdso_capable"] == true,
@@ -190,6 +207,7 @@ fn check_hpet(guest: &Guest) -> Result<Vec<String>> {
         guest.line("CLOCKSOURCE") == Some("hpet"),
         format!("the guest runs {:?}, not hpet", guest.line("CLOCKSOURCE")),
     )?;
+    ensure_doctor_exit(guest, "2")?;
     let doctor = guest.json("DOCTOR")?;
     ensure(
         doctor["vdso_capable"] == false && doctor["decided_by"] == "measured",
@@ -316,6 +334,7 @@ fn check_switch(guest: &Guest) -> Result<Vec<String>> {
 }
 
 fn check_vdso0(guest: &Guest) -> Result<Vec<String>> {
+    ensure_doctor_exit(guest, "3")?;
     let row = guest.workload_row()?;
     let no_vdso = count(&row, "clock_gettime", Some("CLOCK_MONOTONIC"), "no_vdso");
     // N libc calls, static glibc's start-up calls and the direct marker call.
@@ -335,14 +354,15 @@ fn check_vdso0(guest: &Guest) -> Result<Vec<String>> {
 }
 
 /// Runs every scenario; returns (passed, failed).
-pub fn run(root: &Path) -> Result<(u64, u64)> {
+/// Boots one guest per selected scenario; each scenario's name and whether it passed.
+pub fn run(root: &Path, selected: &[&str]) -> Result<Vec<(String, bool)>> {
     setup::debian_packages(&["qemu-system-x86", "busybox-static", "cpio"])?;
     let dir = root.join("target/vm");
     fs::create_dir_all(&dir)?;
     let kernel = guest_kernel(&dir)?;
     let initramfs = build_initramfs(root, &dir)?;
-    let (mut passed, mut failed) = (0, 0);
-    for scenario in SCENARIOS {
+    let mut results = Vec::new();
+    for scenario in SCENARIOS.into_iter().filter(|s| selected.contains(&s.name)) {
         step(&format!(
             "vm-test {}: booting {} {}",
             scenario.name,
@@ -354,7 +374,7 @@ pub fn run(root: &Path) -> Result<(u64, u64)> {
             .and_then(|guest| (scenario.check)(&guest).map(|lines| (lines, guest.ns_per_call())));
         match result {
             Ok((lines, ns)) => {
-                passed += 1;
+                results.push((scenario.name.to_owned(), true));
                 println!(
                     "vm-test {}: ok ({:.0} s)",
                     scenario.name,
@@ -368,7 +388,7 @@ pub fn run(root: &Path) -> Result<(u64, u64)> {
                 }
             }
             Err(err) => {
-                failed += 1;
+                results.push((scenario.name.to_owned(), false));
                 println!(
                     "vm-test {}: FAILED: {err:#} (serial log: target/vm/{}.log)",
                     scenario.name, scenario.name
@@ -376,7 +396,7 @@ pub fn run(root: &Path) -> Result<(u64, u64)> {
             }
         }
     }
-    Ok((passed, failed))
+    Ok(results)
 }
 
 /// Debian's current kernel image, unpacked under target/vm/kernel.
@@ -386,24 +406,21 @@ fn guest_kernel(dir: &Path) -> Result<PathBuf> {
         step(&format!("guest kernel: present ({})", found.display()));
         return Ok(found);
     }
-    let depends = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let depends = exec::output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
     let package = depends
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
         .filter(|p| p.starts_with("linux-image-"))
         .ok_or_else(|| anyhow!("apt-cache depends linux-image-amd64 names no kernel package"))?
         .to_owned();
-    step(&format!(
-        "guest kernel: apt-get download {package} (not installed on this host)"
-    ));
-    let status = Command::new("apt-get")
-        .args(["download", &package])
-        .current_dir(dir)
-        .status()
-        .context("apt-get download")?;
-    if !status.success() {
-        bail!("apt-get download {package} failed (try `apt-get update`)");
-    }
+    quiet(
+        &format!("guest kernel: apt-get download {package} (not installed on this host)"),
+        "vm-kernel-download",
+        Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(dir),
+    )
+    .context("try `apt-get update`")?;
     let deb = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -412,15 +429,11 @@ fn guest_kernel(dir: &Path) -> Result<PathBuf> {
             })
         })
         .ok_or_else(|| anyhow!("the downloaded {package} .deb is not in {}", dir.display()))?;
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&unpacked)
-        .status()
-        .context("dpkg-deb -x")?;
-    if !status.success() {
-        bail!("dpkg-deb -x {} failed", deb.display());
-    }
+    quiet(
+        "guest kernel: unpacking it with dpkg-deb -x",
+        "vm-kernel-unpack",
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked),
+    )?;
     let _ = fs::remove_file(&deb);
     find_vmlinuz(&unpacked).ok_or_else(|| anyhow!("no boot/vmlinuz-* in {}", package))
 }
@@ -437,27 +450,26 @@ fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
 
 /// busybox, the release observer and its libraries, a static workload, /init.
 fn build_initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
-    step("vm-test: building the observer (release) and a static workload");
-    crate::build_release_observer()?;
+    observer::build_release()?;
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for sub in ["bin", "proc", "sys", "dev", "tmp"] {
         fs::create_dir_all(tree.join(sub))?;
     }
-    let observer = root.join("target/release/vdso-observer");
+    let observer = root.join(observer::RELEASE_BINARY);
     fs::copy(&observer, tree.join("vdso-observer"))?;
     fs::copy("/bin/busybox", tree.join("bin/busybox"))
         .context("copying /bin/busybox (busybox-static)")?;
-    let status = Command::new("gcc")
-        .args(["-O2", "-static", "-pthread", "-o"])
-        .arg(tree.join("workload"))
-        .arg(root.join("vdso-observer/tests/workloads/time_calls.c"))
-        .status()?;
-    if !status.success() {
-        bail!("gcc -static of the workload failed");
-    }
+    quiet(
+        "vm-test: a static workload and the guest's initramfs",
+        "vm-workload",
+        Command::new("gcc")
+            .args(["-O2", "-static", "-pthread", "-o"])
+            .arg(tree.join("workload"))
+            .arg(root.join("vdso-observer/tests/workloads/time_calls.c")),
+    )?;
     // The observer is dynamically linked: bring its libraries along.
-    let ldd = output(Command::new("ldd").arg(&observer))?;
+    let ldd = exec::output(Command::new("ldd").arg(&observer))?;
     for library in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
         let target = tree.join(library.trim_start_matches('/'));
         fs::create_dir_all(target.parent().unwrap())?;
@@ -474,17 +486,15 @@ fn build_initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
     }
     // Uncompressed: TCG boots it faster than a gzip one.
     let cpio = dir.join("initramfs.cpio");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "find . | cpio -o -H newc --quiet > {}",
-            cpio.display()
-        ))
-        .current_dir(&tree)
-        .status()?;
-    if !status.success() {
-        bail!("cpio failed");
-    }
+    exec::output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "find . | cpio -o -H newc --quiet > {}",
+                cpio.display()
+            ))
+            .current_dir(&tree),
+    )?;
     Ok(cpio)
 }
 
@@ -538,17 +548,4 @@ fn boot(kernel: &Path, initramfs: &Path, dir: &Path, scenario: &Scenario) -> Res
         bail!("guest: {error}");
     }
     Ok(guest)
-}
-
-fn output(command: &mut Command) -> Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

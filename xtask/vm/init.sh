@@ -51,6 +51,7 @@ switch)
     ;;
 *)
     /vdso-observer doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
+    echo "VMTEST-DOCTOR-EXIT $?"
     echo "VMTEST-DOCTOR $(cat /tmp/doctor.json)"
     sed 's/^/VMTEST-STDERR /' /tmp/doctor.err
     observe top --once -d 600 --json --comm workload
