@@ -1,5 +1,7 @@
-//! The daemon's settings: a TOML file (re-read on SIGHUP) under command-line
-//! overrides.
+//! Settings: what the observer loads and counts (every option `top` takes),
+//! when a fault becomes a flag, and the daemon's exports. The daemon reads them
+//! from a TOML file (again on SIGHUP); a value given on the command line wins
+//! over the file, field by field.
 
 use std::{
     net::SocketAddr,
@@ -8,7 +10,116 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::{btf_offsets::VMLINUX_BTF, report::Thresholds};
+
+/// The shortest window or interval: shorter says nothing the 50 ms governor
+/// tick and the counters' read cost would not swamp.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One rule for every interval, on the command line and in the file.
+pub fn check_interval(interval: Duration) -> Result<(), String> {
+    if interval < MIN_INTERVAL {
+        return Err(format!(
+            "{} is too short: at least {}",
+            humantime::format_duration(interval),
+            humantime::format_duration(MIN_INTERVAL)
+        ));
+    }
+    Ok(())
+}
+
+/// What the observer loads and counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObserverSettings {
+    pub btf: PathBuf,
+    /// Capacity of the kernel counter map.
+    pub map_entries: u32,
+    /// cpu-clock samples a second on each CPU; 0 turns the estimate off.
+    pub sample_hz: u64,
+    /// Exact counting in every process.
+    pub exact: bool,
+    /// Exact counting in these processes.
+    pub exact_pids: Vec<u32>,
+    /// Largest share of a process's CPU time exact counting may cost, percent.
+    pub exact_budget_percent: f64,
+    /// Whether the governor may detach exact counting over budget.
+    pub governor: bool,
+}
+
+impl Default for ObserverSettings {
+    fn default() -> Self {
+        ObserverSettings {
+            btf: PathBuf::from(VMLINUX_BTF),
+            map_entries: vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES,
+            sample_hz: crate::loader::DEFAULT_SAMPLE_HZ,
+            exact: false,
+            exact_pids: Vec::new(),
+            exact_budget_percent: 2.0,
+            governor: true,
+        }
+    }
+}
+
+impl ObserverSettings {
+    pub fn validate(&self) -> Result<()> {
+        if self.map_entries == 0 {
+            bail!("map_entries (--map-entries) must be at least 1");
+        }
+        if !(self.exact_budget_percent > 0.0 && self.exact_budget_percent <= 100.0) {
+            bail!("exact_budget_percent (--exact-budget) must be more than 0 and at most 100");
+        }
+        Ok(())
+    }
+}
+
+/// Values given on the command line; None where it said nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ObserverOverrides {
+    pub btf: Option<PathBuf>,
+    pub map_entries: Option<u32>,
+    pub sample_hz: Option<u64>,
+    pub exact: Option<bool>,
+    pub exact_pids: Option<Vec<u32>>,
+    pub exact_budget_percent: Option<f64>,
+    pub governor: Option<bool>,
+    pub min_rate_per_sec: Option<f64>,
+    pub min_kernel_share_percent: Option<f64>,
+}
+
+impl ObserverOverrides {
+    /// The command line over `settings` and `thresholds`, field by field.
+    pub fn apply(&self, settings: &mut ObserverSettings, thresholds: &mut Thresholds) {
+        if let Some(btf) = &self.btf {
+            settings.btf = btf.clone();
+        }
+        if let Some(entries) = self.map_entries {
+            settings.map_entries = entries;
+        }
+        if let Some(hz) = self.sample_hz {
+            settings.sample_hz = hz;
+        }
+        if let Some(exact) = self.exact {
+            settings.exact = exact;
+        }
+        if let Some(pids) = &self.exact_pids {
+            settings.exact_pids = pids.clone();
+        }
+        if let Some(budget) = self.exact_budget_percent {
+            settings.exact_budget_percent = budget;
+        }
+        if let Some(governor) = self.governor {
+            settings.governor = governor;
+        }
+        if let Some(rate) = self.min_rate_per_sec {
+            thresholds.min_rate_per_sec = rate;
+        }
+        if let Some(share) = self.min_kernel_share_percent {
+            thresholds.min_kernel_share = share / 100.0;
+        }
+    }
+}
 
 /// Everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +130,9 @@ pub struct DaemonConfig {
     /// Address of the `/metrics` and `/healthz` endpoint.
     pub listen: Option<SocketAddr>,
     pub series: SeriesLimits,
-    /// When a fault becomes a flag (file `[thresholds]`; flags `--min-rate`, ...).
-    pub thresholds: Option<crate::report::Thresholds>,
+    /// When a fault becomes a flag.
+    pub thresholds: Thresholds,
+    pub observer: ObserverSettings,
 }
 
 /// Bounds on what the metrics say per process.
@@ -37,6 +149,9 @@ pub struct SeriesLimits {
     pub exited_grace: Duration,
     /// How long a `comm` series stays without any increase.
     pub idle_comm_retire: Duration,
+    /// Whether processes whose only kernel entries are getrandom may get pid
+    /// series (they never flag; glibc's start-up makes one in every process).
+    pub getrandom_only_processes: bool,
 }
 
 impl Default for DaemonConfig {
@@ -46,7 +161,8 @@ impl Default for DaemonConfig {
             textfile: None,
             listen: None,
             series: SeriesLimits::default(),
-            thresholds: None,
+            thresholds: Thresholds::default(),
+            observer: ObserverSettings::default(),
         }
     }
 }
@@ -59,23 +175,31 @@ impl Default for SeriesLimits {
             max_comms: 200,
             exited_grace: Duration::from_secs(300),
             idle_comm_retire: Duration::from_secs(3600),
+            getrandom_only_processes: false,
         }
     }
 }
 
-/// The file's shape; every field optional.
-#[derive(Debug, Default, Deserialize)]
+/// The file's shape; every field optional. Also what `--check-config` prints,
+/// every field filled.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
     interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     textfile: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     #[serde(default)]
     series: SeriesFile,
-    thresholds: Option<ThresholdsFile>,
+    #[serde(default)]
+    thresholds: ThresholdsFile,
+    #[serde(default)]
+    observer: ObserverFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ThresholdsFile {
     /// Kernel entries a second for a fault before it is a flag.
@@ -84,7 +208,7 @@ struct ThresholdsFile {
     min_kernel_share_percent: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct SeriesFile {
     top_processes: Option<usize>,
@@ -92,9 +216,22 @@ struct SeriesFile {
     max_comms: Option<usize>,
     exited_grace: Option<String>,
     idle_comm_retire: Option<String>,
+    getrandom_only_processes: Option<bool>,
 }
 
-/// Command-line values, which win over the file.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ObserverFile {
+    btf: Option<PathBuf>,
+    map_entries: Option<u32>,
+    sample_hz: Option<u64>,
+    exact: Option<bool>,
+    exact_pids: Option<Vec<u32>>,
+    exact_budget_percent: Option<f64>,
+    governor: Option<bool>,
+}
+
+/// Command-line values of the daemon, which win over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub interval: Option<Duration>,
@@ -102,6 +239,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub top_processes: Option<usize>,
     pub exited_grace: Option<Duration>,
+    pub observer: ObserverOverrides,
 }
 
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<DaemonConfig> {
@@ -127,14 +265,19 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<DaemonConfig> 
     if let Some(grace) = overrides.exited_grace {
         config.series.exited_grace = grace;
     }
+    overrides
+        .observer
+        .apply(&mut config.observer, &mut config.thresholds);
     validate(&config)?;
     Ok(config)
 }
 
 fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
     let file: ConfigFile = toml::from_str(text)?;
-    let duration = |name: &str, text: &str| {
-        humantime::parse_duration(text).with_context(|| format!("{name} = {text:?}"))
+    let duration = |name: &str, text: &str| -> Result<Duration> {
+        let value =
+            humantime::parse_duration(text).with_context(|| format!("{name} = {text:?}"))?;
+        Ok(value)
     };
     if let Some(interval) = &file.interval {
         config.interval = duration("interval", interval)?;
@@ -149,11 +292,12 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
                 .with_context(|| format!("listen = {listen:?} is not an address:port"))?,
         );
     }
-    if let Some(thresholds) = &file.thresholds {
-        config.thresholds = Some(crate::report::Thresholds {
-            min_rate_per_sec: thresholds.min_rate_per_sec.unwrap_or(0.0),
-            min_kernel_share: thresholds.min_kernel_share_percent.unwrap_or(0.0) / 100.0,
-        });
+    // Each threshold on its own: a file that sets one keeps the other as it was.
+    if let Some(rate) = file.thresholds.min_rate_per_sec {
+        config.thresholds.min_rate_per_sec = rate;
+    }
+    if let Some(share) = file.thresholds.min_kernel_share_percent {
+        config.thresholds.min_kernel_share = share / 100.0;
     }
     let series = &mut config.series;
     if let Some(top) = file.series.top_processes {
@@ -171,13 +315,38 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
     if let Some(idle) = &file.series.idle_comm_retire {
         series.idle_comm_retire = duration("series.idle_comm_retire", idle)?;
     }
+    if let Some(show) = file.series.getrandom_only_processes {
+        series.getrandom_only_processes = show;
+    }
+    let observer = &mut config.observer;
+    let file_observer = file.observer;
+    if let Some(btf) = file_observer.btf {
+        observer.btf = btf;
+    }
+    if let Some(entries) = file_observer.map_entries {
+        observer.map_entries = entries;
+    }
+    if let Some(hz) = file_observer.sample_hz {
+        observer.sample_hz = hz;
+    }
+    if let Some(exact) = file_observer.exact {
+        observer.exact = exact;
+    }
+    if let Some(pids) = file_observer.exact_pids {
+        observer.exact_pids = pids;
+    }
+    if let Some(budget) = file_observer.exact_budget_percent {
+        observer.exact_budget_percent = budget;
+    }
+    if let Some(governor) = file_observer.governor {
+        observer.governor = governor;
+    }
     Ok(())
 }
 
 fn validate(config: &DaemonConfig) -> Result<()> {
-    if config.interval < Duration::from_millis(100) {
-        bail!("interval must be at least 100ms");
-    }
+    check_interval(config.interval).map_err(|err| anyhow::anyhow!("interval: {err}"))?;
+    config.observer.validate()?;
     if let Some(path) = &config.textfile {
         if path.extension().is_none_or(|ext| ext != "prom") {
             bail!(
@@ -193,6 +362,40 @@ fn validate(config: &DaemonConfig) -> Result<()> {
         bail!("nothing to export to: give --textfile PATH, --listen ADDR, or both");
     }
     Ok(())
+}
+
+impl DaemonConfig {
+    /// The effective configuration as a file that would give it (`--check-config`).
+    pub fn to_toml(&self) -> String {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let file = ConfigFile {
+            interval: Some(duration(self.interval)),
+            textfile: self.textfile.clone(),
+            listen: self.listen.map(|a| a.to_string()),
+            series: SeriesFile {
+                top_processes: Some(self.series.top_processes),
+                max_processes: Some(self.series.max_processes),
+                max_comms: Some(self.series.max_comms),
+                exited_grace: Some(duration(self.series.exited_grace)),
+                idle_comm_retire: Some(duration(self.series.idle_comm_retire)),
+                getrandom_only_processes: Some(self.series.getrandom_only_processes),
+            },
+            thresholds: ThresholdsFile {
+                min_rate_per_sec: Some(self.thresholds.min_rate_per_sec),
+                min_kernel_share_percent: Some(self.thresholds.min_kernel_share * 100.0),
+            },
+            observer: ObserverFile {
+                btf: Some(self.observer.btf.clone()),
+                map_entries: Some(self.observer.map_entries),
+                sample_hz: Some(self.observer.sample_hz),
+                exact: Some(self.observer.exact),
+                exact_pids: Some(self.observer.exact_pids.clone()),
+                exact_budget_percent: Some(self.observer.exact_budget_percent),
+                governor: Some(self.observer.governor),
+            },
+        };
+        toml::to_string(&file).expect("the configuration serializes")
+    }
 }
 
 #[cfg(test)]
@@ -222,7 +425,7 @@ mod tests {
         assert_eq!(config.series.exited_grace, Duration::from_secs(60));
         assert_eq!(config.series.max_comms, 200);
         assert_eq!(config.listen.unwrap().port(), 9736);
-        let thresholds = config.thresholds.unwrap();
+        let thresholds = config.thresholds;
         assert_eq!(thresholds.min_rate_per_sec, 50.0);
         assert_eq!(thresholds.min_kernel_share, 0.01);
 
@@ -238,6 +441,59 @@ mod tests {
         assert_eq!(loaded.interval, Duration::from_secs(1));
         assert_eq!(loaded.textfile.unwrap(), Path::new("/x/a.prom"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_command_line_wins_field_by_field_and_check_config_round_trips() {
+        let dir = std::env::temp_dir().join(format!("vdso-config-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "textfile = \"/x/a.prom\"\n\
+             [thresholds]\nmin_rate_per_sec = 50\n\
+             [observer]\nmap_entries = 4096\nsample_hz = 97\nexact_pids = [7]\ngovernor = false\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            observer: ObserverOverrides {
+                min_kernel_share_percent: Some(5.0),
+                sample_hz: Some(199),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = load(Some(&path), &overrides).unwrap();
+        // The file's rate stays: the command line set only the share.
+        assert_eq!(config.thresholds.min_rate_per_sec, 50.0);
+        assert_eq!(config.thresholds.min_kernel_share, 0.05);
+        assert_eq!(config.observer.map_entries, 4096);
+        assert_eq!(config.observer.sample_hz, 199, "the command line wins");
+        assert_eq!(config.observer.exact_pids, [7]);
+        assert!(!config.observer.governor);
+        // A file that sets one threshold leaves the other at its default.
+        let mut only_share = DaemonConfig::default();
+        apply_file(
+            &mut only_share,
+            "[thresholds]\nmin_kernel_share_percent = 3\n",
+        )
+        .unwrap();
+        assert_eq!(only_share.thresholds.min_rate_per_sec, 0.0);
+        // --check-config prints a file that gives the same configuration.
+        let text = config.to_toml();
+        let mut again = DaemonConfig::default();
+        apply_file(&mut again, &text).unwrap();
+        assert_eq!(again, config, "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_interval_rule_everywhere() {
+        assert!(check_interval(Duration::from_millis(100)).is_ok());
+        assert!(check_interval(Duration::from_millis(50)).is_err());
+        let mut config = DaemonConfig::default();
+        apply_file(&mut config, "interval = \"50ms\"\ntextfile = \"/x/a.prom\"").unwrap();
+        assert!(validate(&config).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! SIGHUP re-reads the config file.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -21,9 +21,11 @@ use tokio::{
 use vdso_observer_common::ProcessKey;
 
 use crate::{
-    config::{self, DaemonConfig, Overrides},
+    config::{self, DaemonConfig, ObserverSettings, Overrides},
     http::{self, Published, Shared},
     metrics::{Context, Exporter},
+    notify,
+    report::Thresholds,
     session::{Session, SessionOptions},
     system, textfile,
 };
@@ -33,15 +35,20 @@ pub struct DaemonOptions {
     pub overrides: Overrides,
 }
 
-/// `daemon --check-config`: the configuration as it would run, or what is wrong.
+/// `daemon --check-config`: the effective configuration as TOML on stdout, or
+/// what is wrong.
 pub fn check_config(options: &DaemonOptions) -> Result<()> {
     let config = config::load(options.config_file.as_deref(), &options.overrides)?;
-    eprintln!("vdso-observer: configuration is valid: {config:?}");
+    print!("{}", config.to_toml());
+    eprintln!("vdso-observer: configuration is valid");
     warn_about_textfile_directory(&config);
     Ok(())
 }
 
-pub async fn run(options: DaemonOptions, load: SessionOptions) -> Result<()> {
+/// How the daemon turns its settings into a session (main's, kept in one place).
+pub type SessionFrom = fn(&ObserverSettings, Thresholds) -> SessionOptions;
+
+pub async fn run(options: DaemonOptions, session_from: SessionFrom) -> Result<()> {
     let mut config = config::load(options.config_file.as_deref(), &options.overrides)?;
     warn_about_textfile_directory(&config);
 
@@ -49,10 +56,7 @@ pub async fn run(options: DaemonOptions, load: SessionOptions) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
-    let mut session = Session::start(load)?;
-    if let Some(thresholds) = config.thresholds {
-        session.set_thresholds(thresholds);
-    }
+    let mut session = Session::start(session_from(&config.observer, config.thresholds))?;
     let shared: Shared = Arc::new(Mutex::new(Published {
         metrics: String::new(),
         last_collection: None,
@@ -72,6 +76,10 @@ pub async fn run(options: DaemonOptions, load: SessionOptions) -> Result<()> {
     let mut collector = Collector::new(&session);
     // A first write right away, so a scrape soon after start finds the file.
     collector.collect(&mut session, &config, &shared);
+    notify::ready();
+    // systemd's watchdog hears from the loop itself: a daemon stuck in a
+    // collection (the runtime has one thread) stops pinging and is restarted.
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut next = tokio::time::Instant::now() + config.interval;
     loop {
         tokio::select! {
@@ -79,6 +87,9 @@ pub async fn run(options: DaemonOptions, load: SessionOptions) -> Result<()> {
                 // A slow collection delays the next one rather than bunching them.
                 next = (next + config.interval).max(tokio::time::Instant::now());
                 collector.collect(&mut session, &config, &shared);
+            }
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                notify::watchdog();
             }
             _ = hangup.recv() => {
                 match config::load(options.config_file.as_deref(), &options.overrides) {
@@ -100,8 +111,11 @@ pub async fn run(options: DaemonOptions, load: SessionOptions) -> Result<()> {
                                 }
                             };
                         }
-                        if let Some(thresholds) = new.thresholds {
-                            session.set_thresholds(thresholds);
+                        session.set_thresholds(new.thresholds);
+                        if new.observer != config.observer {
+                            warn!(
+                                "SIGHUP: [observer] settings changed; they take effect when the daemon restarts"
+                            );
                         }
                         config = new;
                         warn_about_textfile_directory(&config);
@@ -180,22 +194,7 @@ impl Collector {
                 return;
             }
         };
-        for process in &report.processes {
-            let key = ProcessKey {
-                tgid: process.pid,
-                exec_id: process.exec_id,
-                start_boottime_ns: process.start_boottime_ns,
-            };
-            if !process.flags.is_empty() && self.flagged.insert(key) {
-                info!(
-                    "pid {} ({}) flagged {}: {} kernel entries/s for time",
-                    process.pid,
-                    process.comm,
-                    process.flags.join(","),
-                    crate::table::rate(process.kernel_entries_per_sec)
-                );
-            }
-        }
+        self.log_newly_flagged(&report);
         for process in &retired.processes {
             self.flagged.remove(process);
         }
@@ -222,6 +221,9 @@ impl Collector {
             map_entries: report.observer.time_call_keys,
             map_capacity: self.map_capacity,
             kernel_release: kernel_release(),
+            kernel_log_readable: system_report
+                .as_ref()
+                .is_some_and(|s| s.kernel_log_error.is_none()),
             boot_settings: system::boot_settings(),
             vdso_costs: self.vdso_costs.clone(),
         };
@@ -253,6 +255,52 @@ impl Collector {
             report.processes.len(),
             started.elapsed().as_secs_f64() * 1e3
         );
+    }
+
+    /// One line per comm an interval for its processes newly flagged, with
+    /// counts: a fork storm of flagged processes cannot flood the journal.
+    fn log_newly_flagged(&mut self, report: &crate::report::Report) {
+        /// Comms named per interval; the rest are counted in one line.
+        const MAX_LINES: usize = 10;
+        let mut by_comm: BTreeMap<(&str, String), (usize, f64, u32)> = BTreeMap::new();
+        for process in &report.processes {
+            let key = ProcessKey {
+                tgid: process.pid,
+                exec_id: process.exec_id,
+                start_boottime_ns: process.start_boottime_ns,
+            };
+            // Exited processes are reported once and retired at once: no need to remember them.
+            if process.flags.is_empty() || (!process.exited && !self.flagged.insert(key)) {
+                continue;
+            }
+            let entry = by_comm
+                .entry((process.comm.as_str(), process.flags.join(",")))
+                .or_insert((0, 0.0, process.pid));
+            entry.0 += 1;
+            entry.1 += process.kernel_entries_per_sec;
+        }
+        let total = by_comm.len();
+        let mut ranked: Vec<_> = by_comm.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        for ((comm, flags), (processes, rate, pid)) in ranked.iter().take(MAX_LINES) {
+            if *processes == 1 {
+                info!(
+                    "pid {pid} ({comm}) flagged {flags}: {} kernel entries/s for time",
+                    crate::table::rate(*rate)
+                );
+            } else {
+                info!(
+                    "{processes} processes named {comm} newly flagged {flags} (e.g. pid {pid}): {} kernel entries/s for time together",
+                    crate::table::rate(*rate)
+                );
+            }
+        }
+        if total > MAX_LINES {
+            info!(
+                "{} more comms newly flagged this interval (see the metrics)",
+                total - MAX_LINES
+            );
+        }
     }
 
     fn stop(

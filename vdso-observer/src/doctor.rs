@@ -16,9 +16,38 @@ use crate::{
     vdso_image::VdsoImage,
 };
 
+/// What `doctor` exits with, so scripts and Ansible can gate on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// 0: the vDSO answers time calls in user space here.
+    Healthy,
+    /// 2: the clocksource is not vDSO-capable: clock reads enter the kernel.
+    ClocksourceFallback,
+    /// 3: processes get no vDSO (vdso=0, or none mapped).
+    NoVdso,
+    /// 4: capability could not be decided (no measurement, no table entry, no timing).
+    Unknown,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Healthy => 0,
+            Verdict::ClocksourceFallback => 2,
+            Verdict::NoVdso => 3,
+            Verdict::Unknown => 4,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Diagnosis {
     pub kernel: String,
+    /// Whether this process has a vDSO (AT_SYSINFO_EHDR), as every process here would.
+    pub vdso_present: bool,
+    /// The answer, also the exit code.
+    pub verdict: Verdict,
     pub clocksource: Option<ClocksourceState>,
     /// The observer's own vDSO clock_gettime(CLOCK_MONOTONIC) calls and how many
     /// entered the kernel (needs root).
@@ -133,6 +162,8 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
+        vdso_present: base != 0,
+        verdict: Verdict::Unknown,
         clocksource,
         vdso_check,
         vdso_capable,
@@ -145,8 +176,21 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         kernel_log_error: watch.kmsg_error.clone(),
         advice: Vec::new(),
     };
+    diagnosis.verdict = verdict(&diagnosis);
     diagnosis.advice = advice(&diagnosis);
     diagnosis
+}
+
+/// No vDSO first (nothing else matters then), then the capability.
+pub fn verdict(d: &Diagnosis) -> Verdict {
+    if !d.vdso_present || d.boot_settings.iter().any(|s| s == "vdso=0") {
+        return Verdict::NoVdso;
+    }
+    match d.vdso_capable {
+        Some(true) => Verdict::Healthy,
+        Some(false) => Verdict::ClocksourceFallback,
+        None => Verdict::Unknown,
+    }
 }
 
 /// What a person can do about what was found.
@@ -225,6 +269,12 @@ pub fn render(d: &Diagnosis) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "vdso-observer doctor — kernel {}", d.kernel);
     let _ = writeln!(out);
+    if !d.vdso_present {
+        let _ = writeln!(
+            out,
+            "vDSO             NONE: this process has no vDSO (AT_SYSINFO_EHDR is 0); every time call enters the kernel"
+        );
+    }
     match &d.clocksource {
         Some(cs) => {
             let _ = writeln!(
@@ -314,14 +364,15 @@ pub fn render(d: &Diagnosis) -> String {
     out
 }
 
-pub fn run(options: LoadOptions, json: bool) -> Result<()> {
+/// Prints the diagnosis; returns the exit code of its verdict.
+pub fn run(options: LoadOptions, json: bool) -> Result<u8> {
     let diagnosis = diagnose(options);
     if json {
         println!("{}", serde_json::to_string(&diagnosis)?);
     } else {
         print!("{}", render(&diagnosis));
     }
-    Ok(())
+    Ok(diagnosis.verdict.exit_code())
 }
 
 #[cfg(test)]
@@ -331,6 +382,8 @@ mod tests {
     fn diagnosis(current: &str, capable: Option<bool>, events: Vec<ClockEvent>) -> Diagnosis {
         Diagnosis {
             kernel: "6.1".into(),
+            vdso_present: true,
+            verdict: Verdict::Unknown,
             clocksource: Some(ClocksourceState {
                 current: current.into(),
                 available: vec!["tsc".into(), "hpet".into(), "acpi_pm".into()],
@@ -365,6 +418,23 @@ mod tests {
             "{advice:?}"
         );
         assert!(advice[1].contains("marked the TSC unstable"), "{advice:?}");
+    }
+
+    #[test]
+    fn the_verdict_is_the_exit_code() {
+        let mut d = diagnosis("tsc", Some(true), vec![]);
+        assert_eq!(verdict(&d).exit_code(), 0);
+        d.vdso_capable = Some(false);
+        assert_eq!(verdict(&d), Verdict::ClocksourceFallback);
+        assert_eq!(verdict(&d).exit_code(), 2);
+        d.boot_settings = vec!["vdso=0".into()];
+        assert_eq!(verdict(&d).exit_code(), 3);
+        d.boot_settings.clear();
+        d.vdso_present = false;
+        assert_eq!(verdict(&d), Verdict::NoVdso);
+        d.vdso_present = true;
+        d.vdso_capable = None;
+        assert_eq!(verdict(&d).exit_code(), 4);
     }
 
     #[test]

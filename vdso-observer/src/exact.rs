@@ -184,6 +184,10 @@ impl ExactTracer {
             }
             match attach_process(observer, &self.image, pid, start_ticks) {
                 Ok(Some(traced)) => {
+                    log::debug!(
+                        "pid {pid}: exact counting attached at {}",
+                        traced.state.entry_points.join(", ")
+                    );
                     self.traced.insert(pid, traced);
                 }
                 Ok(None) => {} // kernel thread, or gone meanwhile

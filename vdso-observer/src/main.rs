@@ -11,7 +11,9 @@ mod doctor;
 mod exact;
 mod http;
 mod loader;
+mod logging;
 mod metrics;
+mod notify;
 mod procfs;
 mod report;
 mod session;
@@ -25,7 +27,7 @@ mod vdso_image;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -49,19 +51,22 @@ struct Cli {
     load: LoadArgs,
 }
 
+/// What the observer loads and counts. Every value given here wins over the
+/// daemon's file; the defaults apply when neither sets it.
 #[derive(Args, Clone)]
 struct LoadArgs {
-    /// Kernel BTF to read structure offsets from.
-    #[arg(long, global = true, default_value = btf_offsets::VMLINUX_BTF)]
-    btf: PathBuf,
+    /// Kernel BTF to read structure offsets from [default: /sys/kernel/btf/vmlinux].
+    #[arg(long, global = true)]
+    btf: Option<PathBuf>,
     /// Capacity of the kernel counter map (one entry per process, call, clock and
-    /// origin). When it is full, further new entries are counted as lost and reported.
-    #[arg(long, global = true, default_value_t = vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES)]
-    map_entries: u32,
+    /// origin). When it is full, further new entries are counted as lost and
+    /// reported [default: 16384].
+    #[arg(long, global = true)]
+    map_entries: Option<u32>,
     /// cpu-clock samples a second on each CPU for the estimate of vDSO-answered
-    /// calls; 0 turns the estimate off.
-    #[arg(long, global = true, default_value_t = loader::DEFAULT_SAMPLE_HZ)]
-    sample_hz: u64,
+    /// calls; 0 turns the estimate off [default: 499].
+    #[arg(long, global = true)]
+    sample_hz: Option<u64>,
     /// Count vDSO-answered calls exactly in every process (uprobes on libc/Go entry
     /// points, hardware breakpoints for the rest); costs microseconds a call.
     #[arg(long, global = true)]
@@ -70,19 +75,59 @@ struct LoadArgs {
     #[arg(long = "exact-pid", global = true, value_name = "PID")]
     exact_pids: Vec<u32>,
     /// Largest share of a process's CPU time exact counting may cost before the
-    /// governor detaches it (percent).
-    #[arg(long, global = true, default_value_t = 2.0)]
-    exact_budget: f64,
+    /// governor detaches it (percent) [default: 2].
+    #[arg(long, global = true)]
+    exact_budget: Option<f64>,
     /// Never detach exact counting, whatever it costs.
     #[arg(long, global = true)]
     no_governor: bool,
-    /// Flag a fault only from this many kernel entries a second for it.
-    #[arg(long, global = true, default_value_t = 0.0)]
-    min_rate: f64,
+    /// Flag a fault only from this many kernel entries a second for it [default: 0].
+    #[arg(long, global = true)]
+    min_rate: Option<f64>,
     /// Flag a fault only when at least this share (percent) of the process's time
-    /// calls entered the kernel (when vDSO calls are known).
-    #[arg(long, global = true, default_value_t = 0.0)]
-    min_kernel_share: f64,
+    /// calls entered the kernel (when vDSO calls are known) [default: 0].
+    #[arg(long, global = true)]
+    min_kernel_share: Option<f64>,
+}
+
+impl LoadArgs {
+    /// What the command line said, and only that.
+    fn overrides(&self) -> config::ObserverOverrides {
+        config::ObserverOverrides {
+            btf: self.btf.clone(),
+            map_entries: self.map_entries,
+            sample_hz: self.sample_hz,
+            exact: self.exact.then_some(true),
+            exact_pids: (!self.exact_pids.is_empty()).then(|| self.exact_pids.clone()),
+            exact_budget_percent: self.exact_budget,
+            governor: self.no_governor.then_some(false),
+            min_rate_per_sec: self.min_rate,
+            min_kernel_share_percent: self.min_kernel_share,
+        }
+    }
+}
+
+/// The session a front end runs, from settings with every default filled in.
+fn session_options(
+    settings: &config::ObserverSettings,
+    thresholds: report::Thresholds,
+) -> session::SessionOptions {
+    session::SessionOptions {
+        load: loader::LoadOptions {
+            btf_path: settings.btf.clone(),
+            time_call_entries: settings.map_entries,
+            sample_hz: settings.sample_hz,
+            ..Default::default()
+        },
+        exact: exact::ExactOptions {
+            all: settings.exact,
+            pids: settings.exact_pids.clone(),
+            budget: settings
+                .governor
+                .then_some(settings.exact_budget_percent / 100.0),
+        },
+        thresholds,
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,44 +224,39 @@ pub struct TopArgs {
     /// Only processes with a fault flag (fallback, direct, vsyscall, no-vdso).
     #[arg(long)]
     flagged_only: bool,
+    /// Also show processes whose only kernel entries were getrandom (glibc seeds
+    /// malloc with one in every process; JSON always has them).
+    #[arg(long)]
+    show_getrandom_only: bool,
 }
 
-/// Accepts plain seconds (top's habit) or a humantime duration.
+/// Accepts plain seconds (top's habit) or a humantime duration; the same
+/// lower bound as the daemon's file.
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let duration = match text.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
         Ok(_) => return Err("must be more than 0 seconds".into()),
         Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string())?,
     };
-    if duration < Duration::from_millis(10) {
-        return Err("must be at least 10 ms".into());
-    }
+    config::check_interval(duration)?;
     Ok(duration)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Daemon(_)));
+    let daemon = matches!(cli.command, Command::Daemon(_));
+    logging::init(daemon);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
-            eprintln!("vdso-observer: error: {err:#}");
+            if logging::to_journal() {
+                log::error!("{err:#}");
+            } else {
+                eprintln!("vdso-observer: error: {err:#}");
+            }
             ExitCode::FAILURE
         }
     }
-}
-
-/// One event a line on stderr; under systemd (JOURNAL_STREAM) without our own
-/// timestamps, since journald adds them.
-fn init_logging(daemon: bool) {
-    let default = if daemon { "info" } else { "warn" };
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    builder.format_target(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.format_timestamp(None);
-    }
-    builder.init();
 }
 
 fn generate(what: Generate) -> Result<()> {
@@ -239,37 +279,20 @@ fn generate(what: Generate) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Generate { what } => return generate(what),
+        Command::Generate { what } => return generate(what).map(|()| ExitCode::SUCCESS),
         Command::VdsoLoop { quick } => {
-            return calibrate::run_loop(&vdso_image::VdsoImage::current()?, quick);
+            return calibrate::run_loop(&vdso_image::VdsoImage::current()?, quick)
+                .map(|()| ExitCode::SUCCESS);
         }
         _ => {}
     }
-    if cli.load.map_entries == 0 {
-        bail!("--map-entries must be at least 1");
-    }
-    if !(cli.load.exact_budget > 0.0 && cli.load.exact_budget <= 100.0) {
-        bail!("--exact-budget must be more than 0 and at most 100 (percent)");
-    }
-    let options = session::SessionOptions {
-        load: loader::LoadOptions {
-            btf_path: cli.load.btf,
-            time_call_entries: cli.load.map_entries,
-            sample_hz: cli.load.sample_hz,
-            ..Default::default()
-        },
-        exact: exact::ExactOptions {
-            all: cli.load.exact,
-            pids: cli.load.exact_pids,
-            budget: (!cli.load.no_governor).then_some(cli.load.exact_budget / 100.0),
-        },
-        thresholds: report::Thresholds {
-            min_rate_per_sec: cli.load.min_rate,
-            min_kernel_share: cli.load.min_kernel_share / 100.0,
-        },
-    };
+    let overrides = cli.load.overrides();
+    let mut settings = config::ObserverSettings::default();
+    let mut thresholds = report::Thresholds::default();
+    overrides.apply(&mut settings, &mut thresholds);
+    settings.validate()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -277,10 +300,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate { .. } | Command::VdsoLoop { .. } => {
             unreachable!("handled before loading")
         }
-        Command::Top(args) => runtime.block_on(top::run(args, options)),
-        Command::Doctor { json } => doctor::run(options.load, json),
+        Command::Top(args) => {
+            runtime.block_on(top::run(args, session_options(&settings, thresholds)))?
+        }
+        Command::Doctor { json } => {
+            let code = doctor::run(session_options(&settings, thresholds).load, json)?;
+            return Ok(ExitCode::from(code));
+        }
         Command::BenchFloor => runtime.block_on(async {
-            let _floor = loader::attach_floor(&options.load)?;
+            let _floor = loader::attach_floor(&session_options(&settings, thresholds).load)?;
             eprintln!("vdso-observer: observing every process (empty sys_enter program only)");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -288,10 +316,10 @@ fn run(cli: Cli) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            Ok(())
-        }),
+            anyhow::Ok(())
+        })?,
         Command::Daemon(args) => {
-            let options_for_daemon = daemon::DaemonOptions {
+            let options = daemon::DaemonOptions {
                 config_file: args.config,
                 overrides: config::Overrides {
                     interval: args.interval,
@@ -299,14 +327,17 @@ fn run(cli: Cli) -> Result<()> {
                     listen: args.listen,
                     top_processes: args.top_processes,
                     exited_grace: args.exited_grace,
+                    observer: overrides,
                 },
             };
             if args.check_config {
-                return daemon::check_config(&options_for_daemon);
+                daemon::check_config(&options)?;
+            } else {
+                runtime.block_on(daemon::run(options, session_options))?;
             }
-            runtime.block_on(daemon::run(options_for_daemon, options))
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

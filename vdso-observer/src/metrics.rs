@@ -75,6 +75,9 @@ pub struct Context {
     pub map_entries: usize,
     pub map_capacity: u32,
     pub kernel_release: String,
+    /// Whether /dev/kmsg could be read: without it clock events (TSC marked
+    /// unstable, switches) go unseen.
+    pub kernel_log_readable: bool,
     /// Boot parameters that decide time calls (`clocksource=hpet`, `tsc=unstable`, ...).
     pub boot_settings: Vec<String>,
     /// ns per call by which samples become calls.
@@ -106,14 +109,21 @@ impl Exporter {
     ) {
         let mut ranked: Vec<&ProcessReport> = report.processes.iter().collect();
         ranked.sort_by_key(|p| std::cmp::Reverse(p.kernel_entries));
-        for (rank, process) in ranked.into_iter().enumerate() {
+        // Rank among the processes that may get pid series: getrandom-only ones
+        // (every process's start-up) do not push real ones out of the top K.
+        let mut rank = 0;
+        for process in ranked {
             self.add_to_comm(process, limits, now);
             let id = ProcessKey {
                 tgid: process.pid,
                 start_boottime_ns: process.start_boottime_ns,
                 exec_id: process.exec_id,
             };
-            let deserves = rank < limits.top_processes || !process.flags.is_empty();
+            let eligible = limits.getrandom_only_processes || !process.only_getrandom;
+            let deserves = eligible && (rank < limits.top_processes || !process.flags.is_empty());
+            if eligible {
+                rank += 1;
+            }
             let tracked = self.processes.contains_key(&id);
             if !tracked && deserves {
                 if self.processes.len() < limits.max_processes {
@@ -308,14 +318,8 @@ impl Exporter {
             if let Some(capable) = context.vdso_capable {
                 out.sample(&[], if capable { 1.0 } else { 0.0 });
             }
-            out.family(
-                "vdso_observer_clocksource_available",
-                "gauge",
-                "Clocksources the kernel offers (1 each).",
-            );
-            for name in &clocksource.available {
-                out.sample(&[("clocksource", name)], 1.0);
-            }
+            // Available clocksources: node_exporter's
+            // node_time_clocksource_available_info says it already.
         }
         out.family(
             "vdso_observer_clocksource_changes_total",
@@ -334,6 +338,19 @@ impl Exporter {
                 self.clock_events.get(kind).copied().unwrap_or(0) as f64,
             );
         }
+        out.family(
+            "vdso_observer_kernel_log_readable",
+            "gauge",
+            "1 when the kernel log (/dev/kmsg) is readable; 0 means clock events such as TSC marked unstable go unseen (give CAP_SYSLOG and /dev/kmsg).",
+        );
+        out.sample(
+            &[],
+            if context.kernel_log_readable {
+                1.0
+            } else {
+                0.0
+            },
+        );
         out.family(
             "vdso_observer_vsyscall_mode_info",
             "gauge",
@@ -526,6 +543,7 @@ mod tests {
             map_entries: 3,
             map_capacity: 100,
             kernel_release: "6.18.0".into(),
+            kernel_log_readable: false,
             boot_settings: vec!["tsc=unstable".into()],
             vdso_costs: BTreeMap::new(),
         }
@@ -607,16 +625,16 @@ mod tests {
         };
         let mut aggregator = Aggregator::new(None);
         let mut exporter = Exporter::new();
-        // Only getrandom (never flagged) so only the top 1 earns a pid series.
+        // CPU-time clocks (never flagged) so only the top 1 earns a pid series.
         let rows: Vec<Row> = (1..=5u32)
             .map(|pid| {
                 let names: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
                 (
                     pid,
                     names[pid as usize - 1],
-                    TimeCall::Getrandom,
-                    NO_CLOCK,
-                    Origin::Direct,
+                    TimeCall::ClockGettime,
+                    2,
+                    Origin::VdsoFallback,
                     u64::from(pid),
                 )
             })
@@ -639,6 +657,45 @@ mod tests {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum();
         assert_eq!(total, 15.0);
+    }
+
+    #[test]
+    fn getrandom_only_processes_get_no_pid_series_by_default() {
+        let mut aggregator = Aggregator::new(None);
+        let mut exporter = Exporter::new();
+        let rows: Vec<Row> = vec![
+            (1, b"ls", TimeCall::Getrandom, NO_CLOCK, Origin::Direct, 1),
+            (
+                2,
+                b"sleep",
+                TimeCall::Getrandom,
+                NO_CLOCK,
+                Origin::Direct,
+                1,
+            ),
+            (
+                3,
+                b"app",
+                TimeCall::ClockGettime,
+                2,
+                Origin::VdsoFallback,
+                1,
+            ),
+        ];
+        let report = report_of(&mut aggregator, &rows, true);
+        exporter.update(&report, &[], &SeriesLimits::default(), Instant::now());
+        assert_eq!(exporter.tracked_processes(), 1, "only the app");
+        let text = exporter.render(&context());
+        assert!(
+            text.contains("vdso_observer_kernel_time_calls_total{comm=\"ls\",call=\"getrandom\"")
+        );
+        let shown = SeriesLimits {
+            getrandom_only_processes: true,
+            ..Default::default()
+        };
+        let mut exporter = Exporter::new();
+        exporter.update(&report, &[], &shown, Instant::now());
+        assert_eq!(exporter.tracked_processes(), 3);
     }
 
     #[test]
@@ -670,6 +727,11 @@ mod tests {
         // the exposition escapes backslashes and quotes again.
         assert!(text.contains(r#"comm="q\"b\\\\s\\x0ax\\xff""#), "{text}");
         assert!(text.contains("vdso_observer_clocksource_vdso_capable 0\n"));
+        assert!(text.contains("vdso_observer_kernel_log_readable 0\n"));
+        assert!(
+            !text.contains("vdso_observer_clocksource_available"),
+            "node_exporter's node_time_clocksource_available_info has it"
+        );
         assert!(text.contains(
             "vdso_observer_clocksource_info{clocksource=\"hpet\",vdso_capability=\"no\"} 1\n"
         ));

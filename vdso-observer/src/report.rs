@@ -44,21 +44,50 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
 }
 
+/// Rates over every process of a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Totals {
+    /// Kernel entries/s, getrandom included.
+    pub kernel_per_sec: f64,
+    /// Kernel entries/s of time calls only (getrandom left out), for shares.
+    pub time_kernel_per_sec: f64,
+    /// vDSO calls/s, when every process has a figure.
+    pub vdso_per_sec: Option<f64>,
+}
+
+impl Totals {
+    /// Share of time calls that entered the kernel, when vDSO calls are known.
+    pub fn kernel_share(&self) -> Option<f64> {
+        let vdso = self.vdso_per_sec?;
+        let all = self.time_kernel_per_sec + vdso;
+        Some(if all > 0.0 {
+            self.time_kernel_per_sec / all
+        } else {
+            0.0
+        })
+    }
+}
+
 impl Report {
-    /// Kernel entries/s of every process, and vDSO calls/s when every process
-    /// has a figure.
-    pub fn totals(&self) -> (f64, Option<f64>) {
-        let kernel = self
-            .processes
-            .iter()
-            .map(|p| p.kernel_entries_per_sec)
-            .sum();
-        let vdso = self
-            .processes
-            .iter()
-            .map(|p| p.vdso_calls_per_sec)
-            .try_fold(0.0, |sum, v| v.map(|v| sum + v));
-        (kernel, vdso)
+    pub fn totals(&self) -> Totals {
+        let seconds = self.window_seconds.max(1e-9);
+        Totals {
+            kernel_per_sec: self
+                .processes
+                .iter()
+                .map(|p| p.kernel_entries_per_sec)
+                .sum(),
+            time_kernel_per_sec: self
+                .processes
+                .iter()
+                .map(|p| p.time_kernel_entries() as f64 / seconds)
+                .sum(),
+            vdso_per_sec: self
+                .processes
+                .iter()
+                .map(|p| p.vdso_calls_per_sec)
+                .try_fold(0.0, |sum, v| v.map(|v| sum + v)),
+        }
     }
 }
 
@@ -104,13 +133,22 @@ pub struct ProcessReport {
     pub start_boottime_ns: u64,
     /// The process (this image of it) was gone at the end of the window.
     pub exited: bool,
+    /// Every kernel entry for a time call or getrandom.
     pub kernel_entries: u64,
     pub kernel_entries_per_sec: f64,
+    /// Of `kernel_entries`, the getrandom ones: glibc before 2.41 always makes the
+    /// syscall (every process seeds malloc with one), so they say nothing about
+    /// the vDSO and count in no share.
+    pub getrandom_entries: u64,
+    /// Every kernel entry was getrandom and the vDSO answered nothing: a row that
+    /// the table, the TUI and the per-pid metrics hide unless asked.
+    pub only_getrandom: bool,
     /// Time calls the vDSO answered in user space, per second; null when not measured.
     pub vdso_calls_per_sec: Option<f64>,
     /// Whether `vdso_calls_per_sec` is an estimate (sampling) rather than a count.
     pub vdso_estimated: bool,
-    /// kernel / (kernel + vDSO) time calls; null without a vDSO figure.
+    /// kernel / (kernel + vDSO) time calls, getrandom left out; null without a
+    /// vDSO figure or without time calls.
     pub kernel_share: Option<f64>,
     /// vDSO-answered calls by call, clock and provenance.
     pub vdso_calls: Vec<VdsoCallCount>,
@@ -126,6 +164,13 @@ pub struct ProcessReport {
     pub reasons: Vec<FallbackReason>,
     /// Short words for the faults among `reasons`.
     pub flags: Vec<&'static str>,
+}
+
+impl ProcessReport {
+    /// Kernel entries for time calls proper (getrandom left out).
+    pub fn time_kernel_entries(&self) -> u64 {
+        self.kernel_entries - self.getrandom_entries
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -479,6 +524,11 @@ fn process_report(
     rows.sort_by_key(|(order, _)| *order);
     let kernel_entries =
         by_origin.vdso_fallback + by_origin.direct + by_origin.no_vdso + by_origin.legacy_vsyscall;
+    let getrandom_entries = rows
+        .iter()
+        .filter(|((call, ..), _)| *call == TimeCall::Getrandom)
+        .map(|(_, row)| row.count)
+        .sum();
     let reasons: Vec<FallbackReason> = reasons.into_iter().collect();
     ProcessReport {
         pid: process.tgid,
@@ -490,6 +540,8 @@ fn process_report(
         exited,
         kernel_entries,
         kernel_entries_per_sec: kernel_entries as f64 / seconds,
+        getrandom_entries,
+        only_getrandom: kernel_entries > 0 && getrandom_entries == kernel_entries,
         vdso_calls_per_sec: None,
         vdso_estimated: false,
         kernel_share: None,
@@ -580,16 +632,17 @@ fn add_vdso_calls(
             // Sampling is on and saw nothing: an estimate of zero.
             report.vdso_calls_per_sec = Some(0.0);
             report.vdso_estimated = true;
-            report.kernel_share = (report.kernel_entries > 0).then_some(1.0);
+            report.kernel_share = (report.time_kernel_entries() > 0).then_some(1.0);
         }
         return;
     }
+    report.only_getrandom = false;
     rows.sort_by(|a, b| b.calls.total_cmp(&a.calls).then(a.call.cmp(b.call)));
     let total: f64 = rows.iter().map(|r| r.calls).sum();
     report.vdso_calls_per_sec = Some(total / seconds);
     report.vdso_estimated = samples_used > 0;
     report.vdso_uncertainty = (samples_used > 0).then(|| 1.0 / (samples_used as f64).sqrt());
-    let kernel = report.kernel_entries as f64;
+    let kernel = report.time_kernel_entries() as f64;
     report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
     report.vdso_calls = rows;
 }
@@ -784,6 +837,35 @@ mod tests {
             |_| true,
         );
         assert_eq!(report.processes[0].flags, ["direct"]);
+    }
+
+    #[test]
+    fn getrandom_counts_in_no_share_and_marks_rows_that_only_made_it() {
+        let seed = key(40, TimeCall::Getrandom, NO_CLOCK, Origin::Direct);
+        let direct = key(41, TimeCall::ClockGettime, 1, Origin::Direct);
+        let seed_of_41 = key(41, TimeCall::Getrandom, NO_CLOCK, Origin::Direct);
+        let estimator = VdsoEstimator {
+            costs: VdsoCosts::default(),
+            sample_period_ns: 1_000_000,
+        };
+        let (report, _) = Aggregator::new(Some(estimator)).window(
+            &snapshot(&[(seed, 1), (direct, 3), (seed_of_41, 1)]),
+            Duration::from_secs(1),
+            health(),
+            |_| true,
+        );
+        let only = report.processes.iter().find(|p| p.pid == 40).unwrap();
+        assert!(only.only_getrandom);
+        assert_eq!(only.kernel_entries, 1, "JSON keeps every count");
+        assert_eq!(only.kernel_share, None, "getrandom is no time call");
+        let mixed = report.processes.iter().find(|p| p.pid == 41).unwrap();
+        assert!(!mixed.only_getrandom);
+        assert_eq!((mixed.kernel_entries, mixed.time_kernel_entries()), (4, 3));
+        assert_eq!(mixed.kernel_share, Some(1.0));
+        let totals = report.totals();
+        assert_eq!(totals.kernel_per_sec, 5.0);
+        assert_eq!(totals.time_kernel_per_sec, 3.0);
+        assert_eq!(totals.kernel_share(), Some(1.0));
     }
 
     #[test]

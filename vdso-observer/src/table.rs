@@ -2,7 +2,92 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::report::{ProcessReport, Report};
+use crate::{
+    report::{ProcessReport, Report, SystemReport},
+    system::VdsoCapability,
+};
+
+/// Which processes a front end shows: `top`'s -p, --comm, --flagged-only and
+/// --show-getrandom-only, in batch mode and in the TUI alike.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub comm: Option<String>,
+    pub flagged_only: bool,
+    /// Also processes whose only kernel entries were getrandom (glibc's start-up
+    /// makes one in every process: on a busy host, hundreds of rows that say nothing).
+    pub show_getrandom_only: bool,
+}
+
+impl Selection {
+    pub fn keeps(&self, process: &ProcessReport) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&process.pid))
+            && self
+                .comm
+                .as_deref()
+                .is_none_or(|needle| process.comm.contains(needle))
+            && (!self.flagged_only || !process.flags.is_empty())
+            && (self.show_getrandom_only || !process.only_getrandom)
+    }
+
+    /// Whether the process would be kept with getrandom-only rows shown.
+    pub fn keeps_if_shown(&self, process: &ProcessReport) -> bool {
+        Selection {
+            show_getrandom_only: true,
+            ..self.clone()
+        }
+        .keeps(process)
+    }
+}
+
+/// Whether the vDSO reads the clocksource, in words, and how that was decided.
+pub fn capability_words(system: &SystemReport) -> (&'static str, Option<bool>) {
+    let table = system.clocksource.as_ref().map(|c| c.vdso_capability);
+    let words = match (system.vdso_capable, system.vdso_check.is_some(), table) {
+        (Some(true), true, _) => "vDSO-capable, measured",
+        (Some(false), true, _) => "NOT vDSO-capable, measured: clock reads enter the kernel",
+        (Some(true), false, _) => "vDSO-capable",
+        (Some(false), false, _) => "NOT vDSO-capable: clock reads enter the kernel",
+        (None, _, Some(VdsoCapability::Conditional)) => "vDSO-capable if stable",
+        (None, ..) => "vDSO capability unknown",
+    };
+    (words, system.vdso_capable)
+}
+
+/// The machine's time set-up in one line, as the TUI header says it:
+/// `clocksource tsc (vDSO-capable, measured)  available: tsc kvm-clock  vsyscall: xonly`.
+pub fn system_line(system: &SystemReport) -> String {
+    let (capable, _) = capability_words(system);
+    let mut line = match &system.clocksource {
+        Some(cs) => format!(
+            "clocksource {} ({capable})  available: {}",
+            cs.current,
+            cs.available.join(" ")
+        ),
+        None => "clocksource unknown".to_owned(),
+    };
+    let _ = write!(line, "  vsyscall: {}", system.vsyscall.name());
+    if !system.boot_settings.is_empty() {
+        let _ = write!(line, "  boot: {}", system.boot_settings.join(" "));
+    }
+    line
+}
+
+/// What an empty window means on this machine.
+pub fn empty_window_line(system: Option<&SystemReport>) -> String {
+    let clocksource = system
+        .and_then(|s| s.clocksource.as_ref())
+        .map_or("?", |c| c.current.as_str());
+    match system.and_then(|s| s.vdso_capable) {
+        Some(true) => format!(
+            "no process entered the kernel for time in this window; the vDSO answers on {clocksource}"
+        ),
+        Some(false) => format!(
+            "no process entered the kernel for time in this window, though the vDSO cannot read {clocksource}: the first clock read will"
+        ),
+        None => "no process entered the kernel for time in this window".to_owned(),
+    }
+}
 
 /// A rate in a few characters: 12.5, 1.2k, 3.4M.
 pub fn rate(per_sec: f64) -> String {
@@ -74,17 +159,25 @@ pub fn flag_column(process: &ProcessReport) -> String {
     }
 }
 
-pub fn render(report: &Report) -> String {
+/// One batch frame. `hidden` counts the rows left out because their only
+/// kernel entries were getrandom.
+pub fn render(report: &Report, hidden: usize) -> String {
     let mut out = String::new();
     let lost = &report.observer.lost;
-    let (total, vdso) = report.totals();
+    let totals = report.totals();
+    if let Some(system) = &report.system {
+        let _ = writeln!(out, "{}", system_line(system));
+    }
     let _ = writeln!(
         out,
-        "vdso-observer: {:.2} s window, {} processes made time calls, {} kernel entries/s, {} vDSO calls/s",
+        "vdso-observer: {:.2} s window, {} processes made time calls, {} kernel entries/s, {} vDSO calls/s, in kernel {}",
         report.window_seconds,
         report.processes.len(),
-        rate(total),
-        vdso.map_or("-".to_owned(), |v| format!("~{}", rate(v)))
+        rate(totals.kernel_per_sec),
+        totals
+            .vdso_per_sec
+            .map_or("-".to_owned(), |v| format!("~{}", rate(v))),
+        totals.kernel_share().map_or("-".to_owned(), percent)
     );
     for probe in report.observer.probes.iter().filter(|p| !p.attached) {
         let _ = writeln!(
@@ -151,9 +244,12 @@ pub fn render(report: &Report) -> String {
         );
     }
     if report.processes.is_empty() {
+        let _ = writeln!(out, "({})", empty_window_line(report.system.as_ref()));
+    }
+    if hidden > 0 {
         let _ = writeln!(
             out,
-            "(no process made a time call in this window: nothing entered the kernel, and the sampler saw no vDSO calls)"
+            "({hidden} processes whose only kernel entries were getrandom not shown; --show-getrandom-only shows them)"
         );
     }
     if report.processes.iter().any(|p| p.exited) {
@@ -207,7 +303,7 @@ mod tests {
             Duration::from_secs(2),
             false,
         );
-        let text = render(&report);
+        let text = render(&report, 0);
         let row = text.lines().find(|l| l.contains("4321")).expect(&text);
         assert!(row.contains("bad\\x0ame*"), "{row}");
         assert!(row.contains("1.0k"), "{row}");
@@ -222,5 +318,84 @@ mod tests {
         assert!(row.ends_with("direct,vsyscall,(cpu-clock)"), "{row}");
         assert!(text.contains("* exited during the window"));
         assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    fn system(capable: bool) -> SystemReport {
+        use crate::system::{ClocksourceState, VsyscallMode};
+        SystemReport {
+            clocksource: Some(ClocksourceState {
+                current: if capable { "tsc" } else { "hpet" }.into(),
+                available: vec!["tsc".into(), "hpet".into()],
+                vdso_capability: VdsoCapability::Yes,
+                why: "",
+            }),
+            vdso_check: Some(crate::loader::VdsoCheck {
+                calls: 100,
+                kernel_entries: if capable { 0 } else { 100 },
+            }),
+            vdso_capable: Some(capable),
+            vsyscall: VsyscallMode::Xonly,
+            boot_settings: vec![],
+            events: vec![],
+            kernel_log_error: None,
+        }
+    }
+
+    #[test]
+    fn a_frame_starts_with_the_machine_and_explains_an_empty_window() {
+        let mut report = testing::window(
+            &mut Aggregator::new(None),
+            &[],
+            Duration::from_secs(3),
+            true,
+        );
+        report.system = Some(system(true));
+        let text = render(&report, 2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "clocksource tsc (vDSO-capable, measured)  available: tsc hpet  vsyscall: xonly",
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "(no process entered the kernel for time in this window; the vDSO answers on tsc)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(2 processes whose only kernel entries were getrandom not shown"));
+        report.system = Some(system(false));
+        let text = render(&report, 0);
+        assert!(
+            text.starts_with("clocksource hpet (NOT vDSO-capable, measured"),
+            "{text}"
+        );
+        assert!(text.contains("the vDSO cannot read hpet"), "{text}");
+    }
+
+    #[test]
+    fn getrandom_only_rows_are_selected_out_unless_asked() {
+        let report = testing::window(
+            &mut Aggregator::new(None),
+            &[
+                (1, b"ls", TimeCall::Getrandom, NO_CLOCK, Origin::Direct, 1),
+                (2, b"app", TimeCall::ClockGettime, 1, Origin::Direct, 5),
+            ],
+            Duration::from_secs(1),
+            true,
+        );
+        let default = Selection::default();
+        let kept: Vec<u32> = report
+            .processes
+            .iter()
+            .filter(|p| default.keeps(p))
+            .map(|p| p.pid)
+            .collect();
+        assert_eq!(kept, [2]);
+        let all = Selection {
+            show_getrandom_only: true,
+            ..Selection::default()
+        };
+        assert!(report.processes.iter().all(|p| all.keeps(p)));
     }
 }

@@ -9,14 +9,20 @@ use crate::{
     TopArgs,
     report::Report,
     session::{Session, SessionOptions},
-    table,
+    table::{self, Selection},
 };
 
 pub async fn run(args: TopArgs, options: SessionOptions) -> Result<()> {
     let interactive = !args.once && !args.batch && !args.json;
+    let selection = Selection {
+        pids: args.pids.clone(),
+        comm: args.comm.clone(),
+        flagged_only: args.flagged_only,
+        show_getrandom_only: args.show_getrandom_only,
+    };
     if interactive {
         if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
-            return crate::tui::run(args.interval, options).await;
+            return crate::tui::run(args.interval, args.iterations, selection, options).await;
         }
         log::info!("stdout is not a terminal: batch mode (-b)");
     }
@@ -39,8 +45,8 @@ pub async fn run(args: TopArgs, options: SessionOptions) -> Result<()> {
             _ = terminate.recv() => true,
         };
         let (mut report, _) = session.next_window()?;
-        keep_selected(&mut report, &args);
-        if !print(&report, args.json)? {
+        let hidden = keep_selected(&mut report, &selection, args.json);
+        if !print(&report, args.json, hidden)? {
             return Ok(()); // stdout closed (e.g. piped into head)
         }
         frame += 1;
@@ -50,25 +56,34 @@ pub async fn run(args: TopArgs, options: SessionOptions) -> Result<()> {
     }
 }
 
-fn keep_selected(report: &mut Report, args: &TopArgs) {
+/// Keeps the selected processes; JSON keeps getrandom-only ones (it keeps every
+/// count). Returns how many were hidden for making only getrandom calls.
+fn keep_selected(report: &mut Report, selection: &Selection, json: bool) -> usize {
+    let selection = Selection {
+        show_getrandom_only: selection.show_getrandom_only || json,
+        ..selection.clone()
+    };
+    let before = report.processes.len();
+    let mut hidden = 0;
     report.processes.retain(|process| {
-        (args.pids.is_empty() || args.pids.contains(&process.pid))
-            && args
-                .comm
-                .as_deref()
-                .is_none_or(|needle| process.comm.contains(needle))
-            && (!args.flagged_only || !process.flags.is_empty())
+        let keep = selection.keeps(process);
+        if !keep && process.only_getrandom && selection.keeps_if_shown(process) {
+            hidden += 1;
+        }
+        keep
     });
+    debug_assert!(report.processes.len() + hidden <= before);
+    hidden
 }
 
 /// False when stdout is gone.
-fn print(report: &Report, json: bool) -> Result<bool> {
+fn print(report: &Report, json: bool, hidden: usize) -> Result<bool> {
     let text = if json {
         let mut line = serde_json::to_string(report).context("encoding the report as JSON")?;
         line.push('\n');
         line
     } else {
-        table::render(report)
+        table::render(report, hidden)
     };
     let mut stdout = std::io::stdout().lock();
     match stdout

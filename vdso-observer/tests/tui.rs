@@ -111,6 +111,11 @@ fn row(screen: &str, pid: u32) -> Option<&str> {
         .find(|line| line.split_whitespace().next() == Some(&pid.to_string()))
 }
 
+/// The header: the screen's first three lines.
+fn header(screen: &str) -> String {
+    screen.lines().take(3).collect::<Vec<_>>().join("\n")
+}
+
 /// The KERN/s column of a row, as a number.
 fn kernel_rate(row: &str) -> f64 {
     let field = row.split_whitespace().nth(4).unwrap();
@@ -154,7 +159,9 @@ fn top_shows_workloads_sorts_filters_and_restores_the_terminal() {
 
     // Filter by name (both workloads share the prefix); Esc clears.
     tmux.keys(&["/", "vt-tui-", "Enter"]);
-    let screen = tmux.wait_screen("the filter applied", |s| s.contains("filter: vt-tui-"));
+    let screen = tmux.wait_screen("the filter applied", |s| {
+        header(s).contains("filter: vt-tui-")
+    });
     assert_eq!(
         screen
             .lines()
@@ -184,11 +191,13 @@ fn top_shows_workloads_sorts_filters_and_restores_the_terminal() {
     );
     // Escape alone: followed at once by a key, terminals read it as Alt+key.
     tmux.keys(&["Escape"]);
-    tmux.wait_screen("the filter cleared", |s| !s.contains("filter:"));
+    tmux.wait_screen("the filter cleared", |s| !header(s).contains("filter:"));
     tmux.keys(&["K"]);
     tmux.wait_screen("sorted by kernel entries", |s| s.contains("KERN/s▼"));
     tmux.keys(&["/", "vt-tui-cpu", "Enter"]);
-    let screen = tmux.wait_screen("a narrower filter", |s| s.contains("filter: vt-tui-cpu"));
+    let screen = tmux.wait_screen("a narrower filter", |s| {
+        header(s).contains("filter: vt-tui-cpu")
+    });
     assert!(
         row(&screen, cpu).is_some() && row(&screen, direct).is_none(),
         "{screen}"
@@ -198,14 +207,18 @@ fn top_shows_workloads_sorts_filters_and_restores_the_terminal() {
         row(s, direct).is_some() && row(s, cpu).is_some()
     });
 
-    // Flagged only hides the expected CPU-time fallback.
+    // Flagged only hides the expected CPU-time fallback. Wait for the header's
+    // mark (the footer names the key on every frame, so its words prove nothing).
     tmux.keys(&["f"]);
-    let screen = tmux.wait_screen("flagged only", |s| s.contains("flagged only"));
+    let screen = tmux.wait_screen("flagged only", |s| header(s).contains("[flagged only]"));
     assert!(
         row(&screen, cpu).is_none() && row(&screen, direct).is_some(),
         "{screen}"
     );
     tmux.keys(&["f"]);
+    tmux.wait_screen("flagged only off", |s| {
+        !header(s).contains("[flagged only]") && row(s, cpu).is_some()
+    });
 
     tmux.keys(&["h"]);
     tmux.wait_screen("help", |s| s.contains("vdso-observer top: keys"));

@@ -157,10 +157,21 @@ fn exact_counts_a_static_binary_through_its_own_clock_gettime() {
     let _serial = serial();
     const N: u64 = 4000;
     let workload = build_workload("time_calls", "vt-exact-static", &["-static"]);
-    let observer = ObserverRun::start(&["--exact", "--no-governor"]);
+    let mut observer = ObserverRun::start_logging(
+        &[
+            "top",
+            "--once",
+            "-d",
+            "120",
+            "--json",
+            "--exact",
+            "--no-governor",
+        ],
+        "debug",
+    );
     let mut held = Held::start(&workload, &["monotonic", &N.to_string()]);
-    // --exact looks for new processes every second.
-    std::thread::sleep(Duration::from_millis(2500));
+    // --exact picks up new processes within a second: wait until it says so.
+    observer.wait_log(&format!("pid {}: exact counting attached", held.pid()));
     held.release();
     let pid = held.pid();
     held.wait();

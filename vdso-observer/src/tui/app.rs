@@ -7,6 +7,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use crate::{
     report::{ProcessReport, Report},
     system::{ClockEvent, ClocksourceState, VsyscallMode},
+    table::Selection,
 };
 
 /// Columns, in screen order.
@@ -140,6 +141,8 @@ pub struct App {
     pub quit: bool,
     /// The newest clock event (clocksource switch, TSC unstable) since start.
     pub last_event: Option<ClockEvent>,
+    /// What the command line fixed: pids, and whether getrandom-only rows show.
+    pub fixed: Selection,
 }
 
 impl App {
@@ -159,7 +162,21 @@ impl App {
             scroll: 0,
             quit: false,
             last_event: None,
+            fixed: Selection::default(),
         }
+    }
+
+    /// Starts from the command line's selection: -p and --show-getrandom-only
+    /// hold for the whole run, --comm and --flagged-only seed the filter and the
+    /// `f` toggle.
+    pub fn select(&mut self, selection: Selection) {
+        self.filter = selection.comm.clone().unwrap_or_default();
+        self.flagged_only = selection.flagged_only;
+        self.fixed = Selection {
+            comm: None,
+            flagged_only: false,
+            ..selection
+        };
     }
 
     /// A new window arrived.
@@ -184,6 +201,7 @@ impl App {
         let mut rows: Vec<&ProcessReport> = report
             .processes
             .iter()
+            .filter(|p| self.fixed.keeps(p))
             .filter(|p| !self.flagged_only || !p.flags.is_empty())
             .filter(|p| filter.is_empty() || p.comm.contains(filter) || pid_filter == Some(p.pid))
             .collect();

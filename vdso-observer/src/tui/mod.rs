@@ -21,15 +21,24 @@ pub use app::{App, Host};
 use crate::{
     session::{Session, SessionOptions},
     system,
+    table::Selection,
 };
 
-pub async fn run(interval: Duration, options: SessionOptions) -> Result<()> {
+/// Runs the TUI until q, Ctrl-C, SIGTERM, or `frames` windows (0: no end).
+pub async fn run(
+    interval: Duration,
+    frames: u64,
+    selection: Selection,
+    options: SessionOptions,
+) -> Result<()> {
     // Load before taking over the screen, so errors print as usual.
     let mut session = Session::start(options)?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
     let mut app = App::new(host(), interval);
+    app.select(selection);
+    let mut shown = 0u64;
     let (keys_tx, mut keys) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         while let Ok(event) = event::read() {
@@ -49,8 +58,13 @@ pub async fn run(interval: Duration, options: SessionOptions) -> Result<()> {
                 _ = session.sleep_until(next) => {
                     next += interval;
                     let (report, _) = session.next_window()?;
-                    app.host.clocksource = system::clocksource();
                     app.on_report(report);
+                    shown += 1;
+                    if frames != 0 && shown >= frames {
+                        // Like top -n: the last frame stays on screen as the program ends.
+                        terminal.draw(|frame| view::draw(frame, &app))?;
+                        app.quit = true;
+                    }
                 }
                 event = keys.recv() => match event {
                     Some(Event::Key(key)) if key.kind != KeyEventKind::Release => app.on_key(key),

@@ -16,8 +16,10 @@ use super::{
     view,
 };
 use crate::{
-    report::{Aggregator, Report, testing},
+    loader::VdsoCheck,
+    report::{Aggregator, Report, SystemReport, testing},
     system::{ClocksourceState, VdsoCapability, VsyscallMode},
+    table::Selection,
 };
 
 fn host(capability: VdsoCapability) -> Host {
@@ -208,12 +210,32 @@ fn empty_list_and_first_window_say_so() {
         screen[2].contains("collecting the first window (3s)"),
         "{screen:?}"
     );
-    app.on_report(report(&[]));
-    let screen = lines(&render(&app, 100, 10));
+    let mut empty = report(&[]);
+    empty.system = Some(SystemReport {
+        clocksource: Some(ClocksourceState {
+            current: "tsc".into(),
+            available: vec!["tsc".into(), "kvm-clock".into()],
+            vdso_capability: VdsoCapability::Yes,
+            why: "",
+        }),
+        vdso_check: Some(VdsoCheck {
+            calls: 1000,
+            kernel_entries: 0,
+        }),
+        vdso_capable: Some(true),
+        vsyscall: VsyscallMode::Xonly,
+        boot_settings: vec![],
+        events: vec![],
+        kernel_log_error: None,
+    });
+    app.on_report(empty);
+    let screen = lines(&render(&app, 120, 10));
     line_with(
         &screen,
-        "no process made a time call that entered the kernel",
+        "no process entered the kernel for time in this window; the vDSO answers on tsc",
     );
+    // The header shows the session's measured answer, not the table's.
+    line_with(&screen, "clocksource tsc (vDSO-capable, measured)");
 }
 
 #[test]
@@ -287,4 +309,24 @@ fn keys_sort_filter_pause_and_quit() {
     let mut app = App::new(Host::default(), Duration::from_secs(1));
     app.on_key(key(KeyCode::Char('q')));
     assert!(app.quit);
+}
+
+#[test]
+fn the_command_line_selection_holds_in_the_tui() {
+    let mut app = App::new(host(VdsoCapability::Yes), Duration::from_secs(1));
+    app.select(Selection {
+        pids: vec![100, 300],
+        comm: Some("legacy".into()),
+        flagged_only: true,
+        show_getrandom_only: false,
+    });
+    app.on_report(sample_report());
+    let pids: Vec<u32> = app.rows().iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [300], "-p, --comm and --flagged-only together");
+    assert_eq!(app.filter, "legacy", "--comm seeds the / filter");
+    // Esc clears the filter, f shows unflagged rows: -p still holds.
+    app.on_key(key(KeyCode::Esc));
+    app.on_key(key(KeyCode::Char('f')));
+    let pids: Vec<u32> = app.rows().iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [100, 300]);
 }

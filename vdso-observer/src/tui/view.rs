@@ -12,7 +12,7 @@ use super::app::{App, Column, main_clock};
 use crate::{
     report::ProcessReport,
     system::VdsoCapability,
-    table::{flag_column, percent, rate, vdso_column},
+    table::{capability_words, empty_window_line, flag_column, percent, rate, vdso_column},
 };
 
 /// Style of a row whose process has a fault flag.
@@ -48,33 +48,70 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
         first.push(Span::from("  PAUSED").reversed());
     }
     if app.flagged_only {
-        first.push(Span::from("  flagged only").yellow());
+        first.push(Span::from("  [flagged only]").yellow());
     }
     if !app.filter.is_empty() {
         first.push(Span::from(format!("  filter: {}", app.filter)).yellow());
     }
 
+    // The session's measured state once a window has ended; what sysfs said at
+    // start until then.
     let mut second = Vec::new();
-    match &host.clocksource {
-        Some(cs) => {
-            let (capable, style) = match cs.vdso_capability {
-                VdsoCapability::Yes => ("vDSO-capable", Style::new().green()),
-                VdsoCapability::No => ("NOT vDSO-capable: clock reads enter the kernel", FLAGGED),
-                VdsoCapability::Conditional => ("vDSO-capable if stable", Style::new().yellow()),
-                VdsoCapability::Unknown => ("vDSO capability unknown", Style::new().yellow()),
+    let system = app.report.as_ref().and_then(|r| r.system.as_ref());
+    let (current, available, capable, style, vsyscall) = match system {
+        Some(system) => {
+            let (words, capable) = capability_words(system);
+            let style = match capable {
+                Some(true) => Style::new().green(),
+                Some(false) => FLAGGED,
+                None => Style::new().yellow(),
             };
+            (
+                system.clocksource.as_ref().map(|c| c.current.clone()),
+                system
+                    .clocksource
+                    .as_ref()
+                    .map(|c| c.available.join(" "))
+                    .unwrap_or_default(),
+                words,
+                style,
+                Some(system.vsyscall),
+            )
+        }
+        None => {
+            let (words, style) = match host.clocksource.as_ref().map(|c| c.vdso_capability) {
+                Some(VdsoCapability::Yes) => ("vDSO-capable", Style::new().green()),
+                Some(VdsoCapability::No) => {
+                    ("NOT vDSO-capable: clock reads enter the kernel", FLAGGED)
+                }
+                Some(VdsoCapability::Conditional) => {
+                    ("vDSO-capable if stable", Style::new().yellow())
+                }
+                _ => ("vDSO capability unknown", Style::new().yellow()),
+            };
+            (
+                host.clocksource.as_ref().map(|c| c.current.clone()),
+                host.clocksource
+                    .as_ref()
+                    .map(|c| c.available.join(" "))
+                    .unwrap_or_default(),
+                words,
+                style,
+                host.vsyscall,
+            )
+        }
+    };
+    match current {
+        Some(current) => {
             second.push(Span::from("clocksource "));
-            second.push(Span::from(cs.current.clone()).bold());
+            second.push(Span::from(current).bold());
             second.push(Span::from(" ("));
             second.push(Span::styled(capable, style));
-            second.push(Span::from(format!(
-                ")  available: {}",
-                cs.available.join(" ")
-            )));
+            second.push(Span::from(format!(")  available: {available}")));
         }
         None => second.push(Span::from("clocksource unknown")),
     }
-    if let Some(mode) = host.vsyscall {
+    if let Some(mode) = vsyscall {
         second.push(Span::from(format!("  vsyscall: {}", mode.name())));
     }
     if let Some(event) = &app.last_event {
@@ -90,19 +127,22 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
             humantime::format_duration(app.interval)
         )),
         Some(report) => {
-            let (kernel, vdso) = report.totals();
-            let flagged = report
+            let totals = report.totals();
+            let shown: Vec<_> = report
                 .processes
                 .iter()
-                .filter(|p| !p.flags.is_empty())
-                .count();
+                .filter(|p| app.fixed.keeps(p))
+                .collect();
+            let flagged = shown.iter().filter(|p| !p.flags.is_empty()).count();
             let lost = report.observer.lost.time_calls_map_full + report.observer.lost.read_failed;
             let mut spans = vec![Span::from(format!(
                 "kernel entries/s {}  vDSO calls/s {}  in kernel {}  processes {} ({} flagged)",
-                rate(kernel),
-                vdso.map_or("-".to_owned(), |v| format!("~{}", rate(v))),
-                vdso.map_or("-".to_owned(), |v| percent(kernel / (kernel + v).max(1e-9))),
-                report.processes.len(),
+                rate(totals.kernel_per_sec),
+                totals
+                    .vdso_per_sec
+                    .map_or("-".to_owned(), |v| format!("~{}", rate(v))),
+                totals.kernel_share().map_or("-".to_owned(), percent),
+                shown.len(),
                 flagged
             ))];
             if lost > 0 {
@@ -219,9 +259,9 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect) {
     let rows: Vec<&ProcessReport> = app.rows();
     if app.report.is_some() && rows.is_empty() {
         let text = if app.flagged_only || !app.filter.is_empty() {
-            "no process matches the filter (Esc clears it, f shows all)"
+            "no process matches the filter (Esc clears it, f shows all)".to_owned()
         } else {
-            "no process made a time call that entered the kernel in the last window"
+            empty_window_line(app.report.as_ref().and_then(|r| r.system.as_ref()))
         };
         frame.render_widget(
             Paragraph::new(vec![Line::from(""), Line::from(text).italic()]).block(

@@ -68,6 +68,8 @@ pub fn run_workload(binary: &Path, args: &[&str]) -> u32 {
 pub struct ObserverRun {
     child: Child,
     stderr_lines: mpsc::Receiver<String>,
+    /// Lines read from stderr while waiting for one.
+    stderr_seen: Vec<String>,
 }
 
 impl ObserverRun {
@@ -80,8 +82,14 @@ impl ObserverRun {
     }
 
     pub fn start_with(args: &[&str]) -> ObserverRun {
+        Self::start_logging(args, "warn")
+    }
+
+    /// Like [`ObserverRun::start_with`], logging at `level` (RUST_LOG).
+    pub fn start_logging(args: &[&str], level: &str) -> ObserverRun {
         let mut child = Command::new(OBSERVER)
             .args(args)
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -105,6 +113,28 @@ impl ObserverRun {
         ObserverRun {
             child,
             stderr_lines,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// Waits until the observer logs a line containing `text`.
+    pub fn wait_log(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "the observer never logged {text:?}; it logged:\n{}",
+                    self.stderr_seen.join("\n")
+                ),
+            }
         }
     }
 
@@ -113,7 +143,8 @@ impl ObserverRun {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let out = self.child.wait_with_output().unwrap();
-        let stderr: Vec<String> = self.stderr_lines.try_iter().collect();
+        let mut stderr = self.stderr_seen;
+        stderr.extend(self.stderr_lines.try_iter());
         let stderr = stderr.join("\n");
         assert!(
             out.status.success(),
