@@ -39,7 +39,7 @@ pub struct DaemonOptions {
 /// what is wrong.
 pub fn check_config(options: &DaemonOptions) -> Result<()> {
     let config = config::load(options.config_file.as_deref(), &options.overrides)?;
-    print!("{}", config.to_toml());
+    println!("{}", config.to_toml().trim_end());
     eprintln!("vdso-observer: configuration is valid");
     warn_about_textfile_directory(&config);
     Ok(())

@@ -104,6 +104,11 @@ pub struct ExactTracer {
 
 impl ExactTracer {
     pub fn start(options: ExactOptions, observer: &mut Observer) -> Result<ExactTracer> {
+        crate::loader::check_kernel_floor(
+            &crate::loader::kernel_release(),
+            crate::loader::EXACT_KERNEL_FLOOR,
+            "exact counting (uprobes with BPF cookies)",
+        )?;
         let image = observer
             .vdso
             .as_ref()

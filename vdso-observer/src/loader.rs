@@ -133,8 +133,56 @@ impl VdsoCheck {
     }
 }
 
+/// The oldest kernel the programs load on: every program reads the task through
+/// `bpf_get_current_task_btf` (Linux 5.11).
+pub const KERNEL_FLOOR: (u32, u32) = (5, 11);
+/// Exact counting attaches uprobes with BPF cookies (Linux 5.15).
+pub const EXACT_KERNEL_FLOOR: (u32, u32) = (5, 15);
+
+/// The running kernel's release as uname(2) gives it (what a personality such
+/// as `setarch --uname-2.6` changes, too).
+pub fn kernel_release() -> String {
+    let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname fills a valid utsname.
+    if unsafe { libc::uname(name.as_mut_ptr()) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname succeeded; release is NUL-terminated.
+    let name = unsafe { name.assume_init() };
+    unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `6.1.0-57-amd64` -> (6, 1).
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Refuses, in one line, a kernel older than `floor` for `what`.
+pub fn check_kernel_floor(release: &str, floor: (u32, u32), what: &str) -> Result<()> {
+    match parse_release(release) {
+        Some(found) if found < floor => bail!(
+            "kernel {release} is too old for {what}: Linux {}.{} or newer is needed",
+            floor.0,
+            floor.1
+        ),
+        Some(_) => Ok(()),
+        None => {
+            warn!("cannot read the kernel version from {release:?}; trying anyway");
+            Ok(())
+        }
+    }
+}
+
 impl Observer {
     pub fn start(options: LoadOptions) -> Result<Observer> {
+        check_kernel_floor(
+            &kernel_release(),
+            KERNEL_FLOOR,
+            "vdso-observer (bpf_get_current_task_btf)",
+        )?;
         check_privileges()?;
         raise_memlock_limit();
         let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
@@ -626,6 +674,7 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
 /// Attaches only the empty `sys_enter` program (the benchmark's floor) and
 /// returns what keeps it attached.
 pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
+    check_kernel_floor(&kernel_release(), KERNEL_FLOOR, "vdso-observer")?;
     check_privileges()?;
     raise_memlock_limit();
     let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
@@ -702,6 +751,22 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_floors_are_checked_by_version() {
+        assert_eq!(parse_release("6.1.0-57-amd64"), Some((6, 1)));
+        assert_eq!(parse_release("5.15.0"), Some((5, 15)));
+        assert_eq!(parse_release("2.6.58"), Some((2, 6)));
+        assert!(check_kernel_floor("5.11.0", KERNEL_FLOOR, "x").is_ok());
+        assert!(check_kernel_floor("6.18.44-fc", KERNEL_FLOOR, "x").is_ok());
+        let err = check_kernel_floor("5.10.200-lts", KERNEL_FLOOR, "vdso-observer").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel 5.10.200-lts is too old for vdso-observer: Linux 5.11 or newer is needed"
+        );
+        assert!(check_kernel_floor("5.14.21", EXACT_KERNEL_FLOOR, "exact counting").is_err());
+        assert!(check_kernel_floor("weird", KERNEL_FLOOR, "x").is_ok());
+    }
 
     #[test]
     fn capability_mask_is_parsed() {

@@ -1,30 +1,54 @@
-//! User names for uids, from /etc/passwd, read once.
+//! User names for uids through the C library's NSS (getpwuid_r): /etc/passwd,
+//! and LDAP, SSSD or systemd's DynamicUser users alike. Cached per uid, misses too.
 
-use std::{collections::HashMap, sync::OnceLock};
+use std::{
+    collections::HashMap,
+    ffi::CStr,
+    sync::{Mutex, OnceLock},
+};
 
-/// The user name of a uid, or the uid as text when /etc/passwd has none.
+/// The user name of a uid, or the uid as text when NSS knows none.
 pub fn name_of(uid: u32) -> String {
-    static USERS: OnceLock<HashMap<u32, String>> = OnceLock::new();
-    USERS
-        .get_or_init(|| {
-            std::fs::read_to_string("/etc/passwd")
-                .map(|text| parse_passwd(&text))
-                .unwrap_or_default()
-        })
-        .get(&uid)
-        .cloned()
+    static NAMES: OnceLock<Mutex<HashMap<u32, Option<String>>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    let mut names = names
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    names
+        .entry(uid)
+        .or_insert_with(|| lookup(uid))
+        .clone()
         .unwrap_or_else(|| uid.to_string())
 }
 
-fn parse_passwd(text: &str) -> HashMap<u32, String> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let uid = fields.nth(1)?.parse().ok()?;
-            Some((uid, name.to_owned()))
-        })
-        .collect()
+/// getpwuid_r, growing the buffer while it says ERANGE.
+fn lookup(uid: u32) -> Option<String> {
+    let mut buffer = vec![0u8; 1024];
+    loop {
+        let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; the buffer's length is given.
+        let code = unsafe {
+            libc::getpwuid_r(
+                uid,
+                entry.as_mut_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut result,
+            )
+        };
+        if code == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 2, 0);
+            continue;
+        }
+        if code != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: on success `result` points at `entry`, whose pw_name points into
+        // `buffer`, a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr((*result).pw_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
 }
 
 #[cfg(test)]
@@ -32,13 +56,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwd_lines() {
-        let users =
-            parse_passwd("root:x:0:0:root:/root:/bin/bash\nbroken\nnobody:x:65534:65534::/:/x\n");
-        assert_eq!(users[&0], "root");
-        assert_eq!(users[&65534], "nobody");
-        assert_eq!(users.len(), 2);
+    fn names_come_from_nss() {
         assert_eq!(name_of(0), "root");
         assert_eq!(name_of(4_000_000_000), "4000000000");
+        // Cached: the same answer again.
+        assert_eq!(name_of(0), "root");
     }
 }

@@ -13,9 +13,17 @@ fn once_prints_one_table_with_the_workload_row() {
     let observer = ObserverRun::start_with(&["top", "--once", "-d", "120"]);
     let pid = run_workload(&workload, &["direct", "1000"]);
     let (stdout, _) = observer.finish_text();
-    let header = stdout.lines().next().unwrap();
+    // First the machine, as the TUI header says it; then the window.
+    let state = stdout.lines().next().unwrap();
+    assert!(
+        state.starts_with("clocksource ")
+            && state.contains("(vDSO-capable, measured)")
+            && state.contains("vsyscall: "),
+        "{stdout}"
+    );
+    let header = stdout.lines().nth(1).unwrap();
     assert!(header.starts_with("vdso-observer: "), "{stdout}");
-    let columns = stdout.lines().nth(1).unwrap();
+    let columns = stdout.lines().nth(2).unwrap();
     for title in [
         "PID", "USER", "COMM", "VDSO/s", "KERN/s", "KERN%", "FALLBK/s", "DIRECT/s", "VSYSC/s",
         "NOVDSO/s", "CALLS/s", "CLOCKS", "FLAG",
@@ -147,4 +155,82 @@ fn reports_carry_the_system_state() {
     assert_eq!(system["vdso_capable"], true, "{system:#}");
     assert!(system["clocksource"]["current"].is_string());
     assert!(system["vsyscall"].is_string());
+}
+
+#[test]
+fn processes_that_only_seed_malloc_are_hidden_but_counted_in_json() {
+    require_root();
+    // "direct 0": glibc's start-up getrandom, and no time call at all.
+    let workload = build_workload("time_calls", "vt-seed-only", &[]);
+    let observer = ObserverRun::start_with(&["top", "--once", "-d", "120", "--comm", "vt-seed"]);
+    run_workload(&workload, &["direct", "0"]);
+    let (text, _) = observer.finish_text();
+    assert!(!text.contains("vt-seed-only"), "{text}");
+    assert!(
+        text.contains("1 processes whose only kernel entries were getrandom not shown"),
+        "{text}"
+    );
+
+    let observer = ObserverRun::start(&["--comm", "vt-seed"]);
+    let pid = run_workload(&workload, &["direct", "0"]);
+    let report = observer.finish();
+    let row = rows_of_pid(&report, pid).pop().expect("JSON keeps the row");
+    assert_eq!(row["only_getrandom"], true, "{row:#}");
+    assert!(row["getrandom_entries"].as_u64().unwrap() >= 1, "{row:#}");
+    assert_eq!(row["kernel_share"], serde_json::Value::Null, "{row:#}");
+
+    let observer = ObserverRun::start_with(&[
+        "top",
+        "--once",
+        "-d",
+        "120",
+        "--comm",
+        "vt-seed",
+        "--show-getrandom-only",
+    ]);
+    run_workload(&workload, &["direct", "0"]);
+    let (text, _) = observer.finish_text();
+    assert!(text.contains("vt-seed-only"), "{text}");
+}
+
+/// Users come from NSS: nss_wrapper stands in for LDAP or SSSD, whose users
+/// /etc/passwd does not list.
+#[test]
+fn user_names_come_from_nss() {
+    require_root();
+    let dir = world_writable_dir("nss");
+    let passwd = dir.join("passwd");
+    let group = dir.join("group");
+    std::fs::write(
+        &passwd,
+        "root:x:0:0:root:/root:/bin/sh\nldap-alice:x:4242:4242::/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(&group, "root:x:0:\nldap-alice:x:4242:\n").unwrap();
+    let workload = build_workload("time_calls", "vt-nss", &[]);
+    let copy = dir.join("vt-nss");
+    std::fs::copy(&workload, &copy).unwrap();
+    let mut observer = Command::new(OBSERVER);
+    observer
+        .args(["top", "--once", "-d", "120", "--json", "--comm", "vt-nss"])
+        .env("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so")
+        .env("NSS_WRAPPER_PASSWD", &passwd)
+        .env("NSS_WRAPPER_GROUP", &group)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let observer = ObserverRun::spawn(observer);
+    let out = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(&copy)
+        .args(["direct", "5"])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let report = observer.finish();
+    let row = rows_of_comm(&report, "vt-nss")
+        .pop()
+        .expect("the workload's row");
+    assert_eq!(row["uid"], 4242, "{row:#}");
+    assert_eq!(row["user"], "ldap-alice", "{row:#}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

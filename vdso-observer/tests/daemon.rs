@@ -471,3 +471,68 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_broken() {
     wait_collections(&textfile, 1.0);
     assert_eq!(daemon.stop().code(), Some(0));
 }
+
+/// Under systemd: READY=1 and WATCHDOG=1 on NOTIFY_SOCKET, syslog priorities on
+/// a journal stream, and a fork storm of flagged processes logged per comm.
+#[test]
+fn systemd_hears_readiness_watchdog_and_priorities_and_a_fork_storm_is_one_line() {
+    use std::os::unix::{fs::MetadataExt as _, net::UnixDatagram};
+    require_root();
+    let dir = world_writable_dir("systemd");
+    let textfile = dir.join("vdso_observer.prom");
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // journald's stream is the daemon's stderr: here, its log file.
+    let log = dir.join("daemon.log");
+    std::fs::File::create(&log).unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let mut command = Command::new(OBSERVER);
+    command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    let daemon = DaemonRun::start_with(
+        command,
+        &dir,
+        &["--textfile", textfile.to_str().unwrap(), "--interval", "1s"],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 within a minute");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        textfile.exists(),
+        "ready only once the first metrics are out"
+    );
+    let n = socket.recv(&mut buf).expect("WATCHDOG=1 every half second");
+    assert_eq!(&buf[..n], b"WATCHDOG=1");
+
+    // 60 short-lived children, each flagged direct.
+    let workload = build_workload("time_calls", "vt-storm", &[]);
+    run_workload(&workload, &["children", "5", "60"]);
+    wait_for("the storm in the textfile", TIMEOUT, || {
+        (comm_count(&read(&textfile), "vt-storm")? >= 300.0).then_some(())
+    });
+    wait_collections(&textfile, 1.0);
+    let text = daemon.log();
+    let storm: Vec<&str> = text.lines().filter(|l| l.contains("vt-storm")).collect();
+    assert!(
+        !storm.is_empty() && storm.len() <= 3,
+        "one line per comm and interval, not one per process: {storm:#?}"
+    );
+    assert!(
+        storm
+            .iter()
+            .any(|l| l.contains("processes named vt-storm newly flagged direct")),
+        "{storm:#?}"
+    );
+    assert!(
+        text.lines().all(|l| l.is_empty()
+            || (l.starts_with('<') && l[1..2].parse::<u8>().is_ok() && &l[2..3] == ">")),
+        "every line carries a syslog priority:\n{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("<6>started:")), "{text}");
+    assert_eq!(daemon.stop().code(), Some(0));
+}

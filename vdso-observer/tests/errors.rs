@@ -78,3 +78,25 @@ fn bad_arguments_are_refused_before_loading() {
         );
     }
 }
+
+/// An old kernel is refused at start with the version found and the one needed.
+/// `setarch --uname-2.6` makes uname(2) report a 2.6 release, as an old kernel would.
+#[test]
+fn an_old_kernel_is_refused_in_one_line() {
+    require_root();
+    let out = Command::new("setarch")
+        .args(["x86_64", "--uname-2.6"])
+        .arg(OBSERVER)
+        .args(["top", "--once", "-d", "1"])
+        .output()
+        .expect("setarch (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr.trim();
+    assert!(
+        line.starts_with("vdso-observer: error: kernel 2.6.")
+            && line.ends_with("Linux 5.11 or newer is needed")
+            && !line.contains('\n'),
+        "{stderr}"
+    );
+}

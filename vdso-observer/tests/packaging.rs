@@ -29,7 +29,7 @@ fn alerting_rules_pass_promtool_check_and_their_unit_tests() {
     let out = run(Command::new("promtool")
         .args(["check", "rules", "vdso-observer.rules.yml"])
         .current_dir(&dir));
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
     let out = run(Command::new("promtool")
         .args(["test", "rules", "vdso-observer.rules.test.yml"])
         .current_dir(&dir));
@@ -63,16 +63,43 @@ fn rules_and_dashboard_name_only_metrics_that_exist() {
         &std::fs::read_to_string(repo("contrib/grafana/vdso-observer.json")).unwrap(),
     )
     .expect("the Grafana dashboard is valid JSON");
-    assert!(dashboard["panels"].as_array().unwrap().len() >= 5);
+    let panels = dashboard["panels"].as_array().unwrap();
+    let panel = |title: &str| {
+        panels
+            .iter()
+            .find(|p| p["title"].as_str().is_some_and(|t| t.starts_with(title)))
+            .unwrap_or_else(|| panic!("no panel {title:?}"))
+    };
+    // The clocksource's name, not the info metric's value 1.
+    assert_eq!(panel("Current clocksource")["options"]["textMode"], "name");
+    assert_eq!(
+        panel("Observer: textfile write errors")["fieldConfig"]["defaults"]["unit"],
+        "short"
+    );
+    for title in [
+        "vDSO-answered time calls",
+        "Share of time calls that entered the kernel",
+        "Clock events",
+        "Kernel log readable",
+    ] {
+        panel(title);
+    }
 }
 
 #[test]
 fn the_systemd_unit_verifies() {
     let unit = std::fs::read_to_string(repo("packaging/vdso-observer.service")).unwrap();
-    assert!(unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON\n"));
+    assert!(unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYSLOG\n"));
+    assert!(unit.contains("AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYSLOG\n"));
     assert!(unit.contains("NoNewPrivileges=yes"));
     assert!(unit.contains("ProtectSystem=strict"));
-    assert!(unit.contains("ReadWritePaths=/var/lib/prometheus/node-exporter"));
+    // A missing textfile directory must not stop the start.
+    assert!(unit.contains("ReadWritePaths=-/var/lib/prometheus/node-exporter"));
+    // The kernel log stays readable: no private /dev without it, no ProtectKernelLogs.
+    assert!(!unit.contains("PrivateDevices=yes"));
+    assert!(!unit.contains("ProtectKernelLogs=yes"));
+    assert!(unit.contains("DeviceAllow=/dev/kmsg r"));
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
     // systemd-analyze checks the binary exists: point it at the one just built.
     let dir = std::env::temp_dir().join(format!("vdso-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -96,6 +123,26 @@ fn the_systemd_unit_verifies() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Every alerting rule has a case in the promtool unit tests.
+#[test]
+fn every_alert_has_a_rules_test() {
+    let rules =
+        std::fs::read_to_string(repo("contrib/prometheus/vdso-observer.rules.yml")).unwrap();
+    let tests =
+        std::fs::read_to_string(repo("contrib/prometheus/vdso-observer.rules.test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 8, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no promtool test case"
+        );
+    }
+}
+
 #[test]
 fn the_example_config_is_accepted() {
     let out = Command::new(OBSERVER)
@@ -107,4 +154,16 @@ fn the_example_config_is_accepted() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("configuration is valid"), "{text}");
+    // The effective configuration as TOML, every section filled.
+    let effective = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "interval = \"15s\"",
+        "[series]",
+        "[thresholds]",
+        "min_rate_per_sec = 10.0",
+        "[observer]",
+        "sample_hz = 499",
+    ] {
+        assert!(effective.contains(line), "{line} missing:\n{effective}");
+    }
 }

@@ -22,7 +22,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// 32-bit ones); bpftool lists what stays attached; promtool (prometheus) and
 /// node_exporter are the real clients of the metrics; setpriv (util-linux) drops
 /// privileges; tmux drives the interactive top; musl-gcc and go build workloads
-/// whose vDSO entry points differ from glibc's.
+/// whose vDSO entry points differ from glibc's; nss_wrapper stands in for an
+/// LDAP/SSSD user database.
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "gcc-multilib",
@@ -34,6 +35,7 @@ const TEST_PACKAGES: &[&str] = &[
     "tmux",
     "musl-tools",
     "golang-go",
+    "libnss-wrapper",
 ];
 
 pub fn run(for_tests: bool) -> Result<()> {

@@ -87,13 +87,19 @@ impl ObserverRun {
 
     /// Like [`ObserverRun::start_with`], logging at `level` (RUST_LOG).
     pub fn start_logging(args: &[&str], level: &str) -> ObserverRun {
-        let mut child = Command::new(OBSERVER)
+        let mut command = Command::new(OBSERVER);
+        command
             .args(args)
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vdso-observer");
+            .stderr(Stdio::piped());
+        Self::spawn(command)
+    }
+
+    /// Starts a prepared `vdso-observer top` command (stdout and stderr piped)
+    /// and waits until its programs are attached.
+    pub fn spawn(mut command: Command) -> ObserverRun {
+        let mut child = command.spawn().expect("start vdso-observer");
         let stderr_lines = forward_lines(child.stderr.take().unwrap());
         loop {
             match stderr_lines.recv_timeout(Duration::from_secs(60)) {
