@@ -160,10 +160,10 @@ fn reports_carry_the_system_state() {
 #[test]
 fn processes_that_only_seed_malloc_are_hidden_but_counted_in_json() {
     require_root();
-    // "direct 0": glibc's start-up getrandom, and no time call at all.
+    // getrandom as glibc's malloc start-up makes it, and no time call at all.
     let workload = build_workload("time_calls", "vt-seed-only", &[]);
     let observer = ObserverRun::start_with(&["top", "--once", "-d", "120", "--comm", "vt-seed"]);
-    run_workload(&workload, &["direct", "0"]);
+    run_workload(&workload, &["seed", "1"]);
     let (text, _) = observer.finish_text();
     assert!(!text.contains("vt-seed-only"), "{text}");
     assert!(
@@ -172,7 +172,7 @@ fn processes_that_only_seed_malloc_are_hidden_but_counted_in_json() {
     );
 
     let observer = ObserverRun::start(&["--comm", "vt-seed"]);
-    let pid = run_workload(&workload, &["direct", "0"]);
+    let pid = run_workload(&workload, &["seed", "1"]);
     let report = observer.finish();
     let row = rows_of_pid(&report, pid).pop().expect("JSON keeps the row");
     assert_eq!(row["only_getrandom"], true, "{row:#}");
@@ -188,7 +188,7 @@ fn processes_that_only_seed_malloc_are_hidden_but_counted_in_json() {
         "vt-seed",
         "--show-getrandom-only",
     ]);
-    run_workload(&workload, &["direct", "0"]);
+    run_workload(&workload, &["seed", "1"]);
     let (text, _) = observer.finish_text();
     assert!(text.contains("vt-seed-only"), "{text}");
 }

@@ -22,6 +22,7 @@
  *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
  *               CPU time, so a slowdown shows whatever else runs on the machine)
  *   gtod        N libc gettimeofday calls (straight into the vDSO: glibc's IFUNC)
+ *   seed        N getrandom(2) calls and no time call, as glibc's malloc start-up makes
  *   bench       N calls of ARG (getppid, direct, vdso), then prints ns per call
  *
  * With VT_WAIT_STDIN set it first reads one byte from stdin, so a test can
@@ -33,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -70,6 +72,11 @@ int main(int argc, char **argv) {
 
     if (!strcmp(mode, "direct")) {
         direct_calls(n);
+    } else if (!strcmp(mode, "seed")) {
+        char key[8];
+        for (long i = 0; i < n; i++)
+            if (getrandom(key, sizeof key, 0) != sizeof key)
+                return 6;
     } else if (!strcmp(mode, "cputime")) {
         for (long i = 0; i < n; i++)
             clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
