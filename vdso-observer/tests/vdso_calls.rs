@@ -7,7 +7,7 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Child, ChildStdin, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::*;
@@ -353,8 +353,9 @@ fn the_governor_keeps_a_hot_process_within_budget() {
     require_root();
     let _serial = serial();
     let hot = build_workload("time_calls", "vt-gov-hot", &[]);
+    // Longer than the test needs: it is killed once enough intervals are in.
     let mut child = Command::new(&hot)
-        .args(["hotlog", "0", "8"])
+        .args(["hotlog", "0", "120"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -363,40 +364,34 @@ fn the_governor_keeps_a_hot_process_within_budget() {
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+            let Ok(line) = line else { break };
             let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().unwrap());
-            let entry = (
-                fields.next().unwrap(),
-                fields.next().unwrap(),
-                Instant::now(),
-            );
+            let entry = (fields.next().unwrap(), fields.next().unwrap());
             if sender.send(entry).is_err() {
                 break;
             }
         }
     });
-    // Before: 2 s of the loop alone.
-    std::thread::sleep(Duration::from_millis(2000));
+    // Counted in intervals the loop reports (every 0.25 s), not in time the test
+    // sleeps: on a loaded machine start-up and the loop both run slower.
+    let take = |count: usize| -> Vec<(u64, u64)> {
+        (0..count)
+            .map(|_| {
+                lines
+                    .recv_timeout(Duration::from_secs(60))
+                    .expect("the hot loop reports every 0.25 s")
+            })
+            .collect()
+    };
+    // Before: 8 intervals of the loop alone.
+    let before = take(8);
     let observer = ObserverRun::start(&["--exact", "--exact-budget", "2"]);
-    let attached = Instant::now();
-    std::thread::sleep(Duration::from_millis(3000));
+    // Whatever the loop reported while the observer started is neither.
+    let _starting: Vec<(u64, u64)> = lines.try_iter().collect();
+    let during = take(12);
     let report = observer.finish();
-    assert!(child.wait().unwrap().success());
-    let all: Vec<(u64, u64, Instant)> = lines.try_iter().collect();
-    let before: Vec<(u64, u64)> = all
-        .iter()
-        .filter(|l| l.2 < attached)
-        .map(|l| (l.0, l.1))
-        .collect();
-    let during: Vec<(u64, u64)> = all
-        .iter()
-        .filter(|l| l.2 >= attached && l.2 < attached + Duration::from_millis(3000))
-        .map(|l| (l.0, l.1))
-        .collect();
-    assert!(
-        before.len() >= 4 && during.len() >= 8,
-        "{before:?} {during:?}"
-    );
+    let _ = child.kill();
+    let _ = child.wait();
     let base = rate(&before[1..]);
     let observed = rate(&during);
     let slowdown = 1.0 - observed / base;
