@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -18,7 +18,6 @@ use aya::{
     util::online_cpus,
 };
 use log::{info, warn};
-use serde::Serialize;
 use vdso_observer_common::{
     CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
     OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
@@ -27,7 +26,13 @@ use vdso_observer_common::{
     VDSO_UPROBE_PROGRAM, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
 };
 
-use crate::{btf_offsets, calibrate, calibrate::VdsoCosts, vdso_image::VdsoImage};
+use super::{
+    btf_offsets,
+    privileges::{
+        KERNEL_FLOOR, check_kernel_floor, check_privileges, kernel_release, raise_memlock_limit,
+    },
+};
+use crate::model::{MapSnapshot, ObserverStats, ProbeStatus};
 
 /// The eBPF object built by build.rs (aya-build).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vdso-observer"));
@@ -61,123 +66,23 @@ impl Default for LoadOptions {
     }
 }
 
-/// One attach point and whether it is live.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeStatus {
-    pub program: &'static str,
-    pub attach_point: &'static str,
-    pub attached: bool,
-    /// Why it is not attached and what is lost, when it is not.
-    pub note: Option<String>,
-}
-
-/// Counters the programs keep about themselves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ObserverStats {
-    /// Calls not counted because the counter map was full.
-    pub time_calls_map_full: u64,
-    /// Processes left unnamed because the name map was full.
-    pub processes_map_full: u64,
-    /// Calls not counted because a memory read failed.
-    pub read_failed: u64,
-    /// vDSO calls or samples lost because their map was full.
-    pub vdso_calls_map_full: u64,
-}
-
-/// Everything read from the maps at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct MapSnapshot {
-    /// Cumulative count per key since the key was created.
-    pub calls: HashMap<CallKey, u64>,
-    pub names: HashMap<ProcessKey, ProcessInfo>,
-    /// Cumulative vDSO samples or exact hits per key.
-    pub vdso: HashMap<VdsoKey, u64>,
-    pub stats: ObserverStats,
-}
-
-/// What turns vDSO samples into calls: the image, what each function costs
-/// here, and how much time one sample stands for.
-#[derive(Debug, Clone)]
-pub struct VdsoModel {
-    pub image: VdsoImage,
-    pub costs: VdsoCosts,
-    /// None when sampling is off.
-    pub sample_period_ns: Option<u64>,
-}
-
 /// The loaded and attached programs. Dropping it detaches them.
 pub struct Observer {
     ebpf: Ebpf,
+    /// The programs' rare events (aya-log), read at each window; None when the
+    /// object has no log map.
+    logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub probes: Vec<ProbeStatus>,
     pub options: LoadOptions,
-    /// None when this process has no vDSO to learn from.
-    pub vdso: Option<VdsoModel>,
-    /// Whether a process's vDSO clock_gettime(CLOCK_MONOTONIC) stays in user space here.
-    pub vdso_check: Option<VdsoCheck>,
+    /// Time one cpu-clock sample stands for; None when sampling is off or failed.
+    pub sample_period_ns: Option<u64>,
     exact_loaded: bool,
 }
 
-/// The calibration child's clock_gettime(CLOCK_MONOTONIC) calls through the
-/// vDSO, and how many of them entered the kernel: the measured answer to "can
-/// the vDSO read this clocksource".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct VdsoCheck {
-    pub calls: u64,
-    pub kernel_entries: u64,
-}
-
-impl VdsoCheck {
-    /// More than half the calls entering the kernel means the vDSO falls back.
-    pub fn vdso_capable(&self) -> bool {
-        self.kernel_entries <= self.calls / 2
-    }
-}
-
-/// The oldest kernel the programs load on: every program reads the task through
-/// `bpf_get_current_task_btf` (Linux 5.11).
-pub const KERNEL_FLOOR: (u32, u32) = (5, 11);
-/// Exact counting attaches uprobes with BPF cookies (Linux 5.15).
-pub const EXACT_KERNEL_FLOOR: (u32, u32) = (5, 15);
-
-/// The running kernel's release as uname(2) gives it (what a personality such
-/// as `setarch --uname-2.6` changes, too).
-pub fn kernel_release() -> String {
-    let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
-    // SAFETY: uname fills a valid utsname.
-    if unsafe { libc::uname(name.as_mut_ptr()) } != 0 {
-        return String::new();
-    }
-    // SAFETY: uname succeeded; release is NUL-terminated.
-    let name = unsafe { name.assume_init() };
-    unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// `6.1.0-57-amd64` -> (6, 1).
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// Refuses, in one line, a kernel older than `floor` for `what`.
-pub fn check_kernel_floor(release: &str, floor: (u32, u32), what: &str) -> Result<()> {
-    match parse_release(release) {
-        Some(found) if found < floor => bail!(
-            "kernel {release} is too old for {what}: Linux {}.{} or newer is needed",
-            floor.0,
-            floor.1
-        ),
-        Some(_) => Ok(()),
-        None => {
-            warn!("cannot read the kernel version from {release:?}; trying anyway");
-            Ok(())
-        }
-    }
-}
-
 impl Observer {
-    pub fn start(options: LoadOptions) -> Result<Observer> {
+    /// Loads the object with the running kernel's offsets and the vDSO's function
+    /// table (empty: no sampler), and attaches what counts.
+    pub fn start(options: LoadOptions, table: &VdsoFunctionTable) -> Result<Observer> {
         check_kernel_floor(
             &kernel_release(),
             KERNEL_FLOOR,
@@ -194,19 +99,12 @@ impl Observer {
             offsets,
             observer_tgid: std::process::id(),
         };
-        let image = match VdsoImage::current() {
-            Ok(image) => Some(image),
-            Err(err) => {
-                warn!("vDSO calls will not be estimated: {err:#}");
-                None
-            }
-        };
-        let table = image
-            .as_ref()
-            .map_or(VdsoFunctionTable::EMPTY, VdsoImage::table);
+        // The programs log only what this process would print (off below debug).
+        let log_level = log::max_level() as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
-            .override_global(VDSO_FUNCTIONS_GLOBAL, &table, true)
+            .override_global(VDSO_FUNCTIONS_GLOBAL, table, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
             .map_max_entries(PROCESSES_MAP, options.process_entries)
             .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
@@ -214,6 +112,13 @@ impl Observer {
             .map_err(|err| explain_load_error(anyhow!(err)))
             .context("loading the eBPF object (maps and programs)")?;
 
+        let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logs) => Some(logs),
+            Err(err) => {
+                warn!("the programs' own log is not read: {err}");
+                None
+            }
+        };
         let mut probes = Vec::new();
         attach(&mut ebpf, SYS_ENTER_PROGRAM, "sys_enter").with_context(|| {
             "attaching raw tracepoint sys_enter, which counts every time call that enters \
@@ -250,188 +155,54 @@ impl Observer {
         };
         probes.push(vsyscall);
 
-        let vdso = image.map(|image| {
-            // SAFETY: getauxval has no preconditions; the image came from this base.
-            let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
-            let costs = calibrate::measure(&image, base);
-            log::debug!(
-                "vDSO costs (ns in the vDSO per call): {:?}",
-                costs.ns_per_call
-            );
-            let mut sample_period_ns = None;
-            if options.sample_hz > 0 {
-                let status = match attach_sampler(&mut ebpf, options.sample_hz) {
-                    Ok(period) => {
-                        sample_period_ns = Some(period);
-                        ProbeStatus {
-                            program: VDSO_SAMPLE_PROGRAM,
-                            attach_point: "perf_event:cpu-clock",
-                            attached: true,
-                            note: None,
-                        }
+        let mut sample_period_ns = None;
+        if options.sample_hz > 0 && *table != VdsoFunctionTable::EMPTY {
+            let status = match attach_sampler(&mut ebpf, options.sample_hz) {
+                Ok(period) => {
+                    sample_period_ns = Some(period);
+                    ProbeStatus {
+                        program: VDSO_SAMPLE_PROGRAM,
+                        attach_point: "perf_event:cpu-clock",
+                        attached: true,
+                        note: None,
                     }
-                    Err(err) => {
-                        let note = format!(
-                            "vDSO calls are not estimated: {err:#} (perf events disabled? \
-                             check kernel.perf_event_paranoid and CAP_PERFMON)"
-                        );
-                        warn!("{note}");
-                        ProbeStatus {
-                            program: VDSO_SAMPLE_PROGRAM,
-                            attach_point: "perf_event:cpu-clock",
-                            attached: false,
-                            note: Some(note),
-                        }
+                }
+                Err(err) => {
+                    let note = format!(
+                        "vDSO calls are not estimated: {err:#} (perf events disabled? \
+                         check kernel.perf_event_paranoid and CAP_PERFMON)"
+                    );
+                    warn!("{note}");
+                    ProbeStatus {
+                        program: VDSO_SAMPLE_PROGRAM,
+                        attach_point: "perf_event:cpu-clock",
+                        attached: false,
+                        note: Some(note),
                     }
-                };
-                probes.push(status);
-            }
-            VdsoModel {
-                image,
-                costs,
-                sample_period_ns,
-            }
-        });
+                }
+            };
+            probes.push(status);
+        }
         info!(
             "attached {} of {} probes",
             probes.iter().filter(|p| p.attached).count(),
             probes.len()
         );
-        let mut observer = Observer {
+        Ok(Observer {
             ebpf,
+            logs,
             probes,
             options,
-            vdso,
-            vdso_check: None,
+            sample_period_ns,
             exact_loaded: false,
-        };
-        observer.calibrate_in_place();
-        Ok(observer)
+        })
     }
 
-    /// Runs the calibration child (see `calibrate`): its kernel entries tell
-    /// whether this machine's vDSO really answers clock_gettime(CLOCK_MONOTONIC)
-    /// in user space, and, under the sampler, its samples replace the
-    /// stopwatch costs with what the sampler sees.
-    fn calibrate_in_place(&mut self) {
-        if self.vdso.is_none() {
-            return;
+    /// Forwards what the programs logged since the last call to the log.
+    pub fn flush_logs(&mut self) {
+        if let Some(logs) = &mut self.logs {
+            logs.flush();
         }
-        match self.run_calibration_child(false) {
-            Ok((check, sampled)) => {
-                if check.kernel_entries > check.calls / 2 {
-                    warn!(
-                        "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {} of {} \
-                         calls entered the kernel (clocksource not vDSO-capable; see `vdso-observer doctor`)",
-                        check.kernel_entries, check.calls
-                    );
-                }
-                self.vdso_check = Some(check);
-                let model = self.vdso.as_mut().expect("checked above");
-                if !sampled.is_empty() {
-                    model.costs = model.costs.calibrated(&sampled);
-                    log::debug!(
-                        "vDSO costs as sampled (ns per call): {:?}",
-                        model.costs.ns_per_call
-                    );
-                } else if model.sample_period_ns.is_some() && check.vdso_capable() {
-                    warn!(
-                        "the sampler saw too few samples of the calibration loop; using stopwatch \
-                         costs, which may misjudge vDSO call counts"
-                    );
-                }
-            }
-            Err(err) => warn!("calibrating against a child process failed: {err:#}"),
-        }
-    }
-
-    /// Measures again whether the vDSO answers clock_gettime here (after a
-    /// clocksource change), with a short run of the child.
-    pub fn recheck_vdso(&mut self) -> Result<VdsoCheck> {
-        let (check, _) = self.run_calibration_child(true)?;
-        self.vdso_check = Some(check);
-        Ok(check)
-    }
-
-    /// The child's own check, and sampled ns per call when sampling is on.
-    fn run_calibration_child(
-        &mut self,
-        quick: bool,
-    ) -> Result<(VdsoCheck, std::collections::BTreeMap<&'static str, f64>)> {
-        /// Fewer samples than this say too little (±15%).
-        const MIN_SAMPLES: u64 = 40;
-        let exe = std::env::current_exe().context("finding the observer's own binary")?;
-        let child = std::process::Command::new(&exe)
-            .arg("vdso-loop")
-            .args(quick.then_some("--quick"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {} vdso-loop", exe.display()))?;
-        let pid = child.id();
-        let out = child
-            .wait_with_output()
-            .context("waiting for the calibration child")?;
-        if !out.status.success() {
-            bail!(
-                "the calibration child failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let calls = calibrate::parse_loop_output(&String::from_utf8_lossy(&out.stdout));
-        let snapshot = self.snapshot()?;
-        let check = VdsoCheck {
-            calls: calls.get("clock_gettime").copied().unwrap_or(0),
-            kernel_entries: snapshot
-                .calls
-                .iter()
-                .filter(|(key, _)| {
-                    key.process.tgid == pid
-                        && key.call == vdso_observer_common::TimeCall::ClockGettime as u8
-                        && key.clock_id == libc::CLOCK_MONOTONIC
-                })
-                .map(|(_, count)| count)
-                .sum(),
-        };
-        let mine: Vec<(VdsoKey, u64)> = snapshot
-            .vdso
-            .into_iter()
-            .filter(|(key, _)| key.process.tgid == pid)
-            .collect();
-        let mut sampled = std::collections::BTreeMap::new();
-        if let Some(period_ns) = self.vdso.as_ref().and_then(|m| m.sample_period_ns)
-            && !quick
-        {
-            for (name, calls) in calls {
-                let samples: u64 = mine
-                    .iter()
-                    .filter(|(key, _)| {
-                        vdso_observer_common::TimeCall::from_u8(key.call).map(|c| c.name())
-                            == Some(name)
-                    })
-                    .map(|(_, count)| count)
-                    .sum();
-                if samples >= MIN_SAMPLES && calls > 0 {
-                    sampled.insert(name, samples as f64 * period_ns as f64 / calls as f64);
-                }
-            }
-        }
-        // The child is not a process anyone asked about.
-        let vdso_keys: Vec<VdsoKey> = mine.iter().map(|(key, _)| *key).collect();
-        let keys: Vec<CallKey> = snapshot
-            .calls
-            .keys()
-            .filter(|key| key.process.tgid == pid)
-            .copied()
-            .collect();
-        let processes: Vec<ProcessKey> = snapshot
-            .names
-            .keys()
-            .filter(|key| key.tgid == pid)
-            .copied()
-            .collect();
-        self.forget(&processes, &keys, &vdso_keys)?;
-        Ok((check, sampled))
     }
 
     /// Loads the exact-counting programs (uprobe, breakpoint) once.
@@ -694,87 +465,4 @@ pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
         "sys_enter",
     )?;
     Ok(ebpf)
-}
-
-/// Capability bits (linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// Fails early, with what to do, when the process cannot load tracing BPF.
-fn check_privileges() -> Result<()> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let effective = effective_capabilities(&status)
-        .ok_or_else(|| anyhow!("no CapEff line in /proc/self/status"))?;
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
-    }
-    bail!(
-        "vdso-observer needs root or {} to load its eBPF programs: run it with sudo, or grant \
-         them (setcap cap_bpf,cap_perfmon+ep, or AmbientCapabilities= in a systemd unit)",
-        missing.join(" and ")
-    )
-}
-
-/// The `CapEff:` mask of a /proc/PID/status text.
-pub fn effective_capabilities(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-}
-
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_floors_are_checked_by_version() {
-        assert_eq!(parse_release("6.1.0-57-amd64"), Some((6, 1)));
-        assert_eq!(parse_release("5.15.0"), Some((5, 15)));
-        assert_eq!(parse_release("2.6.58"), Some((2, 6)));
-        assert!(check_kernel_floor("5.11.0", KERNEL_FLOOR, "x").is_ok());
-        assert!(check_kernel_floor("6.18.44-fc", KERNEL_FLOOR, "x").is_ok());
-        let err = check_kernel_floor("5.10.200-lts", KERNEL_FLOOR, "vdso-observer").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "kernel 5.10.200-lts is too old for vdso-observer: Linux 5.11 or newer is needed"
-        );
-        assert!(check_kernel_floor("5.14.21", EXACT_KERNEL_FLOOR, "exact counting").is_err());
-        assert!(check_kernel_floor("weird", KERNEL_FLOOR, "x").is_ok());
-    }
-
-    #[test]
-    fn capability_mask_is_parsed() {
-        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000000000\n";
-        let caps = effective_capabilities(status).unwrap();
-        assert_ne!(caps & (1 << CAP_BPF), 0);
-        assert_ne!(caps & (1 << CAP_PERFMON), 0);
-        assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0);
-        assert_eq!(effective_capabilities("Name:\tx\n"), None);
-    }
 }
