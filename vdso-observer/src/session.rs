@@ -120,7 +120,10 @@ impl Session {
             }
         };
         aggregator.prime(&observer.snapshot()?);
-        let (kernel, hostname) = procfs::kernel_release_and_hostname();
+        let procfs::Uname {
+            release: kernel,
+            hostname,
+        } = procfs::uname();
         // Start-up (BTF parsing above all) freed tens of MB; give them back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };

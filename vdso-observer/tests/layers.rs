@@ -9,7 +9,7 @@ use std::{
 /// Layer (top-level module or file) -> the other top-level modules it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
-    ("kernel", &["model"]),
+    ("kernel", &["model", "host"]),
     ("host", &["model"]),
     ("measure", &["model", "kernel", "host"]),
     ("settings", &["model", "kernel"]),

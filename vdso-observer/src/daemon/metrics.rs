@@ -266,8 +266,15 @@ impl Exporter {
 
     pub fn render(&self, facts: &Facts) -> String {
         let mut out = Exposition::default();
-
         self.render_counts(&mut out);
+        self.render_machine(&mut out, facts);
+        self.render_observer(&mut out, facts);
+        out.finish()
+    }
+
+    /// The machine's time set-up: clocksource, vDSO capability, clock events,
+    /// vsyscall mode, boot parameters, kernel log.
+    fn render_machine(&self, out: &mut Exposition, facts: &Facts) {
         out.family(
             "vdso_observer_vdso_call_cost_seconds",
             "gauge",
@@ -357,6 +364,10 @@ impl Exporter {
             ],
             1.0,
         );
+    }
+
+    /// The observer's own health: probes, losses, map use, series, collections.
+    fn render_observer(&self, out: &mut Exposition, facts: &Facts) {
         out.family(
             "vdso_observer_probe_attached",
             "gauge",
@@ -430,7 +441,6 @@ impl Exporter {
             "Failed writes of the node_exporter textfile (the previous file stays).",
         );
         out.sample(&[], self.textfile_write_errors as f64);
-        out.finish()
     }
     /// The four count families: kernel entries and vDSO-answered calls, per comm
     /// (complete) and per pid (the few that earned a series).

@@ -111,17 +111,34 @@ pub fn comm_of(pid: u32) -> Option<Vec<u8>> {
     Some(comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec())
 }
 
-/// The kernel's release and the host's name, as /proc/sys/kernel says them.
-pub fn kernel_release_and_hostname() -> (String, String) {
-    let read = |path: &str| {
-        fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "?".into())
+/// What uname(2) says: the kernel release (as the process's personality
+/// shows it: `setarch --uname-2.6` makes a 6.x kernel say 2.6) and the host name.
+pub struct Uname {
+    pub release: String,
+    pub hostname: String,
+}
+
+pub fn uname() -> Uname {
+    let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname fills a valid utsname.
+    if unsafe { libc::uname(name.as_mut_ptr()) } != 0 {
+        return Uname {
+            release: "?".into(),
+            hostname: "?".into(),
+        };
+    }
+    // SAFETY: uname succeeded; its strings are NUL-terminated.
+    let name = unsafe { name.assume_init() };
+    let text = |field: &[libc::c_char]| {
+        // SAFETY: a NUL-terminated field of the utsname.
+        unsafe { std::ffi::CStr::from_ptr(field.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
     };
-    (
-        read("/proc/sys/kernel/osrelease"),
-        read("/proc/sys/kernel/hostname"),
-    )
+    Uname {
+        release: text(&name.release),
+        hostname: text(&name.nodename),
+    }
 }
 
 /// What exact counting needs to know of a process's files.

@@ -28,11 +28,12 @@ use vdso_observer_common::{
 
 use super::{
     btf_offsets,
-    privileges::{
-        KERNEL_FLOOR, check_kernel_floor, check_privileges, kernel_release, raise_memlock_limit,
-    },
+    privileges::{KERNEL_FLOOR, check_kernel_floor, check_privileges, raise_memlock_limit},
 };
-use crate::model::{MapSnapshot, ObserverStats, ProbeStatus};
+use crate::{
+    host::procfs::uname,
+    model::{MapSnapshot, ObserverStats, ProbeStatus},
+};
 
 /// The eBPF object built by build.rs (aya-build).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vdso-observer"));
@@ -83,35 +84,7 @@ impl Observer {
     /// Loads the object with the running kernel's offsets and the vDSO's function
     /// table (empty: no sampler), and attaches what counts.
     pub fn start(options: LoadOptions, table: &VdsoFunctionTable) -> Result<Observer> {
-        check_kernel_floor(
-            &kernel_release(),
-            KERNEL_FLOOR,
-            "vdso-observer (bpf_get_current_task_btf)",
-        )?;
-        check_privileges()?;
-        raise_memlock_limit();
-        let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
-        log::debug!(
-            "kernel offsets from {}: {offsets:?}",
-            options.btf_path.display()
-        );
-        let config = ProgramConfig {
-            offsets,
-            observer_tgid: std::process::id(),
-        };
-        // The programs log only what this process would print (off below debug).
-        let log_level = log::max_level() as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
-            .override_global(VDSO_FUNCTIONS_GLOBAL, table, true)
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
-            .map_max_entries(PROCESSES_MAP, options.process_entries)
-            .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
-            .load(EBPF_OBJECT)
-            .map_err(|err| explain_load_error(anyhow!(err)))
-            .context("loading the eBPF object (maps and programs)")?;
-
+        let mut ebpf = load_object(&options, table)?;
         let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logs) => Some(logs),
             Err(err) => {
@@ -445,24 +418,45 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
 /// Attaches only the empty `sys_enter` program (the benchmark's floor) and
 /// returns what keeps it attached.
 pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
-    check_kernel_floor(&kernel_release(), KERNEL_FLOOR, "vdso-observer")?;
-    check_privileges()?;
-    raise_memlock_limit();
-    let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
-    let config = ProgramConfig {
-        offsets,
-        observer_tgid: std::process::id(),
-    };
-    let mut ebpf = EbpfLoader::new()
-        .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
-        .override_global(VDSO_FUNCTIONS_GLOBAL, &VdsoFunctionTable::EMPTY, true)
-        .load(EBPF_OBJECT)
-        .map_err(|err| explain_load_error(anyhow!(err)))
-        .context("loading the eBPF object")?;
+    let mut ebpf = load_object(options, &VdsoFunctionTable::EMPTY)?;
     attach(
         &mut ebpf,
         vdso_observer_common::EMPTY_SYS_ENTER_PROGRAM,
         "sys_enter",
     )?;
     Ok(ebpf)
+}
+
+/// Everything before attaching, shared by the observer and the bench floor: a
+/// kernel new enough, the privileges, the running kernel's offsets handed to
+/// the programs with the vDSO table and map sizes, and the load.
+fn load_object(options: &LoadOptions, table: &VdsoFunctionTable) -> Result<Ebpf> {
+    check_kernel_floor(
+        &uname().release,
+        KERNEL_FLOOR,
+        "vdso-observer (bpf_get_current_task_btf)",
+    )?;
+    check_privileges()?;
+    raise_memlock_limit();
+    let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
+    log::debug!(
+        "kernel offsets from {}: {offsets:?}",
+        options.btf_path.display()
+    );
+    let config = ProgramConfig {
+        offsets,
+        observer_tgid: std::process::id(),
+    };
+    // The programs log only what this process would print (off below debug).
+    let log_level = log::max_level() as u8;
+    EbpfLoader::new()
+        .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
+        .override_global(VDSO_FUNCTIONS_GLOBAL, table, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
+        .map_max_entries(PROCESSES_MAP, options.process_entries)
+        .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
+        .load(EBPF_OBJECT)
+        .map_err(|err| explain_load_error(anyhow!(err)))
+        .context("loading the eBPF object (maps and programs)")
 }

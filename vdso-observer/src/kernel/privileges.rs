@@ -10,21 +10,6 @@ pub const KERNEL_FLOOR: (u32, u32) = (5, 11);
 /// Exact counting attaches uprobes with BPF cookies (Linux 5.15).
 pub const EXACT_KERNEL_FLOOR: (u32, u32) = (5, 15);
 
-/// The running kernel's release as uname(2) gives it (what a personality such
-/// as `setarch --uname-2.6` changes, too).
-pub fn kernel_release() -> String {
-    let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
-    // SAFETY: uname fills a valid utsname.
-    if unsafe { libc::uname(name.as_mut_ptr()) } != 0 {
-        return String::new();
-    }
-    // SAFETY: uname succeeded; release is NUL-terminated.
-    let name = unsafe { name.assume_init() };
-    unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// `6.1.0-57-amd64` -> (6, 1).
 pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());

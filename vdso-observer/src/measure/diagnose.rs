@@ -100,7 +100,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     };
     let kernel_log: Vec<ClockEvent> = watch.history.iter().cloned().collect();
     let mut diagnosis = Diagnosis {
-        kernel: procfs::kernel_release_and_hostname().0,
+        kernel: procfs::uname().release,
         vdso_present: image.is_some(),
         verdict: Verdict::Unknown,
         clocksource,

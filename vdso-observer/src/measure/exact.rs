@@ -33,7 +33,7 @@ use crate::{
     },
     kernel::{
         Observer,
-        privileges::{EXACT_KERNEL_FLOOR, check_kernel_floor, kernel_release},
+        privileges::{EXACT_KERNEL_FLOOR, check_kernel_floor},
     },
     model::{EntryPoint, ExactState, ExactStatus},
 };
@@ -101,7 +101,7 @@ impl ExactTracer {
         image: VdsoImage,
     ) -> Result<ExactTracer> {
         check_kernel_floor(
-            &kernel_release(),
+            &procfs::uname().release,
             EXACT_KERNEL_FLOOR,
             "exact counting (uprobes with BPF cookies)",
         )?;
