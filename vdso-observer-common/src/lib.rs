@@ -661,3 +661,44 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 8);
     }
 }
+
+/// Fields of a `/proc/PID/stat` line, shared by the observer and its benchmark.
+/// `comm` (field 2) may hold spaces and parentheses, so fields are counted from
+/// the last `)`.
+pub mod proc_stat {
+    fn after_comm(stat: &str) -> Option<core::str::SplitWhitespace<'_>> {
+        Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+    }
+
+    /// utime + stime (fields 14 and 15), in clock ticks.
+    pub fn cpu_ticks(stat: &str) -> Option<u64> {
+        let mut fields = after_comm(stat)?;
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    /// Start time after boot (field 22), in clock ticks.
+    pub fn start_ticks(stat: &str) -> Option<u64> {
+        after_comm(stat)?.nth(19)?.parse().ok()
+    }
+}
+
+/// The domain enums serialize as their `name()`: the one spelling JSON, metric
+/// labels and tables share.
+#[cfg(feature = "user")]
+mod serialize_by_name {
+    use super::{Origin, Provenance, SyscallAbi, TimeCall};
+
+    macro_rules! by_name {
+        ($($type:ty),*) => {$(
+            impl serde::Serialize for $type {
+                fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_str(self.name())
+                }
+            }
+        )*};
+    }
+
+    by_name!(Origin, Provenance, SyscallAbi, TimeCall);
+}

@@ -1,7 +1,10 @@
-//! Kernel side of vdso-observer: count time calls that enter the kernel, per
-//! process, call, clock and origin. It only counts; user space names, sums and
+//! Kernel side of vdso-observer: count time calls that enter the kernel (per
+//! process, call, clock and origin) and vDSO calls seen by the cpu-clock sampler,
+//! uprobes and hardware breakpoints. It only counts; user space names, sums and
 //! judges. Every syscall on the machine passes `time_syscall_enter`, so anything
-//! that is not a time call must leave after one comparison chain.
+//! that is not a time call must leave after one comparison chain. Rare events (a
+//! map found full, a failed read) are said once per CPU through aya-log, off the
+//! counting path.
 #![no_std]
 #![no_main]
 
@@ -16,6 +19,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{PerfEventContext, ProbeContext, RawTracePointContext},
 };
+use aya_log_ebpf::debug;
 use vdso_observer_common::{
     CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
     KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey,
@@ -400,10 +404,41 @@ fn read_kernel<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
 }
 
+/// Counts a self-statistic; the first time on this CPU, says so in the log
+/// (aya-log, forwarded by user space at debug level).
 #[inline(always)]
 fn bump(stat: ObserverStat) {
     if let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) {
+        let first = unsafe { *value } == 0;
         unsafe { *value += 1 };
+        if first {
+            say_first(stat);
+        }
+    }
+}
+
+/// The one line of a rare event, out of line so the counting path stays short.
+#[inline(never)]
+fn say_first(stat: ObserverStat) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match stat {
+        ObserverStat::TimeCallsMapFull => debug!(
+            &(),
+            "time-call counter map full: a new key of pid {} was not counted", tgid
+        ),
+        ObserverStat::ProcessesMapFull => {
+            debug!(&(), "process-name map full: pid {} stays unnamed", tgid)
+        }
+        ObserverStat::ReadFailed => {
+            debug!(
+                &(),
+                "a memory read failed: a call of pid {} was not counted", tgid
+            )
+        }
+        ObserverStat::VdsoCallsMapFull => debug!(
+            &(),
+            "vDSO-call map full: a new key of pid {} was not counted", tgid
+        ),
     }
 }
 

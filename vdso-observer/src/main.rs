@@ -1,246 +1,31 @@
 //! vdso-observer: per process, which time calls the vDSO answered and which
 //! entered the kernel, and why.
+//!
+//! Layers (docs/ARCHITECTURE.md): `model` (data and pure steps) under
+//! everything; `kernel` (load, attach, read) and `host` (/proc, sysfs, NSS, the
+//! vDSO image) beside it; `measure` (calibration, exact counting) on those;
+//! `session` joins them; `ui` and `daemon` read only the session and the model.
 
-mod btf_offsets;
-mod calibrate;
-mod classify;
-mod clocks;
-mod config;
+mod cli;
 mod daemon;
-mod doctor;
-mod exact;
-mod http;
-mod loader;
+mod host;
+mod kernel;
 mod logging;
-mod metrics;
-mod notify;
-mod procfs;
-mod report;
+mod measure;
+mod model;
 mod session;
-mod system;
-mod table;
-mod textfile;
-mod top;
-mod tui;
-mod users;
-mod vdso_image;
+mod settings;
+mod ui;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser as _;
 
-#[derive(Parser)]
-#[command(
-    name = "vdso-observer",
-    version,
-    about = "Which processes make time calls that enter the kernel instead of being answered by the vDSO, and why",
-    after_help = "Examples:\n  \
-        sudo vdso-observer top --once                 one 3 s window, a table\n  \
-        sudo vdso-observer top --once -d 10 --json    one 10 s window as JSON\n  \
-        sudo vdso-observer top -b -n 5 -d 1           five 1 s frames\n  \
-        sudo vdso-observer top --once --comm java     only processes whose name contains java\n  \
-        sudo vdso-observer doctor                     is the clocksource readable by the vDSO? what to do\n  \
-        sudo vdso-observer daemon --textfile /var/lib/prometheus/node-exporter/vdso_observer.prom\n  \
-        sudo vdso-observer daemon --listen 127.0.0.1:9736 --interval 15s"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    #[command(flatten)]
-    load: LoadArgs,
-}
-
-/// What the observer loads and counts. Every value given here wins over the
-/// daemon's file; the defaults apply when neither sets it.
-#[derive(Args, Clone)]
-struct LoadArgs {
-    /// Kernel BTF to read structure offsets from [default: /sys/kernel/btf/vmlinux].
-    #[arg(long, global = true)]
-    btf: Option<PathBuf>,
-    /// Capacity of the kernel counter map (one entry per process, call, clock and
-    /// origin). When it is full, further new entries are counted as lost and
-    /// reported [default: 16384].
-    #[arg(long, global = true)]
-    map_entries: Option<u32>,
-    /// cpu-clock samples a second on each CPU for the estimate of vDSO-answered
-    /// calls; 0 turns the estimate off [default: 499].
-    #[arg(long, global = true)]
-    sample_hz: Option<u64>,
-    /// Count vDSO-answered calls exactly in every process (uprobes on libc/Go entry
-    /// points, hardware breakpoints for the rest); costs microseconds a call.
-    #[arg(long, global = true)]
-    exact: bool,
-    /// Count exactly only in these processes (repeatable).
-    #[arg(long = "exact-pid", global = true, value_name = "PID")]
-    exact_pids: Vec<u32>,
-    /// Largest share of a process's CPU time exact counting may cost before the
-    /// governor detaches it (percent) [default: 2].
-    #[arg(long, global = true)]
-    exact_budget: Option<f64>,
-    /// Never detach exact counting, whatever it costs.
-    #[arg(long, global = true)]
-    no_governor: bool,
-    /// Flag a fault only from this many kernel entries a second for it [default: 0].
-    #[arg(long, global = true)]
-    min_rate: Option<f64>,
-    /// Flag a fault only when at least this share (percent) of the process's time
-    /// calls entered the kernel (when vDSO calls are known) [default: 0].
-    #[arg(long, global = true)]
-    min_kernel_share: Option<f64>,
-}
-
-impl LoadArgs {
-    /// What the command line said, and only that.
-    fn overrides(&self) -> config::ObserverOverrides {
-        config::ObserverOverrides {
-            btf: self.btf.clone(),
-            map_entries: self.map_entries,
-            sample_hz: self.sample_hz,
-            exact: self.exact.then_some(true),
-            exact_pids: (!self.exact_pids.is_empty()).then(|| self.exact_pids.clone()),
-            exact_budget_percent: self.exact_budget,
-            governor: self.no_governor.then_some(false),
-            min_rate_per_sec: self.min_rate,
-            min_kernel_share_percent: self.min_kernel_share,
-        }
-    }
-}
-
-/// The session a front end runs, from settings with every default filled in.
-fn session_options(
-    settings: &config::ObserverSettings,
-    thresholds: report::Thresholds,
-) -> session::SessionOptions {
-    session::SessionOptions {
-        load: loader::LoadOptions {
-            btf_path: settings.btf.clone(),
-            time_call_entries: settings.map_entries,
-            sample_hz: settings.sample_hz,
-            ..Default::default()
-        },
-        exact: exact::ExactOptions {
-            all: settings.exact,
-            pids: settings.exact_pids.clone(),
-            budget: settings
-                .governor
-                .then_some(settings.exact_budget_percent / 100.0),
-        },
-        thresholds,
-    }
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Kernel-entering time calls per process, like top: interactive on a terminal, -b for batch.
-    Top(TopArgs),
-    /// Run continuously and export Prometheus metrics (node_exporter textfile and/or /metrics).
-    Daemon(DaemonArgs),
-    /// One screen about this machine: clocksource and whether the vDSO can read it
-    /// (measured), costs of each call, kernel features, kernel log, advice.
-    Doctor {
-        /// One JSON document instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Attach only an empty sys_enter program until SIGINT/SIGTERM (the floor
-    /// `cargo xtask bench` compares with).
-    #[command(hide = true, name = "bench-floor")]
-    BenchFloor,
-    /// The calibration child the observer runs under its sampler at start.
-    #[command(hide = true, name = "vdso-loop")]
-    VdsoLoop {
-        #[arg(long)]
-        quick: bool,
-    },
-    /// Write the man pages or shell completions (used by `cargo xtask dist`).
-    #[command(hide = true)]
-    Generate {
-        #[command(subcommand)]
-        what: Generate,
-    },
-}
-
-#[derive(Subcommand, Clone)]
-enum Generate {
-    /// roff man pages, one per command, into DIR.
-    Man { dir: PathBuf },
-    /// A completion script for SHELL into DIR.
-    Completions {
-        shell: clap_complete::Shell,
-        dir: PathBuf,
-    },
-}
-
-#[derive(Args, Clone)]
-pub struct DaemonArgs {
-    /// TOML configuration file, re-read on SIGHUP (see packaging/vdso-observer.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// node_exporter textfile to write atomically every interval (must end in .prom).
-    #[arg(long)]
-    textfile: Option<PathBuf>,
-    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9736).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Collection interval: seconds or with a unit (default 15s).
-    #[arg(long, value_parser = parse_interval)]
-    interval: Option<Duration>,
-    /// Processes of a window with the most kernel entries that get pid-labelled series (default 20).
-    #[arg(long)]
-    top_processes: Option<usize>,
-    /// How long an exited process keeps its series (default 5m).
-    #[arg(long, value_parser = parse_interval)]
-    exited_grace: Option<Duration>,
-    /// Check the configuration, print it, and exit without loading anything.
-    #[arg(long)]
-    check_config: bool,
-}
-
-#[derive(Args, Clone)]
-pub struct TopArgs {
-    /// One frame, then exit (same as -b -n 1). Without --once, -b or --json, and
-    /// on a terminal, top is interactive (h for keys).
-    #[arg(long)]
-    once: bool,
-    /// Batch mode: plain frames on stdout, no full screen.
-    #[arg(short = 'b', long)]
-    batch: bool,
-    /// Number of frames before exiting (batch mode); 0 runs until interrupted.
-    #[arg(short = 'n', long, default_value_t = 0)]
-    iterations: u64,
-    /// Length of each window: seconds ("2", "0.5") or with a unit ("5s", "1m").
-    #[arg(short = 'd', long = "delay", visible_alias = "duration", default_value = "3s", value_parser = parse_interval)]
-    interval: Duration,
-    /// One JSON document per frame on its own line (stable field names, exact counts).
-    #[arg(long)]
-    json: bool,
-    /// Only these pids (repeatable).
-    #[arg(short = 'p', long = "pid")]
-    pids: Vec<u32>,
-    /// Only processes whose name contains this text.
-    #[arg(long)]
-    comm: Option<String>,
-    /// Only processes with a fault flag (fallback, direct, vsyscall, no-vdso).
-    #[arg(long)]
-    flagged_only: bool,
-    /// Also show processes whose only kernel entries were getrandom (glibc seeds
-    /// malloc with one in every process; JSON always has them).
-    #[arg(long)]
-    show_getrandom_only: bool,
-}
-
-/// Accepts plain seconds (top's habit) or a humantime duration; the same
-/// lower bound as the daemon's file.
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let duration = match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
-        Ok(_) => return Err("must be more than 0 seconds".into()),
-        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string())?,
-    };
-    config::check_interval(duration)?;
-    Ok(duration)
-}
+use crate::{
+    cli::{Cli, Command},
+    daemon::config,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -259,65 +44,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn generate(what: Generate) -> Result<()> {
-    use anyhow::Context as _;
-    use clap::CommandFactory;
-    let command = Cli::command();
-    match what {
-        Generate::Man { dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(command, &dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))?;
-        }
-        Generate::Completions { shell, dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut command = command;
-            clap_complete::generate_to(shell, &mut command, "vdso-observer", &dir)
-                .with_context(|| format!("writing {shell} completions into {}", dir.display()))?;
-        }
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
-        Command::Generate { what } => return generate(what).map(|()| ExitCode::SUCCESS),
+        Command::Generate { what } => cli::generate(what)?,
         Command::VdsoLoop { quick } => {
-            return calibrate::run_loop(&vdso_image::VdsoImage::current()?, quick)
-                .map(|()| ExitCode::SUCCESS);
-        }
-        _ => {}
-    }
-    let overrides = cli.load.overrides();
-    let mut settings = config::ObserverSettings::default();
-    let mut thresholds = report::Thresholds::default();
-    overrides.apply(&mut settings, &mut thresholds);
-    settings.validate()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    match cli.command {
-        Command::Generate { .. } | Command::VdsoLoop { .. } => {
-            unreachable!("handled before loading")
+            measure::calibrate::run_loop(&host::vdso_image::VdsoImage::current()?, quick)?
         }
         Command::Top(args) => {
-            runtime.block_on(top::run(args, session_options(&settings, thresholds)))?
+            let (settings, thresholds) = settings_of(&args.load)?;
+            let top = ui::batch::TopOptions {
+                once: args.once,
+                batch: args.batch,
+                iterations: args.iterations,
+                interval: args.interval,
+                json: args.json,
+                selection: ui::format::Selection {
+                    pids: args.pids,
+                    comm: args.comm,
+                    flagged_only: args.flagged_only,
+                    show_getrandom_only: args.show_getrandom_only,
+                },
+            };
+            runtime()?.block_on(ui::batch::run(
+                top,
+                session::SessionOptions::new(&settings, thresholds),
+            ))?
         }
-        Command::Doctor { json } => {
-            let code = doctor::run(session_options(&settings, thresholds).load, json)?;
-            return Ok(ExitCode::from(code));
-        }
-        Command::BenchFloor => runtime.block_on(async {
-            let _floor = loader::attach_floor(&session_options(&settings, thresholds).load)?;
-            eprintln!("vdso-observer: observing every process (empty sys_enter program only)");
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        Command::Doctor { json, btf } => {
+            let mut settings = settings::ObserverSettings::default();
+            if let Some(btf) = btf {
+                settings.btf = btf;
             }
-            anyhow::Ok(())
-        })?,
+            let options = session::SessionOptions::new(&settings, Default::default());
+            let diagnosis = measure::diagnose::diagnose(options.load);
+            return Ok(ExitCode::from(ui::doctor::print(&diagnosis, json)?));
+        }
+        Command::BenchFloor { btf } => {
+            let mut settings = settings::ObserverSettings::default();
+            if let Some(btf) = btf {
+                settings.btf = btf;
+            }
+            let options = session::SessionOptions::new(&settings, Default::default());
+            runtime()?.block_on(async {
+                let _floor = kernel::loader::attach_floor(&options.load)?;
+                eprintln!("vdso-observer: observing every process (empty sys_enter program only)");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                anyhow::Ok(())
+            })?
+        }
         Command::Daemon(args) => {
             let options = daemon::DaemonOptions {
                 config_file: args.config,
@@ -327,55 +111,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     listen: args.listen,
                     top_processes: args.top_processes,
                     exited_grace: args.exited_grace,
-                    observer: overrides,
+                    observer: args.load.overrides(),
                 },
             };
             if args.check_config {
                 daemon::check_config(&options)?;
             } else {
-                runtime.block_on(daemon::run(options, session_options))?;
+                runtime()?.block_on(daemon::run(options))?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intervals_accept_seconds_and_units() {
-        assert_eq!(parse_interval("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_interval("0.5").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_interval("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_interval("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_interval("0").is_err());
-        assert!(parse_interval("-1").is_err());
-        assert!(parse_interval("soon").is_err());
-    }
-
-    #[test]
-    fn man_pages_and_completions_are_generated() {
-        let dir = std::env::temp_dir().join(format!("vdso-gen-{}", std::process::id()));
-        generate(Generate::Man { dir: dir.clone() }).unwrap();
-        let page = std::fs::read_to_string(dir.join("vdso-observer.1")).unwrap();
-        assert!(page.contains(".TH vdso-observer 1"), "{page}");
-        let daemon = std::fs::read_to_string(dir.join("vdso-observer-daemon.1")).unwrap();
-        assert!(daemon.contains("textfile"));
-        generate(Generate::Completions {
-            shell: clap_complete::Shell::Bash,
-            dir: dir.clone(),
-        })
-        .unwrap();
-        let bash = std::fs::read_to_string(dir.join("vdso-observer.bash")).unwrap();
-        assert!(bash.contains("--flagged-only"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
+/// The command line over the defaults (top has no file).
+fn settings_of(load: &cli::LoadArgs) -> Result<(settings::ObserverSettings, model::Thresholds)> {
+    let mut settings = settings::ObserverSettings::default();
+    let mut thresholds = model::Thresholds::default();
+    load.overrides().apply(&mut settings, &mut thresholds);
+    settings.validate()?;
+    Ok((settings, thresholds))
 }

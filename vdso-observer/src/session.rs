@@ -1,19 +1,31 @@
 //! One observation session, shared by every front end: the loaded programs,
-//! the aggregation from window to window, exact counting and its governor, and
-//! the clean-up of the dead.
+//! the calibrated vDSO model, the aggregation from window to window, exact
+//! counting and its governor, the machine's time set-up, and the clean-up of
+//! the dead. Front ends read what it reports; they never look at /proc, sysfs
+//! or the maps themselves.
 
 use std::{collections::HashMap, time::Instant};
 
 use anyhow::{Context as _, Result};
+use vdso_observer_common::{Provenance, TimeCall, VdsoFunctionTable};
 
 use crate::{
-    exact::{ExactOptions, ExactTracer, GOVERNOR_TICK},
-    loader::{LoadOptions, Observer},
-    procfs,
-    report::{
-        Aggregator, ObserverHealthInput, Report, Retired, SystemReport, Thresholds, VdsoEstimator,
+    host::{
+        clock_watch::ClockWatch,
+        clocksource,
+        procfs::{self, HostLookup},
+        vdso_image::VdsoImage,
     },
-    system::{self, ClockWatch, VdsoCapability},
+    kernel::{LoadOptions, Observer},
+    measure::{
+        calibrate::{self, VdsoModel},
+        exact::{ExactOptions, ExactTracer, GOVERNOR_TICK},
+    },
+    model::{
+        Aggregator, ObserverHealthInput, Report, Retired, SystemReport, Thresholds, VdsoCapability,
+        VdsoCheck, VdsoEstimator,
+    },
+    settings::ObserverSettings,
 };
 
 /// What a session loads and counts.
@@ -24,13 +36,39 @@ pub struct SessionOptions {
     pub thresholds: Thresholds,
 }
 
+impl SessionOptions {
+    /// From settings with every default filled in.
+    pub fn new(settings: &ObserverSettings, thresholds: Thresholds) -> SessionOptions {
+        SessionOptions {
+            load: LoadOptions {
+                btf_path: settings.btf.clone(),
+                time_call_entries: settings.map_entries,
+                sample_hz: settings.sample_hz,
+                ..Default::default()
+            },
+            exact: ExactOptions {
+                all: settings.exact,
+                pids: settings.exact_pids.clone(),
+                budget: settings
+                    .governor
+                    .then_some(settings.exact_budget_percent / 100.0),
+            },
+            thresholds,
+        }
+    }
+}
+
 pub struct Session {
-    pub observer: Observer,
+    observer: Observer,
+    /// Whether a vDSO clock_gettime(CLOCK_MONOTONIC) stays in user space here.
+    vdso_check: Option<VdsoCheck>,
     aggregator: Aggregator,
     window_start: Instant,
     health: ObserverHealthInput,
     exact: Option<ExactTracer>,
     clock_watch: ClockWatch,
+    kernel: String,
+    hostname: String,
 }
 
 impl Session {
@@ -40,40 +78,70 @@ impl Session {
             exact,
             thresholds,
         } = options;
-        let mut observer = Observer::start(load)?;
+        let image = match VdsoImage::current() {
+            Ok(image) => Some(image),
+            Err(err) => {
+                log::warn!("vDSO calls will not be estimated: {err:#}");
+                None
+            }
+        };
+        let table = image
+            .as_ref()
+            .map_or(VdsoFunctionTable::EMPTY, VdsoImage::table);
+        let mut observer = Observer::start(load, &table)?;
+        let (vdso, vdso_check) = match image {
+            Some(image) => {
+                let (model, check) = calibrate::calibrate(&mut observer, image);
+                (Some(model), check)
+            }
+            None => (None, None),
+        };
+        let estimator = estimator_of(vdso.as_ref());
         let health = ObserverHealthInput {
             probes: observer.probes.clone(),
             time_call_capacity: observer.options.time_call_entries,
+            vdso_costs: vdso.as_ref().map(|m| m.costs.clone()).unwrap_or_default(),
         };
-        let mut aggregator = Aggregator::new(VdsoEstimator::from_model(observer.vdso.as_ref()));
+        let mut aggregator = Aggregator::new(estimator);
         aggregator.set_thresholds(thresholds);
-        let exact = if exact.enabled() {
-            let mut tracer = ExactTracer::start(exact, &mut observer)
-                .context("starting exact counting (--exact, --exact-pid)")?;
-            // Attach at once, so the first window is already exact; but first
-            // sample for a moment, so a hot process is never trapped at all.
-            let estimates = probe_rates(&observer);
-            tracer.refresh(&mut observer, &estimates);
-            Some(tracer)
-        } else {
-            None
+        let exact = match (exact.enabled(), &vdso) {
+            (false, _) => None,
+            (true, None) => anyhow::bail!(
+                "exact counting (--exact, --exact-pid) needs the vDSO image, and this process has none"
+            ),
+            (true, Some(model)) => {
+                let mut tracer = ExactTracer::start(exact, &mut observer, model.image.clone())
+                    .context("starting exact counting (--exact, --exact-pid)")?;
+                // Attach at once, so the first window is already exact; but first
+                // sample for a moment, so a hot process is never trapped at all.
+                let estimates = probe_rates(&observer, vdso.as_ref());
+                tracer.refresh(&mut observer, &estimates);
+                Some(tracer)
+            }
         };
         aggregator.prime(&observer.snapshot()?);
+        let procfs::Uname {
+            release: kernel,
+            hostname,
+        } = procfs::uname();
         // Start-up (BTF parsing above all) freed tens of MB; give them back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         Ok(Session {
             observer,
+            vdso_check,
             aggregator,
             window_start: Instant::now(),
             health,
             exact,
             clock_watch: ClockWatch::new(),
+            kernel,
+            hostname,
         })
     }
 
     /// Waits until `deadline`, letting the governor look at exact counting
-    /// every few hundred ms meanwhile.
+    /// every tick (GOVERNOR_TICK, 50 ms) meanwhile.
     pub async fn sleep_until(&mut self, deadline: tokio::time::Instant) {
         let Some(tracer) = &mut self.exact else {
             tokio::time::sleep_until(deadline).await;
@@ -96,49 +164,66 @@ impl Session {
     /// Ends the current window: its report, and what was dropped from the maps
     /// because the processes are gone (after this, their last report).
     pub fn next_window(&mut self) -> Result<(Report, Retired)> {
+        self.observer.flush_logs();
         let snapshot = self.observer.snapshot()?;
         let window = self.window_start.elapsed();
         self.window_start = Instant::now();
         let (mut report, retired) =
             self.aggregator
-                .window(&snapshot, window, self.health.clone(), procfs::is_running);
+                .window(&snapshot, window, self.health.clone(), &HostLookup);
         self.observer
             .forget(&retired.processes, &retired.keys, &retired.vdso_keys)
             .context("dropping the counters of exited processes")?;
         report.system = Some(self.system_report());
         if let Some(tracer) = &mut self.exact {
+            // The state the window's counts were made under, then the changes.
+            let states = tracer.states();
+            for process in &mut report.processes {
+                process.exact = states.get(&process.pid).cloned();
+            }
             let estimates: HashMap<u32, f64> = report
                 .processes
                 .iter()
                 .filter(|p| p.vdso_estimated)
                 .filter_map(|p| Some((p.pid, p.vdso_calls_per_sec?)))
                 .collect();
-            // The state the window's counts were made under, then the changes.
-            tracer.annotate(&mut report);
             tracer.refresh(&mut self.observer, &estimates);
         }
         Ok((report, retired))
     }
-}
 
-impl Session {
+    /// New thresholds (the daemon's SIGHUP).
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.aggregator.set_thresholds(thresholds);
+    }
+
+    /// The machine's time set-up as the session knows it now, without new
+    /// events (what a front end shows before its first window ends).
+    pub fn system(&self) -> SystemReport {
+        self.system_with(Vec::new())
+    }
+
     /// The machine's time set-up now, with the clock events since the last
     /// window; a clocksource change triggers a new measured check.
     fn system_report(&mut self) -> SystemReport {
         let events = self.clock_watch.poll();
-        if events
-            .iter()
-            .any(|e| e.kind == "switched" || e.kind == "sysfs_change")
-        {
+        if events.iter().any(|e| e.kind.is_switch()) {
             for event in &events {
                 log::warn!("clock event: {}", event.message);
             }
-            if let Err(err) = self.observer.recheck_vdso() {
-                log::warn!("re-checking the vDSO after a clocksource change failed: {err:#}");
+            match calibrate::recheck(&mut self.observer) {
+                Ok(check) => self.vdso_check = Some(check),
+                Err(err) => {
+                    log::warn!("re-checking the vDSO after a clocksource change failed: {err:#}")
+                }
             }
         }
-        let clocksource = system::clocksource();
-        let vdso_check = self.observer.vdso_check;
+        self.system_with(events)
+    }
+
+    fn system_with(&self, events: Vec<crate::model::ClockEvent>) -> SystemReport {
+        let clocksource = clocksource::clocksource();
+        let vdso_check = self.vdso_check;
         let vdso_capable = vdso_check.map(|c| c.vdso_capable()).or_else(|| {
             match clocksource.as_ref()?.vdso_capability {
                 VdsoCapability::Yes => Some(true),
@@ -147,26 +232,32 @@ impl Session {
             }
         });
         SystemReport {
+            hostname: self.hostname.clone(),
+            kernel: self.kernel.clone(),
             clocksource,
             vdso_check,
             vdso_capable,
-            vsyscall: system::vsyscall_mode(),
-            boot_settings: system::boot_settings(),
+            vsyscall: clocksource::vsyscall_mode(),
+            boot_settings: clocksource::boot_settings(),
             events,
             kernel_log_error: self.clock_watch.kmsg_error.clone(),
         }
     }
+}
 
-    /// New thresholds (the daemon's SIGHUP).
-    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
-        self.aggregator.set_thresholds(thresholds);
-    }
+/// Samples become calls by the calibrated costs, when the sampler runs.
+fn estimator_of(model: Option<&VdsoModel>) -> Option<VdsoEstimator> {
+    let model = model?;
+    Some(VdsoEstimator {
+        costs: model.costs.clone(),
+        sample_period_ns: model.sample_period_ns?,
+    })
 }
 
 /// vDSO calls/s per pid from a short burst of sampling (none without sampling).
-fn probe_rates(observer: &Observer) -> HashMap<u32, f64> {
+fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f64> {
     const PROBE: std::time::Duration = std::time::Duration::from_millis(300);
-    let Some(estimator) = VdsoEstimator::from_model(observer.vdso.as_ref()) else {
+    let Some(estimator) = estimator_of(model) else {
         return HashMap::new();
     };
     let before = observer.vdso_counts().unwrap_or_default();
@@ -174,13 +265,12 @@ fn probe_rates(observer: &Observer) -> HashMap<u32, f64> {
     let after = observer.vdso_counts().unwrap_or_default();
     let mut rates: HashMap<u32, f64> = HashMap::new();
     for (key, count) in after {
-        if key.provenance != vdso_observer_common::Provenance::Sampled as u8 {
+        if key.provenance != Provenance::Sampled as u8 {
             continue;
         }
         let samples = count.saturating_sub(before.get(&key).copied().unwrap_or(0));
-        let call = vdso_observer_common::TimeCall::from_u8(key.call);
         *rates.entry(key.process.tgid).or_default() +=
-            estimator.calls(call, samples) / PROBE.as_secs_f64();
+            estimator.calls(TimeCall::from_u8(key.call), samples) / PROBE.as_secs_f64();
     }
     rates
 }

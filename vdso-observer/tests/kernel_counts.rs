@@ -259,9 +259,18 @@ fn a_full_counter_map_is_reported_not_silent() {
     require_root();
     let workload = build_workload("time_calls", "vt-clocks", &[]);
     // Room for 4 keys on a machine where other processes also make time calls.
-    let observer = ObserverRun::start(&["--map-entries", "4"]);
+    let observer = ObserverRun::start_logging(
+        &["top", "--once", "-d", "120", "--json", "--map-entries", "4"],
+        "debug",
+    );
     let pid = run_workload(&workload, &["clocks", "12"]);
-    let report = observer.finish();
+    let (stdout, stderr) = observer.finish_text();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // The program says so itself, once per CPU, through aya-log.
+    assert!(
+        stderr.contains("time-call counter map full: a new key of pid"),
+        "{stderr}"
+    );
     let lost = report["observer"]["lost"]["time_calls_map_full"]
         .as_u64()
         .unwrap();

@@ -39,7 +39,7 @@ fn alerting_rules_pass_promtool_check_and_their_unit_tests() {
 /// Every vdso_observer_* name used by the rules and the dashboard is exported.
 #[test]
 fn rules_and_dashboard_name_only_metrics_that_exist() {
-    let exported = std::fs::read_to_string(repo("vdso-observer/src/metrics.rs")).unwrap();
+    let exported = std::fs::read_to_string(repo("vdso-observer/src/daemon/metrics.rs")).unwrap();
     for file in [
         "contrib/prometheus/vdso-observer.rules.yml",
         "contrib/grafana/vdso-observer.json",

@@ -620,10 +620,7 @@ fn libc_path() -> Result<String> {
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    vdso_observer_common::proc_stat::cpu_ticks(
+        &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+    )
 }

@@ -12,18 +12,20 @@ use ratatui::{
 use vdso_observer_common::{NO_CLOCK, Origin, TimeCall};
 
 use super::{
-    app::{App, Column, Host},
+    app::{App, Column},
     view,
 };
 use crate::{
-    loader::VdsoCheck,
-    report::{Aggregator, Report, SystemReport, testing},
-    system::{ClocksourceState, VdsoCapability, VsyscallMode},
-    table::Selection,
+    model::{
+        Aggregator, ClocksourceState, Report, SystemReport, VdsoCapability, VdsoCheck,
+        VsyscallMode, aggregate::testing,
+    },
+    ui::format::Selection,
 };
 
-fn host(capability: VdsoCapability) -> Host {
-    Host {
+/// The machine as a session reports it: hpet (not vDSO-capable) or tsc.
+fn host(capability: VdsoCapability) -> SystemReport {
+    SystemReport {
         hostname: "db1".into(),
         kernel: "6.18.0".into(),
         clocksource: Some(ClocksourceState {
@@ -37,7 +39,16 @@ fn host(capability: VdsoCapability) -> Host {
             vdso_capability: capability,
             why: "",
         }),
-        vsyscall: Some(VsyscallMode::Xonly),
+        vdso_check: None,
+        vdso_capable: match capability {
+            VdsoCapability::Yes => Some(true),
+            VdsoCapability::No => Some(false),
+            _ => None,
+        },
+        vsyscall: VsyscallMode::Xonly,
+        boot_settings: vec![],
+        events: vec![],
+        kernel_log_error: None,
     }
 }
 
@@ -145,15 +156,17 @@ fn header_names_host_clocksource_and_totals() {
 fn a_clock_event_stays_in_the_header() {
     let mut app = App::new(host(VdsoCapability::No), Duration::from_secs(2));
     let mut with_event = sample_report();
-    with_event.system = Some(crate::report::SystemReport {
+    with_event.system = Some(crate::model::SystemReport {
+        hostname: "db1".into(),
+        kernel: "6.18.0".into(),
         clocksource: None,
         vdso_check: None,
         vdso_capable: Some(false),
         vsyscall: VsyscallMode::Xonly,
         boot_settings: vec![],
-        events: vec![crate::system::ClockEvent {
+        events: vec![crate::model::ClockEvent {
             at_unix: 0.0,
-            kind: "switched",
+            kind: crate::model::ClockEventKind::Switched,
             message: "clocksource: Switched to clocksource hpet".into(),
         }],
         kernel_log_error: None,
@@ -212,6 +225,8 @@ fn empty_list_and_first_window_say_so() {
     );
     let mut empty = report(&[]);
     empty.system = Some(SystemReport {
+        hostname: "db1".into(),
+        kernel: "6.18.0".into(),
         clocksource: Some(ClocksourceState {
             current: "tsc".into(),
             available: vec!["tsc".into(), "kvm-clock".into()],
@@ -306,7 +321,7 @@ fn keys_sort_filter_pause_and_quit() {
     assert!(!app.help && !app.quit);
     app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(app.quit);
-    let mut app = App::new(Host::default(), Duration::from_secs(1));
+    let mut app = App::new(host(VdsoCapability::Yes), Duration::from_secs(1));
     app.on_key(key(KeyCode::Char('q')));
     assert!(app.quit);
 }

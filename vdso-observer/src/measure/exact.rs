@@ -27,10 +27,15 @@ use serde::Serialize;
 use vdso_observer_common::{Provenance, TimeCall, UprobeCookie, VdsoKey};
 
 use crate::{
-    loader::Observer,
-    procfs,
-    report::Report,
-    vdso_image::{self, VdsoImage},
+    host::{
+        procfs,
+        vdso_image::{self, VdsoImage},
+    },
+    kernel::{
+        Observer,
+        privileges::{EXACT_KERNEL_FLOOR, check_kernel_floor},
+    },
+    model::{EntryPoint, ExactState, ExactStatus},
 };
 
 /// What the user asked for.
@@ -53,19 +58,6 @@ impl ExactOptions {
 /// Overheads below this share of one CPU are always allowed: a process that
 /// barely runs would otherwise be over any budget with its first call.
 const OVERHEAD_FLOOR: f64 = 0.001;
-
-/// The state of exact counting for one process, as reports show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ExactState {
-    /// `traced`, `over_budget` or `failed`.
-    pub state: &'static str,
-    /// Where calls are counted: `uprobe:/usr/lib/x86_64-linux-gnu/libc.so.6:clock_gettime`,
-    /// `breakpoint:gettimeofday`, ...
-    pub entry_points: Vec<String>,
-    /// Probe cost as a share of the process's CPU time (last measured or predicted).
-    pub overhead: Option<f64>,
-    pub note: Option<String>,
-}
 
 /// Measured cost of one probe hit here.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -103,19 +95,16 @@ pub struct ExactTracer {
 }
 
 impl ExactTracer {
-    pub fn start(options: ExactOptions, observer: &mut Observer) -> Result<ExactTracer> {
-        crate::loader::check_kernel_floor(
-            &crate::loader::kernel_release(),
-            crate::loader::EXACT_KERNEL_FLOOR,
+    pub fn start(
+        options: ExactOptions,
+        observer: &mut Observer,
+        image: VdsoImage,
+    ) -> Result<ExactTracer> {
+        check_kernel_floor(
+            &procfs::uname().release,
+            EXACT_KERNEL_FLOOR,
             "exact counting (uprobes with BPF cookies)",
         )?;
-        let image = observer
-            .vdso
-            .as_ref()
-            .map(|m| m.image.clone())
-            .ok_or_else(|| {
-                anyhow!("exact counting needs the vDSO image, and this process has none")
-            })?;
         let costs = measure_hit_costs(observer, &image)?;
         info!(
             "exact counting: a uprobe hit costs {:.1} µs, a breakpoint hit {:.1} µs here",
@@ -140,7 +129,7 @@ impl ExactTracer {
         self.estimates = estimates.clone();
         self.last_refresh = Instant::now();
         let targets: Vec<u32> = if self.options.all {
-            all_pids()
+            procfs::all_pids()
         } else {
             self.options.pids.clone()
         };
@@ -174,7 +163,7 @@ impl ExactTracer {
                 let predicted = predicted_overhead(pid, *rate, self.costs.breakpoint_ns);
                 if predicted > budget {
                     let state = ExactState {
-                        state: "over_budget",
+                        state: ExactStatus::OverBudget,
                         entry_points: vec![],
                         overhead: Some(predicted),
                         note: Some(format!(
@@ -191,14 +180,20 @@ impl ExactTracer {
                 Ok(Some(traced)) => {
                     log::debug!(
                         "pid {pid}: exact counting attached at {}",
-                        traced.state.entry_points.join(", ")
+                        traced
+                            .state
+                            .entry_points
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                     self.traced.insert(pid, traced);
                 }
                 Ok(None) => {} // kernel thread, or gone meanwhile
                 Err(err) => {
                     let state = ExactState {
-                        state: "failed",
+                        state: ExactStatus::Failed,
                         entry_points: vec![],
                         overhead: None,
                         note: Some(format!("{err:#}")),
@@ -212,8 +207,8 @@ impl ExactTracer {
         }
     }
 
-    /// The governor: measured hits × cost against the budget, every few hundred
-    /// ms. Over budget: detach, and the process falls back to the estimate.
+    /// The governor: measured hits × cost against the budget, every
+    /// GOVERNOR_TICK (50 ms). Over budget: detach, and the process falls back to the estimate.
     pub fn govern(&mut self, observer: &mut Observer, vdso: &HashMap<VdsoKey, u64>) {
         // New processes (`--exact`) are picked up within a second, not a window.
         if self.last_refresh.elapsed() >= REFRESH_EVERY {
@@ -248,7 +243,7 @@ impl ExactTracer {
             let elapsed = traced.last_look.elapsed().as_secs_f64().max(1e-3);
             let cost_ns = uprobes as f64 * self.costs.uprobe_ns
                 + breakpoints as f64 * self.costs.breakpoint_ns;
-            let cpu_ns = cpu.saturating_sub(traced.last_cpu_ticks) as f64 * ns_per_tick();
+            let cpu_ns = cpu.saturating_sub(traced.last_cpu_ticks) as f64 * procfs::ns_per_tick();
             // Below the floor (a share of one CPU) nothing is ever too much.
             let overhead = if cost_ns / (elapsed * 1e9) < OVERHEAD_FLOOR {
                 0.0
@@ -271,7 +266,7 @@ impl ExactTracer {
             let entry_points = traced.state.entry_points.clone();
             detach_all(observer, traced);
             let state = ExactState {
-                state: "over_budget",
+                state: ExactStatus::OverBudget,
                 entry_points,
                 overhead: Some(overhead),
                 note: Some(format!(
@@ -293,17 +288,15 @@ impl ExactTracer {
         self.refused.insert(pid, (start_ticks, state));
     }
 
-    /// Writes each process's exact-counting state into the report.
-    pub fn annotate(&mut self, report: &mut Report) {
-        for process in &mut report.processes {
-            process.exact = self
-                .traced
-                .get(&process.pid)
-                .map(|t| t.state.clone())
-                .or_else(|| self.refused.get(&process.pid).map(|(_, s)| s.clone()))
-                .or_else(|| self.finished.get(&process.pid).cloned());
-        }
-        self.finished.clear();
+    /// Each process's exact-counting state for the window that just ended (the
+    /// session writes them into the report); processes that exited or exec'd
+    /// since are said once more, then forgotten.
+    pub fn states(&mut self) -> HashMap<u32, ExactState> {
+        let mut states: HashMap<u32, ExactState> =
+            std::mem::take(&mut self.finished).into_iter().collect();
+        states.extend(self.refused.iter().map(|(pid, (_, s))| (*pid, s.clone())));
+        states.extend(self.traced.iter().map(|(pid, t)| (*pid, t.state.clone())));
+        states
     }
 }
 
@@ -324,7 +317,7 @@ fn predicted_overhead(pid: u32, rate: f64, hit_ns: f64) -> f64 {
         return 0.0;
     }
     // Its CPU share now, plus what the probes would add.
-    let cpu = cpu_share(pid).unwrap_or(1.0);
+    let cpu = procfs::cpu_share(pid).unwrap_or(1.0);
     cost / (cpu + cost)
 }
 
@@ -339,18 +332,14 @@ pub struct EntryPoints {
 
 /// Decides the entry points from a process's maps and executable.
 pub fn entry_points(pid: u32) -> Result<EntryPoints> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("reading /proc/{pid}/exe"))?;
-    let in_root = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
-    let exe_symbols = elf_symbols(&in_root(&exe)).unwrap_or_default();
+    let files = procfs::process_files(pid)?;
+    let exe = files.in_root(&files.exe);
+    let exe_symbols = elf_symbols(&exe).unwrap_or_default();
     Ok(choose_entry_points(
-        &mapped_files(&maps),
-        &in_root(&exe),
+        &files.executable_mappings,
+        &exe,
         &exe_symbols,
-        in_root,
+        |path| files.in_root(path),
     ))
 }
 
@@ -464,22 +453,6 @@ pub fn choose_entry_points(
 }
 
 /// Files mapped executable, from a maps text.
-fn mapped_files(maps: &str) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let perms = fields.nth(1).unwrap_or("");
-        let path = fields.nth(3).unwrap_or("");
-        if perms.contains('x') && path.starts_with('/') {
-            let path = PathBuf::from(path);
-            if !files.contains(&path) {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 /// Names defined in .symtab and .dynsym of an ELF file (not the imports: a
 /// dynamic binary "has" clock_gettime only as an undefined symbol).
 fn elf_symbols(path: &Path) -> Result<HashSet<String>> {
@@ -515,7 +488,7 @@ fn attach_process(
         breakpoints: vec![],
         threads: HashSet::new(),
         state: ExactState {
-            state: "traced",
+            state: ExactStatus::Traced,
             entry_points: vec![],
             overhead: None,
             note: None,
@@ -528,10 +501,10 @@ fn attach_process(
         match observer.attach_uprobe(file, symbol, pid, *cookie) {
             Ok(link) => {
                 traced.uprobes.push(link);
-                traced
-                    .state
-                    .entry_points
-                    .push(format!("uprobe:{}:{symbol}", display_path(file)));
+                traced.state.entry_points.push(EntryPoint::Uprobe {
+                    file: procfs::display_path(file),
+                    symbol: symbol.to_string(),
+                });
             }
             Err(err) => {
                 detach_all(observer, traced);
@@ -543,7 +516,7 @@ fn attach_process(
         points
             .breakpoints
             .iter()
-            .map(|call| format!("breakpoint:{}", call.name())),
+            .map(|call| EntryPoint::Breakpoint(*call)),
     );
     let calls = points.breakpoints.clone();
     if !calls.is_empty() {
@@ -551,7 +524,7 @@ fn attach_process(
             .iter()
             .filter_map(|call| image.function(*call).map(|f| vdso_base + f.offset))
             .collect();
-        for tid in threads_of(pid) {
+        for tid in procfs::threads_of(pid) {
             for &address in &addresses {
                 match observer.attach_breakpoint(tid, address) {
                     Ok(link) => traced.breakpoints.push(link),
@@ -576,10 +549,12 @@ fn add_new_threads(observer: &mut Observer, image: &VdsoImage, pid: u32, traced:
         .state
         .entry_points
         .iter()
-        .filter_map(|e| e.strip_prefix("breakpoint:"))
-        .filter_map(|name| TimeCall::ALL.into_iter().find(|c| c.name() == name))
+        .filter_map(|e| match e {
+            EntryPoint::Breakpoint(call) => Some(*call),
+            EntryPoint::Uprobe { .. } => None,
+        })
         .collect();
-    for tid in threads_of(pid) {
+    for tid in procfs::threads_of(pid) {
         if !traced.threads.insert(tid) {
             continue;
         }
@@ -591,56 +566,6 @@ fn add_new_threads(observer: &mut Observer, image: &VdsoImage, pid: u32, traced:
                 traced.breakpoints.push(link);
             }
         }
-    }
-}
-
-fn threads_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A process's CPU use over its life so far, in CPUs.
-fn cpu_share(pid: u32) -> Option<f64> {
-    let ticks = procfs::cpu_ticks(pid)? as f64;
-    let start = procfs::start_ticks(pid)? as f64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let ticks_per_second = 1e9 / ns_per_tick();
-    let age = (uptime - start / ticks_per_second).max(0.1);
-    Some(ticks / ticks_per_second / age)
-}
-
-fn ns_per_tick() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    1e9 / if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-fn display_path(path: &Path) -> String {
-    // /proc/PID/root/usr/lib/... -> /usr/lib/...
-    let text = path.display().to_string();
-    match text.strip_prefix("/proc/") {
-        Some(rest) => rest
-            .split_once("/root")
-            .map_or(text.clone(), |(_, p)| p.to_owned()),
-        None => text,
     }
 }
 
@@ -676,12 +601,10 @@ fn measure_hit_costs(observer: &mut Observer, image: &VdsoImage) -> Result<HitCo
 
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
-    // SAFETY: getauxval has no preconditions.
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
     let gettime = image
-        .function(TimeCall::ClockGettime)
+        .own_address(TimeCall::ClockGettime)
         .ok_or_else(|| anyhow!("the vDSO exports no clock_gettime"))?;
-    let link = observer.attach_breakpoint(tid, base + gettime.offset)?;
+    let link = observer.attach_breakpoint(tid, gettime)?;
     let breakpointed = time_calls(CALLS);
     observer.detach_breakpoint(link)?;
     Ok(HitCosts {
@@ -806,14 +729,14 @@ mod tests {
                     7f-80 r-xp 0 fe:00 2 /usr/lib/libc.so.6\n\
                     81-82 r-xp 0 00:00 0 [vdso]\n";
         assert_eq!(
-            mapped_files(maps),
+            procfs::mapped_files(maps),
             [
                 PathBuf::from("/usr/bin/app"),
                 PathBuf::from("/usr/lib/libc.so.6")
             ]
         );
         assert_eq!(
-            display_path(Path::new("/proc/12/root/usr/lib/libc.so.6")),
+            procfs::display_path(Path::new("/proc/12/root/usr/lib/libc.so.6")),
             "/usr/lib/libc.so.6"
         );
     }
@@ -823,7 +746,7 @@ mod tests {
         let points = entry_points(std::process::id()).unwrap();
         assert!(points.uprobes.iter().any(|(_, s, _)| s == "clock_gettime"));
         assert!(procfs::cpu_ticks(std::process::id()).is_some());
-        let share = cpu_share(std::process::id()).unwrap();
+        let share = procfs::cpu_share(std::process::id()).unwrap();
         assert!((0.0..=64.0).contains(&share));
         assert_eq!(
             predicted_overhead(std::process::id(), 1.0, 10_000.0),

@@ -5,9 +5,8 @@ use std::{cmp::Ordering, time::Duration};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
-    report::{ProcessReport, Report},
-    system::{ClockEvent, ClocksourceState, VsyscallMode},
-    table::Selection,
+    model::{ClockEvent, ProcessReport, Report, SystemReport},
+    ui::format::Selection,
 };
 
 /// Columns, in screen order.
@@ -22,7 +21,7 @@ pub enum Column {
     Direct,
     Vsyscall,
     NoVdso,
-    FallbackPercent,
+    KernelShare,
     Clock,
     Flag,
 }
@@ -38,7 +37,7 @@ impl Column {
         Column::Direct,
         Column::Vsyscall,
         Column::NoVdso,
-        Column::FallbackPercent,
+        Column::KernelShare,
         Column::Clock,
         Column::Flag,
     ];
@@ -54,7 +53,7 @@ impl Column {
             Column::Direct => "DIRECT/s",
             Column::Vsyscall => "VSYSC/s",
             Column::NoVdso => "NOVDSO/s",
-            Column::FallbackPercent => "KERN%",
+            Column::KernelShare => "KERN%",
             Column::Clock => "CLOCK",
             Column::Flag => "FLAG",
         }
@@ -68,9 +67,8 @@ impl Column {
         )
     }
 
+    /// Rows of one report share its window: counts order as their rates do.
     fn compare(self, a: &ProcessReport, b: &ProcessReport) -> Ordering {
-        let window = |p: &ProcessReport| p.kernel_entries_per_sec / p.kernel_entries.max(1) as f64;
-        let rate = |p: &ProcessReport, count: u64| count as f64 * window(p);
         match self {
             Column::Pid => a.pid.cmp(&b.pid),
             Column::User => a.user.cmp(&b.user),
@@ -82,14 +80,14 @@ impl Column {
             Column::Kernel => a
                 .kernel_entries_per_sec
                 .total_cmp(&b.kernel_entries_per_sec),
-            Column::Fallback => {
-                rate(a, a.by_origin.vdso_fallback).total_cmp(&rate(b, b.by_origin.vdso_fallback))
-            }
-            Column::Direct => rate(a, a.by_origin.direct).total_cmp(&rate(b, b.by_origin.direct)),
-            Column::Vsyscall => rate(a, a.by_origin.legacy_vsyscall)
-                .total_cmp(&rate(b, b.by_origin.legacy_vsyscall)),
-            Column::NoVdso => rate(a, a.by_origin.no_vdso).total_cmp(&rate(b, b.by_origin.no_vdso)),
-            Column::FallbackPercent => a
+            Column::Fallback => a.by_origin.vdso_fallback.cmp(&b.by_origin.vdso_fallback),
+            Column::Direct => a.by_origin.direct.cmp(&b.by_origin.direct),
+            Column::Vsyscall => a
+                .by_origin
+                .legacy_vsyscall
+                .cmp(&b.by_origin.legacy_vsyscall),
+            Column::NoVdso => a.by_origin.no_vdso.cmp(&b.by_origin.no_vdso),
+            Column::KernelShare => a
                 .kernel_share
                 .unwrap_or(-1.0)
                 .total_cmp(&b.kernel_share.unwrap_or(-1.0)),
@@ -110,18 +108,10 @@ pub fn main_clock(process: &ProcessReport) -> &str {
         .unwrap_or("-")
 }
 
-/// What the header says about the machine.
-#[derive(Debug, Clone, Default)]
-pub struct Host {
-    pub hostname: String,
-    pub kernel: String,
-    pub clocksource: Option<ClocksourceState>,
-    pub vsyscall: Option<VsyscallMode>,
-}
-
 #[derive(Debug)]
 pub struct App {
-    pub host: Host,
+    /// The machine as the newest window (or the session's start) said it.
+    pub system: SystemReport,
     pub interval: Duration,
     /// The frame on screen; None until the first window ends.
     pub report: Option<Report>,
@@ -146,9 +136,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(host: Host, interval: Duration) -> App {
+    pub fn new(system: SystemReport, interval: Duration) -> App {
         App {
-            host,
+            system,
             interval,
             report: None,
             pending: None,
@@ -181,8 +171,11 @@ impl App {
 
     /// A new window arrived.
     pub fn on_report(&mut self, report: Report) {
-        if let Some(event) = report.system.as_ref().and_then(|s| s.events.last()) {
-            self.last_event = Some(event.clone());
+        if let Some(system) = &report.system {
+            if let Some(event) = system.events.last() {
+                self.last_event = Some(event.clone());
+            }
+            self.system = system.clone();
         }
         if self.paused {
             self.pending = Some(report);
@@ -268,7 +261,7 @@ impl App {
             KeyCode::Char('C') => self.sort_by(Column::Comm),
             KeyCode::Char('K') => self.sort_by(Column::Kernel),
             KeyCode::Char('V') => self.sort_by(Column::Vdso),
-            KeyCode::Char('F') => self.sort_by(Column::FallbackPercent),
+            KeyCode::Char('F') => self.sort_by(Column::KernelShare),
             KeyCode::Down | KeyCode::Char('j') => self.scroll_by(1),
             KeyCode::Up | KeyCode::Char('k') => self.scroll_by(-1),
             KeyCode::PageDown => self.scroll_by(10),

@@ -10,7 +10,7 @@ use vdso_observer_common::{TimeCall, VDSO_FUNCTION_SLOTS, VdsoFunctionTable};
 
 /// One exported function of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VdsoFunction {
+pub struct ExportedFunction {
     pub call: TimeCall,
     /// Offset of its first instruction from the image start.
     pub offset: u64,
@@ -20,7 +20,9 @@ pub struct VdsoFunction {
 /// The functions of an image, found by their `__vdso_` names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VdsoImage {
-    pub functions: Vec<VdsoFunction>,
+    pub functions: Vec<ExportedFunction>,
+    /// Where this process maps it (0 for an image parsed from bytes).
+    pub own_base: u64,
     pub len: u64,
 }
 
@@ -46,7 +48,7 @@ impl VdsoImage {
         for symbol in file.dynamic_symbols() {
             let Ok(name) = symbol.name() else { continue };
             if let Some((_, call)) = EXPORTS.iter().find(|(export, _)| *export == name) {
-                functions.push(VdsoFunction {
+                functions.push(ExportedFunction {
                     call: *call,
                     offset: symbol.address() - bias,
                     size: symbol.size(),
@@ -63,6 +65,7 @@ impl VdsoImage {
         Ok(VdsoImage {
             functions,
             len: bytes.len() as u64,
+            own_base: 0,
         })
     }
 
@@ -71,10 +74,17 @@ impl VdsoImage {
         let (base, len) = own_mapping()?;
         // SAFETY: [vdso] is mapped readable for the whole life of the process.
         let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len as usize) };
-        VdsoImage::parse(bytes)
+        let mut image = VdsoImage::parse(bytes)?;
+        image.own_base = base;
+        Ok(image)
     }
 
-    pub fn function(&self, call: TimeCall) -> Option<VdsoFunction> {
+    /// Where `call` lies in this process (for calling it, or timing it).
+    pub fn own_address(&self, call: TimeCall) -> Option<u64> {
+        (self.own_base != 0).then_some(self.own_base + self.function(call)?.offset)
+    }
+
+    pub fn function(&self, call: TimeCall) -> Option<ExportedFunction> {
         self.functions.iter().copied().find(|f| f.call == call)
     }
 

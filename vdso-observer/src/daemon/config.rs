@@ -1,7 +1,6 @@
-//! Settings: what the observer loads and counts (every option `top` takes),
-//! when a fault becomes a flag, and the daemon's exports. The daemon reads them
-//! from a TOML file (again on SIGHUP); a value given on the command line wins
-//! over the file, field by field.
+//! The daemon's settings: its exports, its series limits, and the observer
+//! settings every front end shares, read from a TOML file (again on SIGHUP); a
+//! value given on the command line wins over the file, field by field.
 
 use std::{
     net::SocketAddr,
@@ -12,114 +11,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{btf_offsets::VMLINUX_BTF, report::Thresholds};
-
-/// The shortest window or interval: shorter says nothing the 50 ms governor
-/// tick and the counters' read cost would not swamp.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
-
-/// One rule for every interval, on the command line and in the file.
-pub fn check_interval(interval: Duration) -> Result<(), String> {
-    if interval < MIN_INTERVAL {
-        return Err(format!(
-            "{} is too short: at least {}",
-            humantime::format_duration(interval),
-            humantime::format_duration(MIN_INTERVAL)
-        ));
-    }
-    Ok(())
-}
-
-/// What the observer loads and counts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObserverSettings {
-    pub btf: PathBuf,
-    /// Capacity of the kernel counter map.
-    pub map_entries: u32,
-    /// cpu-clock samples a second on each CPU; 0 turns the estimate off.
-    pub sample_hz: u64,
-    /// Exact counting in every process.
-    pub exact: bool,
-    /// Exact counting in these processes.
-    pub exact_pids: Vec<u32>,
-    /// Largest share of a process's CPU time exact counting may cost, percent.
-    pub exact_budget_percent: f64,
-    /// Whether the governor may detach exact counting over budget.
-    pub governor: bool,
-}
-
-impl Default for ObserverSettings {
-    fn default() -> Self {
-        ObserverSettings {
-            btf: PathBuf::from(VMLINUX_BTF),
-            map_entries: vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES,
-            sample_hz: crate::loader::DEFAULT_SAMPLE_HZ,
-            exact: false,
-            exact_pids: Vec::new(),
-            exact_budget_percent: 2.0,
-            governor: true,
-        }
-    }
-}
-
-impl ObserverSettings {
-    pub fn validate(&self) -> Result<()> {
-        if self.map_entries == 0 {
-            bail!("map_entries (--map-entries) must be at least 1");
-        }
-        if !(self.exact_budget_percent > 0.0 && self.exact_budget_percent <= 100.0) {
-            bail!("exact_budget_percent (--exact-budget) must be more than 0 and at most 100");
-        }
-        Ok(())
-    }
-}
-
-/// Values given on the command line; None where it said nothing.
-#[derive(Debug, Clone, Default)]
-pub struct ObserverOverrides {
-    pub btf: Option<PathBuf>,
-    pub map_entries: Option<u32>,
-    pub sample_hz: Option<u64>,
-    pub exact: Option<bool>,
-    pub exact_pids: Option<Vec<u32>>,
-    pub exact_budget_percent: Option<f64>,
-    pub governor: Option<bool>,
-    pub min_rate_per_sec: Option<f64>,
-    pub min_kernel_share_percent: Option<f64>,
-}
-
-impl ObserverOverrides {
-    /// The command line over `settings` and `thresholds`, field by field.
-    pub fn apply(&self, settings: &mut ObserverSettings, thresholds: &mut Thresholds) {
-        if let Some(btf) = &self.btf {
-            settings.btf = btf.clone();
-        }
-        if let Some(entries) = self.map_entries {
-            settings.map_entries = entries;
-        }
-        if let Some(hz) = self.sample_hz {
-            settings.sample_hz = hz;
-        }
-        if let Some(exact) = self.exact {
-            settings.exact = exact;
-        }
-        if let Some(pids) = &self.exact_pids {
-            settings.exact_pids = pids.clone();
-        }
-        if let Some(budget) = self.exact_budget_percent {
-            settings.exact_budget_percent = budget;
-        }
-        if let Some(governor) = self.governor {
-            settings.governor = governor;
-        }
-        if let Some(rate) = self.min_rate_per_sec {
-            thresholds.min_rate_per_sec = rate;
-        }
-        if let Some(share) = self.min_kernel_share_percent {
-            thresholds.min_kernel_share = share / 100.0;
-        }
-    }
-}
+use crate::model::Thresholds;
+pub use crate::settings::{ObserverOverrides, ObserverSettings, ObserverValues, check_interval};
 
 /// Everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +89,7 @@ struct ConfigFile {
     #[serde(default)]
     thresholds: ThresholdsFile,
     #[serde(default)]
-    observer: ObserverFile,
+    observer: ObserverValues,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -217,18 +110,6 @@ struct SeriesFile {
     exited_grace: Option<String>,
     idle_comm_retire: Option<String>,
     getrandom_only_processes: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct ObserverFile {
-    btf: Option<PathBuf>,
-    map_entries: Option<u32>,
-    sample_hz: Option<u64>,
-    exact: Option<bool>,
-    exact_pids: Option<Vec<u32>>,
-    exact_budget_percent: Option<f64>,
-    governor: Option<bool>,
 }
 
 /// Command-line values of the daemon, which win over the file.
@@ -318,29 +199,7 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
     if let Some(show) = file.series.getrandom_only_processes {
         series.getrandom_only_processes = show;
     }
-    let observer = &mut config.observer;
-    let file_observer = file.observer;
-    if let Some(btf) = file_observer.btf {
-        observer.btf = btf;
-    }
-    if let Some(entries) = file_observer.map_entries {
-        observer.map_entries = entries;
-    }
-    if let Some(hz) = file_observer.sample_hz {
-        observer.sample_hz = hz;
-    }
-    if let Some(exact) = file_observer.exact {
-        observer.exact = exact;
-    }
-    if let Some(pids) = file_observer.exact_pids {
-        observer.exact_pids = pids;
-    }
-    if let Some(budget) = file_observer.exact_budget_percent {
-        observer.exact_budget_percent = budget;
-    }
-    if let Some(governor) = file_observer.governor {
-        observer.governor = governor;
-    }
+    file.observer.apply(&mut config.observer);
     Ok(())
 }
 
@@ -384,15 +243,7 @@ impl DaemonConfig {
                 min_rate_per_sec: Some(self.thresholds.min_rate_per_sec),
                 min_kernel_share_percent: Some(self.thresholds.min_kernel_share * 100.0),
             },
-            observer: ObserverFile {
-                btf: Some(self.observer.btf.clone()),
-                map_entries: Some(self.observer.map_entries),
-                sample_hz: Some(self.observer.sample_hz),
-                exact: Some(self.observer.exact),
-                exact_pids: Some(self.observer.exact_pids.clone()),
-                exact_budget_percent: Some(self.observer.exact_budget_percent),
-                governor: Some(self.observer.governor),
-            },
+            observer: ObserverValues::of(&self.observer),
         };
         toml::to_string(&file).expect("the configuration serializes")
     }
@@ -458,7 +309,10 @@ mod tests {
         let overrides = Overrides {
             observer: ObserverOverrides {
                 min_kernel_share_percent: Some(5.0),
-                sample_hz: Some(199),
+                observer: ObserverValues {
+                    sample_hz: Some(199),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..Default::default()

@@ -16,12 +16,11 @@ use tokio::{
     sync::mpsc,
 };
 
-pub use app::{App, Host};
+pub use app::App;
 
 use crate::{
     session::{Session, SessionOptions},
-    system,
-    table::Selection,
+    ui::format::Selection,
 };
 
 /// Runs the TUI until q, Ctrl-C, SIGTERM, or `frames` windows (0: no end).
@@ -36,7 +35,7 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
-    let mut app = App::new(host(), interval);
+    let mut app = App::new(session.system(), interval);
     app.select(selection);
     let mut shown = 0u64;
     let (keys_tx, mut keys) = mpsc::unbounded_channel();
@@ -83,20 +82,6 @@ pub async fn run(
     .await;
     ratatui::restore();
     result
-}
-
-fn host() -> Host {
-    let read = |path: &str| {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "?".into())
-    };
-    Host {
-        hostname: read("/proc/sys/kernel/hostname"),
-        kernel: read("/proc/sys/kernel/osrelease"),
-        clocksource: system::clocksource(),
-        vsyscall: Some(system::vsyscall_mode()),
-    }
 }
 
 #[cfg(test)]

@@ -16,37 +16,99 @@ use std::{
 
 use vdso_observer_common::ProcessKey;
 
-use crate::{
-    config::SeriesLimits,
-    loader::{ObserverStats, ProbeStatus},
-    report::{ProcessReport, Report},
-    system::{ClocksourceState, VdsoCapability, VsyscallMode},
+use vdso_observer_common::{Origin, Provenance, TimeCall};
+
+use super::config::SeriesLimits;
+use crate::model::{
+    CallCount, ClockEventKind, ClocksourceState, FallbackReason, ObserverStats, ProbeStatus,
+    ProcessReport, Report, VdsoCapability, VdsoFunction, VsyscallMode,
 };
 
 /// `comm` label of the processes beyond `max_comms`.
 pub const OTHER_COMM: &str = "(other)";
 
+/// Labels of the kernel-entry families (besides comm and pid), typed until
+/// they are written.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct CallLabels {
-    call: &'static str,
+    call: TimeCall,
+    /// Empty for calls without a clock.
     clock: String,
-    origin: &'static str,
-    reason: &'static str,
+    origin: Origin,
+    /// None for getrandom (never judged): `reason="none"`.
+    reason: Option<FallbackReason>,
+}
+
+impl CallLabels {
+    fn of(call: &CallCount) -> CallLabels {
+        CallLabels {
+            call: call.call,
+            clock: call.clock.clone().unwrap_or_default(),
+            origin: call.origin,
+            reason: call.reason,
+        }
+    }
+
+    fn pairs(&self) -> [(&'static str, &str); 4] {
+        [
+            ("call", self.call.name()),
+            ("clock", &self.clock),
+            ("origin", self.origin.name()),
+            ("reason", self.reason.map_or("none", FallbackReason::name)),
+        ]
+    }
+}
+
+/// Labels of the vDSO-answered families (besides comm and pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct VdsoLabels {
+    call: VdsoFunction,
+    provenance: Provenance,
+}
+
+impl VdsoLabels {
+    fn pairs(&self) -> [(&'static str, &'static str); 2] {
+        [
+            ("call", self.call.name()),
+            ("provenance", self.provenance.name()),
+        ]
+    }
+}
+
+/// Monotonic counts of one series owner (a comm, or a process).
+#[derive(Debug, Default)]
+struct Counts {
+    kernel: BTreeMap<CallLabels, u64>,
+    /// vDSO-answered calls: exact counts and estimates.
+    vdso: BTreeMap<VdsoLabels, f64>,
+}
+
+impl Counts {
+    /// Adds one window of a process: the one accumulation both families use.
+    fn add(&mut self, process: &ProcessReport) {
+        for call in &process.calls {
+            *self.kernel.entry(CallLabels::of(call)).or_default() += call.count;
+        }
+        for call in &process.vdso_calls {
+            let labels = VdsoLabels {
+                call: call.call,
+                provenance: call.provenance,
+            };
+            *self.vdso.entry(labels).or_default() += call.calls;
+        }
+    }
 }
 
 #[derive(Debug)]
 struct ProcessSeries {
     comm: String,
-    counts: BTreeMap<CallLabels, u64>,
-    vdso: BTreeMap<(&'static str, &'static str), f64>,
+    counts: Counts,
     exited_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct CommSeries {
-    counts: BTreeMap<CallLabels, u64>,
-    /// vDSO-answered calls per (call, provenance): exact counts and estimates.
-    vdso: BTreeMap<(&'static str, &'static str), f64>,
+    counts: Counts,
     last_increase: Instant,
 }
 
@@ -61,12 +123,12 @@ pub struct Exporter {
     pub last_collection_seconds: f64,
     pub textfile_write_errors: u64,
     clocksource_changes: u64,
-    clock_events: BTreeMap<&'static str, u64>,
+    clock_events: BTreeMap<ClockEventKind, u64>,
 }
 
 /// What the daemon knows about the machine and itself, besides the counts.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct Facts {
     pub clocksource: Option<ClocksourceState>,
     /// Measured (or, failing that, tabled) vDSO capability of the clocksource.
     pub vdso_capable: Option<bool>,
@@ -81,15 +143,25 @@ pub struct Context {
     /// Boot parameters that decide time calls (`clocksource=hpet`, `tsc=unstable`, ...).
     pub boot_settings: Vec<String>,
     /// ns per call by which samples become calls.
-    pub vdso_costs: BTreeMap<&'static str, f64>,
+    pub vdso_costs: BTreeMap<TimeCall, f64>,
 }
 
-fn labels_of(call: &crate::report::CallCount) -> CallLabels {
-    CallLabels {
-        call: call.call,
-        clock: call.clock.clone().unwrap_or_default(),
-        origin: call.origin,
-        reason: call.reason.map_or("none", |r| r.name()),
+impl Facts {
+    /// What the report says about the machine and the observer.
+    pub fn of(report: &Report) -> Facts {
+        let system = report.system.as_ref();
+        Facts {
+            clocksource: system.and_then(|s| s.clocksource.clone()),
+            vdso_capable: system.and_then(|s| s.vdso_capable),
+            vsyscall: system.map_or(VsyscallMode::Unknown, |s| s.vsyscall),
+            probes: report.observer.probes.clone(),
+            map_entries: report.observer.time_call_keys,
+            map_capacity: report.observer.time_call_capacity,
+            kernel_release: system.map(|s| s.kernel.clone()).unwrap_or_default(),
+            kernel_log_readable: system.is_some_and(|s| s.kernel_log_error.is_none()),
+            boot_settings: system.map(|s| s.boot_settings.clone()).unwrap_or_default(),
+            vdso_costs: report.observer.vdso_costs.ns_per_call.clone(),
+        }
     }
 }
 
@@ -131,8 +203,7 @@ impl Exporter {
                         id,
                         ProcessSeries {
                             comm: process.comm.clone(),
-                            counts: BTreeMap::new(),
-                            vdso: BTreeMap::new(),
+                            counts: Counts::default(),
                             exited_at: None,
                         },
                     );
@@ -140,14 +211,8 @@ impl Exporter {
                     self.processes_not_tracked += 1;
                 }
             }
-            let series = self.processes.get_mut(&id);
-            if let Some(series) = series {
-                for call in &process.calls {
-                    *series.counts.entry(labels_of(call)).or_default() += call.count;
-                }
-                for call in &process.vdso_calls {
-                    *series.vdso.entry((call.call, call.provenance)).or_default() += call.calls;
-                }
+            if let Some(series) = self.processes.get_mut(&id) {
+                series.counts.add(process);
             }
         }
         for id in exited {
@@ -178,23 +243,17 @@ impl Exporter {
             OTHER_COMM.to_owned()
         };
         let series = self.comms.entry(comm).or_insert_with(|| CommSeries {
-            counts: BTreeMap::new(),
-            vdso: BTreeMap::new(),
+            counts: Counts::default(),
             last_increase: now,
         });
         series.last_increase = now;
-        for call in &process.calls {
-            *series.counts.entry(labels_of(call)).or_default() += call.count;
-        }
-        for call in &process.vdso_calls {
-            *series.vdso.entry((call.call, call.provenance)).or_default() += call.calls;
-        }
+        series.counts.add(process);
     }
 
     /// One clock event of the kind `ClockWatch` reports.
-    pub fn count_clock_event(&mut self, kind: &'static str) {
+    pub fn count_clock_event(&mut self, kind: ClockEventKind) {
         *self.clock_events.entry(kind).or_default() += 1;
-        if kind == "sysfs_change" {
+        if kind == ClockEventKind::SysfsChange {
             self.clocksource_changes += 1;
         }
     }
@@ -205,93 +264,27 @@ impl Exporter {
         self.processes.len()
     }
 
-    pub fn render(&self, context: &Context) -> String {
+    pub fn render(&self, facts: &Facts) -> String {
         let mut out = Exposition::default();
+        self.render_counts(&mut out);
+        self.render_machine(&mut out, facts);
+        self.render_observer(&mut out, facts);
+        out.finish()
+    }
 
-        out.family(
-            "vdso_observer_kernel_time_calls_total",
-            "counter",
-            "Time calls that entered the kernel, all processes, summed per comm (names beyond the cap as (other)).",
-        );
-        for (comm, series) in &self.comms {
-            for (labels, count) in &series.counts {
-                out.sample(
-                    &[
-                        ("comm", comm),
-                        ("call", labels.call),
-                        ("clock", &labels.clock),
-                        ("origin", labels.origin),
-                        ("reason", labels.reason),
-                    ],
-                    *count as f64,
-                );
-            }
-        }
-
-        out.family(
-            "vdso_observer_process_kernel_time_calls_total",
-            "counter",
-            "Time calls that entered the kernel, for the top processes of a window and every flagged one (kept until a grace period after exit).",
-        );
-        for (id, series) in &self.processes {
-            let pid = id.tgid.to_string();
-            for (labels, count) in &series.counts {
-                out.sample(
-                    &[
-                        ("pid", &pid),
-                        ("comm", &series.comm),
-                        ("call", labels.call),
-                        ("clock", &labels.clock),
-                        ("origin", labels.origin),
-                        ("reason", labels.reason),
-                    ],
-                    *count as f64,
-                );
-            }
-        }
-
-        out.family(
-            "vdso_observer_vdso_time_calls_total",
-            "counter",
-            "Time calls the vDSO answered in user space, per comm; provenance sampled is an estimate from cpu-clock samples, uprobe and breakpoint are exact.",
-        );
-        for (comm, series) in &self.comms {
-            for ((call, provenance), calls) in &series.vdso {
-                out.sample(
-                    &[("comm", comm), ("call", call), ("provenance", provenance)],
-                    *calls,
-                );
-            }
-        }
-        out.family(
-            "vdso_observer_process_vdso_time_calls_total",
-            "counter",
-            "Time calls the vDSO answered, for the processes with pid series.",
-        );
-        for (id, series) in &self.processes {
-            let pid = id.tgid.to_string();
-            for ((call, provenance), calls) in &series.vdso {
-                out.sample(
-                    &[
-                        ("pid", &pid),
-                        ("comm", &series.comm),
-                        ("call", call),
-                        ("provenance", provenance),
-                    ],
-                    *calls,
-                );
-            }
-        }
+    /// The machine's time set-up: clocksource, vDSO capability, clock events,
+    /// vsyscall mode, boot parameters, kernel log.
+    fn render_machine(&self, out: &mut Exposition, facts: &Facts) {
         out.family(
             "vdso_observer_vdso_call_cost_seconds",
             "gauge",
             "Time one call stands for when samples are turned into calls, calibrated at start.",
         );
-        for (call, ns) in &context.vdso_costs {
-            out.sample(&[("call", call)], ns / 1e9);
+        for (call, ns) in &facts.vdso_costs {
+            out.sample(&[("call", call.name())], ns / 1e9);
         }
 
-        if let Some(clocksource) = &context.clocksource {
+        if let Some(clocksource) = &facts.clocksource {
             out.family(
                 "vdso_observer_clocksource_info",
                 "gauge",
@@ -315,7 +308,7 @@ impl Exporter {
                 "gauge",
                 "1 when the vDSO answers clock_gettime in user space (measured by the observer's own calls), 0 when every high-resolution clock read enters the kernel.",
             );
-            if let Some(capable) = context.vdso_capable {
+            if let Some(capable) = facts.vdso_capable {
                 out.sample(&[], if capable { 1.0 } else { 0.0 });
             }
             // Available clocksources: node_exporter's
@@ -332,10 +325,10 @@ impl Exporter {
             "counter",
             "Clock events seen since start: kernel log lines (switched, tsc_unstable, watchdog) and sysfs changes.",
         );
-        for kind in ["switched", "tsc_unstable", "watchdog", "sysfs_change"] {
+        for kind in ClockEventKind::ALL {
             out.sample(
-                &[("kind", kind)],
-                self.clock_events.get(kind).copied().unwrap_or(0) as f64,
+                &[("kind", kind.name())],
+                self.clock_events.get(&kind).copied().unwrap_or(0) as f64,
             );
         }
         out.family(
@@ -343,27 +336,20 @@ impl Exporter {
             "gauge",
             "1 when the kernel log (/dev/kmsg) is readable; 0 means clock events such as TSC marked unstable go unseen (give CAP_SYSLOG and /dev/kmsg).",
         );
-        out.sample(
-            &[],
-            if context.kernel_log_readable {
-                1.0
-            } else {
-                0.0
-            },
-        );
+        out.sample(&[], if facts.kernel_log_readable { 1.0 } else { 0.0 });
         out.family(
             "vdso_observer_vsyscall_mode_info",
             "gauge",
             "Legacy vsyscall page mode: xonly, emulate or none.",
         );
-        out.sample(&[("mode", context.vsyscall.name())], 1.0);
+        out.sample(&[("mode", facts.vsyscall.name())], 1.0);
 
         out.family(
             "vdso_observer_boot_parameter_info",
             "gauge",
             "Kernel command-line parameters that decide time calls (clocksource=, tsc=, vdso=, vsyscall=, notsc, ...).",
         );
-        for parameter in &context.boot_settings {
+        for parameter in &facts.boot_settings {
             out.sample(&[("parameter", parameter)], 1.0);
         }
         out.family(
@@ -374,16 +360,20 @@ impl Exporter {
         out.sample(
             &[
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("kernel", &context.kernel_release),
+                ("kernel", &facts.kernel_release),
             ],
             1.0,
         );
+    }
+
+    /// The observer's own health: probes, losses, map use, series, collections.
+    fn render_observer(&self, out: &mut Exposition, facts: &Facts) {
         out.family(
             "vdso_observer_probe_attached",
             "gauge",
             "1 when the probe is attached; 0 when attaching it failed (its calls are not counted).",
         );
-        for probe in &context.probes {
+        for probe in &facts.probes {
             out.sample(
                 &[("probe", probe.attach_point)],
                 if probe.attached { 1.0 } else { 0.0 },
@@ -414,13 +404,13 @@ impl Exporter {
             "gauge",
             "Entries in use in the kernel counter map.",
         );
-        out.sample(&[("map", "time_calls")], context.map_entries as f64);
+        out.sample(&[("map", "time_calls")], facts.map_entries as f64);
         out.family(
             "vdso_observer_map_capacity",
             "gauge",
             "Capacity of the kernel counter map.",
         );
-        out.sample(&[("map", "time_calls")], f64::from(context.map_capacity));
+        out.sample(&[("map", "time_calls")], f64::from(facts.map_capacity));
         out.family(
             "vdso_observer_tracked_processes",
             "gauge",
@@ -451,7 +441,60 @@ impl Exporter {
             "Failed writes of the node_exporter textfile (the previous file stays).",
         );
         out.sample(&[], self.textfile_write_errors as f64);
-        out.finish()
+    }
+    /// The four count families: kernel entries and vDSO-answered calls, per comm
+    /// (complete) and per pid (the few that earned a series).
+    fn render_counts(&self, out: &mut Exposition) {
+        out.family(
+            "vdso_observer_kernel_time_calls_total",
+            "counter",
+            "Time calls that entered the kernel, all processes, summed per comm (names beyond the cap as (other)).",
+        );
+        for (comm, series) in &self.comms {
+            for (labels, count) in &series.counts.kernel {
+                out.sample_parts(&[("comm", comm)], &labels.pairs(), *count as f64);
+            }
+        }
+        out.family(
+            "vdso_observer_process_kernel_time_calls_total",
+            "counter",
+            "Time calls that entered the kernel, for the top processes of a window and every flagged one (kept until a grace period after exit).",
+        );
+        for (id, series) in &self.processes {
+            let pid = id.tgid.to_string();
+            for (labels, count) in &series.counts.kernel {
+                out.sample_parts(
+                    &[("pid", &pid), ("comm", &series.comm)],
+                    &labels.pairs(),
+                    *count as f64,
+                );
+            }
+        }
+        out.family(
+            "vdso_observer_vdso_time_calls_total",
+            "counter",
+            "Time calls the vDSO answered in user space, per comm; provenance sampled is an estimate from cpu-clock samples, uprobe and breakpoint are exact.",
+        );
+        for (comm, series) in &self.comms {
+            for (labels, calls) in &series.counts.vdso {
+                out.sample_parts(&[("comm", comm)], &labels.pairs(), *calls);
+            }
+        }
+        out.family(
+            "vdso_observer_process_vdso_time_calls_total",
+            "counter",
+            "Time calls the vDSO answered, for the processes with pid series.",
+        );
+        for (id, series) in &self.processes {
+            let pid = id.tgid.to_string();
+            for (labels, calls) in &series.counts.vdso {
+                out.sample_parts(
+                    &[("pid", &pid), ("comm", &series.comm)],
+                    &labels.pairs(),
+                    *calls,
+                );
+            }
+        }
     }
 }
 
@@ -472,10 +515,16 @@ impl Exposition {
     }
 
     fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.sample_parts(labels, &[], value);
+    }
+
+    /// A sample whose labels come in two parts: the owner's (comm, pid), then
+    /// the family's own.
+    fn sample_parts(&mut self, owner: &[(&str, &str)], labels: &[(&str, &str)], value: f64) {
         self.text.push_str(self.family);
-        if !labels.is_empty() {
+        if !owner.is_empty() || !labels.is_empty() {
             self.text.push('{');
-            for (i, (name, value)) in labels.iter().enumerate() {
+            for (i, (name, value)) in owner.iter().chain(labels).enumerate() {
                 if i > 0 {
                     self.text.push(',');
                 }
@@ -524,13 +573,13 @@ mod tests {
     use vdso_observer_common::{NO_CLOCK, Origin, TimeCall};
 
     use super::*;
-    use crate::report::{
+    use crate::model::{
         Aggregator,
-        testing::{self, Row},
+        aggregate::testing::{self, Row},
     };
 
-    fn context() -> Context {
-        Context {
+    fn facts() -> Facts {
+        Facts {
             clocksource: Some(ClocksourceState {
                 current: "hpet".into(),
                 available: vec!["tsc".into(), "hpet".into()],
@@ -584,7 +633,7 @@ mod tests {
             true,
         );
         exporter.update(&report, &[], &limits, start + Duration::from_secs(1));
-        let text = exporter.render(&context());
+        let text = exporter.render(&facts());
         let process = "vdso_observer_process_kernel_time_calls_total{pid=\"7\",comm=\"worker\",call=\"clock_gettime\",clock=\"CLOCK_MONOTONIC\",origin=\"direct\",reason=\"direct_syscall\"}";
         assert_eq!(sample_value(&text, process), Some(250.0), "{text}");
         let comm = "vdso_observer_kernel_time_calls_total{comm=\"worker\",call=\"clock_gettime\"";
@@ -601,7 +650,7 @@ mod tests {
             &limits,
             start + Duration::from_secs(2),
         );
-        let text = exporter.render(&context());
+        let text = exporter.render(&facts());
         assert_eq!(sample_value(&text, process), Some(250.0));
         exporter.update(
             &report_of(&mut aggregator, &[], false),
@@ -609,7 +658,7 @@ mod tests {
             &limits,
             start + Duration::from_secs(13),
         );
-        let text = exporter.render(&context());
+        let text = exporter.render(&facts());
         assert_eq!(sample_value(&text, process), None);
         // The per-comm total keeps what it counted.
         assert_eq!(sample_value(&text, comm), Some(250.0));
@@ -642,7 +691,7 @@ mod tests {
         let report = report_of(&mut aggregator, &rows, true);
         exporter.update(&report, &[], &limits, Instant::now());
         assert_eq!(exporter.tracked_processes(), 1);
-        let text = exporter.render(&context());
+        let text = exporter.render(&facts());
         let comms: BTreeSet<&str> = text
             .lines()
             .filter(|l| l.starts_with("vdso_observer_kernel_time_calls_total{"))
@@ -685,7 +734,7 @@ mod tests {
         let report = report_of(&mut aggregator, &rows, true);
         exporter.update(&report, &[], &SeriesLimits::default(), Instant::now());
         assert_eq!(exporter.tracked_processes(), 1, "only the app");
-        let text = exporter.render(&context());
+        let text = exporter.render(&facts());
         assert!(
             text.contains("vdso_observer_kernel_time_calls_total{comm=\"ls\",call=\"getrandom\"")
         );
@@ -715,7 +764,7 @@ mod tests {
             true,
         );
         exporter.update(&report, &[], &SeriesLimits::default(), Instant::now());
-        let text = exporter.render(&context());
+        let text = exporter.render(&facts());
         let mut types = BTreeSet::new();
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             assert!(

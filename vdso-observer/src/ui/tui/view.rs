@@ -10,9 +10,8 @@ use ratatui::{
 
 use super::app::{App, Column, main_clock};
 use crate::{
-    report::ProcessReport,
-    system::VdsoCapability,
-    table::{capability_words, empty_window_line, flag_column, percent, rate, vdso_column},
+    model::ProcessReport,
+    ui::format::{capability_words, empty_window_line, flag_column, percent, rate, vdso_column},
 };
 
 /// Style of a row whose process has a fault flag.
@@ -34,13 +33,13 @@ pub fn draw(frame: &mut Frame, app: &App) {
 }
 
 fn header_lines(app: &App) -> Vec<Line<'static>> {
-    let host = &app.host;
+    let system = &app.system;
     let mut first = vec![
         Span::from("vdso-observer").bold(),
         Span::from(format!(
             "  {}  kernel {}  every {}",
-            host.hostname,
-            host.kernel,
+            system.hostname,
+            system.kernel,
             humantime::format_duration(app.interval)
         )),
     ];
@@ -54,53 +53,21 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
         first.push(Span::from(format!("  filter: {}", app.filter)).yellow());
     }
 
-    // The session's measured state once a window has ended; what sysfs said at
-    // start until then.
+    // The session's measured state: at start, then as each window says it.
     let mut second = Vec::new();
-    let system = app.report.as_ref().and_then(|r| r.system.as_ref());
-    let (current, available, capable, style, vsyscall) = match system {
-        Some(system) => {
-            let (words, capable) = capability_words(system);
-            let style = match capable {
-                Some(true) => Style::new().green(),
-                Some(false) => FLAGGED,
-                None => Style::new().yellow(),
-            };
-            (
-                system.clocksource.as_ref().map(|c| c.current.clone()),
-                system
-                    .clocksource
-                    .as_ref()
-                    .map(|c| c.available.join(" "))
-                    .unwrap_or_default(),
-                words,
-                style,
-                Some(system.vsyscall),
-            )
-        }
-        None => {
-            let (words, style) = match host.clocksource.as_ref().map(|c| c.vdso_capability) {
-                Some(VdsoCapability::Yes) => ("vDSO-capable", Style::new().green()),
-                Some(VdsoCapability::No) => {
-                    ("NOT vDSO-capable: clock reads enter the kernel", FLAGGED)
-                }
-                Some(VdsoCapability::Conditional) => {
-                    ("vDSO-capable if stable", Style::new().yellow())
-                }
-                _ => ("vDSO capability unknown", Style::new().yellow()),
-            };
-            (
-                host.clocksource.as_ref().map(|c| c.current.clone()),
-                host.clocksource
-                    .as_ref()
-                    .map(|c| c.available.join(" "))
-                    .unwrap_or_default(),
-                words,
-                style,
-                host.vsyscall,
-            )
-        }
+    let (capable, capable_now) = capability_words(system);
+    let style = match capable_now {
+        Some(true) => Style::new().green(),
+        Some(false) => FLAGGED,
+        None => Style::new().yellow(),
     };
+    let current = system.clocksource.as_ref().map(|c| c.current.clone());
+    let available = system
+        .clocksource
+        .as_ref()
+        .map(|c| c.available.join(" "))
+        .unwrap_or_default();
+    let vsyscall = Some(system.vsyscall);
     match current {
         Some(current) => {
             second.push(Span::from("clocksource "));
@@ -166,7 +133,7 @@ pub fn visible_columns(width: u16) -> Vec<Column> {
         Column::Kernel,
         Column::Flag,
         Column::Vdso,
-        Column::FallbackPercent,
+        Column::KernelShare,
         Column::Fallback,
         Column::Direct,
         Column::User,
@@ -207,11 +174,9 @@ fn is_numeric(column: Column) -> bool {
     )
 }
 
-fn cell(process: &ProcessReport, column: Column) -> String {
-    let per_sec = |count: u64| {
-        let seconds = process.kernel_entries as f64 / process.kernel_entries_per_sec.max(1e-9);
-        rate(count as f64 / seconds.max(1e-9))
-    };
+/// One cell of a row; `seconds` is the report's window.
+fn cell(process: &ProcessReport, column: Column, seconds: f64) -> String {
+    let per_sec = |count: u64| rate(count as f64 / seconds.max(1e-9));
     match column {
         Column::Pid => process.pid.to_string(),
         Column::User => process.user.clone().unwrap_or_else(|| "?".into()),
@@ -228,7 +193,7 @@ fn cell(process: &ProcessReport, column: Column) -> String {
         Column::Direct => per_sec(process.by_origin.direct),
         Column::Vsyscall => per_sec(process.by_origin.legacy_vsyscall),
         Column::NoVdso => per_sec(process.by_origin.no_vdso),
-        Column::FallbackPercent => process.kernel_share.map_or("-".into(), percent),
+        Column::KernelShare => process.kernel_share.map_or("-".into(), percent),
         Column::Clock => main_clock(process).to_owned(),
         Column::Flag => flag_column(process),
     }
@@ -257,6 +222,7 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect) {
         Cell::from(text).style(style)
     }));
     let rows: Vec<&ProcessReport> = app.rows();
+    let window_seconds = app.report.as_ref().map_or(1.0, |r| r.window_seconds);
     if app.report.is_some() && rows.is_empty() {
         let text = if app.flagged_only || !app.filter.is_empty() {
             "no process matches the filter (Esc clears it, f shows all)".to_owned()
@@ -278,7 +244,7 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect) {
         .skip(app.scroll)
         .map(|process| {
             let row = Row::new(columns.iter().map(|&c| {
-                let text = Text::from(cell(process, c));
+                let text = Text::from(cell(process, c, window_seconds));
                 Cell::from(if is_numeric(c) {
                     text.right_aligned()
                 } else {

@@ -6,23 +6,31 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    TopArgs,
-    report::Report,
+    model::Report,
     session::{Session, SessionOptions},
-    table::{self, Selection},
+    ui::format::{self, Selection},
 };
 
-pub async fn run(args: TopArgs, options: SessionOptions) -> Result<()> {
+/// How `top` runs: what the command line said, as the front end needs it.
+#[derive(Debug, Clone)]
+pub struct TopOptions {
+    /// One frame, then exit.
+    pub once: bool,
+    /// Plain frames even on a terminal.
+    pub batch: bool,
+    /// Frames before exiting; 0: until interrupted.
+    pub iterations: u64,
+    pub interval: std::time::Duration,
+    pub json: bool,
+    pub selection: Selection,
+}
+
+pub async fn run(args: TopOptions, options: SessionOptions) -> Result<()> {
     let interactive = !args.once && !args.batch && !args.json;
-    let selection = Selection {
-        pids: args.pids.clone(),
-        comm: args.comm.clone(),
-        flagged_only: args.flagged_only,
-        show_getrandom_only: args.show_getrandom_only,
-    };
+    let selection = args.selection.clone();
     if interactive {
         if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
-            return crate::tui::run(args.interval, args.iterations, selection, options).await;
+            return super::tui::run(args.interval, args.iterations, selection, options).await;
         }
         log::info!("stdout is not a terminal: batch mode (-b)");
     }
@@ -83,7 +91,7 @@ fn print(report: &Report, json: bool, hidden: usize) -> Result<bool> {
         line.push('\n');
         line
     } else {
-        table::render(report, hidden)
+        format::render(report, hidden)
     };
     let mut stdout = std::io::stdout().lock();
     match stdout

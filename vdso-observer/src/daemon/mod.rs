@@ -20,14 +20,20 @@ use tokio::{
 };
 use vdso_observer_common::ProcessKey;
 
+pub mod config;
+mod http;
+mod metrics;
+mod notify;
+mod textfile;
+
+use self::{
+    config::{DaemonConfig, Overrides},
+    http::{Published, Shared},
+    metrics::{Exporter, Facts},
+};
 use crate::{
-    config::{self, DaemonConfig, ObserverSettings, Overrides},
-    http::{self, Published, Shared},
-    metrics::{Context, Exporter},
-    notify,
-    report::Thresholds,
+    model::Report,
     session::{Session, SessionOptions},
-    system, textfile,
 };
 
 pub struct DaemonOptions {
@@ -45,10 +51,7 @@ pub fn check_config(options: &DaemonOptions) -> Result<()> {
     Ok(())
 }
 
-/// How the daemon turns its settings into a session (main's, kept in one place).
-pub type SessionFrom = fn(&ObserverSettings, Thresholds) -> SessionOptions;
-
-pub async fn run(options: DaemonOptions, session_from: SessionFrom) -> Result<()> {
+pub async fn run(options: DaemonOptions) -> Result<()> {
     let mut config = config::load(options.config_file.as_deref(), &options.overrides)?;
     warn_about_textfile_directory(&config);
 
@@ -56,7 +59,7 @@ pub async fn run(options: DaemonOptions, session_from: SessionFrom) -> Result<()
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
 
-    let mut session = Session::start(session_from(&config.observer, config.thresholds))?;
+    let mut session = Session::start(SessionOptions::new(&config.observer, config.thresholds))?;
     let shared: Shared = Arc::new(Mutex::new(Published {
         metrics: String::new(),
         last_collection: None,
@@ -73,7 +76,7 @@ pub async fn run(options: DaemonOptions, session_from: SessionFrom) -> Result<()
         config.listen.map_or("none".to_owned(), |a| a.to_string())
     );
 
-    let mut collector = Collector::new(&session);
+    let mut collector = Collector::new();
     // A first write right away, so a scrape soon after start finds the file.
     collector.collect(&mut session, &config, &shared);
     notify::ready();
@@ -161,25 +164,14 @@ fn warn_about_textfile_directory(config: &DaemonConfig) {
 /// The state carried from one window to the next.
 struct Collector {
     exporter: Exporter,
-    vdso_costs: std::collections::BTreeMap<&'static str, f64>,
-    probes: Vec<crate::loader::ProbeStatus>,
-    map_capacity: u32,
     flagged: HashSet<ProcessKey>,
     textfile_failing: bool,
 }
 
 impl Collector {
-    fn new(session: &Session) -> Collector {
+    fn new() -> Collector {
         Collector {
             exporter: Exporter::new(),
-            vdso_costs: session
-                .observer
-                .vdso
-                .as_ref()
-                .map(|m| m.costs.ns_per_call.clone())
-                .unwrap_or_default(),
-            probes: session.observer.probes.clone(),
-            map_capacity: session.observer.options.time_call_entries,
             flagged: HashSet::new(),
             textfile_failing: false,
         }
@@ -205,30 +197,16 @@ impl Collector {
             );
         }
 
-        let system_report = report.system.clone();
-        for event in system_report.iter().flat_map(|s| &s.events) {
+        for event in report.system.iter().flat_map(|s| &s.events) {
             self.exporter.count_clock_event(event.kind);
         }
 
         self.exporter
             .update(&report, &retired.processes, &config.series, Instant::now());
         self.exporter.collections += 1;
-        let context = Context {
-            clocksource: system_report.as_ref().and_then(|s| s.clocksource.clone()),
-            vdso_capable: system_report.as_ref().and_then(|s| s.vdso_capable),
-            vsyscall: system::vsyscall_mode(),
-            probes: self.probes.clone(),
-            map_entries: report.observer.time_call_keys,
-            map_capacity: self.map_capacity,
-            kernel_release: kernel_release(),
-            kernel_log_readable: system_report
-                .as_ref()
-                .is_some_and(|s| s.kernel_log_error.is_none()),
-            boot_settings: system::boot_settings(),
-            vdso_costs: self.vdso_costs.clone(),
-        };
+        let facts = Facts::of(&report);
         self.exporter.last_collection_seconds = started.elapsed().as_secs_f64();
-        let mut text = self.exporter.render(&context);
+        let mut text = self.exporter.render(&facts);
         if let Some(path) = &config.textfile {
             match textfile::write_atomic(path, &text) {
                 Ok(()) => {
@@ -243,7 +221,7 @@ impl Collector {
                     error!(
                         "writing textfile failed: {err:#}; the previous file is kept, retrying next interval"
                     );
-                    text = self.exporter.render(&context);
+                    text = self.exporter.render(&facts);
                 }
             }
         }
@@ -259,7 +237,7 @@ impl Collector {
 
     /// One line per comm an interval for its processes newly flagged, with
     /// counts: a fork storm of flagged processes cannot flood the journal.
-    fn log_newly_flagged(&mut self, report: &crate::report::Report) {
+    fn log_newly_flagged(&mut self, report: &Report) {
         /// Comms named per interval; the rest are counted in one line.
         const MAX_LINES: usize = 10;
         let mut by_comm: BTreeMap<(&str, String), (usize, f64, u32)> = BTreeMap::new();
@@ -274,7 +252,7 @@ impl Collector {
                 continue;
             }
             let entry = by_comm
-                .entry((process.comm.as_str(), process.flags.join(",")))
+                .entry((process.comm.as_str(), process.flag_words().join(",")))
                 .or_insert((0, 0.0, process.pid));
             entry.0 += 1;
             entry.1 += process.kernel_entries_per_sec;
@@ -284,14 +262,10 @@ impl Collector {
         ranked.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
         for ((comm, flags), (processes, rate, pid)) in ranked.iter().take(MAX_LINES) {
             if *processes == 1 {
-                info!(
-                    "pid {pid} ({comm}) flagged {flags}: {} kernel entries/s for time",
-                    crate::table::rate(*rate)
-                );
+                info!("pid {pid} ({comm}) flagged {flags}: {rate:.1} kernel entries/s for time");
             } else {
                 info!(
-                    "{processes} processes named {comm} newly flagged {flags} (e.g. pid {pid}): {} kernel entries/s for time together",
-                    crate::table::rate(*rate)
+                    "{processes} processes named {comm} newly flagged {flags} (e.g. pid {pid}): {rate:.1} kernel entries/s for time together"
                 );
             }
         }
@@ -315,10 +289,4 @@ impl Collector {
         info!("stopped");
         Ok(())
     }
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }

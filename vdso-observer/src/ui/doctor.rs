@@ -3,194 +3,22 @@
 //! here through the vDSO and as a syscall, what the kernel offers the observer,
 //! what the kernel log says, and what to do.
 
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
 use anyhow::Result;
-use serde::Serialize;
-use vdso_observer_common::TimeCall;
 
-use crate::{
-    calibrate,
-    loader::{LoadOptions, Observer, VdsoCheck},
-    system::{self, ClockEvent, ClockWatch, ClocksourceState, VdsoCapability, VsyscallMode},
-    vdso_image::VdsoImage,
-};
+use crate::model::{ClockEventKind, VsyscallMode, diagnosis::Diagnosis};
 
-/// What `doctor` exits with, so scripts and Ansible can gate on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// 0: the vDSO answers time calls in user space here.
-    Healthy,
-    /// 2: the clocksource is not vDSO-capable: clock reads enter the kernel.
-    ClocksourceFallback,
-    /// 3: processes get no vDSO (vdso=0, or none mapped).
-    NoVdso,
-    /// 4: capability could not be decided (no measurement, no table entry, no timing).
-    Unknown,
-}
-
-impl Verdict {
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Verdict::Healthy => 0,
-            Verdict::ClocksourceFallback => 2,
-            Verdict::NoVdso => 3,
-            Verdict::Unknown => 4,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct Diagnosis {
-    pub kernel: String,
-    /// Whether this process has a vDSO (AT_SYSINFO_EHDR), as every process here would.
-    pub vdso_present: bool,
-    /// The answer, also the exit code.
-    pub verdict: Verdict,
-    pub clocksource: Option<ClocksourceState>,
-    /// The observer's own vDSO clock_gettime(CLOCK_MONOTONIC) calls and how many
-    /// entered the kernel (needs root).
-    pub vdso_check: Option<VdsoCheck>,
-    /// Measured when possible, else by the clocksource table, else by cost.
-    pub vdso_capable: Option<bool>,
-    /// How `vdso_capable` was decided: `measured`, `table` or `timing`.
-    pub decided_by: &'static str,
-    pub costs: Vec<CallCost>,
-    pub vsyscall: VsyscallMode,
-    pub boot_settings: Vec<String>,
-    pub features: Vec<Feature>,
-    pub kernel_log: Vec<ClockEvent>,
-    pub kernel_log_error: Option<String>,
-    pub advice: Vec<String>,
-}
-
-/// ns per call through the vDSO and through the syscall.
-#[derive(Debug, Serialize)]
-pub struct CallCost {
-    pub call: &'static str,
-    pub vdso_ns: Option<f64>,
-    pub syscall_ns: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Feature {
-    pub name: &'static str,
-    pub available: bool,
-    pub detail: String,
-}
-
-pub fn diagnose(options: LoadOptions) -> Diagnosis {
-    let clocksource = system::clocksource();
-    let watch = ClockWatch::new();
-    let mut features = Vec::new();
-    let btf = Path::new(&options.btf_path).exists();
-    features.push(Feature {
-        name: "BTF",
-        available: btf,
-        detail: options.btf_path.display().to_string(),
-    });
-    let observer = Observer::start(options);
-    let vdso_check = observer.as_ref().ok().and_then(|o| o.vdso_check);
-    match &observer {
-        Ok(observer) => {
-            for probe in &observer.probes {
-                features.push(Feature {
-                    name: probe.attach_point,
-                    available: probe.attached,
-                    detail: probe.note.clone().unwrap_or_else(|| "attached".into()),
-                });
-            }
-        }
-        Err(err) => features.push(Feature {
-            name: "eBPF programs",
-            available: false,
-            detail: format!("{err:#}"),
-        }),
-    }
-    // Costs are measured with nothing attached: a sys_enter program slows every syscall.
-    drop(observer);
-    let uprobes = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
-    features.push(Feature {
-        name: "uprobes",
-        available: uprobes,
-        detail: "exact counting at libc and Go entry points (--exact)".into(),
-    });
-    let breakpoints = Path::new("/sys/bus/event_source/devices/breakpoint/type").exists();
-    features.push(Feature {
-        name: "hardware breakpoints",
-        available: breakpoints,
-        detail: "exact counting of calls that bypass libc (--exact)".into(),
-    });
-
-    let image = VdsoImage::current().ok();
-    // SAFETY: getauxval has no preconditions.
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
-    let stopwatch = image.as_ref().map(|image| calibrate::measure(image, base));
-    let costs: Vec<CallCost> = [
-        TimeCall::ClockGettime,
-        TimeCall::Gettimeofday,
-        TimeCall::Time,
-        TimeCall::ClockGetres,
-        TimeCall::Getcpu,
-    ]
-    .into_iter()
-    .map(|call| CallCost {
-        call: call.name(),
-        vdso_ns: stopwatch
-            .as_ref()
-            .and_then(|s| s.ns_per_call.get(call.name()).copied()),
-        syscall_ns: calibrate::syscall_ns(call),
-    })
-    .collect();
-
-    let timing_says = costs
-        .first()
-        .and_then(|c| Some(c.vdso_ns? < c.syscall_ns? / 2.0));
-    let table_says = clocksource.as_ref().and_then(|c| match c.vdso_capability {
-        VdsoCapability::Yes => Some(true),
-        VdsoCapability::No => Some(false),
-        _ => None,
-    });
-    let (vdso_capable, decided_by) = match (vdso_check, table_says, timing_says) {
-        (Some(check), _, _) => (Some(check.vdso_capable()), "measured"),
-        (None, Some(table), _) => (Some(table), "table"),
-        (None, None, timing) => (timing, "timing"),
-    };
-    let kernel_log: Vec<ClockEvent> = watch.history.iter().cloned().collect();
-    let mut diagnosis = Diagnosis {
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
-        vdso_present: base != 0,
-        verdict: Verdict::Unknown,
-        clocksource,
-        vdso_check,
-        vdso_capable,
-        decided_by,
-        costs,
-        vsyscall: system::vsyscall_mode(),
-        boot_settings: system::boot_settings(),
-        features,
-        kernel_log,
-        kernel_log_error: watch.kmsg_error.clone(),
-        advice: Vec::new(),
-    };
-    diagnosis.verdict = verdict(&diagnosis);
+/// Prints the diagnosis with its advice; returns the exit code of its verdict.
+pub fn print(diagnosis: &Diagnosis, json: bool) -> Result<u8> {
+    let mut diagnosis = diagnosis.clone();
     diagnosis.advice = advice(&diagnosis);
-    diagnosis
-}
-
-/// No vDSO first (nothing else matters then), then the capability.
-pub fn verdict(d: &Diagnosis) -> Verdict {
-    if !d.vdso_present || d.boot_settings.iter().any(|s| s == "vdso=0") {
-        return Verdict::NoVdso;
+    if json {
+        println!("{}", serde_json::to_string(&diagnosis)?);
+    } else {
+        print!("{}", render(&diagnosis));
     }
-    match d.vdso_capable {
-        Some(true) => Verdict::Healthy,
-        Some(false) => Verdict::ClocksourceFallback,
-        None => Verdict::Unknown,
-    }
+    Ok(diagnosis.verdict.exit_code())
 }
 
 /// What a person can do about what was found.
@@ -227,7 +55,10 @@ pub fn advice(d: &Diagnosis) -> Vec<String> {
                 available.join(" ")
             ),
         });
-        if d.kernel_log.iter().any(|e| e.kind == "tsc_unstable") {
+        if d.kernel_log
+            .iter()
+            .any(|e| e.kind == ClockEventKind::TscUnstable)
+        {
             advice.push(
                 "the kernel marked the TSC unstable (see the kernel log lines above): on a VM check the \
                  hypervisor's invariant-TSC setting; on bare metal check BIOS power settings; \
@@ -288,7 +119,7 @@ pub fn render(d: &Diagnosis) -> String {
                 Some(false) => "NO: every high-resolution clock read enters the kernel",
                 None => "unknown",
             };
-            let _ = writeln!(out, "vDSO-capable     {verdict} ({})", d.decided_by);
+            let _ = writeln!(out, "vDSO-capable     {verdict} ({})", d.decided_by.name());
             if let Some(check) = d.vdso_check {
                 let _ = writeln!(
                     out,
@@ -330,7 +161,7 @@ pub fn render(d: &Diagnosis) -> String {
         let _ = writeln!(
             out,
             "{:<16} {:>12} {:>12} {:>8}",
-            cost.call,
+            cost.call.name(),
             ns(cost.vdso_ns),
             ns(cost.syscall_ns),
             ratio
@@ -354,7 +185,7 @@ pub fn render(d: &Diagnosis) -> String {
         let _ = writeln!(out, "  {err}");
     }
     for event in d.kernel_log.iter().rev().take(8).rev() {
-        let _ = writeln!(out, "  [{}] {}", event.kind, event.message);
+        let _ = writeln!(out, "  [{}] {}", event.kind.name(), event.message);
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "advice");
@@ -364,20 +195,13 @@ pub fn render(d: &Diagnosis) -> String {
     out
 }
 
-/// Prints the diagnosis; returns the exit code of its verdict.
-pub fn run(options: LoadOptions, json: bool) -> Result<u8> {
-    let diagnosis = diagnose(options);
-    if json {
-        println!("{}", serde_json::to_string(&diagnosis)?);
-    } else {
-        print!("{}", render(&diagnosis));
-    }
-    Ok(diagnosis.verdict.exit_code())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{
+        ClockEvent, ClocksourceState, clocksource_vdso_capability,
+        diagnosis::{Decision, Verdict, verdict},
+    };
 
     fn diagnosis(current: &str, capable: Option<bool>, events: Vec<ClockEvent>) -> Diagnosis {
         Diagnosis {
@@ -387,12 +211,12 @@ mod tests {
             clocksource: Some(ClocksourceState {
                 current: current.into(),
                 available: vec!["tsc".into(), "hpet".into(), "acpi_pm".into()],
-                vdso_capability: system::clocksource_vdso_capability(current).0,
+                vdso_capability: clocksource_vdso_capability(current).0,
                 why: "",
             }),
             vdso_check: None,
             vdso_capable: capable,
-            decided_by: "measured",
+            decided_by: Decision::Measured,
             costs: vec![],
             vsyscall: VsyscallMode::Xonly,
             boot_settings: vec![],
@@ -407,7 +231,7 @@ mod tests {
     fn hpet_gets_told_to_switch_to_tsc() {
         let unstable = ClockEvent {
             at_unix: 0.0,
-            kind: "tsc_unstable",
+            kind: ClockEventKind::TscUnstable,
             message: "tsc: Marking TSC unstable due to TSCs unsynchronized".into(),
         };
         let advice = advice(&diagnosis("hpet", Some(false), vec![unstable]));

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use vdso_observer_common::{Origin, TimeCall};
 
-use crate::clocks::vdso_can_serve;
+use crate::model::clocks::vdso_can_serve;
 
 /// The cause of a kernel entry for a time call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

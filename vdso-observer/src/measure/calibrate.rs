@@ -10,35 +10,28 @@
 //! A stopwatch still gives the relative cost of the rarer functions, and the
 //! whole answer when sampling is off.
 
-use std::{collections::BTreeMap, hint::black_box, time::Instant};
+use std::{
+    collections::BTreeMap,
+    hint::black_box,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
-use serde::Serialize;
-use vdso_observer_common::TimeCall;
+use anyhow::{Context as _, Result, bail};
+use log::warn;
+use vdso_observer_common::{CallKey, ProcessKey, TimeCall, VdsoKey};
 
-use crate::vdso_image::VdsoImage;
-
-/// ns spent inside the vDSO per call, per function.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct VdsoCosts {
-    pub ns_per_call: BTreeMap<&'static str, f64>,
-}
-
-impl VdsoCosts {
-    /// Cost of a call; unknown code is costed as clock_gettime, the usual caller.
-    pub fn ns(&self, call: Option<TimeCall>) -> f64 {
-        let name = call.unwrap_or(TimeCall::ClockGettime).name();
-        self.ns_per_call
-            .get(name)
-            .or_else(|| self.ns_per_call.get(TimeCall::ClockGettime.name()))
-            .copied()
-            .unwrap_or(20.0)
-    }
-}
+use crate::{
+    host::vdso_image::VdsoImage,
+    kernel::Observer,
+    model::{
+        VdsoCheck,
+        costs::{MIN_NS, VdsoCosts},
+    },
+};
 
 const CALLS: u32 = 100_000;
 const ROUNDS: usize = 5;
-/// No vDSO function returns faster than this: a floor against timer noise.
-const MIN_NS: f64 = 1.0;
 
 type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
 type GettimeofdayFn = unsafe extern "C" fn(*mut libc::timeval, *mut libc::c_void) -> libc::c_int;
@@ -47,10 +40,13 @@ type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut libc::c_void) -> l
 
 /// Times every function of the own image with a stopwatch (about 0.1 s in
 /// all): ns per call, the call itself included.
-pub fn measure(image: &VdsoImage, base: u64) -> VdsoCosts {
+pub fn measure(image: &VdsoImage) -> VdsoCosts {
     let mut costs = VdsoCosts::default();
     for function in &image.functions {
-        let address = (base + function.offset) as usize;
+        let Some(address) = image.own_address(function.call) else {
+            continue;
+        };
+        let address = address as usize;
         // SAFETY: `address` is the entry of an exported vDSO function of this
         // process, called with the C signature its name promises.
         let ns = unsafe {
@@ -84,30 +80,9 @@ pub fn measure(image: &VdsoImage, base: u64) -> VdsoCosts {
                 TimeCall::Getrandom => continue,
             }
         };
-        costs
-            .ns_per_call
-            .insert(function.call.name(), ns.max(MIN_NS));
+        costs.ns_per_call.insert(function.call, ns.max(MIN_NS));
     }
     costs
-}
-
-impl VdsoCosts {
-    /// Scales stopwatch costs so clock_gettime and gettimeofday cost what the
-    /// sampler saw in place (`sampled`: ns per call); the others keep their
-    /// stopwatch ratio to clock_gettime.
-    pub fn calibrated(&self, sampled: &BTreeMap<&'static str, f64>) -> VdsoCosts {
-        let reference = TimeCall::ClockGettime.name();
-        let scale = match (sampled.get(reference), self.ns_per_call.get(reference)) {
-            (Some(in_place), Some(stopwatch)) => in_place / stopwatch,
-            _ => 1.0,
-        };
-        let mut costs = VdsoCosts::default();
-        for (&name, &ns) in &self.ns_per_call {
-            let ns = sampled.get(name).copied().unwrap_or(ns * scale);
-            costs.ns_per_call.insert(name, ns.max(MIN_NS));
-        }
-        costs
-    }
 }
 
 /// How long the calibration child calls each function.
@@ -118,8 +93,6 @@ pub const LOOP_MS: [(TimeCall, u64); 2] =
 /// clock_gettime, then gettimeofday, through the vDSO for LOOP_MS each, and
 /// prints `NAME CALLS` lines.
 pub fn run_loop(image: &VdsoImage, quick: bool) -> anyhow::Result<()> {
-    // SAFETY: getauxval has no preconditions.
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
     // --quick: only a short clock_gettime run, to check for fallback.
     let plan: &[(TimeCall, u64)] = if quick {
         &[(TimeCall::ClockGettime, 100)]
@@ -127,10 +100,10 @@ pub fn run_loop(image: &VdsoImage, quick: bool) -> anyhow::Result<()> {
         &LOOP_MS
     };
     for &(call, ms) in plan {
-        let function = image
-            .function(call)
-            .ok_or_else(|| anyhow::anyhow!("the vDSO exports no {}", call.name()))?;
-        let address = (base + function.offset) as usize;
+        let address = image
+            .own_address(call)
+            .ok_or_else(|| anyhow::anyhow!("the vDSO exports no {}", call.name()))?
+            as usize;
         let deadline = Instant::now() + std::time::Duration::from_millis(ms);
         let mut calls = 0u64;
         // SAFETY: as in `measure`.
@@ -176,12 +149,12 @@ pub fn run_loop(image: &VdsoImage, quick: bool) -> anyhow::Result<()> {
 }
 
 /// Parses the child's `NAME CALLS` lines.
-pub fn parse_loop_output(text: &str) -> BTreeMap<&'static str, u64> {
+fn parse_loop_output(text: &str) -> BTreeMap<TimeCall, u64> {
     text.lines()
         .filter_map(|line| {
             let (name, calls) = line.split_once(' ')?;
             let call = TimeCall::ALL.into_iter().find(|c| c.name() == name)?;
-            Some((call.name(), calls.trim().parse().ok()?))
+            Some((call, calls.trim().parse().ok()?))
         })
         .collect()
 }
@@ -254,6 +227,143 @@ pub fn syscall_ns(call: TimeCall) -> Option<f64> {
     }))
 }
 
+/// What turns vDSO samples into calls: the image, what each function costs
+/// here, and how much time one sample stands for.
+#[derive(Debug, Clone)]
+pub struct VdsoModel {
+    pub image: VdsoImage,
+    pub costs: VdsoCosts,
+    /// None when sampling is off.
+    pub sample_period_ns: Option<u64>,
+}
+
+/// Measures the image's costs by stopwatch, then runs the calibration child
+/// under the observer's sampler: its kernel entries tell whether this machine's
+/// vDSO really answers clock_gettime(CLOCK_MONOTONIC) in user space, and its
+/// samples replace the stopwatch costs with what the sampler sees.
+pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Option<VdsoCheck>) {
+    let costs = measure(&image);
+    log::debug!(
+        "vDSO costs (stopwatch, ns per call): {:?}",
+        costs.ns_per_call
+    );
+    let mut model = VdsoModel {
+        image,
+        costs,
+        sample_period_ns: observer.sample_period_ns,
+    };
+    match run_child(observer, false) {
+        Ok((check, sampled)) => {
+            if !check.vdso_capable() {
+                warn!(
+                    "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {} of {} \
+                     calls entered the kernel (clocksource not vDSO-capable; see `vdso-observer doctor`)",
+                    check.kernel_entries, check.calls
+                );
+            }
+            if !sampled.is_empty() {
+                model.costs = model.costs.calibrated(&sampled);
+                log::debug!(
+                    "vDSO costs as sampled (ns per call): {:?}",
+                    model.costs.ns_per_call
+                );
+            } else if model.sample_period_ns.is_some() && check.vdso_capable() {
+                warn!(
+                    "the sampler saw too few samples of the calibration loop; using stopwatch \
+                     costs, which may misjudge vDSO call counts"
+                );
+            }
+            (model, Some(check))
+        }
+        Err(err) => {
+            warn!("calibrating against a child process failed: {err:#}");
+            (model, None)
+        }
+    }
+}
+
+/// Measures again whether the vDSO answers clock_gettime here (after a
+/// clocksource change), with a short run of the child.
+pub fn recheck(observer: &mut Observer) -> Result<VdsoCheck> {
+    Ok(run_child(observer, true)?.0)
+}
+
+/// Both ends of the child protocol: runs `vdso-observer vdso-loop` (see
+/// [`run_loop`]), reads its `NAME CALLS` lines, and judges them against what the
+/// programs counted of it; then forgets the child, which nobody asked about.
+fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMap<TimeCall, f64>)> {
+    /// Fewer samples than this say too little (±15%).
+    const MIN_SAMPLES: u64 = 40;
+    let exe = std::env::current_exe().context("finding the observer's own binary")?;
+    let child = Command::new(&exe)
+        .arg("vdso-loop")
+        .args(quick.then_some("--quick"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} vdso-loop", exe.display()))?;
+    let pid = child.id();
+    let out = child
+        .wait_with_output()
+        .context("waiting for the calibration child")?;
+    if !out.status.success() {
+        bail!(
+            "the calibration child (pid {pid}) failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let calls = parse_loop_output(&String::from_utf8_lossy(&out.stdout));
+    let snapshot = observer.snapshot()?;
+    let check = VdsoCheck {
+        calls: calls.get(&TimeCall::ClockGettime).copied().unwrap_or(0),
+        kernel_entries: snapshot
+            .calls
+            .iter()
+            .filter(|(key, _)| {
+                key.process.tgid == pid
+                    && key.call == TimeCall::ClockGettime as u8
+                    && key.clock_id == libc::CLOCK_MONOTONIC
+            })
+            .map(|(_, count)| count)
+            .sum(),
+    };
+    let mine: Vec<(VdsoKey, u64)> = snapshot
+        .vdso
+        .into_iter()
+        .filter(|(key, _)| key.process.tgid == pid)
+        .collect();
+    let mut sampled = BTreeMap::new();
+    if let Some(period_ns) = observer.sample_period_ns
+        && !quick
+    {
+        for (call, calls) in calls {
+            let samples: u64 = mine
+                .iter()
+                .filter(|(key, _)| key.call == call as u8)
+                .map(|(_, count)| count)
+                .sum();
+            if samples >= MIN_SAMPLES && calls > 0 {
+                sampled.insert(call, samples as f64 * period_ns as f64 / calls as f64);
+            }
+        }
+    }
+    let vdso_keys: Vec<VdsoKey> = mine.iter().map(|(key, _)| *key).collect();
+    let keys: Vec<CallKey> = snapshot
+        .calls
+        .keys()
+        .filter(|key| key.process.tgid == pid)
+        .copied()
+        .collect();
+    let processes: Vec<ProcessKey> = snapshot
+        .names
+        .keys()
+        .filter(|key| key.tgid == pid)
+        .copied()
+        .collect();
+    observer.forget(&processes, &keys, &vdso_keys)?;
+    Ok((check, sampled))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,12 +371,10 @@ mod tests {
     #[test]
     fn costs_are_measured_for_the_exported_functions() {
         let image = VdsoImage::current().unwrap();
-        // SAFETY: getauxval has no preconditions.
-        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
-        let costs = measure(&image, base);
+        let costs = measure(&image);
         let gettime = costs.ns(Some(TimeCall::ClockGettime));
         assert!((MIN_NS..5_000.0).contains(&gettime), "{costs:?}");
-        assert!(costs.ns_per_call.contains_key("gettimeofday"));
+        assert!(costs.ns_per_call.contains_key(&TimeCall::Gettimeofday));
         assert_eq!(
             costs.ns(None),
             gettime,
@@ -275,13 +383,14 @@ mod tests {
 
         // In-place figures replace the stopwatch, and scale the rest.
         let mut sampled = BTreeMap::new();
-        sampled.insert("clock_gettime", gettime * 2.0);
+        sampled.insert(TimeCall::ClockGettime, gettime * 2.0);
         let calibrated = costs.calibrated(&sampled);
         assert_eq!(calibrated.ns(Some(TimeCall::ClockGettime)), gettime * 2.0);
         let time = costs.ns(Some(TimeCall::Time));
         assert!((calibrated.ns(Some(TimeCall::Time)) - (time * 2.0).max(MIN_NS)).abs() < 1e-9);
         assert_eq!(
-            parse_loop_output("clock_gettime 1200\ngettimeofday 30\nnoise\n").get("gettimeofday"),
+            parse_loop_output("clock_gettime 1200\ngettimeofday 30\nnoise\n")
+                .get(&TimeCall::Gettimeofday),
             Some(&30)
         );
         let syscall = syscall_ns(TimeCall::ClockGettime).unwrap();

@@ -2,10 +2,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::{
-    report::{ProcessReport, Report, SystemReport},
-    system::VdsoCapability,
-};
+use crate::model::{ExactStatus, ProcessReport, Report, SystemReport, VdsoCapability};
 
 /// Which processes a front end shows: `top`'s -p, --comm, --flagged-only and
 /// --show-getrandom-only, in batch mode and in the TUI alike.
@@ -124,7 +121,7 @@ pub fn percent(share: f64) -> String {
 pub fn calls_summary(process: &ProcessReport) -> String {
     let mut per_call: BTreeMap<&str, f64> = BTreeMap::new();
     for call in &process.calls {
-        *per_call.entry(call.call).or_default() += call.per_sec;
+        *per_call.entry(call.call.name()).or_default() += call.per_sec;
     }
     let mut calls: Vec<(&str, f64)> = per_call.into_iter().collect();
     calls.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
@@ -137,11 +134,11 @@ pub fn calls_summary(process: &ProcessReport) -> String {
 
 /// The FLAG column: faults by their word, informational reasons in parentheses.
 pub fn flag_column(process: &ProcessReport) -> String {
-    let mut words: Vec<String> = process.flags.iter().map(|f| f.to_string()).collect();
+    let mut words: Vec<String> = process.flags.iter().map(|f| f.flag().to_owned()).collect();
     if process
         .exact
         .as_ref()
-        .is_some_and(|e| e.state == "over_budget")
+        .is_some_and(|e| e.state == ExactStatus::OverBudget)
     {
         words.push("(exact-over-budget)".into());
     }
@@ -265,7 +262,7 @@ mod tests {
     use vdso_observer_common::{NO_CLOCK, Origin, TimeCall};
 
     use super::*;
-    use crate::report::{Aggregator, testing};
+    use crate::model::{Aggregator, aggregate::testing};
 
     #[test]
     fn rates_are_short() {
@@ -321,15 +318,17 @@ mod tests {
     }
 
     fn system(capable: bool) -> SystemReport {
-        use crate::system::{ClocksourceState, VsyscallMode};
+        use crate::model::{ClocksourceState, VsyscallMode};
         SystemReport {
+            hostname: "db1".into(),
+            kernel: "6.18.0".into(),
             clocksource: Some(ClocksourceState {
                 current: if capable { "tsc" } else { "hpet" }.into(),
                 available: vec!["tsc".into(), "hpet".into()],
                 vdso_capability: VdsoCapability::Yes,
                 why: "",
             }),
-            vdso_check: Some(crate::loader::VdsoCheck {
+            vdso_check: Some(crate::model::VdsoCheck {
                 calls: 100,
                 kernel_entries: if capable { 0 } else { 100 },
             }),
@@ -378,7 +377,14 @@ mod tests {
         let report = testing::window(
             &mut Aggregator::new(None),
             &[
-                (1, b"ls", TimeCall::Getrandom, NO_CLOCK, Origin::Direct, 1),
+                (
+                    1,
+                    &b"ls"[..],
+                    TimeCall::Getrandom,
+                    NO_CLOCK,
+                    Origin::Direct,
+                    1,
+                ),
                 (2, b"app", TimeCall::ClockGettime, 1, Origin::Direct, 5),
             ],
             Duration::from_secs(1),

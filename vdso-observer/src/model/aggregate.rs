@@ -1,227 +1,27 @@
-//! From cumulative map counters to per-process reports of one window.
-//!
-//! The kernel side keeps counters that only grow; [`Aggregator`] turns two
+//! From cumulative map counters to per-process reports of one window: a pure
+//! step. The kernel side keeps counters that only grow; [`Aggregator`] turns two
 //! snapshots into the counts of the window between them, groups them per process,
 //! names and judges them, and says which processes are gone so their counters can
-//! be dropped from the maps once reported.
+//! be dropped from the maps once reported. Who a process is (name, uid, user, and
+//! whether it still runs) is asked of a lookup the caller passes in.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     time::Duration,
 };
 
-use serde::Serialize;
 use vdso_observer_common::{
     CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey,
 };
 
-use crate::{
-    calibrate::VdsoCosts,
-    classify::{self, FallbackReason},
+use super::{
     clocks::clock_name,
-    exact::ExactState,
-    loader::{MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck, VdsoModel},
-    procfs,
-    system::{ClockEvent, ClocksourceState, VsyscallMode},
-    users,
+    comm::display_comm,
+    costs::VdsoCosts,
+    observer::{MapSnapshot, ObserverStats, ProbeStatus},
+    reason::{self, FallbackReason},
+    report::*,
 };
-
-/// Version of the JSON documents; bumped when a field changes meaning or goes away.
-pub const JSON_SCHEMA_VERSION: u32 = 1;
-
-/// One window, every process that entered the kernel for time during it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub schema_version: u32,
-    /// Length of the window the counts cover.
-    pub window_seconds: f64,
-    /// Wall-clock end of the window, Unix seconds.
-    pub timestamp_unix: f64,
-    pub observer: ObserverHealth,
-    /// The machine's time set-up during the window; null until a session adds it.
-    pub system: Option<SystemReport>,
-    /// Sorted by kernel entries, most first.
-    pub processes: Vec<ProcessReport>,
-}
-
-/// Rates over every process of a window.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Totals {
-    /// Kernel entries/s, getrandom included.
-    pub kernel_per_sec: f64,
-    /// Kernel entries/s of time calls only (getrandom left out), for shares.
-    pub time_kernel_per_sec: f64,
-    /// vDSO calls/s, when every process has a figure.
-    pub vdso_per_sec: Option<f64>,
-}
-
-impl Totals {
-    /// Share of time calls that entered the kernel, when vDSO calls are known.
-    pub fn kernel_share(&self) -> Option<f64> {
-        let vdso = self.vdso_per_sec?;
-        let all = self.time_kernel_per_sec + vdso;
-        Some(if all > 0.0 {
-            self.time_kernel_per_sec / all
-        } else {
-            0.0
-        })
-    }
-}
-
-impl Report {
-    pub fn totals(&self) -> Totals {
-        let seconds = self.window_seconds.max(1e-9);
-        Totals {
-            kernel_per_sec: self
-                .processes
-                .iter()
-                .map(|p| p.kernel_entries_per_sec)
-                .sum(),
-            time_kernel_per_sec: self
-                .processes
-                .iter()
-                .map(|p| p.time_kernel_entries() as f64 / seconds)
-                .sum(),
-            vdso_per_sec: self
-                .processes
-                .iter()
-                .map(|p| p.vdso_calls_per_sec)
-                .try_fold(0.0, |sum, v| v.map(|v| sum + v)),
-        }
-    }
-}
-
-/// What decides whether time calls stay in user space on this machine.
-#[derive(Debug, Clone, Serialize)]
-pub struct SystemReport {
-    pub clocksource: Option<ClocksourceState>,
-    /// Measured: the observer's own child made vDSO clock_gettime(CLOCK_MONOTONIC)
-    /// calls and counted how many entered the kernel.
-    pub vdso_check: Option<VdsoCheck>,
-    /// The measured answer when there is one, else the clocksource table's.
-    pub vdso_capable: Option<bool>,
-    pub vsyscall: VsyscallMode,
-    pub boot_settings: Vec<String>,
-    /// Clocksource events seen during the window (kernel log, sysfs).
-    pub events: Vec<ClockEvent>,
-    /// Why the kernel log could not be read, when it could not.
-    pub kernel_log_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ObserverHealth {
-    pub probes: Vec<ProbeStatus>,
-    /// Counted in this window by the programs about themselves.
-    pub lost: ObserverStats,
-    /// Counters in use in the kernel map, and its capacity.
-    pub time_call_keys: usize,
-    pub time_call_capacity: u32,
-    /// Time one vDSO sample stands for; null when sampling is off.
-    pub vdso_sample_period_ns: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessReport {
-    pub pid: u32,
-    /// Escaped as by [`procfs::display_comm`]; "?" when the name was never recorded.
-    pub comm: String,
-    /// Real uid of the process, and its user name (the uid as text when unnamed).
-    pub uid: Option<u32>,
-    pub user: Option<String>,
-    /// Grows by one at every exec of this pid.
-    pub exec_id: u32,
-    pub start_boottime_ns: u64,
-    /// The process (this image of it) was gone at the end of the window.
-    pub exited: bool,
-    /// Every kernel entry for a time call or getrandom.
-    pub kernel_entries: u64,
-    pub kernel_entries_per_sec: f64,
-    /// Of `kernel_entries`, the getrandom ones: glibc before 2.41 always makes the
-    /// syscall (every process seeds malloc with one), so they say nothing about
-    /// the vDSO and count in no share.
-    pub getrandom_entries: u64,
-    /// Every kernel entry was getrandom and the vDSO answered nothing: a row that
-    /// the table, the TUI and the per-pid metrics hide unless asked.
-    pub only_getrandom: bool,
-    /// Time calls the vDSO answered in user space, per second; null when not measured.
-    pub vdso_calls_per_sec: Option<f64>,
-    /// Whether `vdso_calls_per_sec` is an estimate (sampling) rather than a count.
-    pub vdso_estimated: bool,
-    /// kernel / (kernel + vDSO) time calls, getrandom left out; null without a
-    /// vDSO figure or without time calls.
-    pub kernel_share: Option<f64>,
-    /// vDSO-answered calls by call, clock and provenance.
-    pub vdso_calls: Vec<VdsoCallCount>,
-    /// Relative uncertainty of a sampled estimate (1/√samples); null when exact.
-    pub vdso_uncertainty: Option<f64>,
-    /// Exact counting of this process (`--exact`, `--exact-pid`); null when not asked.
-    pub exact: Option<ExactState>,
-    pub by_origin: OriginCounts,
-    pub calls: Vec<CallCount>,
-    /// Names of the clocks passed to clock_gettime / clock_getres.
-    pub clocks: Vec<String>,
-    /// Every cause seen, faults and informational ones.
-    pub reasons: Vec<FallbackReason>,
-    /// Short words for the faults among `reasons`.
-    pub flags: Vec<&'static str>,
-}
-
-impl ProcessReport {
-    /// Kernel entries for time calls proper (getrandom left out).
-    pub fn time_kernel_entries(&self) -> u64 {
-        self.kernel_entries - self.getrandom_entries
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct OriginCounts {
-    pub vdso_fallback: u64,
-    pub direct: u64,
-    pub no_vdso: u64,
-    pub legacy_vsyscall: u64,
-}
-
-impl OriginCounts {
-    fn add(&mut self, origin: Origin, count: u64) {
-        *match origin {
-            Origin::VdsoFallback => &mut self.vdso_fallback,
-            Origin::Direct => &mut self.direct,
-            Origin::NoVdso => &mut self.no_vdso,
-            Origin::LegacyVsyscall => &mut self.legacy_vsyscall,
-        } += count;
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CallCount {
-    pub call: &'static str,
-    pub abi: &'static str,
-    /// Clock name, null for calls without a clock argument.
-    pub clock: Option<String>,
-    pub clock_id: Option<i32>,
-    pub origin: &'static str,
-    pub reason: Option<FallbackReason>,
-    pub count: u64,
-    pub per_sec: f64,
-}
-
-/// One row of vDSO-answered calls of a process.
-#[derive(Debug, Clone, Serialize)]
-pub struct VdsoCallCount {
-    pub call: &'static str,
-    /// Clock name when the probe could read it.
-    pub clock: Option<String>,
-    /// `sampled` (estimate), `uprobe` or `breakpoint` (exact).
-    pub provenance: &'static str,
-    /// Exact calls the vDSO answered (hits less the vDSO's own kernel entries); null
-    /// when estimated.
-    pub count: Option<u64>,
-    /// cpu-clock samples inside the function; null when exact.
-    pub samples: Option<u64>,
-    /// Calls in the window: the count, or the estimate from samples.
-    pub calls: f64,
-    pub per_sec: f64,
-}
 
 /// Turns samples into calls: the time one sample stands for over the time one
 /// call spends inside the vDSO function.
@@ -232,14 +32,6 @@ pub struct VdsoEstimator {
 }
 
 impl VdsoEstimator {
-    pub fn from_model(model: Option<&VdsoModel>) -> Option<VdsoEstimator> {
-        let model = model?;
-        Some(VdsoEstimator {
-            costs: model.costs.clone(),
-            sample_period_ns: model.sample_period_ns?,
-        })
-    }
-
     pub fn calls(&self, call: Option<TimeCall>, samples: u64) -> f64 {
         samples as f64 * self.sample_period_ns as f64 / self.costs.ns(call)
     }
@@ -258,37 +50,16 @@ pub struct Aggregator {
     thresholds: Thresholds,
 }
 
-/// When a fault reason becomes a flag: at least this many kernel entries a
-/// second for it, and at least this share of the process's time calls in the
-/// kernel (when the share is known). Defaults flag anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Thresholds {
-    pub min_rate_per_sec: f64,
-    pub min_kernel_share: f64,
-}
-
-impl Thresholds {
-    /// Keeps in `flags` only the fault reasons over the thresholds; `reasons`
-    /// keeps every cause seen.
-    pub fn apply(&self, report: &mut ProcessReport) {
-        let share_ok = report
-            .kernel_share
-            .is_none_or(|share| share >= self.min_kernel_share);
-        let rate_of = |reason: FallbackReason| -> f64 {
-            report
-                .calls
-                .iter()
-                .filter(|c| c.reason == Some(reason))
-                .map(|c| c.per_sec)
-                .sum()
-        };
-        report.flags = report
-            .reasons
-            .iter()
-            .filter(|r| r.is_fault() && share_ok && rate_of(**r) >= self.min_rate_per_sec)
-            .map(|r| r.flag())
-            .collect();
-    }
+/// What the aggregation asks the host about processes (the host module reads
+/// /proc; tests answer from a table).
+pub trait ProcessLookup {
+    /// Whether the process image a key names still runs.
+    fn is_running(&self, process: &ProcessKey) -> bool;
+    /// The raw comm and real uid of a running pid (for processes the kernel's
+    /// name map had no room for).
+    fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)>;
+    /// The user name of a uid (the uid as text when there is none).
+    fn user_name(&self, uid: u32) -> String;
 }
 
 /// What to delete from the maps after a report: processes gone and their keys.
@@ -327,13 +98,13 @@ impl Aggregator {
     }
 
     /// The report of the window that ends with `snapshot`, and what can now be
-    /// forgotten. `is_running` tells whether a process image still runs.
+    /// forgotten. `lookup` says whether a process image still runs and who it is.
     pub fn window(
         &mut self,
         snapshot: &MapSnapshot,
         window: Duration,
         health: ObserverHealthInput,
-        is_running: impl Fn(&ProcessKey) -> bool,
+        lookup: &impl ProcessLookup,
     ) -> (Report, Retired) {
         let seconds = window.as_secs_f64().max(1e-9);
         let mut per_process: BTreeMap<ProcessKey, Deltas> = BTreeMap::new();
@@ -357,7 +128,7 @@ impl Aggregator {
         let mut retired = Retired::default();
         let mut processes = Vec::new();
         for (process, mut deltas) in per_process {
-            let running = is_running(&process);
+            let running = lookup.is_running(&process);
             if !running {
                 retired.processes.push(process);
                 retired
@@ -372,8 +143,10 @@ impl Aggregator {
             if deltas.calls.is_empty() && deltas.vdso.is_empty() {
                 continue;
             }
-            let identity = self.identity(&process, snapshot, running);
-            let mut report = process_report(process, identity, !running, &deltas.calls, seconds);
+            let identity = self.identity(&process, snapshot, running, lookup);
+            let user = identity.uid.map(|uid| lookup.user_name(uid));
+            let mut report =
+                process_report(process, identity, user, !running, &deltas.calls, seconds);
             add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
             self.thresholds.apply(&mut report);
             processes.push(report);
@@ -424,6 +197,7 @@ impl Aggregator {
                 time_call_keys: snapshot.calls.len(),
                 time_call_capacity: health.time_call_capacity,
                 vdso_sample_period_ns: self.estimator.as_ref().map(|e| e.sample_period_ns),
+                vdso_costs: health.vdso_costs,
             },
             system: None,
             processes,
@@ -436,10 +210,11 @@ impl Aggregator {
         process: &ProcessKey,
         snapshot: &MapSnapshot,
         running: bool,
+        lookup: &impl ProcessLookup,
     ) -> Identity {
         if let Some(info) = snapshot.names.get(process) {
             let identity = Identity {
-                comm: procfs::display_comm(&info.comm),
+                comm: display_comm(&info.comm),
                 uid: Some(info.uid),
             };
             self.names.insert(*process, identity.clone());
@@ -448,13 +223,12 @@ impl Aggregator {
         if let Some(identity) = self.names.get(process) {
             return identity.clone();
         }
-        // The name map was full when the process first appeared: ask /proc while
-        // it still runs.
-        if running && let Ok(comm) = std::fs::read(format!("/proc/{}/comm", process.tgid)) {
-            let comm: Vec<u8> = comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec();
+        // The name map was full when the process first appeared: ask the host
+        // while it still runs.
+        if running && let Some((comm, uid)) = lookup.comm_and_uid(process.tgid) {
             let identity = Identity {
-                comm: procfs::display_comm(&comm),
-                uid: procfs::uid_of(process.tgid),
+                comm: display_comm(&comm),
+                uid,
             };
             self.names.insert(*process, identity.clone());
             return identity;
@@ -478,11 +252,13 @@ struct Identity {
 pub struct ObserverHealthInput {
     pub probes: Vec<ProbeStatus>,
     pub time_call_capacity: u32,
+    pub vdso_costs: VdsoCosts,
 }
 
 fn process_report(
     process: ProcessKey,
     identity: Identity,
+    user: Option<String>,
     exited: bool,
     calls: &[(CallKey, u64)],
     seconds: f64,
@@ -505,16 +281,16 @@ fn process_report(
         if let Some(name) = &clock {
             clocks.insert((key.clock_id, name.clone()));
         }
-        let reason = classify::reason(call, key.clock_id, origin);
+        let reason = reason::reason(call, key.clock_id, origin);
         reasons.extend(reason);
         rows.push((
             (call, key.clock_id, origin, abi),
             CallCount {
-                call: call.name(),
-                abi: abi.name(),
+                call,
+                abi,
                 clock,
                 clock_id: (key.clock_id != NO_CLOCK).then_some(key.clock_id),
-                origin: origin.name(),
+                origin,
                 reason,
                 count,
                 per_sec: count as f64 / seconds,
@@ -532,7 +308,7 @@ fn process_report(
     let reasons: Vec<FallbackReason> = reasons.into_iter().collect();
     ProcessReport {
         pid: process.tgid,
-        user: identity.uid.map(users::name_of),
+        user,
         uid: identity.uid,
         comm: identity.comm,
         exec_id: process.exec_id,
@@ -551,11 +327,7 @@ fn process_report(
         by_origin,
         calls: rows.into_iter().map(|(_, row)| row).collect(),
         clocks: clocks.into_iter().map(|(_, name)| name).collect(),
-        flags: reasons
-            .iter()
-            .filter(|r| r.is_fault())
-            .map(|r| r.flag())
-            .collect(),
+        flags: reasons.iter().copied().filter(|r| r.is_fault()).collect(),
         reasons,
     }
 }
@@ -570,14 +342,13 @@ fn add_vdso_calls(
 ) {
     // Kernel entries the vDSO itself made (or a vDSO-less libc), per call and
     // clock: an exact hit that ended in the kernel was not answered in user space.
-    let entered = |call: &str, clock: &Option<String>| -> u64 {
+    let entered = |call: VdsoFunction, clock: &Option<String>| -> u64 {
         report
             .calls
             .iter()
             .filter(|c| {
-                c.call == call
-                    && (c.origin == Origin::VdsoFallback.name()
-                        || c.origin == Origin::NoVdso.name())
+                VdsoFunction::Call(c.call) == call
+                    && matches!(c.origin, Origin::VdsoFallback | Origin::NoVdso)
                     && (clock.is_none() || &c.clock == clock)
             })
             .map(|c| c.count)
@@ -595,7 +366,7 @@ fn add_vdso_calls(
             continue;
         };
         let call = TimeCall::from_u8(key.call);
-        let call_name = call.map_or("other", TimeCall::name);
+        let function = call.map_or(VdsoFunction::Other, VdsoFunction::Call);
         let clock = (key.clock_id != NO_CLOCK).then(|| clock_name(key.clock_id));
         if provenance == Provenance::Sampled {
             // Exact counts of the same call win over samples.
@@ -606,20 +377,20 @@ fn add_vdso_calls(
             let calls = estimator.calls(call, count);
             samples_used += count;
             rows.push(VdsoCallCount {
-                call: call_name,
+                call: function,
                 clock,
-                provenance: provenance.name(),
+                provenance,
                 count: None,
                 samples: Some(count),
                 calls,
                 per_sec: calls / seconds,
             });
         } else {
-            let answered = count.saturating_sub(entered(call_name, &clock));
+            let answered = count.saturating_sub(entered(function, &clock));
             rows.push(VdsoCallCount {
-                call: call_name,
+                call: function,
                 clock,
-                provenance: provenance.name(),
+                provenance,
                 count: Some(answered),
                 samples: None,
                 calls: answered as f64,
@@ -637,7 +408,7 @@ fn add_vdso_calls(
         return;
     }
     report.only_getrandom = false;
-    rows.sort_by(|a, b| b.calls.total_cmp(&a.calls).then(a.call.cmp(b.call)));
+    rows.sort_by(|a, b| b.calls.total_cmp(&a.calls).then(a.call.cmp(&b.call)));
     let total: f64 = rows.iter().map(|r| r.calls).sum();
     report.vdso_calls_per_sec = Some(total / seconds);
     report.vdso_estimated = samples_used > 0;
@@ -654,8 +425,31 @@ pub mod testing {
 
     use vdso_observer_common::{CallKey, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall};
 
-    use super::{Aggregator, ObserverHealthInput, Report};
-    use crate::loader::MapSnapshot;
+    use super::{Aggregator, ObserverHealthInput, ProcessLookup, Report};
+    use crate::model::MapSnapshot;
+
+    /// Every process running (or none), named as the kernel map said, uid 0 = root.
+    pub struct Fixed {
+        pub running: bool,
+    }
+
+    impl ProcessLookup for Fixed {
+        fn is_running(&self, _: &ProcessKey) -> bool {
+            self.running
+        }
+
+        fn comm_and_uid(&self, _: u32) -> Option<(Vec<u8>, Option<u32>)> {
+            None
+        }
+
+        fn user_name(&self, uid: u32) -> String {
+            if uid == 0 {
+                "root".into()
+            } else {
+                uid.to_string()
+            }
+        }
+    }
 
     /// pid, comm, call, clock id, origin, cumulative count.
     pub type Row<'a> = (u32, &'a [u8], TimeCall, i32, Origin, u64);
@@ -664,6 +458,7 @@ pub mod testing {
         ObserverHealthInput {
             probes: vec![],
             time_call_capacity: 100,
+            vdso_costs: Default::default(),
         }
     }
 
@@ -707,7 +502,7 @@ pub mod testing {
         running: bool,
     ) -> Report {
         aggregator
-            .window(&snapshot(rows), window, health(), |_| running)
+            .window(&snapshot(rows), window, health(), &Fixed { running })
             .0
     }
 }
@@ -736,6 +531,7 @@ mod tests {
         ObserverHealthInput {
             probes: Vec::new(),
             time_call_capacity: 100,
+            vdso_costs: Default::default(),
         }
     }
 
@@ -764,8 +560,12 @@ mod tests {
         let other = key(20, TimeCall::Time, NO_CLOCK, Origin::Direct);
         let mut aggregator = Aggregator::new(None);
         let first = snapshot(&[(direct, 100), (cpu, 50), (other, 1)]);
-        let (report, retired) =
-            aggregator.window(&first, Duration::from_secs(2), health(), |_| true);
+        let (report, retired) = aggregator.window(
+            &first,
+            Duration::from_secs(2),
+            health(),
+            &testing::Fixed { running: true },
+        );
         assert!(retired.processes.is_empty());
         assert_eq!(report.processes.len(), 2);
         let top = &report.processes[0];
@@ -781,12 +581,17 @@ mod tests {
                 FallbackReason::UnsupportedClock
             ]
         );
-        assert_eq!(top.flags, ["direct"]);
+        assert_eq!(top.flag_words(), ["direct"]);
         assert_eq!(top.comm, "work");
 
         // Second window: only what grew is reported; pid 20 made no new calls.
         let second = snapshot(&[(direct, 130), (cpu, 50), (other, 1)]);
-        let (report, _) = aggregator.window(&second, Duration::from_secs(1), health(), |_| true);
+        let (report, _) = aggregator.window(
+            &second,
+            Duration::from_secs(1),
+            health(),
+            &testing::Fixed { running: true },
+        );
         assert_eq!(report.processes.len(), 1);
         assert_eq!(report.processes[0].kernel_entries, 30);
         assert_eq!(report.processes[0].calls.len(), 1);
@@ -797,15 +602,24 @@ mod tests {
         let direct = key(30, TimeCall::Gettimeofday, NO_CLOCK, Origin::Direct);
         let mut aggregator = Aggregator::new(None);
         let snap = snapshot(&[(direct, 7)]);
-        let (report, retired) =
-            aggregator.window(&snap, Duration::from_secs(1), health(), |_| false);
+        let (report, retired) = aggregator.window(
+            &snap,
+            Duration::from_secs(1),
+            health(),
+            &testing::Fixed { running: false },
+        );
         assert_eq!(report.processes[0].kernel_entries, 7);
         assert!(report.processes[0].exited);
         assert_eq!(retired.processes, [direct.process]);
         assert_eq!(retired.keys, [direct]);
         // Once forgotten, a key that shows again (pid and start reused can't
         // collide: start differs) counts from zero.
-        let (report, _) = aggregator.window(&snap, Duration::from_secs(1), health(), |_| false);
+        let (report, _) = aggregator.window(
+            &snap,
+            Duration::from_secs(1),
+            health(),
+            &testing::Fixed { running: false },
+        );
         assert_eq!(report.processes[0].kernel_entries, 7);
     }
 
@@ -821,7 +635,7 @@ mod tests {
             &snapshot(&[(direct, 5)]),
             Duration::from_secs(1),
             health(),
-            |_| true,
+            &testing::Fixed { running: true },
         );
         let process = &report.processes[0];
         assert_eq!(
@@ -834,9 +648,9 @@ mod tests {
             &snapshot(&[(direct, 25)]),
             Duration::from_secs(1),
             health(),
-            |_| true,
+            &testing::Fixed { running: true },
         );
-        assert_eq!(report.processes[0].flags, ["direct"]);
+        assert_eq!(report.processes[0].flag_words(), ["direct"]);
     }
 
     #[test]
@@ -852,7 +666,7 @@ mod tests {
             &snapshot(&[(seed, 1), (direct, 3), (seed_of_41, 1)]),
             Duration::from_secs(1),
             health(),
-            |_| true,
+            &testing::Fixed { running: true },
         );
         let only = report.processes.iter().find(|p| p.pid == 40).unwrap();
         assert!(only.only_getrandom);
@@ -875,7 +689,7 @@ mod tests {
             &snapshot(&[(direct, 4)]),
             Duration::from_secs(2),
             health(),
-            |_| true,
+            &testing::Fixed { running: true },
         );
         let json = serde_json::to_value(&report).unwrap();
         for field in [

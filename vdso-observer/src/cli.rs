@@ -1,0 +1,268 @@
+//! The command line: subcommands, their options, and what a given option means
+//! for the settings (it wins over the daemon's file, field by field).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::{ObserverOverrides, ObserverValues, check_interval};
+
+#[derive(Parser)]
+#[command(
+    name = "vdso-observer",
+    version,
+    about = "Which processes make time calls that enter the kernel instead of being answered by the vDSO, and why",
+    after_help = "Examples:\n  \
+        sudo vdso-observer top --once                 one 3 s window, a table\n  \
+        sudo vdso-observer top --once -d 10 --json    one 10 s window as JSON\n  \
+        sudo vdso-observer top -b -n 5 -d 1           five 1 s frames\n  \
+        sudo vdso-observer top --once --comm java     only processes whose name contains java\n  \
+        sudo vdso-observer doctor                     is the clocksource readable by the vDSO? what to do\n  \
+        sudo vdso-observer daemon --textfile /var/lib/prometheus/node-exporter/vdso_observer.prom\n  \
+        sudo vdso-observer daemon --listen 127.0.0.1:9736 --interval 15s"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What the observer loads and counts. Every value given here wins over the
+/// daemon's file; the defaults apply when neither sets it.
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    /// Kernel BTF to read structure offsets from [default: /sys/kernel/btf/vmlinux].
+    #[arg(long)]
+    pub btf: Option<PathBuf>,
+    /// Capacity of the kernel counter map (one entry per process, call, clock and
+    /// origin). When it is full, further new entries are counted as lost and
+    /// reported [default: 16384].
+    #[arg(long)]
+    pub map_entries: Option<u32>,
+    /// cpu-clock samples a second on each CPU for the estimate of vDSO-answered
+    /// calls; 0 turns the estimate off [default: 499].
+    #[arg(long)]
+    pub sample_hz: Option<u64>,
+    /// Count vDSO-answered calls exactly in every process (uprobes on libc/Go entry
+    /// points, hardware breakpoints for the rest); costs microseconds a call.
+    #[arg(long)]
+    pub exact: bool,
+    /// Count exactly only in these processes (repeatable).
+    #[arg(long = "exact-pid", value_name = "PID")]
+    pub exact_pids: Vec<u32>,
+    /// Largest share of a process's CPU time exact counting may cost before the
+    /// governor detaches it (percent) [default: 2].
+    #[arg(long)]
+    pub exact_budget: Option<f64>,
+    /// Never detach exact counting, whatever it costs.
+    #[arg(long)]
+    pub no_governor: bool,
+    /// Flag a fault only from this many kernel entries a second for it [default: 0].
+    #[arg(long)]
+    pub min_rate: Option<f64>,
+    /// Flag a fault only when at least this share (percent) of the process's time
+    /// calls entered the kernel (when vDSO calls are known) [default: 0].
+    #[arg(long)]
+    pub min_kernel_share: Option<f64>,
+}
+
+impl LoadArgs {
+    /// What the command line said, and only that.
+    pub fn overrides(&self) -> ObserverOverrides {
+        ObserverOverrides {
+            observer: ObserverValues {
+                btf: self.btf.clone(),
+                map_entries: self.map_entries,
+                sample_hz: self.sample_hz,
+                exact: self.exact.then_some(true),
+                exact_pids: (!self.exact_pids.is_empty()).then(|| self.exact_pids.clone()),
+                exact_budget_percent: self.exact_budget,
+                governor: self.no_governor.then_some(false),
+            },
+            min_rate_per_sec: self.min_rate,
+            min_kernel_share_percent: self.min_kernel_share,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Kernel-entering time calls per process, like top: interactive on a terminal, -b for batch.
+    Top(TopArgs),
+    /// Run continuously and export Prometheus metrics (node_exporter textfile and/or /metrics).
+    Daemon(DaemonArgs),
+    /// One screen about this machine: clocksource and whether the vDSO can read it
+    /// (measured), costs of each call, kernel features, kernel log, advice.
+    Doctor {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Kernel BTF to read structure offsets from [default: /sys/kernel/btf/vmlinux].
+        #[arg(long)]
+        btf: Option<PathBuf>,
+    },
+    /// Attach only an empty sys_enter program until SIGINT/SIGTERM (the floor
+    /// `cargo xtask bench` compares with).
+    #[command(hide = true, name = "bench-floor")]
+    BenchFloor {
+        #[arg(long)]
+        btf: Option<PathBuf>,
+    },
+    /// The calibration child the observer runs under its sampler at start.
+    #[command(hide = true, name = "vdso-loop")]
+    VdsoLoop {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Write the man pages or shell completions (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+pub enum Generate {
+    /// roff man pages, one per command, into DIR.
+    Man { dir: PathBuf },
+    /// A completion script for SHELL into DIR.
+    Completions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// TOML configuration file, re-read on SIGHUP (see packaging/vdso-observer.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// node_exporter textfile to write atomically every interval (must end in .prom).
+    #[arg(long)]
+    pub textfile: Option<PathBuf>,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9736).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Collection interval: seconds or with a unit (default 15s).
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Processes of a window with the most kernel entries that get pid-labelled series (default 20).
+    #[arg(long)]
+    pub top_processes: Option<usize>,
+    /// How long an exited process keeps its series (default 5m).
+    #[arg(long, value_parser = parse_interval)]
+    pub exited_grace: Option<Duration>,
+    /// Check the configuration, print it, and exit without loading anything.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// One frame, then exit (same as -b -n 1). Without --once, -b or --json, and
+    /// on a terminal, top is interactive (h for keys).
+    #[arg(long)]
+    pub once: bool,
+    /// Batch mode: plain frames on stdout, no full screen.
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+    /// Number of frames before exiting (batch mode); 0 runs until interrupted.
+    #[arg(short = 'n', long, default_value_t = 0)]
+    pub iterations: u64,
+    /// Length of each window: seconds ("2", "0.5") or with a unit ("5s", "1m").
+    #[arg(short = 'd', long = "delay", visible_alias = "duration", default_value = "3s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// One JSON document per frame on its own line (stable field names, exact counts).
+    #[arg(long)]
+    pub json: bool,
+    /// Only these pids (repeatable).
+    #[arg(short = 'p', long = "pid")]
+    pub pids: Vec<u32>,
+    /// Only processes whose name contains this text.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only processes with a fault flag (fallback, direct, vsyscall, no-vdso).
+    #[arg(long)]
+    pub flagged_only: bool,
+    /// Also show processes whose only kernel entries were getrandom (glibc seeds
+    /// malloc with one in every process; JSON always has them).
+    #[arg(long)]
+    pub show_getrandom_only: bool,
+}
+
+/// Accepts plain seconds (top's habit) or a humantime duration; the same
+/// lower bound as the daemon's file.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
+        Ok(_) => return Err("must be more than 0 seconds".into()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string())?,
+    };
+    check_interval(duration)?;
+    Ok(duration)
+}
+
+pub fn generate(what: Generate) -> Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory;
+    let command = Cli::command();
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        }
+        Generate::Completions { shell, dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut command = command;
+            clap_complete::generate_to(shell, &mut command, "vdso-observer", &dir)
+                .with_context(|| format!("writing {shell} completions into {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_accept_seconds_and_units() {
+        assert_eq!(parse_interval("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_interval("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("-1").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn man_pages_and_completions_are_generated() {
+        let dir = std::env::temp_dir().join(format!("vdso-gen-{}", std::process::id()));
+        generate(Generate::Man { dir: dir.clone() }).unwrap();
+        let page = std::fs::read_to_string(dir.join("vdso-observer.1")).unwrap();
+        assert!(page.contains(".TH vdso-observer 1"), "{page}");
+        let daemon = std::fs::read_to_string(dir.join("vdso-observer-daemon.1")).unwrap();
+        assert!(daemon.contains("textfile"));
+        generate(Generate::Completions {
+            shell: clap_complete::Shell::Bash,
+            dir: dir.clone(),
+        })
+        .unwrap();
+        let bash = std::fs::read_to_string(dir.join("vdso-observer.bash")).unwrap();
+        assert!(bash.contains("--flagged-only"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,198 @@
+//! Follows the clocksource in sysfs and the clock lines of the kernel log.
+
+use crate::{
+    host::clocksource::clocksource,
+    model::{ClockEvent, ClockEventKind},
+};
+
+/// What a kernel log line says about clocksources, if anything.
+pub fn clock_event_kind(message: &str) -> Option<ClockEventKind> {
+    if message.contains("Switched to clocksource") {
+        Some(ClockEventKind::Switched)
+    } else if message.contains("Marking clocksource 'tsc' as unstable")
+        || message.contains("Marking TSC unstable")
+        || message.contains("TSC found unstable")
+    {
+        Some(ClockEventKind::TscUnstable)
+    } else if message.contains("clocksource watchdog")
+        || message.contains("timekeeping watchdog")
+        || message.contains("clocksource: Long readout interval")
+    {
+        Some(ClockEventKind::Watchdog)
+    } else {
+        None
+    }
+}
+
+/// Follows the clocksource in sysfs and clock lines of the kernel log
+/// (`/dev/kmsg`, read without blocking; the ring buffer's history first).
+pub struct ClockWatch {
+    current: Option<String>,
+    kmsg: Option<std::fs::File>,
+    /// Why the kernel log cannot be read, when it cannot.
+    pub kmsg_error: Option<String>,
+    boot_unix: f64,
+    /// Every event seen, the newest last (bounded).
+    pub history: std::collections::VecDeque<ClockEvent>,
+}
+
+const HISTORY: usize = 64;
+
+impl ClockWatch {
+    pub fn new() -> ClockWatch {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let (kmsg, kmsg_error) = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+        {
+            Ok(file) => (Some(file), None),
+            Err(err) => (
+                None,
+                Some(format!(
+                    "/dev/kmsg: {err} (kernel.dmesg_restrict=1 needs CAP_SYSLOG): clocksource \
+                     switches are still seen in sysfs, but not the kernel's reasons"
+                )),
+            ),
+        };
+        let mut watch = ClockWatch {
+            current: clocksource().map(|c| c.current),
+            kmsg,
+            kmsg_error,
+            boot_unix: boot_time_unix(),
+            history: Default::default(),
+        };
+        watch.poll(); // the log's history
+        watch
+    }
+
+    /// New events since the last call.
+    pub fn poll(&mut self) -> Vec<ClockEvent> {
+        let mut events = self.read_kmsg();
+        let current = clocksource().map(|c| c.current);
+        if current != self.current {
+            events.push(ClockEvent {
+                at_unix: now_unix(),
+                kind: ClockEventKind::SysfsChange,
+                message: format!(
+                    "current_clocksource changed from {} to {}",
+                    self.current.as_deref().unwrap_or("?"),
+                    current.as_deref().unwrap_or("?")
+                ),
+            });
+            self.current = current;
+        }
+        for event in &events {
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(event.clone());
+        }
+        events
+    }
+
+    fn read_kmsg(&mut self) -> Vec<ClockEvent> {
+        use std::io::Read as _;
+        let mut events = Vec::new();
+        let Some(kmsg) = &mut self.kmsg else {
+            return events;
+        };
+        // One record per read; EAGAIN at the end, EPIPE when records were overwritten.
+        let mut buf = vec![0u8; 8192];
+        for _ in 0..100_000 {
+            match kmsg.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let record = String::from_utf8_lossy(&buf[..n]);
+                    if let Some(event) = parse_kmsg_record(&record, self.boot_unix) {
+                        events.push(event);
+                    }
+                }
+                Err(err) if err.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        events
+    }
+}
+
+/// `PRI,SEQ,USEC,FLAGS;message` -> an event when the message is about clocks.
+pub fn parse_kmsg_record(record: &str, boot_unix: f64) -> Option<ClockEvent> {
+    let (head, message) = record.split_once(';')?;
+    let message = message.lines().next()?.trim().to_owned();
+    let kind = clock_event_kind(&message)?;
+    let usec: f64 = head.split(',').nth(2)?.parse().ok()?;
+    Some(ClockEvent {
+        at_unix: boot_unix + usec / 1e6,
+        kind,
+        message,
+    })
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// When the machine booted, Unix seconds (now minus CLOCK_BOOTTIME).
+fn boot_time_unix() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    now_unix() - (ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn kernel_log_lines_are_recognised() {
+        let event = parse_kmsg_record(
+            "6,321,472316,-;clocksource: Switched to clocksource tsc\n SUBSYSTEM=x\n",
+            1000.0,
+        )
+        .unwrap();
+        assert_eq!(event.kind, ClockEventKind::Switched);
+        assert!((event.at_unix - 1000.472316).abs() < 1e-6);
+        assert_eq!(event.message, "clocksource: Switched to clocksource tsc");
+        assert_eq!(
+            clock_event_kind(
+                "clocksource: Marking clocksource 'tsc' as unstable because the skew is too large:"
+            ),
+            Some(ClockEventKind::TscUnstable)
+        );
+        assert_eq!(
+            clock_event_kind("tsc: Marking TSC unstable due to TSCs unsynchronized"),
+            Some(ClockEventKind::TscUnstable)
+        );
+        assert_eq!(
+            clock_event_kind("clocksource: jiffies: mask: 0xffffffff"),
+            None
+        );
+        assert!(parse_kmsg_record("garbage", 0.0).is_none());
+    }
+
+    #[test]
+    fn the_watch_reads_history_without_blocking() {
+        let watch = ClockWatch::new();
+        // As root the kernel log is readable and this boot switched at least once.
+        if watch.kmsg_error.is_none() {
+            assert!(
+                watch
+                    .history
+                    .iter()
+                    .any(|e| e.kind == ClockEventKind::Switched),
+                "{:?}",
+                watch.history
+            );
+        } else {
+            assert!(watch.kmsg_error.as_deref().unwrap().contains("CAP_SYSLOG"));
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! What the host says, read from /proc, sysfs, the kernel log, NSS and the
+//! observer's own vDSO: every such read lives here.
+
+pub mod clock_watch;
+pub mod clocksource;
+pub mod procfs;
+pub mod users;
+pub mod vdso_image;

@@ -1,0 +1,256 @@
+//! What /proc says about a process, and how its name is shown.
+//!
+//! A process may exit between the kernel counting its calls and user space
+//! looking: every read here treats "gone" as an answer, not an error.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
+
+use vdso_observer_common::{ProcessKey, proc_stat};
+
+use crate::model::ProcessLookup;
+
+/// Whether the process image a key names is still running: the pid exists and
+/// was started at the same instant (a reused pid was not).
+pub fn is_running(key: &ProcessKey) -> bool {
+    match start_ticks(key.tgid) {
+        Some(ticks) => ticks == boottime_ns_to_ticks(key.start_boottime_ns),
+        None => false,
+    }
+}
+
+/// Real uid of a running process (first field of `Uid:` in /proc/PID/status).
+pub fn uid_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Field 22 of /proc/PID/stat: start time after boot in clock ticks; None when
+/// the process is gone or the file is unreadable.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat,
+        Err(err) if err.kind() == ErrorKind::NotFound => return None,
+        Err(err) => {
+            log::debug!("/proc/{pid}/stat: {err}");
+            return None;
+        }
+    };
+    proc_stat::start_ticks(&stat)
+}
+
+/// utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in clock
+/// ticks; None when it is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    proc_stat::cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The kernel reports start times in USER_HZ ticks, truncating.
+pub fn boottime_ns_to_ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / clock_ticks_per_second())
+}
+
+/// USER_HZ, the unit of /proc's CPU and start times.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// ns in one USER_HZ tick.
+pub fn ns_per_tick() -> f64 {
+    1e9 / clock_ticks_per_second() as f64
+}
+
+/// The thread ids of a process (its /proc/PID/task entries).
+pub fn threads_of(pid: u32) -> Vec<u32> {
+    numeric_entries(&format!("/proc/{pid}/task"))
+}
+
+/// Every pid in /proc.
+pub fn all_pids() -> Vec<u32> {
+    numeric_entries("/proc")
+}
+
+fn numeric_entries(dir: &str) -> Vec<u32> {
+    fs::read_dir(dir)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A process's CPU use over its life so far, in CPUs.
+pub fn cpu_share(pid: u32) -> Option<f64> {
+    let ticks = cpu_ticks(pid)? as f64;
+    let start = start_ticks(pid)? as f64;
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let ticks_per_second = clock_ticks_per_second() as f64;
+    let age = (uptime - start / ticks_per_second).max(0.1);
+    Some(ticks / ticks_per_second / age)
+}
+
+/// The raw comm of a running process (/proc/PID/comm without its newline).
+pub fn comm_of(pid: u32) -> Option<Vec<u8>> {
+    let comm = fs::read(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec())
+}
+
+/// What uname(2) says: the kernel release (as the process's personality
+/// shows it: `setarch --uname-2.6` makes a 6.x kernel say 2.6) and the host name.
+pub struct Uname {
+    pub release: String,
+    pub hostname: String,
+}
+
+pub fn uname() -> Uname {
+    let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname fills a valid utsname.
+    if unsafe { libc::uname(name.as_mut_ptr()) } != 0 {
+        return Uname {
+            release: "?".into(),
+            hostname: "?".into(),
+        };
+    }
+    // SAFETY: uname succeeded; its strings are NUL-terminated.
+    let name = unsafe { name.assume_init() };
+    let text = |field: &[libc::c_char]| {
+        // SAFETY: a NUL-terminated field of the utsname.
+        unsafe { std::ffi::CStr::from_ptr(field.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Uname {
+        release: text(&name.release),
+        hostname: text(&name.nodename),
+    }
+}
+
+/// What exact counting needs to know of a process's files.
+pub struct ProcessFiles {
+    /// Files mapped executable, in the process's own view of the filesystem.
+    pub executable_mappings: Vec<PathBuf>,
+    /// /proc/PID/exe, in the process's view.
+    pub exe: PathBuf,
+    /// /proc/PID/root: where the process's view starts from here (containers).
+    pub root: PathBuf,
+}
+
+impl ProcessFiles {
+    /// A path of the process's view, as seen from here.
+    pub fn in_root(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+}
+
+/// The executable mappings and the executable of a process.
+pub fn process_files(pid: u32) -> anyhow::Result<ProcessFiles> {
+    use anyhow::Context as _;
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("reading /proc/{pid}/exe"))?;
+    Ok(ProcessFiles {
+        executable_mappings: mapped_files(&maps),
+        exe,
+        root: PathBuf::from(format!("/proc/{pid}/root")),
+    })
+}
+
+/// Executable file mappings of a /proc/PID/maps text, each once.
+pub fn mapped_files(maps: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let perms = fields.nth(1).unwrap_or("");
+        let path = fields.nth(3).unwrap_or("");
+        if perms.contains('x') && path.starts_with('/') {
+            let path = PathBuf::from(path);
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// A path without its /proc/PID/root prefix: `/proc/7/root/usr/lib/x` -> `/usr/lib/x`.
+pub fn display_path(path: &Path) -> String {
+    // /proc/PID/root/usr/lib/... -> /usr/lib/...
+    let text = path.display().to_string();
+    match text.strip_prefix("/proc/") {
+        Some(rest) => rest
+            .split_once("/root")
+            .map_or(text.clone(), |(_, p)| p.to_owned()),
+        None => text,
+    }
+}
+
+/// Who processes are, from /proc and NSS: what the aggregation asks of the host.
+pub struct HostLookup;
+
+impl ProcessLookup for HostLookup {
+    fn is_running(&self, process: &ProcessKey) -> bool {
+        is_running(process)
+    }
+
+    fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)> {
+        Some((comm_of(pid)?, uid_of(pid)))
+    }
+
+    fn user_name(&self, uid: u32) -> String {
+        super::users::name_of(uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_survive_odd_comms() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1234 56 18446744073709551615";
+        assert_eq!(proc_stat::start_ticks(stat), Some(987654));
+        assert_eq!(proc_stat::start_ticks("garbage"), None);
+        assert_eq!(proc_stat::start_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn own_process_is_running_and_a_wrong_start_is_not() {
+        let pid = std::process::id();
+        let ticks = start_ticks(pid).expect("own /proc/self/stat");
+        let ns_per_tick = 1_000_000_000 / clock_ticks_per_second();
+        let key = ProcessKey {
+            tgid: pid,
+            exec_id: 0,
+            start_boottime_ns: ticks * ns_per_tick + ns_per_tick / 2,
+        };
+        assert!(is_running(&key));
+        let reused = ProcessKey {
+            start_boottime_ns: key.start_boottime_ns + 10 * ns_per_tick,
+            ..key
+        };
+        assert!(!is_running(&reused));
+        let gone = ProcessKey {
+            tgid: u32::MAX - 1,
+            ..key
+        };
+        assert!(!is_running(&gone));
+    }
+}

@@ -1,0 +1,462 @@
+//! Loading the eBPF object, handing it the kernel offsets, attaching its programs,
+//! and reading its maps. Every failure names what failed and what to do.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{
+        PerfEvent, ProgramError, RawTracePoint, UProbe,
+        perf_event::{
+            BreakpointConfig, PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy,
+            SoftwareEvent,
+        },
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+    util::online_cpus,
+};
+use log::{info, warn};
+use vdso_observer_common::{
+    CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
+    OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
+    ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, TIME_CALLS_MAP, UprobeCookie,
+    VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM,
+    VDSO_UPROBE_PROGRAM, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
+};
+
+use super::{
+    btf_offsets,
+    privileges::{KERNEL_FLOOR, check_kernel_floor, check_privileges, raise_memlock_limit},
+};
+use crate::{
+    host::procfs::uname,
+    model::{MapSnapshot, ObserverStats, ProbeStatus},
+};
+
+/// The eBPF object built by build.rs (aya-build).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vdso-observer"));
+
+/// Default sampling rate per CPU: about ±10% on a process spending 5% of a CPU
+/// in the vDSO over 3 s, for well under 1% of a CPU.
+pub const DEFAULT_SAMPLE_HZ: u64 = 499;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub btf_path: PathBuf,
+    /// Capacity of the per-(process, call, clock, origin) counter map.
+    pub time_call_entries: u32,
+    /// Capacity of the process-name map.
+    pub process_entries: u32,
+    /// Capacity of the vDSO call map.
+    pub vdso_call_entries: u32,
+    /// cpu-clock samples a second on each CPU for the vDSO estimate; 0 turns it off.
+    pub sample_hz: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            btf_path: PathBuf::from(btf_offsets::VMLINUX_BTF),
+            time_call_entries: DEFAULT_TIME_CALL_ENTRIES,
+            process_entries: DEFAULT_PROCESS_ENTRIES,
+            vdso_call_entries: DEFAULT_VDSO_CALL_ENTRIES,
+            sample_hz: DEFAULT_SAMPLE_HZ,
+        }
+    }
+}
+
+/// The loaded and attached programs. Dropping it detaches them.
+pub struct Observer {
+    ebpf: Ebpf,
+    /// The programs' rare events (aya-log), read at each window; None when the
+    /// object has no log map.
+    logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub probes: Vec<ProbeStatus>,
+    pub options: LoadOptions,
+    /// Time one cpu-clock sample stands for; None when sampling is off or failed.
+    pub sample_period_ns: Option<u64>,
+    exact_loaded: bool,
+}
+
+impl Observer {
+    /// Loads the object with the running kernel's offsets and the vDSO's function
+    /// table (empty: no sampler), and attaches what counts.
+    pub fn start(options: LoadOptions, table: &VdsoFunctionTable) -> Result<Observer> {
+        let mut ebpf = load_object(&options, table)?;
+        let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logs) => Some(logs),
+            Err(err) => {
+                warn!("the programs' own log is not read: {err}");
+                None
+            }
+        };
+        let mut probes = Vec::new();
+        attach(&mut ebpf, SYS_ENTER_PROGRAM, "sys_enter").with_context(|| {
+            "attaching raw tracepoint sys_enter, which counts every time call that enters \
+             the kernel: without it there is nothing to observe"
+        })?;
+        probes.push(ProbeStatus {
+            program: SYS_ENTER_PROGRAM,
+            attach_point: "raw_tracepoint:sys_enter",
+            attached: true,
+            note: None,
+        });
+
+        let vsyscall = match attach(&mut ebpf, VSYSCALL_PROGRAM, "emulate_vsyscall") {
+            Ok(()) => ProbeStatus {
+                program: VSYSCALL_PROGRAM,
+                attach_point: "raw_tracepoint:emulate_vsyscall",
+                attached: true,
+                note: None,
+            },
+            Err(err) => {
+                let note = format!(
+                    "legacy vsyscall calls are not counted: {err:#} (a kernel without \
+                     CONFIG_X86_VSYSCALL_EMULATION has no such tracepoint, and no legacy \
+                     vsyscall page for programs to call)"
+                );
+                warn!("{note}");
+                ProbeStatus {
+                    program: VSYSCALL_PROGRAM,
+                    attach_point: "raw_tracepoint:emulate_vsyscall",
+                    attached: false,
+                    note: Some(note),
+                }
+            }
+        };
+        probes.push(vsyscall);
+
+        let mut sample_period_ns = None;
+        if options.sample_hz > 0 && *table != VdsoFunctionTable::EMPTY {
+            let status = match attach_sampler(&mut ebpf, options.sample_hz) {
+                Ok(period) => {
+                    sample_period_ns = Some(period);
+                    ProbeStatus {
+                        program: VDSO_SAMPLE_PROGRAM,
+                        attach_point: "perf_event:cpu-clock",
+                        attached: true,
+                        note: None,
+                    }
+                }
+                Err(err) => {
+                    let note = format!(
+                        "vDSO calls are not estimated: {err:#} (perf events disabled? \
+                         check kernel.perf_event_paranoid and CAP_PERFMON)"
+                    );
+                    warn!("{note}");
+                    ProbeStatus {
+                        program: VDSO_SAMPLE_PROGRAM,
+                        attach_point: "perf_event:cpu-clock",
+                        attached: false,
+                        note: Some(note),
+                    }
+                }
+            };
+            probes.push(status);
+        }
+        info!(
+            "attached {} of {} probes",
+            probes.iter().filter(|p| p.attached).count(),
+            probes.len()
+        );
+        Ok(Observer {
+            ebpf,
+            logs,
+            probes,
+            options,
+            sample_period_ns,
+            exact_loaded: false,
+        })
+    }
+
+    /// Forwards what the programs logged since the last call to the log.
+    pub fn flush_logs(&mut self) {
+        if let Some(logs) = &mut self.logs {
+            logs.flush();
+        }
+    }
+
+    /// Loads the exact-counting programs (uprobe, breakpoint) once.
+    fn load_exact(&mut self) -> Result<()> {
+        if self.exact_loaded {
+            return Ok(());
+        }
+        let uprobe: &mut UProbe = program(&mut self.ebpf, VDSO_UPROBE_PROGRAM)?;
+        uprobe
+            .load()
+            .map_err(|err| explain_load_error(verifier_error(err)))
+            .with_context(|| format!("loading program {VDSO_UPROBE_PROGRAM}"))?;
+        let breakpoint: &mut PerfEvent = program(&mut self.ebpf, VDSO_BREAKPOINT_PROGRAM)?;
+        breakpoint
+            .load()
+            .map_err(|err| explain_load_error(verifier_error(err)))
+            .with_context(|| format!("loading program {VDSO_BREAKPOINT_PROGRAM}"))?;
+        self.exact_loaded = true;
+        Ok(())
+    }
+
+    /// A uprobe on `symbol` of `target` (a library or executable), for one process.
+    pub fn attach_uprobe(
+        &mut self,
+        target: &std::path::Path,
+        symbol: &str,
+        pid: u32,
+        cookie: UprobeCookie,
+    ) -> Result<UProbeLinkId> {
+        self.load_exact()?;
+        let uprobe: &mut UProbe = program(&mut self.ebpf, VDSO_UPROBE_PROGRAM)?;
+        let pid = std::num::NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?;
+        uprobe
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::Symbol(symbol),
+                    cookie: Some(cookie.encode()),
+                },
+                target,
+                UProbeScope::OneProcess(pid),
+            )
+            .with_context(|| format!("uprobe on {symbol} in {} for pid {pid}", target.display()))
+    }
+
+    pub fn detach_uprobe(&mut self, link: UProbeLinkId) -> Result<()> {
+        let uprobe: &mut UProbe = program(&mut self.ebpf, VDSO_UPROBE_PROGRAM)?;
+        uprobe.detach(link).context("detaching a uprobe")
+    }
+
+    /// A hardware execute breakpoint at `address` in thread `tid` only.
+    pub fn attach_breakpoint(&mut self, tid: u32, address: u64) -> Result<PerfEventLinkId> {
+        self.load_exact()?;
+        let breakpoint: &mut PerfEvent = program(&mut self.ebpf, VDSO_BREAKPOINT_PROGRAM)?;
+        breakpoint
+            .attach(
+                PerfEventConfig::Breakpoint(BreakpointConfig::Instruction { address }),
+                PerfEventScope::OneProcess {
+                    pid: tid,
+                    cpu: None,
+                },
+                SamplePolicy::Period(1),
+                false,
+            )
+            .with_context(|| format!("hardware breakpoint at {address:#x} in thread {tid}"))
+    }
+
+    pub fn detach_breakpoint(&mut self, link: PerfEventLinkId) -> Result<()> {
+        let breakpoint: &mut PerfEvent = program(&mut self.ebpf, VDSO_BREAKPOINT_PROGRAM)?;
+        breakpoint.detach(link).context("detaching a breakpoint")
+    }
+
+    /// Reads every counter, name and self-statistic.
+    pub fn snapshot(&self) -> Result<MapSnapshot> {
+        let calls: PerCpuHashMap<&MapData, CallKey, u64> = self.map(TIME_CALLS_MAP)?;
+        let names: BpfHashMap<&MapData, ProcessKey, ProcessInfo> = self.map(PROCESSES_MAP)?;
+        let stats: PerCpuArray<&MapData, u64> = self.map(OBSERVER_STATS_MAP)?;
+
+        let mut snapshot = MapSnapshot::default();
+        for entry in calls.iter() {
+            // A key deleted between listing and lookup is simply gone.
+            let Ok((key, per_cpu)) = entry else { continue };
+            snapshot.calls.insert(key, per_cpu.iter().sum());
+        }
+        for entry in names.iter() {
+            let Ok((key, info)) = entry else { continue };
+            snapshot.names.insert(key, info);
+        }
+        let vdso: PerCpuHashMap<&MapData, VdsoKey, u64> = self.map(VDSO_CALLS_MAP)?;
+        for entry in vdso.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            snapshot.vdso.insert(key, per_cpu.iter().sum());
+        }
+        let stat = |which: ObserverStat| -> Result<u64> {
+            Ok(stats
+                .get(&(which as u32), 0)
+                .with_context(|| format!("reading {OBSERVER_STATS_MAP}[{which:?}]"))?
+                .iter()
+                .sum())
+        };
+        snapshot.stats = ObserverStats {
+            time_calls_map_full: stat(ObserverStat::TimeCallsMapFull)?,
+            processes_map_full: stat(ObserverStat::ProcessesMapFull)?,
+            read_failed: stat(ObserverStat::ReadFailed)?,
+            vdso_calls_map_full: stat(ObserverStat::VdsoCallsMapFull)?,
+        };
+        Ok(snapshot)
+    }
+
+    /// Only the vDSO counters (the governor looks often).
+    pub fn vdso_counts(&self) -> Result<HashMap<VdsoKey, u64>> {
+        let vdso: PerCpuHashMap<&MapData, VdsoKey, u64> = self.map(VDSO_CALLS_MAP)?;
+        Ok(vdso
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect())
+    }
+
+    /// Deletes the counters and names of processes that are gone, so the maps do
+    /// not fill up with the dead. Their last counts must have been read first.
+    pub fn forget(
+        &mut self,
+        gone: &[ProcessKey],
+        keys: &[CallKey],
+        vdso_keys: &[VdsoKey],
+    ) -> Result<()> {
+        {
+            let mut calls: PerCpuHashMap<&mut MapData, CallKey, u64> =
+                self.map_mut(TIME_CALLS_MAP)?;
+            for key in keys {
+                // Already gone is fine: the goal is that it is not there.
+                let _ = calls.remove(key);
+            }
+        }
+        {
+            let mut vdso: PerCpuHashMap<&mut MapData, VdsoKey, u64> =
+                self.map_mut(VDSO_CALLS_MAP)?;
+            for key in vdso_keys {
+                let _ = vdso.remove(key);
+            }
+        }
+        let mut names: BpfHashMap<&mut MapData, ProcessKey, ProcessInfo> =
+            self.map_mut(PROCESSES_MAP)?;
+        for process in gone {
+            let _ = names.remove(process);
+        }
+        Ok(())
+    }
+
+    fn map<'a, T>(&'a self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// A cpu-clock sampler on every online CPU; returns the sample period in ns.
+fn attach_sampler(ebpf: &mut Ebpf, hz: u64) -> Result<u64> {
+    let period_ns = 1_000_000_000 / hz.clamp(1, 100_000);
+    let sampler: &mut PerfEvent = program(ebpf, VDSO_SAMPLE_PROGRAM)?;
+    sampler
+        .load()
+        .map_err(|err| explain_load_error(verifier_error(err)))
+        .with_context(|| format!("loading program {VDSO_SAMPLE_PROGRAM}"))?;
+    let cpus = online_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
+    for cpu in cpus {
+        sampler
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(period_ns),
+                false,
+            )
+            .with_context(|| format!("cpu-clock sampler on CPU {cpu}"))?;
+    }
+    Ok(period_ns)
+}
+
+fn attach(ebpf: &mut Ebpf, program_name: &str, tracepoint: &str) -> Result<()> {
+    let prog: &mut RawTracePoint = program(ebpf, program_name)?;
+    let program = program_name;
+    prog.load()
+        .map_err(|err| explain_load_error(verifier_error(err)))
+        .with_context(|| format!("loading program {program}"))?;
+    prog.attach(tracepoint)
+        .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+    Ok(())
+}
+
+/// Keeps the verifier log, which is what a developer needs when a load fails.
+fn verifier_error(err: ProgramError) -> anyhow::Error {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow!("BPF_PROG_LOAD failed: {io_error}\nverifier log:\n{verifier_log}"),
+        other => anyhow!(other),
+    }
+}
+
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context(
+            "the kernel refused to load BPF: run as root, or with CAP_BPF and CAP_PERFMON; on \
+             kernels before 5.11 also raise the locked-memory limit (ulimit -l unlimited, or \
+             LimitMEMLOCK=infinity in a systemd unit)",
+        )
+    } else {
+        err
+    }
+}
+
+/// Attaches only the empty `sys_enter` program (the benchmark's floor) and
+/// returns what keeps it attached.
+pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
+    let mut ebpf = load_object(options, &VdsoFunctionTable::EMPTY)?;
+    attach(
+        &mut ebpf,
+        vdso_observer_common::EMPTY_SYS_ENTER_PROGRAM,
+        "sys_enter",
+    )?;
+    Ok(ebpf)
+}
+
+/// Everything before attaching, shared by the observer and the bench floor: a
+/// kernel new enough, the privileges, the running kernel's offsets handed to
+/// the programs with the vDSO table and map sizes, and the load.
+fn load_object(options: &LoadOptions, table: &VdsoFunctionTable) -> Result<Ebpf> {
+    check_kernel_floor(
+        &uname().release,
+        KERNEL_FLOOR,
+        "vdso-observer (bpf_get_current_task_btf)",
+    )?;
+    check_privileges()?;
+    raise_memlock_limit();
+    let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
+    log::debug!(
+        "kernel offsets from {}: {offsets:?}",
+        options.btf_path.display()
+    );
+    let config = ProgramConfig {
+        offsets,
+        observer_tgid: std::process::id(),
+    };
+    // The programs log only what this process would print (off below debug).
+    let log_level = log::max_level() as u8;
+    EbpfLoader::new()
+        .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
+        .override_global(VDSO_FUNCTIONS_GLOBAL, table, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
+        .map_max_entries(PROCESSES_MAP, options.process_entries)
+        .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
+        .load(EBPF_OBJECT)
+        .map_err(|err| explain_load_error(anyhow!(err)))
+        .context("loading the eBPF object (maps and programs)")
+}

@@ -1,0 +1,120 @@
+//! What `doctor` measures: the vDSO check through the loaded programs, the
+//! cost of each call through the vDSO and as a syscall, the kernel's features
+//! and its clock log. The verdict and advice come from the model and the ui.
+
+use std::path::Path;
+
+use vdso_observer_common::{TimeCall, VdsoFunctionTable};
+
+use crate::{
+    host::{clock_watch::ClockWatch, clocksource, procfs, vdso_image::VdsoImage},
+    kernel::{LoadOptions, Observer},
+    measure::calibrate,
+    model::{
+        ClockEvent, VdsoCapability,
+        diagnosis::{CallCost, Decision, Diagnosis, Feature, Verdict, verdict},
+    },
+};
+
+/// Looks at everything `doctor` says, measuring what can be measured.
+pub fn diagnose(options: LoadOptions) -> Diagnosis {
+    let clocksource = clocksource::clocksource();
+    let watch = ClockWatch::new();
+    let mut features = Vec::new();
+    let btf = Path::new(&options.btf_path).exists();
+    features.push(Feature {
+        name: "BTF",
+        available: btf,
+        detail: options.btf_path.display().to_string(),
+    });
+    let image = VdsoImage::current().ok();
+    let table = image
+        .as_ref()
+        .map_or(VdsoFunctionTable::EMPTY, VdsoImage::table);
+    let mut observer = Observer::start(options, &table);
+    let vdso_check = match (&mut observer, image.clone()) {
+        (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,
+        _ => None,
+    };
+    match &observer {
+        Ok(observer) => {
+            for probe in &observer.probes {
+                features.push(Feature {
+                    name: probe.attach_point,
+                    available: probe.attached,
+                    detail: probe.note.clone().unwrap_or_else(|| "attached".into()),
+                });
+            }
+        }
+        Err(err) => features.push(Feature {
+            name: "eBPF programs",
+            available: false,
+            detail: format!("{err:#}"),
+        }),
+    }
+    // Costs are measured with nothing attached: a sys_enter program slows every syscall.
+    drop(observer);
+    let uprobes = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
+    features.push(Feature {
+        name: "uprobes",
+        available: uprobes,
+        detail: "exact counting at libc and Go entry points (--exact)".into(),
+    });
+    let breakpoints = Path::new("/sys/bus/event_source/devices/breakpoint/type").exists();
+    features.push(Feature {
+        name: "hardware breakpoints",
+        available: breakpoints,
+        detail: "exact counting of calls that bypass libc (--exact)".into(),
+    });
+
+    let stopwatch = image.as_ref().map(calibrate::measure);
+    let costs: Vec<CallCost> = [
+        TimeCall::ClockGettime,
+        TimeCall::Gettimeofday,
+        TimeCall::Time,
+        TimeCall::ClockGetres,
+        TimeCall::Getcpu,
+    ]
+    .into_iter()
+    .map(|call| CallCost {
+        call,
+        vdso_ns: stopwatch
+            .as_ref()
+            .and_then(|s| s.ns_per_call.get(&call).copied()),
+        syscall_ns: calibrate::syscall_ns(call),
+    })
+    .collect();
+
+    let timing_says = costs
+        .first()
+        .and_then(|c| Some(c.vdso_ns? < c.syscall_ns? / 2.0));
+    let table_says = clocksource.as_ref().and_then(|c| match c.vdso_capability {
+        VdsoCapability::Yes => Some(true),
+        VdsoCapability::No => Some(false),
+        _ => None,
+    });
+    let (vdso_capable, decided_by) = match (vdso_check, table_says, timing_says) {
+        (Some(check), _, _) => (Some(check.vdso_capable()), Decision::Measured),
+        (None, Some(table), _) => (Some(table), Decision::Table),
+        (None, None, timing) => (timing, Decision::Timing),
+    };
+    let kernel_log: Vec<ClockEvent> = watch.history.iter().cloned().collect();
+    let mut diagnosis = Diagnosis {
+        kernel: procfs::uname().release,
+        vdso_present: image.is_some(),
+        verdict: Verdict::Unknown,
+        clocksource,
+        vdso_check,
+        vdso_capable,
+        decided_by,
+        costs,
+        vsyscall: clocksource::vsyscall_mode(),
+        boot_settings: clocksource::boot_settings(),
+        features,
+        kernel_log,
+        kernel_log_error: watch.kmsg_error.clone(),
+        advice: Vec::new(),
+    };
+    diagnosis.verdict = verdict(&diagnosis);
+    diagnosis
+}

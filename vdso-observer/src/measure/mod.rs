@@ -1,0 +1,7 @@
+//! Measurements that need the loaded programs: the calibration of vDSO costs
+//! and capability (both ends of its child process), and exact counting with its
+//! governor.
+
+pub mod calibrate;
+pub mod diagnose;
+pub mod exact;

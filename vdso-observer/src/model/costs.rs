@@ -1,0 +1,62 @@
+//! What a call costs inside the vDSO, per time call: by this the sampler's
+//! samples become calls.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use vdso_observer_common::TimeCall;
+
+/// No vDSO function returns faster than this: a floor against timer noise.
+pub const MIN_NS: f64 = 1.0;
+
+/// ns spent inside the vDSO per call, per function.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VdsoCosts {
+    pub ns_per_call: BTreeMap<TimeCall, f64>,
+}
+
+impl VdsoCosts {
+    /// Cost of a call; unknown code is costed as clock_gettime, the usual caller.
+    pub fn ns(&self, call: Option<TimeCall>) -> f64 {
+        let call = call.unwrap_or(TimeCall::ClockGettime);
+        self.ns_per_call
+            .get(&call)
+            .or_else(|| self.ns_per_call.get(&TimeCall::ClockGettime))
+            .copied()
+            .unwrap_or(20.0)
+    }
+
+    /// Scales stopwatch costs so the calls measured in place cost what the
+    /// sampler saw (`sampled`: ns per call); the others keep their stopwatch
+    /// ratio to clock_gettime.
+    pub fn calibrated(&self, sampled: &BTreeMap<TimeCall, f64>) -> VdsoCosts {
+        let reference = TimeCall::ClockGettime;
+        let scale = match (sampled.get(&reference), self.ns_per_call.get(&reference)) {
+            (Some(in_place), Some(stopwatch)) => in_place / stopwatch,
+            _ => 1.0,
+        };
+        let mut costs = VdsoCosts::default();
+        for (&call, &ns) in &self.ns_per_call {
+            let ns = sampled.get(&call).copied().unwrap_or(ns * scale);
+            costs.ns_per_call.insert(call, ns.max(MIN_NS));
+        }
+        costs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_place_figures_replace_the_stopwatch_and_scale_the_rest() {
+        let mut costs = VdsoCosts::default();
+        costs.ns_per_call.insert(TimeCall::ClockGettime, 10.0);
+        costs.ns_per_call.insert(TimeCall::Time, 3.0);
+        assert_eq!(costs.ns(None), 10.0, "unknown code costs as clock_gettime");
+        let sampled = BTreeMap::from([(TimeCall::ClockGettime, 20.0)]);
+        let calibrated = costs.calibrated(&sampled);
+        assert_eq!(calibrated.ns(Some(TimeCall::ClockGettime)), 20.0);
+        assert_eq!(calibrated.ns(Some(TimeCall::Time)), 6.0);
+    }
+}

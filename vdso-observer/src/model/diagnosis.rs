@@ -1,0 +1,105 @@
+//! What `doctor` finds about this machine, and the verdict scripts gate on.
+
+use serde::Serialize;
+use vdso_observer_common::TimeCall;
+
+use super::{
+    observer::VdsoCheck,
+    system::{ClockEvent, ClocksourceState, VsyscallMode},
+};
+
+/// How the capability was decided: the observer's own calls counted in the
+/// kernel, the clocksource table, or the cost of a vDSO call against a syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Measured,
+    Table,
+    Timing,
+}
+
+impl Decision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Measured => "measured",
+            Decision::Table => "table",
+            Decision::Timing => "timing",
+        }
+    }
+}
+
+/// What `doctor` exits with, so scripts and Ansible can gate on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// 0: the vDSO answers time calls in user space here.
+    Healthy,
+    /// 2: the clocksource is not vDSO-capable: clock reads enter the kernel.
+    ClocksourceFallback,
+    /// 3: processes get no vDSO (vdso=0, or none mapped).
+    NoVdso,
+    /// 4: capability could not be decided (no measurement, no table entry, no timing).
+    Unknown,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Healthy => 0,
+            Verdict::ClocksourceFallback => 2,
+            Verdict::NoVdso => 3,
+            Verdict::Unknown => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    pub kernel: String,
+    /// Whether this process has a vDSO (AT_SYSINFO_EHDR), as every process here would.
+    pub vdso_present: bool,
+    /// The answer, also the exit code.
+    pub verdict: Verdict,
+    pub clocksource: Option<ClocksourceState>,
+    /// The observer's own vDSO clock_gettime(CLOCK_MONOTONIC) calls and how many
+    /// entered the kernel (needs root).
+    pub vdso_check: Option<VdsoCheck>,
+    /// Measured when possible, else by the clocksource table, else by cost.
+    pub vdso_capable: Option<bool>,
+    /// How `vdso_capable` was decided.
+    pub decided_by: Decision,
+    pub costs: Vec<CallCost>,
+    pub vsyscall: VsyscallMode,
+    pub boot_settings: Vec<String>,
+    pub features: Vec<Feature>,
+    pub kernel_log: Vec<ClockEvent>,
+    pub kernel_log_error: Option<String>,
+    pub advice: Vec<String>,
+}
+
+/// ns per call through the vDSO and through the syscall.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallCost {
+    pub call: TimeCall,
+    pub vdso_ns: Option<f64>,
+    pub syscall_ns: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// No vDSO first (nothing else matters then), then the capability.
+pub fn verdict(d: &Diagnosis) -> Verdict {
+    if !d.vdso_present || d.boot_settings.iter().any(|s| s == "vdso=0") {
+        return Verdict::NoVdso;
+    }
+    match d.vdso_capable {
+        Some(true) => Verdict::Healthy,
+        Some(false) => Verdict::ClocksourceFallback,
+        None => Verdict::Unknown,
+    }
+}

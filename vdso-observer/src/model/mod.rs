@@ -1,0 +1,25 @@
+//! The domain, as data: what a window says about processes and the machine,
+//! and the pure steps that make it (aggregation, classification). It imports
+//! nothing of this crate outside `model` and only the common crate besides std
+//! and serde: every other layer builds on it.
+
+pub mod aggregate;
+pub mod clocks;
+pub mod comm;
+pub mod costs;
+pub mod diagnosis;
+pub mod exact;
+pub mod observer;
+pub mod reason;
+pub mod report;
+pub mod system;
+
+pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator};
+pub use exact::{EntryPoint, ExactState, ExactStatus};
+pub use observer::{MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck};
+pub use reason::FallbackReason;
+pub use report::{CallCount, ProcessReport, Report, SystemReport, Thresholds, VdsoFunction};
+pub use system::{
+    ClockEvent, ClockEventKind, ClocksourceState, VdsoCapability, VsyscallMode,
+    clocksource_vdso_capability,
+};

@@ -1,0 +1,57 @@
+//! What the observer reports about itself: its probes, what it lost, what its
+//! maps held at one instant, and its measured check of the vDSO.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use vdso_observer_common::{CallKey, ProcessInfo, ProcessKey, VdsoKey};
+
+/// One attach point and whether it is live.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub program: &'static str,
+    pub attach_point: &'static str,
+    pub attached: bool,
+    /// Why it is not attached and what is lost, when it is not.
+    pub note: Option<String>,
+}
+
+/// Counters the programs keep about themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ObserverStats {
+    /// Calls not counted because the counter map was full.
+    pub time_calls_map_full: u64,
+    /// Processes left unnamed because the name map was full.
+    pub processes_map_full: u64,
+    /// Calls not counted because a memory read failed.
+    pub read_failed: u64,
+    /// vDSO calls or samples lost because their map was full.
+    pub vdso_calls_map_full: u64,
+}
+
+/// Everything read from the maps at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct MapSnapshot {
+    /// Cumulative count per key since the key was created.
+    pub calls: HashMap<CallKey, u64>,
+    pub names: HashMap<ProcessKey, ProcessInfo>,
+    /// Cumulative vDSO samples or exact hits per key.
+    pub vdso: HashMap<VdsoKey, u64>,
+    pub stats: ObserverStats,
+}
+
+/// The calibration child's clock_gettime(CLOCK_MONOTONIC) calls through the
+/// vDSO, and how many of them entered the kernel: the measured answer to "can
+/// the vDSO read this clocksource".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VdsoCheck {
+    pub calls: u64,
+    pub kernel_entries: u64,
+}
+
+impl VdsoCheck {
+    /// More than half the calls entering the kernel means the vDSO falls back.
+    pub fn vdso_capable(&self) -> bool {
+        self.kernel_entries <= self.calls / 2
+    }
+}
