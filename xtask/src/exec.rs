@@ -109,3 +109,29 @@ pub fn describe(command: &Command) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_step_keeps_its_output_in_the_log_and_names_it_on_failure() {
+        let dir = std::env::temp_dir().join(format!("xtask-quiet-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let _ = std::env::set_current_dir(&dir);
+        quiet(
+            "a step that talks",
+            "talker",
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+        )
+        .unwrap();
+        let log = fs::read_to_string(dir.join("target/xtask-logs/talker.log")).unwrap();
+        assert!(log.contains("out") && log.contains("err"), "{log}");
+        let err = quiet("a step that fails", "failer", &mut Command::new("false")).unwrap_err();
+        assert!(
+            err.to_string().contains("target/xtask-logs/failer.log"),
+            "{err}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
