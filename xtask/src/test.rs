@@ -25,6 +25,8 @@ pub struct Options {
     pub no_vm: bool,
     /// Runs of every selected test.
     pub repeat: u32,
+    /// libtest's --nocapture: passing tests' output stays in the logs.
+    pub nocapture: bool,
     /// Only tests whose id (`BINARY::PATH::NAME`, `vm-test::SCENARIO`) contains this.
     pub filter: Option<String>,
 }
@@ -109,7 +111,7 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
             step(&format!("round {round} of {}", options.repeat));
         }
         for (binary, tests) in &selected {
-            run_binary(binary, tests, options.filter.is_some(), &mut tally)?;
+            run_binary(binary, tests, &options, round, &mut tally)?;
         }
         if options.no_vm {
             if round == 1 {
@@ -236,7 +238,8 @@ fn list(binary: &TestBinary) -> Result<Vec<String>> {
 fn run_binary(
     binary: &TestBinary,
     tests: &[String],
-    filtered: bool,
+    options: &Options,
+    round: u32,
     tally: &mut Tally,
 ) -> Result<()> {
     let slug: String = binary
@@ -244,7 +247,12 @@ fn run_binary(
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let log = exec::log_dir().join(format!("test-{slug}.log"));
+    // Repeated runs keep every round's log.
+    let log = if options.repeat > 1 {
+        exec::log_dir().join(format!("test-{slug}.round{round}.log"))
+    } else {
+        exec::log_dir().join(format!("test-{slug}.log"))
+    };
     let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = if setup::is_root() {
         Command::new(&binary.executable)
@@ -253,7 +261,10 @@ fn run_binary(
         sudo.arg("-E").arg(&binary.executable);
         sudo
     };
-    if filtered {
+    if options.nocapture {
+        command.arg("--nocapture");
+    }
+    if options.filter.is_some() {
         command.arg("--exact").args(tests);
     }
     let started = Instant::now();

@@ -141,6 +141,22 @@ pub fn uname() -> Uname {
     }
 }
 
+/// This process's effective capability mask (`CapEff:` of /proc/self/status).
+pub fn own_effective_capabilities() -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    effective_capabilities(&status)
+        .ok_or_else(|| anyhow::anyhow!("no CapEff line in /proc/self/status"))
+}
+
+/// The `CapEff:` mask of a /proc/PID/status text.
+pub fn effective_capabilities(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
 /// What exact counting needs to know of a process's files.
 pub struct ProcessFiles {
     /// Files mapped executable, in the process's own view of the filesystem.

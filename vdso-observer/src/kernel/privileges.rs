@@ -1,7 +1,9 @@
 //! Before anything loads: a kernel new enough for the programs, the
 //! capabilities to load them, and the locked-memory limit old kernels charge.
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, bail};
+
+use crate::host::procfs;
 use log::warn;
 
 /// The oldest kernel the programs load on: every program reads the task through
@@ -39,10 +41,7 @@ const CAP_BPF: u32 = 39;
 
 /// Fails early, with what to do, when the process cannot load tracing BPF.
 pub fn check_privileges() -> Result<()> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let effective = effective_capabilities(&status)
-        .ok_or_else(|| anyhow!("no CapEff line in /proc/self/status"))?;
+    let effective = procfs::own_effective_capabilities()?;
     let has = |cap: u32| effective & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -59,14 +58,6 @@ pub fn check_privileges() -> Result<()> {
          them (setcap cap_bpf,cap_perfmon+ep, or AmbientCapabilities= in a systemd unit)",
         missing.join(" and ")
     )
-}
-
-/// The `CapEff:` mask of a /proc/PID/status text.
-pub fn effective_capabilities(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
@@ -107,10 +98,10 @@ mod tests {
     #[test]
     fn capability_mask_is_parsed() {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000000000\n";
-        let caps = effective_capabilities(status).unwrap();
+        let caps = procfs::effective_capabilities(status).unwrap();
         assert_ne!(caps & (1 << CAP_BPF), 0);
         assert_ne!(caps & (1 << CAP_PERFMON), 0);
         assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0);
-        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+        assert_eq!(procfs::effective_capabilities("Name:\tx\n"), None);
     }
 }
