@@ -426,7 +426,36 @@ pub mod testing {
     use vdso_observer_common::{CallKey, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall};
 
     use super::{Aggregator, ObserverHealthInput, ProcessLookup, Report};
-    use crate::model::MapSnapshot;
+    use crate::model::{
+        ClocksourceState, MapSnapshot, SystemReport, VdsoCheck, VsyscallMode,
+        clocksource_vdso_capability,
+    };
+
+    /// The machine of a front-end test, host db1: tsc (vDSO-capable) or hpet
+    /// (not), `available: tsc hpet`, vsyscall xonly; `measured` adds the
+    /// observer's own check.
+    pub fn system(capable: bool, measured: bool) -> SystemReport {
+        let current = if capable { "tsc" } else { "hpet" };
+        SystemReport {
+            hostname: "db1".into(),
+            kernel: "6.18.0".into(),
+            clocksource: Some(ClocksourceState {
+                current: current.into(),
+                available: vec!["tsc".into(), "hpet".into()],
+                vdso_capability: clocksource_vdso_capability(current).0,
+                why: "",
+            }),
+            vdso_check: measured.then_some(VdsoCheck {
+                calls: 100,
+                kernel_entries: if capable { 0 } else { 100 },
+            }),
+            vdso_capable: Some(capable),
+            vsyscall: VsyscallMode::Xonly,
+            boot_settings: vec![],
+            events: vec![],
+            kernel_log_error: None,
+        }
+    }
 
     /// Every process running (or none), named as the kernel map said, uid 0 = root.
     pub struct Fixed {

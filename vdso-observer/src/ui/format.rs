@@ -317,29 +317,6 @@ mod tests {
         assert_eq!(text.lines().count(), 4, "{text}");
     }
 
-    fn system(capable: bool) -> SystemReport {
-        use crate::model::{ClocksourceState, VsyscallMode};
-        SystemReport {
-            hostname: "db1".into(),
-            kernel: "6.18.0".into(),
-            clocksource: Some(ClocksourceState {
-                current: if capable { "tsc" } else { "hpet" }.into(),
-                available: vec!["tsc".into(), "hpet".into()],
-                vdso_capability: VdsoCapability::Yes,
-                why: "",
-            }),
-            vdso_check: Some(crate::model::VdsoCheck {
-                calls: 100,
-                kernel_entries: if capable { 0 } else { 100 },
-            }),
-            vdso_capable: Some(capable),
-            vsyscall: VsyscallMode::Xonly,
-            boot_settings: vec![],
-            events: vec![],
-            kernel_log_error: None,
-        }
-    }
-
     #[test]
     fn a_frame_starts_with_the_machine_and_explains_an_empty_window() {
         let mut report = testing::window(
@@ -348,7 +325,7 @@ mod tests {
             Duration::from_secs(3),
             true,
         );
-        report.system = Some(system(true));
+        report.system = Some(testing::system(true, true));
         let text = render(&report, 2);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -363,7 +340,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("(2 processes whose only kernel entries were getrandom not shown"));
-        report.system = Some(system(false));
+        report.system = Some(testing::system(false, true));
         let text = render(&report, 0);
         assert!(
             text.starts_with("clocksource hpet (NOT vDSO-capable, measured"),

@@ -16,40 +16,14 @@ use super::{
     view,
 };
 use crate::{
-    model::{
-        Aggregator, ClocksourceState, Report, SystemReport, VdsoCapability, VdsoCheck,
-        VsyscallMode, aggregate::testing,
-    },
+    model::{Aggregator, Report, SystemReport, VdsoCapability, aggregate::testing},
     ui::format::Selection,
 };
 
-/// The machine as a session reports it: hpet (not vDSO-capable) or tsc.
+/// The machine as a session reports it before measuring: hpet (not
+/// vDSO-capable) or tsc.
 fn host(capability: VdsoCapability) -> SystemReport {
-    SystemReport {
-        hostname: "db1".into(),
-        kernel: "6.18.0".into(),
-        clocksource: Some(ClocksourceState {
-            current: if capability == VdsoCapability::No {
-                "hpet"
-            } else {
-                "tsc"
-            }
-            .into(),
-            available: vec!["tsc".into(), "hpet".into()],
-            vdso_capability: capability,
-            why: "",
-        }),
-        vdso_check: None,
-        vdso_capable: match capability {
-            VdsoCapability::Yes => Some(true),
-            VdsoCapability::No => Some(false),
-            _ => None,
-        },
-        vsyscall: VsyscallMode::Xonly,
-        boot_settings: vec![],
-        events: vec![],
-        kernel_log_error: None,
-    }
+    testing::system(capability == VdsoCapability::Yes, false)
 }
 
 /// pid, comm, call, clock, origin, count over a 1 s window.
@@ -156,21 +130,13 @@ fn header_names_host_clocksource_and_totals() {
 fn a_clock_event_stays_in_the_header() {
     let mut app = App::new(host(VdsoCapability::No), Duration::from_secs(2));
     let mut with_event = sample_report();
-    with_event.system = Some(crate::model::SystemReport {
-        hostname: "db1".into(),
-        kernel: "6.18.0".into(),
-        clocksource: None,
-        vdso_check: None,
-        vdso_capable: Some(false),
-        vsyscall: VsyscallMode::Xonly,
-        boot_settings: vec![],
-        events: vec![crate::model::ClockEvent {
-            at_unix: 0.0,
-            kind: crate::model::ClockEventKind::Switched,
-            message: "clocksource: Switched to clocksource hpet".into(),
-        }],
-        kernel_log_error: None,
+    let mut system = testing::system(false, false);
+    system.events.push(crate::model::ClockEvent {
+        at_unix: 0.0,
+        kind: crate::model::ClockEventKind::Switched,
+        message: "clocksource: Switched to clocksource hpet".into(),
     });
+    with_event.system = Some(system);
     app.on_report(with_event);
     app.on_report(sample_report());
     let screen = lines(&render(&app, 200, 12));
@@ -224,25 +190,7 @@ fn empty_list_and_first_window_say_so() {
         "{screen:?}"
     );
     let mut empty = report(&[]);
-    empty.system = Some(SystemReport {
-        hostname: "db1".into(),
-        kernel: "6.18.0".into(),
-        clocksource: Some(ClocksourceState {
-            current: "tsc".into(),
-            available: vec!["tsc".into(), "kvm-clock".into()],
-            vdso_capability: VdsoCapability::Yes,
-            why: "",
-        }),
-        vdso_check: Some(VdsoCheck {
-            calls: 1000,
-            kernel_entries: 0,
-        }),
-        vdso_capable: Some(true),
-        vsyscall: VsyscallMode::Xonly,
-        boot_settings: vec![],
-        events: vec![],
-        kernel_log_error: None,
-    });
+    empty.system = Some(testing::system(true, true));
     app.on_report(empty);
     let screen = lines(&render(&app, 120, 10));
     line_with(
