@@ -22,8 +22,10 @@ pub const VSYSCALL_PROGRAM: &str = "legacy_vsyscall";
 
 /// Map of vDSO calls per [`VdsoKey`] (per-CPU `u64`: samples or exact hits).
 pub const VDSO_CALLS_MAP: &str = "VDSO_CALLS";
-/// Name of the global holding [`VdsoFunctionTable`].
+/// Name of the global holding the 64-bit image's [`VdsoFunctionTable`].
 pub const VDSO_FUNCTIONS_GLOBAL: &str = "VDSO_FUNCTIONS";
+/// Name of the global holding the 32-bit (vdso32) image's [`VdsoFunctionTable`].
+pub const VDSO32_FUNCTIONS_GLOBAL: &str = "VDSO32_FUNCTIONS";
 /// perf_event program sampling user instruction pointers (cpu-clock, every CPU).
 pub const VDSO_SAMPLE_PROGRAM: &str = "vdso_sample";
 /// perf_event program on hardware execute breakpoints at vDSO entry points.
@@ -40,6 +42,52 @@ pub const DEFAULT_PROCESS_ENTRIES: u32 = 8_192;
 
 /// `clock_id` of a [`CallKey`] whose call takes no clock.
 pub const NO_CLOCK: i32 = i32::MIN;
+
+/// Dynamic clock ids encode a thread id, a pid or a file descriptor, so one
+/// process could make any number of them. The programs fold them, and ids the
+/// kernel does not know, into one key per kind before they reach a map: a key
+/// is never chosen by a caller. These stand for the kinds (never real ids:
+/// user space only ever sees them as keys).
+/// Another thread's CPU clock (`pthread_getcpuclockid`).
+pub const CLOCK_THREAD_CPU: i32 = i32::MIN + 1;
+/// A process's CPU clock (`clock_getcpuclockid`).
+pub const CLOCK_PROCESS_CPU: i32 = i32::MIN + 2;
+/// An fd clock (`/dev/ptpN`, `FD_TO_CLOCKID`).
+pub const CLOCK_FD: i32 = i32::MIN + 3;
+/// An id the kernel rejects with EINVAL.
+pub const CLOCK_INVALID: i32 = i32::MIN + 4;
+/// The overflow key of a process that reached [`ProgramConfig::process_key_cap`]:
+/// its calls still count, without their clock.
+pub const CLOCK_OVERFLOW: i32 = i32::MIN + 5;
+/// Static clock ids are below this (`MAX_CLOCKS`).
+pub const MAX_STATIC_CLOCK: i32 = 16;
+
+/// The map key of a clock id: static ids as they are, the rest by kind (see
+/// [`CLOCK_THREAD_CPU`]). Dynamic ids are `((~owner) << 3) | type`, with bit 2
+/// for per-thread and type 3 for an fd clock (`include/linux/posix-timers.h`).
+#[inline(always)]
+pub const fn clock_key(id: i32) -> i32 {
+    if id >= 0 {
+        if id < MAX_STATIC_CLOCK {
+            id
+        } else {
+            CLOCK_INVALID
+        }
+    } else if id & 7 == 3 {
+        CLOCK_FD
+    } else if id & 3 == 3 {
+        CLOCK_INVALID
+    } else if id & 4 != 0 {
+        CLOCK_THREAD_CPU
+    } else {
+        CLOCK_PROCESS_CPU
+    }
+}
+
+/// Distinct counters one process may create in each counter map before its
+/// new keys go to its overflow key: more than any real program uses (a few
+/// calls × clocks × origins), so no process can crowd others out of the map.
+pub const DEFAULT_PROCESS_KEY_CAP: u32 = 64;
 
 /// `TS_COMPAT` in x86 `thread_info.status`: set while a task runs a 32-bit syscall
 /// (whether the task is a 32-bit one or a 64-bit one using `int $0x80`). It is a
@@ -109,6 +157,8 @@ pub struct ProgramConfig {
     pub offsets: KernelOffsets,
     /// The observer's own process, whose time calls are not counted.
     pub observer_tgid: u32,
+    /// See [`DEFAULT_PROCESS_KEY_CAP`].
+    pub process_key_cap: u32,
 }
 
 impl ProgramConfig {
@@ -116,6 +166,7 @@ impl ProgramConfig {
     pub const ZERO: ProgramConfig = ProgramConfig {
         offsets: KernelOffsets::ZERO,
         observer_tgid: 0,
+        process_key_cap: DEFAULT_PROCESS_KEY_CAP,
     };
 }
 
@@ -138,7 +189,8 @@ pub struct ProcessKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallKey {
     pub process: ProcessKey,
-    /// Clock id of clock_gettime / clock_getres; [`NO_CLOCK`] for the other calls.
+    /// [`clock_key`] of the clock of clock_gettime / clock_getres; [`NO_CLOCK`]
+    /// for the other calls; [`CLOCK_OVERFLOW`] past the process's key cap.
     pub clock_id: i32,
     /// A [`TimeCall`].
     pub call: u8,
@@ -153,7 +205,9 @@ pub struct CallKey {
 /// Length of `task_struct.comm`.
 pub const COMM_LEN: usize = 16;
 
-/// What user space needs to name a process that may be gone by the time it reads.
+/// What user space needs to name a process that may be gone by the time it
+/// reads, and what the programs keep per process: how many counters it made
+/// and how many of its calls found no room.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -161,8 +215,28 @@ pub struct ProcessInfo {
     pub comm: [u8; COMM_LEN],
     /// Real uid of the calling task when the entry was made.
     pub uid: u32,
+    /// Keys this process created in [`TIME_CALLS_MAP`] (capped, see
+    /// [`ProgramConfig::process_key_cap`]).
+    pub time_keys: u32,
+    /// Keys this process created in [`VDSO_CALLS_MAP`].
+    pub vdso_keys: u32,
     /// Always 0.
     pub _pad: u32,
+    /// Calls and samples of this process not counted because a map was full.
+    pub lost: u64,
+}
+
+impl ProcessInfo {
+    pub const fn new(comm: [u8; COMM_LEN], uid: u32) -> ProcessInfo {
+        ProcessInfo {
+            comm,
+            uid,
+            time_keys: 0,
+            vdso_keys: 0,
+            _pad: 0,
+            lost: 0,
+        }
+    }
 }
 
 /// How a vDSO call was seen.
@@ -197,9 +271,12 @@ impl Provenance {
     }
 }
 
-/// `call` of a [`VdsoKey`] for vDSO code that is not one of the table's
-/// functions (the 32-bit image, unexported helpers).
+/// `call` of a [`VdsoKey`] for vDSO code no time call claims (a table slot
+/// never says it; an exact probe with an unknown call would).
 pub const VDSO_OTHER_CODE: u8 = 0xff;
+/// `call` of a table slot holding syscall-entry code (`__kernel_vsyscall`,
+/// through which every 32-bit syscall passes): samples there are not time calls.
+pub const VDSO_SYSCALL_ENTRY: u8 = 0xfe;
 
 /// What one counter of [`VDSO_CALLS_MAP`] counts.
 #[repr(C)]
@@ -212,15 +289,18 @@ pub struct VdsoKey {
     pub call: u8,
     /// A [`Provenance`].
     pub provenance: u8,
-    pub _pad: [u8; 2],
+    /// The [`SyscallAbi`] of the code that ran: which image.
+    pub abi: u8,
+    pub _pad: u8,
 }
 
 /// Most functions the table holds.
-pub const VDSO_FUNCTION_SLOTS: usize = 8;
+pub const VDSO_FUNCTION_SLOTS: usize = 12;
 
-/// Where each exported function of the 64-bit vDSO image lies, as offsets from
-/// the start of its text (`mm->context.vdso`). The image is the same for every
-/// 64-bit process of a boot, so user space reads it once from its own vDSO.
+/// Where each exported function of a vDSO image lies, as offsets from the
+/// start of its text (`mm->context.vdso`). An image is the same for every
+/// process of its ABI in a boot, so user space reads each one once: the 64-bit
+/// one from its own vDSO, the 32-bit one from a 32-bit child's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VdsoFunctionTable {
@@ -307,15 +387,32 @@ pub enum ObserverStat {
     ReadFailed = 2,
     /// A new [`VdsoKey`] could not be stored: vDSO calls or samples were lost.
     VdsoCallsMapFull = 3,
+    /// Keys created in [`TIME_CALLS_MAP`]: with user space's deletions, how
+    /// full it is (a per-CPU hash map cannot say).
+    TimeKeysCreated = 4,
+    /// Keys created in [`VDSO_CALLS_MAP`].
+    VdsoKeysCreated = 5,
+    /// A process reached its key cap: further new keys went to its overflow key.
+    ProcessKeyCap = 6,
+    /// A sample in vDSO code that no time call claims (not even through the
+    /// return address of a helper): counted nowhere else.
+    VdsoSampleUnattributed = 7,
+    /// Entries created in [`PROCESSES_MAP`].
+    ProcessesCreated = 8,
 }
 
 impl ObserverStat {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [ObserverStat; 4] = [
+    pub const COUNT: u32 = 9;
+    pub const ALL: [ObserverStat; 9] = [
         ObserverStat::TimeCallsMapFull,
         ObserverStat::ProcessesMapFull,
         ObserverStat::ReadFailed,
         ObserverStat::VdsoCallsMapFull,
+        ObserverStat::TimeKeysCreated,
+        ObserverStat::VdsoKeysCreated,
+        ObserverStat::ProcessKeyCap,
+        ObserverStat::VdsoSampleUnattributed,
+        ObserverStat::ProcessesCreated,
     ];
 }
 
@@ -658,7 +755,36 @@ mod tests {
         // Keys are hashed as bytes by the kernel: hidden padding would split counters.
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<CallKey>(), 24);
-        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 8);
+        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 24);
+    }
+
+    #[test]
+    fn clock_keys_fold_dynamic_and_invalid_ids_by_kind() {
+        for id in 0..MAX_STATIC_CLOCK {
+            assert_eq!(clock_key(id), id);
+        }
+        assert_eq!(clock_key(16), CLOCK_INVALID);
+        assert_eq!(clock_key(i32::MAX), CLOCK_INVALID);
+        // MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED) for many tids: one key.
+        for tid in [1, 77, 4_000_000] {
+            assert_eq!(clock_key(((!tid) << 3) | 2 | 4), CLOCK_THREAD_CPU);
+            assert_eq!(clock_key(((!tid) << 3) | 2), CLOCK_PROCESS_CPU);
+            assert_eq!(clock_key((!tid) << 3), CLOCK_PROCESS_CPU); // CPUCLOCK_PROF
+            assert_eq!(clock_key(((!tid) << 3) | 3), CLOCK_FD);
+            assert_eq!(clock_key(((!tid) << 3) | 7), CLOCK_INVALID);
+        }
+        // The kinds never collide with NO_CLOCK or with each other.
+        let kinds = [
+            NO_CLOCK,
+            CLOCK_THREAD_CPU,
+            CLOCK_PROCESS_CPU,
+            CLOCK_FD,
+            CLOCK_INVALID,
+            CLOCK_OVERFLOW,
+        ];
+        for (i, a) in kinds.iter().enumerate() {
+            assert!(kinds[i + 1..].iter().all(|b| a != b));
+        }
     }
 }
 

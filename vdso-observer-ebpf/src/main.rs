@@ -10,7 +10,7 @@
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -21,10 +21,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use vdso_observer_common::{
-    CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
-    KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey,
-    ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE,
-    VdsoFunctionTable, VdsoKey, inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
+    CLOCK_OVERFLOW, CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
+    DEFAULT_VDSO_CALL_ENTRIES, KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin,
+    ProcessInfo, ProcessKey, ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall,
+    UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key,
+    inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
 };
 
 const EEXIST: i32 = 17;
@@ -48,6 +49,9 @@ macro_rules! config {
 
 #[unsafe(no_mangle)]
 static VDSO_FUNCTIONS: Global<VdsoFunctionTable> = Global::new(VdsoFunctionTable::EMPTY);
+
+#[unsafe(no_mangle)]
+static VDSO32_FUNCTIONS: Global<VdsoFunctionTable> = Global::new(VdsoFunctionTable::EMPTY);
 
 #[map]
 static VDSO_CALLS: PerCpuHashMap<VdsoKey, u64> =
@@ -166,41 +170,110 @@ fn count(
         return Ok(());
     }
     let (process, leader) = process_key(task, tgid)?;
-    let key = CallKey {
+    let mut key = CallKey {
         process,
-        clock_id,
+        clock_id: if call.takes_clock() {
+            clock_key(clock_id)
+        } else {
+            NO_CLOCK
+        },
         call: call as u8,
         origin: origin as u8,
         abi: abi as u8,
         _pad: 0,
     };
-    if increment(&TIME_CALLS, &key, ObserverStat::TimeCallsMapFull) {
-        remember_process(&process, leader, config!(offsets.task_comm));
-    }
+    count_key(&TIME_CALLS, &mut key, leader, CounterMap::TimeCalls);
     Ok(())
 }
 
-/// Adds one to a per-CPU counter, creating it at 1; true when it was created.
-/// A full map is counted in `full`, never silent.
+/// The two counter maps, for what is counted about them.
+#[derive(Clone, Copy)]
+enum CounterMap {
+    TimeCalls,
+    VdsoCalls,
+}
+
+/// A counter key whose clock can give way to the process's overflow key.
+trait CounterKey {
+    fn process(&self) -> &ProcessKey;
+    fn overflow(&mut self);
+}
+
+impl CounterKey for CallKey {
+    fn process(&self) -> &ProcessKey {
+        &self.process
+    }
+    fn overflow(&mut self) {
+        self.clock_id = CLOCK_OVERFLOW;
+    }
+}
+
+impl CounterKey for VdsoKey {
+    fn process(&self) -> &ProcessKey {
+        &self.process
+    }
+    fn overflow(&mut self) {
+        self.clock_id = CLOCK_OVERFLOW;
+    }
+}
+
+/// Adds one to a per-CPU counter. The fast path is one lookup; a new key is
+/// created within its process's key cap (past it, in the process's overflow
+/// key), and a full map is counted for the process and the observer, never silent.
 #[inline(always)]
-fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K, full: ObserverStat) -> bool {
-    if let Some(value) = map.get_ptr_mut(key) {
+fn count_key<K: CounterKey>(
+    map: &PerCpuHashMap<K, u64>,
+    key: &mut K,
+    leader: *const u8,
+    which: CounterMap,
+) {
+    if let Some(value) = map.get_ptr_mut(&*key) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *value += 1 };
-        return false;
+        return;
     }
-    match map.insert(key, 1, BPF_NOEXIST.into()) {
-        Ok(()) => true,
+    let info = process_info(key.process(), leader);
+    let keys: *mut u32 = match (info, which) {
+        (None, _) => core::ptr::null_mut(),
+        (Some(info), CounterMap::TimeCalls) => unsafe { &raw mut (*info).time_keys },
+        (Some(info), CounterMap::VdsoCalls) => unsafe { &raw mut (*info).vdso_keys },
+    };
+    if !keys.is_null() && unsafe { *keys } >= config!(process_key_cap) {
+        key.overflow();
+        if let Some(value) = map.get_ptr_mut(&*key) {
+            unsafe { *value += 1 };
+            return;
+        }
+        bump(ObserverStat::ProcessKeyCap);
+    }
+    match map.insert(&*key, 1, BPF_NOEXIST.into()) {
+        Ok(()) => {
+            if !keys.is_null() {
+                // Racy between CPUs of one process: the cap is a bound, not a count.
+                unsafe { *keys += 1 };
+            }
+            add_stat(match which {
+                CounterMap::TimeCalls => ObserverStat::TimeKeysCreated,
+                CounterMap::VdsoCalls => ObserverStat::VdsoKeysCreated,
+            });
+        }
         // Another CPU created the key between the lookup and the insert.
         Err(err) if err == -EEXIST => {
-            if let Some(value) = map.get_ptr_mut(key) {
+            if let Some(value) = map.get_ptr_mut(&*key) {
                 unsafe { *value += 1 };
             }
-            false
         }
         Err(_) => {
-            bump(full);
-            false
+            if let Some(info) = info {
+                // Not atomic (the BPF target has no 64-bit fetch-add here): two CPUs
+                // of one process failing at once may count one loss, while the
+                // observer-wide counter below counts both.
+                unsafe { (*info).lost += 1 };
+            }
+            bump(match which {
+                CounterMap::TimeCalls => ObserverStat::TimeCallsMapFull,
+                CounterMap::VdsoCalls => ObserverStat::VdsoCallsMapFull,
+            });
         }
     }
 }
@@ -215,15 +288,73 @@ pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
     if regs.cs & 3 != 3 {
         return 0; // interrupted in the kernel
     }
-    let compat = regs.cs == USER32_CS;
-    if count_vdso_hit(regs.rip, compat, NO_CLOCK, None, Provenance::Sampled).is_err() {
+    let abi = abi_of_code(regs.cs);
+    let Some(task) = current_task() else {
+        return 0;
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 || tgid == config!(observer_tgid) {
+        return 0; // idle, or the observer's own calibration
+    }
+    let result = match sampled_call(task, regs.rip, regs.rsp, regs.rbp, abi) {
+        Ok(Some(call)) => count_vdso(task, tgid, call, NO_CLOCK, Provenance::Sampled, abi),
+        Ok(None) => Ok(()),
+        Err(err) => Err(err),
+    };
+    if result.is_err() {
         bump(ObserverStat::ReadFailed);
     }
     0
 }
 
+/// The time call a sample at `ip` belongs to, None when it is not inside the
+/// task's vDSO or belongs to no time call. Code between the exported functions
+/// (a pvclock or Hyper-V reader, the ChaCha block, a PC thunk) is a leaf helper
+/// called from one of them: it is charged to the function its return address
+/// lies in, read at the top of the stack (or above the frame pointer).
+#[inline(always)]
+fn sampled_call(
+    task: *const u8,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    abi: SyscallAbi,
+) -> Result<Option<u8>, i32> {
+    let Some((start, len)) = vdso_text(task)? else {
+        return Ok(None);
+    };
+    if start == 0 || ip < start || ip >= start + len {
+        return Ok(None);
+    }
+    let table = function_table(abi);
+    let mut call = table.call_at(ip - start);
+    if call == VDSO_OTHER_CODE {
+        let word = if abi == SyscallAbi::I386 { 4 } else { 8 };
+        for slot in [sp, bp.wrapping_add(word)] {
+            let Ok(ret) = read_user_word(slot, abi) else {
+                continue;
+            };
+            // A return address points after the call: its byte before is the caller's.
+            if inside_vdso(ret, start, len) {
+                call = table.call_at(ret - 1 - start);
+                if call != VDSO_OTHER_CODE {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(match call {
+        VDSO_SYSCALL_ENTRY => None, // __kernel_vsyscall: a syscall on its way in or out
+        VDSO_OTHER_CODE => {
+            add_stat(ObserverStat::VdsoSampleUnattributed);
+            None
+        }
+        call => Some(call),
+    })
+}
+
 /// Hardware execute breakpoint on a vDSO function's first instruction: one
-/// exact call. The clock is still in the first argument register.
+/// exact call. The clock is still where the caller put it.
 #[perf_event]
 pub fn vdso_breakpoint(ctx: PerfEventContext) -> u32 {
     // SAFETY: as above.
@@ -231,16 +362,30 @@ pub fn vdso_breakpoint(ctx: PerfEventContext) -> u32 {
     if regs.cs & 3 != 3 {
         return 0;
     }
-    let compat = regs.cs == USER32_CS;
-    if count_vdso_hit(
-        regs.rip,
-        compat,
-        regs.rdi as i32,
-        None,
-        Provenance::Breakpoint,
-    )
-    .is_err()
-    {
+    let abi = abi_of_code(regs.cs);
+    let Some(task) = current_task() else {
+        return 0;
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 || tgid == config!(observer_tgid) {
+        return 0;
+    }
+    let result = (|| {
+        // A breakpoint left at a stale address after exec counts nothing.
+        let Some((start, len)) = vdso_text(task)? else {
+            return Ok(());
+        };
+        if start == 0 || regs.rip < start || regs.rip >= start + len {
+            return Ok(());
+        }
+        let call = function_table(abi).call_at(regs.rip - start);
+        if call == VDSO_OTHER_CODE || call == VDSO_SYSCALL_ENTRY {
+            return Ok(());
+        }
+        let clock = first_argument(regs.rdi, regs.rsp, abi)?;
+        count_vdso(task, tgid, call, clock, Provenance::Breakpoint, abi)
+    })();
+    if result.is_err() {
         bump(ObserverStat::ReadFailed);
     }
     0
@@ -256,71 +401,99 @@ pub fn vdso_entry_uprobe(ctx: ProbeContext) -> u32 {
     let Some(cookie) = UprobeCookie::decode(cookie) else {
         return 0;
     };
-    let clock_id = match cookie.fixed_clock {
-        Some(clock) => clock,
-        None if cookie.call.takes_clock() => ctx.arg::<u64>(0).unwrap_or(0) as i32,
-        None => NO_CLOCK,
+    let Some(task) = current_task() else {
+        return 0;
     };
-    if count_vdso_hit(0, false, clock_id, Some(cookie.call), Provenance::Uprobe).is_err() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == config!(observer_tgid) {
+        return 0;
+    }
+    // SAFETY: a uprobe's context is the user registers at the probed instruction.
+    let regs = unsafe { &*ctx.regs };
+    let abi = abi_of_code(regs.cs);
+    let result = (|| {
+        let clock_id = match cookie.fixed_clock {
+            Some(clock) => clock,
+            None if cookie.call.takes_clock() => first_argument(regs.rdi, regs.rsp, abi)?,
+            None => NO_CLOCK,
+        };
+        count_vdso(
+            task,
+            tgid,
+            cookie.call as u8,
+            clock_id,
+            Provenance::Uprobe,
+            abi,
+        )
+    })();
+    if result.is_err() {
         bump(ObserverStat::ReadFailed);
     }
     0
 }
 
-/// Counts a vDSO call or sample. `call` is given by uprobes; samples and
-/// breakpoints find it from `ip` in the function table, and only count when `ip`
-/// is inside the task's own vDSO (a breakpoint left at a stale address after exec,
-/// or a sample outside the vDSO, counts nothing).
+/// Which image user code at this code segment runs: 32-bit code runs vdso32.
 #[inline(always)]
-fn count_vdso_hit(
-    ip: u64,
-    compat: bool,
-    clock_id: i32,
-    call: Option<TimeCall>,
-    provenance: Provenance,
-) -> Result<(), i32> {
-    let Some(task) = current_task() else {
-        return Ok(());
-    };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == 0 || tgid == config!(observer_tgid) {
-        return Ok(()); // idle, or the observer's own calibration
-    }
-    let call = match call {
-        Some(call) => call as u8,
-        None => {
-            let Some((vdso_start, vdso_len)) = vdso_text(task)? else {
-                return Ok(());
-            };
-            if vdso_start == 0 || ip < vdso_start || ip >= vdso_start + vdso_len {
-                return Ok(());
-            }
-            // The table describes the 64-bit image; 32-bit code runs vdso32.
-            if compat {
-                VDSO_OTHER_CODE
-            } else {
-                // SAFETY: Global<T> is a transparent wrapper of T; call_at reads it volatile.
-                unsafe { &*(&raw const VDSO_FUNCTIONS).cast::<VdsoFunctionTable>() }
-                    .call_at(ip - vdso_start)
-            }
-        }
-    };
-    let (process, leader) = process_key(task, tgid)?;
-    let clock_id = if call == TimeCall::ClockGettime as u8 || call == TimeCall::ClockGetres as u8 {
-        clock_id
+fn abi_of_code(cs: u64) -> SyscallAbi {
+    if cs == USER32_CS {
+        SyscallAbi::I386
     } else {
-        NO_CLOCK
-    };
-    let key = VdsoKey {
+        SyscallAbi::X86_64
+    }
+}
+
+#[inline(always)]
+fn function_table(abi: SyscallAbi) -> &'static VdsoFunctionTable {
+    // SAFETY: Global<T> is a transparent wrapper of T; call_at reads it volatile.
+    match abi {
+        SyscallAbi::X86_64 => unsafe { &*(&raw const VDSO_FUNCTIONS).cast::<VdsoFunctionTable>() },
+        SyscallAbi::I386 => unsafe { &*(&raw const VDSO32_FUNCTIONS).cast::<VdsoFunctionTable>() },
+    }
+}
+
+/// The first argument at a function's first instruction: `rdi` on x86_64, the
+/// stack slot above the return address on i386.
+#[inline(always)]
+fn first_argument(rdi: u64, sp: u64, abi: SyscallAbi) -> Result<i32, i32> {
+    match abi {
+        SyscallAbi::X86_64 => Ok(rdi as i32),
+        SyscallAbi::I386 => Ok(unsafe { bpf_probe_read_user((sp + 4) as *const u32) }? as i32),
+    }
+}
+
+#[inline(always)]
+fn read_user_word(address: u64, abi: SyscallAbi) -> Result<u64, i32> {
+    Ok(match abi {
+        SyscallAbi::X86_64 => unsafe { bpf_probe_read_user(address as *const u64) }?,
+        SyscallAbi::I386 => unsafe { bpf_probe_read_user(address as *const u32) }? as u64,
+    })
+}
+
+/// Counts a vDSO call or sample of `call` for the current process.
+#[inline(always)]
+fn count_vdso(
+    task: *const u8,
+    tgid: u32,
+    call: u8,
+    clock_id: i32,
+    provenance: Provenance,
+    abi: SyscallAbi,
+) -> Result<(), i32> {
+    let (process, leader) = process_key(task, tgid)?;
+    let takes_clock = call == TimeCall::ClockGettime as u8 || call == TimeCall::ClockGetres as u8;
+    let mut key = VdsoKey {
         process,
-        clock_id,
+        clock_id: if takes_clock && clock_id != NO_CLOCK {
+            clock_key(clock_id)
+        } else {
+            NO_CLOCK
+        },
         call,
         provenance: provenance as u8,
-        _pad: [0; 2],
+        abi: abi as u8,
+        _pad: 0,
     };
-    if increment(&VDSO_CALLS, &key, ObserverStat::VdsoCallsMapFull) {
-        remember_process(&process, leader, config!(offsets.task_comm));
-    }
+    count_key(&VDSO_CALLS, &mut key, leader, CounterMap::VdsoCalls);
     Ok(())
 }
 
@@ -360,28 +533,30 @@ fn vdso_text(task: *const u8) -> Result<Option<(u64, u64)>, i32> {
     )))
 }
 
-/// Keeps the leader's name next to the key, so a process that exits before user
-/// space reads is still named. Runs only when a new counter is created.
+/// The process's entry in PROCESSES, made at its first counter: its leader's
+/// name is kept next to the key, so a process that exits before user space
+/// reads is still named (refreshed at each new counter, for a later rename).
+/// Runs only when a new counter is created. None when the map is full.
 #[inline(always)]
-fn remember_process(process: &ProcessKey, leader: *const u8, comm_offset: u32) {
-    let Ok(comm) = read_kernel(leader, comm_offset) else {
+fn process_info(process: &ProcessKey, leader: *const u8) -> Option<*mut ProcessInfo> {
+    let Ok(comm) = read_kernel(leader, config!(offsets.task_comm)) else {
         bump(ObserverStat::ReadFailed);
-        return;
+        return None;
     };
-    if PROCESSES
-        .insert(
-            process,
-            ProcessInfo {
-                comm,
-                uid: bpf_get_current_uid_gid() as u32,
-                _pad: 0,
-            },
-            BPF_ANY.into(),
-        )
-        .is_err()
-    {
-        bump(ObserverStat::ProcessesMapFull);
+    if let Some(info) = PROCESSES.get_ptr_mut(process) {
+        unsafe { (*info).comm = comm };
+        return Some(info);
     }
+    let fresh = ProcessInfo::new(comm, bpf_get_current_uid_gid() as u32);
+    match PROCESSES.insert(process, fresh, BPF_NOEXIST.into()) {
+        Ok(()) => add_stat(ObserverStat::ProcessesCreated),
+        Err(err) if err == -EEXIST => {}
+        Err(_) => {
+            bump(ObserverStat::ProcessesMapFull);
+            return None;
+        }
+    }
+    PROCESSES.get_ptr_mut(process)
 }
 
 #[inline(always)]
@@ -402,6 +577,14 @@ fn read_task<T>(base: *const u8, offset: u32) -> T {
 #[inline(always)]
 fn read_kernel<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+}
+
+/// Counts a self-statistic that is not an event to log.
+#[inline(always)]
+fn add_stat(stat: ObserverStat) {
+    if let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) {
+        unsafe { *value += 1 };
+    }
 }
 
 /// Counts a self-statistic; the first time on this CPU, says so in the log
@@ -439,6 +622,15 @@ fn say_first(stat: ObserverStat) {
             &(),
             "vDSO-call map full: a new key of pid {} was not counted", tgid
         ),
+        ObserverStat::ProcessKeyCap => debug!(
+            &(),
+            "pid {} reached its key cap: its new clocks are counted in its overflow key", tgid
+        ),
+        // Counted, not events.
+        ObserverStat::TimeKeysCreated
+        | ObserverStat::VdsoKeysCreated
+        | ObserverStat::ProcessesCreated
+        | ObserverStat::VdsoSampleUnattributed => {}
     }
 }
 

@@ -7,16 +7,16 @@
 use std::{collections::HashMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use vdso_observer_common::{Provenance, TimeCall, VdsoFunctionTable};
+use vdso_observer_common::{Provenance, SyscallAbi, TimeCall};
 
 use crate::{
     host::{
         clock_watch::ClockWatch,
         clocksource,
-        procfs::{self, HostLookup},
+        procfs::{self, LivenessBefore},
         vdso_image::VdsoImage,
     },
-    kernel::{LoadOptions, Observer},
+    kernel::{LoadOptions, Observer, VdsoTables},
     measure::{
         calibrate::{self, VdsoModel},
         exact::{ExactOptions, ExactTracer, GOVERNOR_TICK},
@@ -27,6 +27,13 @@ use crate::{
     },
     settings::ObserverSettings,
 };
+
+/// How often the maps' fill level is looked at between windows.
+const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// Drain exited processes once a map is this full...
+const DRAIN_AT: f64 = 0.5;
+/// ... and has grown by this much since the last drain.
+const DRAIN_GROWTH: f64 = 0.1;
 
 /// What a session loads and counts.
 #[derive(Debug, Clone, Default)]
@@ -42,9 +49,12 @@ impl SessionOptions {
         SessionOptions {
             load: LoadOptions {
                 btf_path: settings.btf.clone(),
+                // One size for the three maps: a process usually holds one
+                // key of each, and the drain keeps all three below half.
                 time_call_entries: settings.map_entries,
+                process_entries: settings.map_entries,
+                vdso_call_entries: settings.map_entries,
                 sample_hz: settings.sample_hz,
-                ..Default::default()
             },
             exact: ExactOptions {
                 all: settings.exact,
@@ -69,6 +79,8 @@ pub struct Session {
     clock_watch: ClockWatch,
     kernel: String,
     hostname: String,
+    /// How full the maps were after the last drain.
+    fill_after_drain: f64,
 }
 
 impl Session {
@@ -85,10 +97,8 @@ impl Session {
                 None
             }
         };
-        let table = image
-            .as_ref()
-            .map_or(VdsoFunctionTable::EMPTY, VdsoImage::table);
-        let mut observer = Observer::start(load, &table)?;
+        let tables = VdsoTables::of(image.as_ref());
+        let mut observer = Observer::start(load, &tables)?;
         let (vdso, vdso_check) = match image {
             Some(image) => {
                 let (model, check) = calibrate::calibrate(&mut observer, image);
@@ -137,40 +147,89 @@ impl Session {
             clock_watch: ClockWatch::new(),
             kernel,
             hostname,
+            fill_after_drain: 0.0,
         })
     }
 
     /// Waits until `deadline`, letting the governor look at exact counting
-    /// every tick (GOVERNOR_TICK, 50 ms) meanwhile.
+    /// every tick (GOVERNOR_TICK, 50 ms) and draining the maps of exited
+    /// processes when they fill (checked every DRAIN_CHECK) meanwhile.
     pub async fn sleep_until(&mut self, deadline: tokio::time::Instant) {
-        let Some(tracer) = &mut self.exact else {
-            tokio::time::sleep_until(deadline).await;
-            return;
+        let tick = if self.exact.is_some() {
+            GOVERNOR_TICK
+        } else {
+            DRAIN_CHECK
         };
+        let mut next_drain_check = tokio::time::Instant::now() + DRAIN_CHECK;
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return;
             }
-            tokio::time::sleep_until(deadline.min(now + GOVERNOR_TICK)).await;
-            match self.observer.vdso_counts() {
-                // The governor runs without a budget too: it follows threads and processes.
-                Ok(counts) => tracer.govern(&mut self.observer, &counts),
-                Err(err) => log::warn!("governor: reading vDSO counts failed: {err:#}"),
+            tokio::time::sleep_until(deadline.min(now + tick)).await;
+            if let Some(tracer) = &mut self.exact {
+                match self.observer.vdso_counts() {
+                    // The governor runs without a budget too: it follows threads and processes.
+                    Ok(counts) => tracer.govern(&mut self.observer, &counts),
+                    Err(err) => log::warn!("governor: reading vDSO counts failed: {err:#}"),
+                }
+            }
+            if tokio::time::Instant::now() >= next_drain_check {
+                next_drain_check += DRAIN_CHECK;
+                if let Err(err) = self.drain_if_filling() {
+                    log::warn!("draining exited processes from the maps failed: {err:#}");
+                }
             }
         }
+    }
+
+    /// When a map is DRAIN_AT full, takes the counts of the processes that
+    /// exited out of the maps (kept for the window's report) and deletes their
+    /// keys, so fork-heavy machines lose nothing between windows.
+    fn drain_if_filling(&mut self) -> Result<()> {
+        let fill = self.observer.fill()?;
+        // Live processes may hold the keys: drain again only after real growth.
+        if fill < DRAIN_AT || fill < self.fill_after_drain + DRAIN_GROWTH {
+            return Ok(());
+        }
+        let liveness = LivenessBefore::check(self.observer.process_keys()?);
+        if liveness.gone() == 0 {
+            self.fill_after_drain = fill;
+            return Ok(());
+        }
+        let snapshot = self.observer.snapshot()?;
+        let retired = self.aggregator.drain(&snapshot, &liveness);
+        self.observer
+            .forget(&retired.processes, &retired.keys, &retired.vdso_keys)
+            .context("dropping the counters of exited processes")?;
+        self.fill_after_drain = self.observer.fill()?;
+        log::debug!(
+            "maps {:.0}% full: drained {} exited processes, now {:.0}%",
+            fill * 100.0,
+            retired.processes.len(),
+            self.fill_after_drain * 100.0
+        );
+        if self.fill_after_drain >= 0.9 {
+            log::warn!(
+                "the counter maps are {:.0}% full with live processes: new ones may go uncounted \
+                 (raise --map-entries)",
+                self.fill_after_drain * 100.0
+            );
+        }
+        Ok(())
     }
 
     /// Ends the current window: its report, and what was dropped from the maps
     /// because the processes are gone (after this, their last report).
     pub fn next_window(&mut self) -> Result<(Report, Retired)> {
         self.observer.flush_logs();
+        let liveness = LivenessBefore::check(self.observer.process_keys()?);
         let snapshot = self.observer.snapshot()?;
         let window = self.window_start.elapsed();
         self.window_start = Instant::now();
         let (mut report, retired) =
             self.aggregator
-                .window(&snapshot, window, self.health.clone(), &HostLookup);
+                .window(&snapshot, window, self.health.clone(), &liveness);
         self.observer
             .forget(&retired.processes, &retired.keys, &retired.vdso_keys)
             .context("dropping the counters of exited processes")?;
@@ -269,8 +328,11 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
             continue;
         }
         let samples = count.saturating_sub(before.get(&key).copied().unwrap_or(0));
-        *rates.entry(key.process.tgid).or_default() +=
-            estimator.calls(TimeCall::from_u8(key.call), samples) / PROBE.as_secs_f64();
+        *rates.entry(key.process.tgid).or_default() += estimator.calls(
+            SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::X86_64),
+            TimeCall::from_u8(key.call),
+            samples,
+        ) / PROBE.as_secs_f64();
     }
     rates
 }

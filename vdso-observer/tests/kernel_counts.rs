@@ -282,3 +282,117 @@ fn a_full_counter_map_is_reported_not_silent() {
     assert!(counted <= 4, "counted {counted}");
     assert_eq!(report["observer"]["time_call_capacity"], 4);
 }
+
+#[test]
+fn dynamic_clock_ids_cannot_crowd_out_other_processes() {
+    require_root();
+    let hog = build_workload("time_calls", "vt-cpuclocks", &[]);
+    let normal = build_workload("time_calls", "vt-beside", &[]);
+    // 20 000 threads, each reading its own CPU clock: 20 000 distinct clock ids,
+    // five times what the maps hold.
+    let observer = ObserverRun::start(&["--map-entries", "4096"]);
+    let hog = std::process::Command::new(&hog)
+        .args(["cpuclocks", "20000"])
+        .spawn()
+        .unwrap();
+    let beside = run_workload(&normal, &["direct", "777"]);
+    let hog_pid = hog.id();
+    assert!(hog.wait_with_output().unwrap().status.success());
+    let report = observer.finish();
+    assert_eq!(
+        counts(&single_row(&report, hog_pid)),
+        [expect(
+            "clock_gettime",
+            "CPUCLOCK_THREAD",
+            "vdso_fallback",
+            "x86_64",
+            20_000
+        )],
+        "one key for every thread's clock"
+    );
+    assert_eq!(
+        counts(&single_row(&report, beside)),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            777
+        )]
+    );
+    assert_eq!(report["observer"]["lost"]["time_calls_map_full"], 0);
+    assert_eq!(single_row(&report, hog_pid)["lost_calls"], 0);
+}
+
+#[test]
+fn a_process_past_its_key_cap_counts_in_its_overflow_rows() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-keys", &[]);
+    let observer = ObserverRun::start(&[]);
+    // 70 distinct (call, clock, origin, ABI) a round, 100 rounds; the cap is 64.
+    let pid = run_workload(&workload, &["keys", "100"]);
+    let report = observer.finish();
+    let row = single_row(&report, pid);
+    let rows = counts(&row);
+    let (overflow, itemized): (Vec<_>, Vec<_>) =
+        rows.iter().partition(|(_, clock, ..)| clock == "OVERFLOW");
+    assert_eq!(itemized.len(), 64, "{row:#}");
+    assert!(itemized.iter().all(|row| row.4 == 100), "{row:#}");
+    // The last six of the round's first pass went to the overflow rows, and
+    // still count: nothing is lost.
+    assert_eq!(
+        overflow.iter().map(|row| row.4).sum::<u64>(),
+        600,
+        "{row:#}"
+    );
+    assert_eq!(row["kernel_entries"], 7000);
+    assert_eq!(row["lost_calls"], 0);
+}
+
+#[test]
+fn thousands_of_short_processes_lose_nothing() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-churn", &[]);
+    // 20 000 processes, 5 calls each, in one window, with room for 8 192 keys:
+    // the observer drains the exited ones before the maps fill.
+    let observer = ObserverRun::start_logging(
+        &[
+            "top",
+            "--once",
+            "-d",
+            "120",
+            "--json",
+            "--map-entries",
+            "8192",
+        ],
+        "debug",
+    );
+    let parent = run_workload(&workload, &["churn", "5", "20000"]);
+    let (stdout, stderr) = observer.finish_text();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let children: Vec<_> = rows_of_comm(&report, "vt-churn")
+        .into_iter()
+        .filter(|row| row["pid"] != parent)
+        .collect();
+    assert_eq!(children.len(), 20_000);
+    for row in &children {
+        assert_eq!(
+            counts(row),
+            [expect(
+                "clock_gettime",
+                "CLOCK_MONOTONIC",
+                "direct",
+                "x86_64",
+                5
+            )]
+        );
+        assert_eq!(row["exited"], true);
+    }
+    let lost = &report["observer"]["lost"];
+    assert_eq!(lost["time_calls_map_full"], 0, "{lost}");
+    assert_eq!(lost["processes_map_full"], 0, "{lost}");
+    assert!(
+        stderr.contains("exited processes, now"),
+        "no drain: {stderr}"
+    );
+}

@@ -5,4 +5,5 @@ pub mod clock_watch;
 pub mod clocksource;
 pub mod procfs;
 pub mod users;
+pub mod vdso32;
 pub mod vdso_image;

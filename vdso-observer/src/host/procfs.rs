@@ -234,9 +234,62 @@ impl ProcessLookup for HostLookup {
     }
 }
 
+/// Liveness frozen at one instant: the processes found gone then are gone,
+/// any other (one that appeared since) runs. Checked *before* the maps are
+/// read, so a process that makes its last calls and exits between the read and
+/// the check is never retired with calls the read missed.
+pub struct LivenessBefore {
+    gone: std::collections::HashSet<ProcessKey>,
+}
+
+impl LivenessBefore {
+    pub fn check(processes: impl IntoIterator<Item = ProcessKey>) -> LivenessBefore {
+        LivenessBefore {
+            gone: processes.into_iter().filter(|p| !is_running(p)).collect(),
+        }
+    }
+
+    pub fn gone(&self) -> usize {
+        self.gone.len()
+    }
+}
+
+impl ProcessLookup for LivenessBefore {
+    fn is_running(&self, process: &ProcessKey) -> bool {
+        !self.gone.contains(process)
+    }
+
+    fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)> {
+        HostLookup.comm_and_uid(pid)
+    }
+
+    fn user_name(&self, uid: u32) -> String {
+        HostLookup.user_name(uid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_is_frozen_at_the_check() {
+        let me = ProcessKey {
+            tgid: std::process::id(),
+            exec_id: 0,
+            start_boottime_ns: start_ticks(std::process::id()).unwrap() * 1_000_000_000
+                / clock_ticks_per_second(),
+        };
+        let gone = ProcessKey {
+            tgid: u32::MAX,
+            ..me
+        };
+        let liveness = LivenessBefore::check([gone]);
+        assert_eq!(liveness.gone(), 1);
+        assert!(!liveness.is_running(&gone));
+        // Not checked: appeared after the check, so it runs.
+        assert!(liveness.is_running(&me));
+    }
 
     #[test]
     fn start_ticks_survive_odd_comms() {

@@ -2,11 +2,13 @@
 //!
 //! Every 64-bit process of one boot maps the same image, so reading the
 //! observer's own (`getauxval(AT_SYSINFO_EHDR)`) tells the offsets for all of
-//! them; a process's own base comes from its `/proc/PID/maps`.
+//! them; a process's own base comes from its `/proc/PID/maps`. 32-bit
+//! processes map another image (vdso32), read from a 32-bit child
+//! ([`super::vdso32`]).
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
-use vdso_observer_common::{TimeCall, VDSO_FUNCTION_SLOTS, VdsoFunctionTable};
+use vdso_observer_common::{TimeCall, VDSO_FUNCTION_SLOTS, VDSO_SYSCALL_ENTRY, VdsoFunctionTable};
 
 /// One exported function of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,13 +23,20 @@ pub struct ExportedFunction {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VdsoImage {
     pub functions: Vec<ExportedFunction>,
+    /// `(offset, size)` of syscall-entry code (`__kernel_vsyscall` of vdso32):
+    /// every syscall of a 32-bit process passes it, time call or not.
+    pub syscall_entries: Vec<(u64, u64)>,
     /// Where this process maps it (0 for an image parsed from bytes).
     pub own_base: u64,
     pub len: u64,
 }
 
-const EXPORTS: [(&str, TimeCall); 6] = [
+/// The time functions of both images; vdso32 has a 64-bit-time variant of
+/// two of them.
+const EXPORTS: [(&str, TimeCall); 8] = [
     ("__vdso_clock_gettime", TimeCall::ClockGettime),
+    ("__vdso_clock_gettime64", TimeCall::ClockGettime),
+    ("__vdso_clock_getres_time64", TimeCall::ClockGetres),
     ("__vdso_gettimeofday", TimeCall::Gettimeofday),
     ("__vdso_time", TimeCall::Time),
     ("__vdso_clock_getres", TimeCall::ClockGetres),
@@ -45,8 +54,12 @@ impl VdsoImage {
             .min()
             .unwrap_or(0);
         let mut functions = Vec::new();
+        let mut syscall_entries = Vec::new();
         for symbol in file.dynamic_symbols() {
             let Ok(name) = symbol.name() else { continue };
+            if name == "__kernel_vsyscall" {
+                syscall_entries.push((symbol.address() - bias, symbol.size()));
+            }
             if let Some((_, call)) = EXPORTS.iter().find(|(export, _)| *export == name) {
                 functions.push(ExportedFunction {
                     call: *call,
@@ -64,6 +77,7 @@ impl VdsoImage {
         functions.sort_by_key(|f| f.offset);
         Ok(VdsoImage {
             functions,
+            syscall_entries,
             len: bytes.len() as u64,
             own_base: 0,
         })
@@ -88,13 +102,23 @@ impl VdsoImage {
         self.functions.iter().copied().find(|f| f.call == call)
     }
 
-    /// The table handed to the eBPF programs.
+    /// The table handed to the eBPF programs: the time functions, then the
+    /// syscall entries (marked [`VDSO_SYSCALL_ENTRY`]).
     pub fn table(&self) -> VdsoFunctionTable {
+        let slots = self
+            .functions
+            .iter()
+            .map(|f| (f.offset, f.size, f.call as u8))
+            .chain(
+                self.syscall_entries
+                    .iter()
+                    .map(|&(offset, size)| (offset, size, VDSO_SYSCALL_ENTRY)),
+            );
         let mut table = VdsoFunctionTable::EMPTY;
-        for (slot, function) in self.functions.iter().take(VDSO_FUNCTION_SLOTS).enumerate() {
-            table.start[slot] = function.offset as u32;
-            table.end[slot] = (function.offset + function.size.max(1)) as u32;
-            table.call[slot] = function.call as u8;
+        for (slot, (offset, size, call)) in slots.take(VDSO_FUNCTION_SLOTS).enumerate() {
+            table.start[slot] = offset as u32;
+            table.end[slot] = (offset + size.max(1)) as u32;
+            table.call[slot] = call;
             table.count = slot as u32 + 1;
         }
         table
@@ -152,7 +176,14 @@ mod tests {
             assert!(function.size > 0 && function.offset + function.size <= image.len);
         }
         let table = image.table();
-        assert_eq!(table.count as usize, image.functions.len().min(8));
+        assert_eq!(
+            table.count as usize,
+            (image.functions.len() + image.syscall_entries.len()).min(VDSO_FUNCTION_SLOTS)
+        );
+        assert!(
+            image.syscall_entries.is_empty(),
+            "the 64-bit image has none"
+        );
         let gettime = image.function(TimeCall::ClockGettime).unwrap();
         assert_eq!(table.call_at(gettime.offset), TimeCall::ClockGettime as u8);
         assert_eq!(

@@ -23,7 +23,7 @@ use vdso_observer_common::{
     OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
     ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, TIME_CALLS_MAP, UprobeCookie,
     VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM,
-    VDSO_UPROBE_PROGRAM, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
+    VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -31,9 +31,36 @@ use super::{
     privileges::{KERNEL_FLOOR, check_kernel_floor, check_privileges, raise_memlock_limit},
 };
 use crate::{
-    host::procfs::uname,
-    model::{MapSnapshot, ObserverStats, ProbeStatus},
+    host::{procfs::uname, vdso_image::VdsoImage, vdso32},
+    model::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus},
 };
+
+/// Where the time functions lie in each vDSO image (empty: that image is
+/// unknown, and its samples count as no time call).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VdsoTables {
+    pub x86_64: VdsoFunctionTable,
+    pub i386: VdsoFunctionTable,
+}
+
+impl VdsoTables {
+    /// The tables of this boot: the 64-bit image's from `image` (the
+    /// observer's own), vdso32's from a 32-bit child.
+    pub fn of(image: Option<&VdsoImage>) -> VdsoTables {
+        let i386 = match vdso32::image() {
+            Ok(image) => image.table(),
+            Err(err) => {
+                // Not a fault: without IA32 emulation no 32-bit process runs.
+                log::info!("samples in 32-bit processes' vDSO are not attributed: {err:#}");
+                VdsoFunctionTable::EMPTY
+            }
+        };
+        VdsoTables {
+            x86_64: image.map_or(VdsoFunctionTable::EMPTY, VdsoImage::table),
+            i386,
+        }
+    }
+}
 
 /// The eBPF object built by build.rs (aya-build).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vdso-observer"));
@@ -78,13 +105,16 @@ pub struct Observer {
     /// Time one cpu-clock sample stands for; None when sampling is off or failed.
     pub sample_period_ns: Option<u64>,
     exact_loaded: bool,
+    /// Keys and process entries this process deleted, per map: with what the
+    /// programs created, how full the maps are.
+    deleted: KeysCreated,
 }
 
 impl Observer {
-    /// Loads the object with the running kernel's offsets and the vDSO's function
-    /// table (empty: no sampler), and attaches what counts.
-    pub fn start(options: LoadOptions, table: &VdsoFunctionTable) -> Result<Observer> {
-        let mut ebpf = load_object(&options, table)?;
+    /// Loads the object with the running kernel's offsets and the vDSO images'
+    /// function tables (no 64-bit table: no sampler), and attaches what counts.
+    pub fn start(options: LoadOptions, tables: &VdsoTables) -> Result<Observer> {
+        let mut ebpf = load_object(&options, tables)?;
         let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logs) => Some(logs),
             Err(err) => {
@@ -129,7 +159,7 @@ impl Observer {
         probes.push(vsyscall);
 
         let mut sample_period_ns = None;
-        if options.sample_hz > 0 && *table != VdsoFunctionTable::EMPTY {
+        if options.sample_hz > 0 && tables.x86_64 != VdsoFunctionTable::EMPTY {
             let status = match attach_sampler(&mut ebpf, options.sample_hz) {
                 Ok(period) => {
                     sample_period_ns = Some(period);
@@ -168,6 +198,7 @@ impl Observer {
             options,
             sample_period_ns,
             exact_loaded: false,
+            deleted: KeysCreated::default(),
         })
     }
 
@@ -251,7 +282,6 @@ impl Observer {
     pub fn snapshot(&self) -> Result<MapSnapshot> {
         let calls: PerCpuHashMap<&MapData, CallKey, u64> = self.map(TIME_CALLS_MAP)?;
         let names: BpfHashMap<&MapData, ProcessKey, ProcessInfo> = self.map(PROCESSES_MAP)?;
-        let stats: PerCpuArray<&MapData, u64> = self.map(OBSERVER_STATS_MAP)?;
 
         let mut snapshot = MapSnapshot::default();
         for entry in calls.iter() {
@@ -268,20 +298,52 @@ impl Observer {
             let Ok((key, per_cpu)) = entry else { continue };
             snapshot.vdso.insert(key, per_cpu.iter().sum());
         }
-        let stat = |which: ObserverStat| -> Result<u64> {
-            Ok(stats
-                .get(&(which as u32), 0)
-                .with_context(|| format!("reading {OBSERVER_STATS_MAP}[{which:?}]"))?
-                .iter()
-                .sum())
-        };
+        let stat = |which| self.stat(which);
         snapshot.stats = ObserverStats {
             time_calls_map_full: stat(ObserverStat::TimeCallsMapFull)?,
             processes_map_full: stat(ObserverStat::ProcessesMapFull)?,
             read_failed: stat(ObserverStat::ReadFailed)?,
             vdso_calls_map_full: stat(ObserverStat::VdsoCallsMapFull)?,
+            vdso_samples_unattributed: stat(ObserverStat::VdsoSampleUnattributed)?,
         };
+        snapshot.keys_created = self.keys_created()?;
+        snapshot.overflowed_keys = stat(ObserverStat::ProcessKeyCap)?;
         Ok(snapshot)
+    }
+
+    /// Keys created per counter map since load: one cheap read, polled
+    /// between windows to drain the maps before they fill.
+    pub fn keys_created(&self) -> Result<KeysCreated> {
+        Ok(KeysCreated {
+            time_calls: self.stat(ObserverStat::TimeKeysCreated)?,
+            vdso_calls: self.stat(ObserverStat::VdsoKeysCreated)?,
+            processes: self.stat(ObserverStat::ProcessesCreated)?,
+        })
+    }
+
+    /// One self-statistic, summed over the CPUs.
+    fn stat(&self, which: ObserverStat) -> Result<u64> {
+        let stats: PerCpuArray<&MapData, u64> = self.map(OBSERVER_STATS_MAP)?;
+        Ok(stats
+            .get(&(which as u32), 0)
+            .with_context(|| format!("reading {OBSERVER_STATS_MAP}[{which:?}]"))?
+            .iter()
+            .sum())
+    }
+
+    /// Every process the maps hold a key or a name of: keys only, no values
+    /// (cheaper than a snapshot).
+    pub fn process_keys(&self) -> Result<std::collections::BTreeSet<ProcessKey>> {
+        let calls: PerCpuHashMap<&MapData, CallKey, u64> = self.map(TIME_CALLS_MAP)?;
+        let vdso: PerCpuHashMap<&MapData, VdsoKey, u64> = self.map(VDSO_CALLS_MAP)?;
+        let names: BpfHashMap<&MapData, ProcessKey, ProcessInfo> = self.map(PROCESSES_MAP)?;
+        let mut processes: std::collections::BTreeSet<ProcessKey> = calls
+            .keys()
+            .filter_map(|key| Some(key.ok()?.process))
+            .collect();
+        processes.extend(vdso.keys().filter_map(|key| Some(key.ok()?.process)));
+        processes.extend(names.keys().filter_map(Result::ok));
+        Ok(processes)
     }
 
     /// Only the vDSO counters (the governor looks often).
@@ -302,27 +364,63 @@ impl Observer {
         keys: &[CallKey],
         vdso_keys: &[VdsoKey],
     ) -> Result<()> {
+        let mut deleted = KeysCreated::default();
         {
             let mut calls: PerCpuHashMap<&mut MapData, CallKey, u64> =
                 self.map_mut(TIME_CALLS_MAP)?;
             for key in keys {
                 // Already gone is fine: the goal is that it is not there.
-                let _ = calls.remove(key);
+                if calls.remove(key).is_ok() {
+                    deleted.time_calls += 1;
+                }
             }
         }
         {
             let mut vdso: PerCpuHashMap<&mut MapData, VdsoKey, u64> =
                 self.map_mut(VDSO_CALLS_MAP)?;
             for key in vdso_keys {
-                let _ = vdso.remove(key);
+                if vdso.remove(key).is_ok() {
+                    deleted.vdso_calls += 1;
+                }
             }
         }
-        let mut names: BpfHashMap<&mut MapData, ProcessKey, ProcessInfo> =
-            self.map_mut(PROCESSES_MAP)?;
-        for process in gone {
-            let _ = names.remove(process);
+        {
+            let mut names: BpfHashMap<&mut MapData, ProcessKey, ProcessInfo> =
+                self.map_mut(PROCESSES_MAP)?;
+            for process in gone {
+                if names.remove(process).is_ok() {
+                    deleted.processes += 1;
+                }
+            }
         }
+        self.deleted.time_calls += deleted.time_calls;
+        self.deleted.vdso_calls += deleted.vdso_calls;
+        self.deleted.processes += deleted.processes;
         Ok(())
+    }
+
+    /// How full the fullest of the three maps is (0.0 to 1.0), from one read
+    /// of the programs' creation counters: cheap enough to ask often.
+    pub fn fill(&self) -> Result<f64> {
+        let created = self.keys_created()?;
+        let share = |created: u64, deleted: u64, capacity: u32| {
+            created.saturating_sub(deleted) as f64 / f64::from(capacity.max(1))
+        };
+        Ok(share(
+            created.time_calls,
+            self.deleted.time_calls,
+            self.options.time_call_entries,
+        )
+        .max(share(
+            created.vdso_calls,
+            self.deleted.vdso_calls,
+            self.options.vdso_call_entries,
+        ))
+        .max(share(
+            created.processes,
+            self.deleted.processes,
+            self.options.process_entries,
+        )))
     }
 
     fn map<'a, T>(&'a self, name: &str) -> Result<T>
@@ -418,7 +516,7 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
 /// Attaches only the empty `sys_enter` program (the benchmark's floor) and
 /// returns what keeps it attached.
 pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
-    let mut ebpf = load_object(options, &VdsoFunctionTable::EMPTY)?;
+    let mut ebpf = load_object(options, &VdsoTables::default())?;
     attach(
         &mut ebpf,
         vdso_observer_common::EMPTY_SYS_ENTER_PROGRAM,
@@ -430,7 +528,7 @@ pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
 /// Everything before attaching, shared by the observer and the bench floor: a
 /// kernel new enough, the privileges, the running kernel's offsets handed to
 /// the programs with the vDSO table and map sizes, and the load.
-fn load_object(options: &LoadOptions, table: &VdsoFunctionTable) -> Result<Ebpf> {
+fn load_object(options: &LoadOptions, tables: &VdsoTables) -> Result<Ebpf> {
     check_kernel_floor(
         &uname().release,
         KERNEL_FLOOR,
@@ -446,12 +544,14 @@ fn load_object(options: &LoadOptions, table: &VdsoFunctionTable) -> Result<Ebpf>
     let config = ProgramConfig {
         offsets,
         observer_tgid: std::process::id(),
+        ..ProgramConfig::ZERO
     };
     // The programs log only what this process would print (off below debug).
     let log_level = log::max_level() as u8;
     EbpfLoader::new()
         .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
-        .override_global(VDSO_FUNCTIONS_GLOBAL, table, true)
+        .override_global(VDSO_FUNCTIONS_GLOBAL, &tables.x86_64, true)
+        .override_global(VDSO32_FUNCTIONS_GLOBAL, &tables.i386, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
         .map_max_entries(PROCESSES_MAP, options.process_entries)

@@ -5,4 +5,4 @@ pub mod btf_offsets;
 pub mod loader;
 pub mod privileges;
 
-pub use loader::{LoadOptions, Observer};
+pub use loader::{LoadOptions, Observer, VdsoTables};

@@ -19,13 +19,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use log::warn;
-use vdso_observer_common::{CallKey, ProcessKey, TimeCall, VdsoKey};
+use vdso_observer_common::{CallKey, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey};
 
 use crate::{
-    host::vdso_image::VdsoImage,
+    host::{vdso_image::VdsoImage, vdso32::Vdso32Child},
     kernel::Observer,
     model::{
-        VdsoCheck,
+        MapSnapshot, VdsoCheck,
         costs::{MIN_NS, VdsoCosts},
     },
 };
@@ -267,6 +267,16 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                     "vDSO costs as sampled (ns per call): {:?}",
                     model.costs.ns_per_call
                 );
+                if let Some(period_ns) = model.sample_period_ns {
+                    let ns64 = model.costs.ns(Some(TimeCall::ClockGettime));
+                    match calibrate_i386(observer, ns64, period_ns) {
+                        Ok(ratio) => model.costs.i386_ratio = ratio,
+                        Err(err) => warn!(
+                            "calibrating the 32-bit vDSO failed, 32-bit processes' vDSO calls \
+                             are priced as 64-bit ones: {err:#}"
+                        ),
+                    }
+                }
             } else if model.sample_period_ns.is_some() && check.vdso_capable() {
                 warn!(
                     "the sampler saw too few samples of the calibration loop; using stopwatch \
@@ -329,8 +339,9 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMa
     };
     let mine: Vec<(VdsoKey, u64)> = snapshot
         .vdso
-        .into_iter()
+        .iter()
         .filter(|(key, _)| key.process.tgid == pid)
+        .map(|(key, count)| (*key, *count))
         .collect();
     let mut sampled = BTreeMap::new();
     if let Some(period_ns) = observer.sample_period_ns
@@ -347,7 +358,61 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMa
             }
         }
     }
-    let vdso_keys: Vec<VdsoKey> = mine.iter().map(|(key, _)| *key).collect();
+    forget_pid(observer, &snapshot, pid)?;
+    Ok((check, sampled))
+}
+
+/// What a call of the 32-bit image's clock_gettime costs over the 64-bit
+/// one's (`ns64`), both as the sampler sees them: a 32-bit child calls it for
+/// about 0.4 s. None when this kernel runs no 32-bit processes.
+fn calibrate_i386(observer: &mut Observer, ns64: f64, period_ns: u64) -> Result<Option<f64>> {
+    const MIN_SAMPLES: u64 = 40;
+    let child = match Vdso32Child::start() {
+        Ok(child) => child,
+        Err(err) => {
+            log::debug!("no 32-bit calibration: {err:#}");
+            return Ok(None);
+        }
+    };
+    let pid = child.pid();
+    let gettime = child
+        .image()?
+        .function(TimeCall::ClockGettime)
+        .ok_or_else(|| anyhow::anyhow!("the 32-bit vDSO exports no clock_gettime"))?;
+    let calls = (0.4e9 / ns64.max(MIN_NS)).clamp(10_000.0, 1e9) as u32;
+    let elapsed = child.call(gettime.offset, calls)?;
+    let snapshot = observer.snapshot()?;
+    let samples: u64 = snapshot
+        .vdso
+        .iter()
+        .filter(|(key, _)| {
+            key.process.tgid == pid
+                && key.abi == SyscallAbi::I386 as u8
+                && key.call == TimeCall::ClockGettime as u8
+                && key.provenance == Provenance::Sampled as u8
+        })
+        .map(|(_, count)| count)
+        .sum();
+    forget_pid(observer, &snapshot, pid)?;
+    if samples < MIN_SAMPLES {
+        bail!("{samples} samples of the 32-bit calibration loop ({calls} calls in {elapsed:?})");
+    }
+    let ns32 = samples as f64 * period_ns as f64 / f64::from(calls);
+    log::debug!(
+        "32-bit vDSO clock_gettime: {ns32:.1} ns per call as sampled ({samples} samples), \
+         64-bit {ns64:.1}"
+    );
+    Ok(Some(ns32 / ns64))
+}
+
+/// Deletes what the maps hold of a calibration child, which nobody asked about.
+fn forget_pid(observer: &mut Observer, snapshot: &MapSnapshot, pid: u32) -> Result<()> {
+    let vdso_keys: Vec<VdsoKey> = snapshot
+        .vdso
+        .keys()
+        .filter(|key| key.process.tgid == pid)
+        .copied()
+        .collect();
     let keys: Vec<CallKey> = snapshot
         .calls
         .keys()
@@ -360,8 +425,7 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMa
         .filter(|key| key.tgid == pid)
         .copied()
         .collect();
-    observer.forget(&processes, &keys, &vdso_keys)?;
-    Ok((check, sampled))
+    observer.forget(&processes, &keys, &vdso_keys)
 }
 
 #[cfg(test)]

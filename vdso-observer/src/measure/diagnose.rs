@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use vdso_observer_common::{TimeCall, VdsoFunctionTable};
+use vdso_observer_common::TimeCall;
 
 use crate::{
     host::{clock_watch::ClockWatch, clocksource, procfs, vdso_image::VdsoImage},
-    kernel::{LoadOptions, Observer},
+    kernel::{LoadOptions, Observer, VdsoTables},
     measure::calibrate,
     model::{
         ClockEvent, VdsoCapability,
@@ -28,10 +28,8 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         detail: options.btf_path.display().to_string(),
     });
     let image = VdsoImage::current().ok();
-    let table = image
-        .as_ref()
-        .map_or(VdsoFunctionTable::EMPTY, VdsoImage::table);
-    let mut observer = Observer::start(options, &table);
+    let tables = VdsoTables::of(image.as_ref());
+    let mut observer = Observer::start(options, &tables);
     let vdso_check = match (&mut observer, image.clone()) {
         (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,
         _ => None,

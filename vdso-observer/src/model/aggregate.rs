@@ -32,8 +32,8 @@ pub struct VdsoEstimator {
 }
 
 impl VdsoEstimator {
-    pub fn calls(&self, call: Option<TimeCall>, samples: u64) -> f64 {
-        samples as f64 * self.sample_period_ns as f64 / self.costs.ns(call)
+    pub fn calls(&self, abi: SyscallAbi, call: Option<TimeCall>, samples: u64) -> f64 {
+        samples as f64 * self.sample_period_ns as f64 / self.costs.ns_in(abi, call)
     }
 }
 
@@ -46,6 +46,11 @@ pub struct Aggregator {
     previous_stats: ObserverStats,
     /// Names already resolved, for processes whose name entry was lost.
     names: HashMap<ProcessKey, Identity>,
+    /// Per-process calls lost (`ProcessInfo::lost`) at the end of the previous window.
+    previous_lost: HashMap<ProcessKey, u64>,
+    /// Processes that exited during the window and were drained from the maps
+    /// before it ended (see [`Aggregator::drain`]): reported with the window.
+    drained: BTreeMap<ProcessKey, Deltas>,
     estimator: Option<VdsoEstimator>,
     thresholds: Thresholds,
 }
@@ -70,11 +75,23 @@ pub struct Retired {
     pub vdso_keys: Vec<VdsoKey>,
 }
 
+impl Retired {
+    /// A gone process and every key it had.
+    fn add(&mut self, process: ProcessKey, deltas: &Deltas) {
+        self.processes.push(process);
+        self.keys.extend(deltas.calls.iter().map(|(key, _)| *key));
+        self.vdso_keys
+            .extend(deltas.vdso.iter().map(|(key, _)| *key));
+    }
+}
+
 /// One process's deltas in a window, before they become a [`ProcessReport`].
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Deltas {
     calls: Vec<(CallKey, u64)>,
     vdso: Vec<(VdsoKey, u64)>,
+    /// Calls of the process the programs found no room for.
+    lost: u64,
 }
 
 impl Aggregator {
@@ -107,46 +124,35 @@ impl Aggregator {
         lookup: &impl ProcessLookup,
     ) -> (Report, Retired) {
         let seconds = window.as_secs_f64().max(1e-9);
-        let mut per_process: BTreeMap<ProcessKey, Deltas> = BTreeMap::new();
-        for (key, &total) in &snapshot.calls {
-            let delta = total.saturating_sub(self.previous.get(key).copied().unwrap_or(0));
-            per_process
-                .entry(key.process)
-                .or_default()
-                .calls
-                .push((*key, delta));
-        }
-        for (key, &total) in &snapshot.vdso {
-            let delta = total.saturating_sub(self.previous_vdso.get(key).copied().unwrap_or(0));
-            per_process
-                .entry(key.process)
-                .or_default()
-                .vdso
-                .push((*key, delta));
+        let mut per_process = self.deltas(snapshot);
+        let drained = std::mem::take(&mut self.drained);
+        let drained_keys: BTreeSet<ProcessKey> = drained.keys().copied().collect();
+        for (process, mut early) in drained {
+            // Anything the maps still hold of a drained process (a sample that
+            // raced the deletion) joins what was taken early.
+            let deltas = per_process.entry(process).or_default();
+            deltas.calls.append(&mut early.calls);
+            deltas.vdso.append(&mut early.vdso);
+            deltas.lost += early.lost;
         }
 
         let mut retired = Retired::default();
         let mut processes = Vec::new();
         for (process, mut deltas) in per_process {
-            let running = lookup.is_running(&process);
+            let running = !drained_keys.contains(&process) && lookup.is_running(&process);
             if !running {
-                retired.processes.push(process);
-                retired
-                    .keys
-                    .extend(deltas.calls.iter().map(|(key, _)| *key));
-                retired
-                    .vdso_keys
-                    .extend(deltas.vdso.iter().map(|(key, _)| *key));
+                retired.add(process, &deltas);
             }
             deltas.calls.retain(|&(_, delta)| delta > 0);
             deltas.vdso.retain(|&(_, delta)| delta > 0);
-            if deltas.calls.is_empty() && deltas.vdso.is_empty() {
+            if deltas.calls.is_empty() && deltas.vdso.is_empty() && deltas.lost == 0 {
                 continue;
             }
             let identity = self.identity(&process, snapshot, running, lookup);
             let user = identity.uid.map(|uid| lookup.user_name(uid));
             let mut report =
                 process_report(process, identity, user, !running, &deltas.calls, seconds);
+            report.lost_calls = deltas.lost;
             add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
             self.thresholds.apply(&mut report);
             processes.push(report);
@@ -170,17 +176,21 @@ impl Aggregator {
             processes_map_full: since(now.processes_map_full, before.processes_map_full),
             read_failed: since(now.read_failed, before.read_failed),
             vdso_calls_map_full: since(now.vdso_calls_map_full, before.vdso_calls_map_full),
+            vdso_samples_unattributed: since(
+                now.vdso_samples_unattributed,
+                before.vdso_samples_unattributed,
+            ),
         };
         self.previous_stats = snapshot.stats;
         self.previous = snapshot.calls.clone();
         self.previous_vdso = snapshot.vdso.clone();
-        for key in &retired.keys {
-            self.previous.remove(key);
-        }
-        for key in &retired.vdso_keys {
-            self.previous_vdso.remove(key);
-        }
-        for process in &retired.processes {
+        self.previous_lost = snapshot
+            .names
+            .iter()
+            .map(|(process, info)| (*process, info.lost))
+            .collect();
+        self.forget_retired(&retired);
+        for process in retired.processes.iter().chain(&drained_keys) {
             self.names.remove(process);
         }
 
@@ -203,6 +213,68 @@ impl Aggregator {
             processes,
         };
         (report, retired)
+    }
+
+    /// Takes the counts of processes that exited since the window began out
+    /// of the maps now, so their keys can be deleted before the window ends:
+    /// a machine that forks thousands of short processes a second would
+    /// otherwise fill the maps within one window. The counts are reported with
+    /// the window, as if read at its end.
+    pub fn drain(&mut self, snapshot: &MapSnapshot, lookup: &impl ProcessLookup) -> Retired {
+        let mut retired = Retired::default();
+        for (process, deltas) in self.deltas(snapshot) {
+            if self.drained.contains_key(&process) || lookup.is_running(&process) {
+                continue;
+            }
+            // Named now: the name entry goes with the keys.
+            self.identity(&process, snapshot, false, lookup);
+            retired.add(process, &deltas);
+            self.drained.insert(process, deltas);
+        }
+        self.forget_retired(&retired);
+        retired
+    }
+
+    /// Each process's counts since the previous window (zero deltas included:
+    /// their keys may need deleting).
+    fn deltas(&self, snapshot: &MapSnapshot) -> BTreeMap<ProcessKey, Deltas> {
+        let mut per_process: BTreeMap<ProcessKey, Deltas> = BTreeMap::new();
+        for (key, &total) in &snapshot.calls {
+            let delta = total.saturating_sub(self.previous.get(key).copied().unwrap_or(0));
+            per_process
+                .entry(key.process)
+                .or_default()
+                .calls
+                .push((*key, delta));
+        }
+        for (key, &total) in &snapshot.vdso {
+            let delta = total.saturating_sub(self.previous_vdso.get(key).copied().unwrap_or(0));
+            per_process
+                .entry(key.process)
+                .or_default()
+                .vdso
+                .push((*key, delta));
+        }
+        for (process, info) in &snapshot.names {
+            let before = self.previous_lost.get(process).copied().unwrap_or(0);
+            if info.lost > before {
+                per_process.entry(*process).or_default().lost = info.lost - before;
+            }
+        }
+        per_process
+    }
+
+    /// Forgets the last counts of deleted keys: a key made again starts at 0.
+    fn forget_retired(&mut self, retired: &Retired) {
+        for key in &retired.keys {
+            self.previous.remove(key);
+        }
+        for key in &retired.vdso_keys {
+            self.previous_vdso.remove(key);
+        }
+        for process in &retired.processes {
+            self.previous_lost.remove(process);
+        }
     }
 
     fn identity(
@@ -314,6 +386,7 @@ fn process_report(
         exec_id: process.exec_id,
         start_boottime_ns: process.start_boottime_ns,
         exited,
+        lost_calls: 0,
         kernel_entries,
         kernel_entries_per_sec: kernel_entries as f64 / seconds,
         getrandom_entries,
@@ -374,7 +447,8 @@ fn add_vdso_calls(
                 continue;
             }
             let Some(estimator) = estimator else { continue };
-            let calls = estimator.calls(call, count);
+            let abi = SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::X86_64);
+            let calls = estimator.calls(abi, call, count);
             samples_used += count;
             rows.push(VdsoCallCount {
                 call: function,
@@ -511,14 +585,7 @@ pub mod testing {
             snapshot.calls.insert(key, count);
             let mut name = [0u8; 16];
             name[..comm.len()].copy_from_slice(comm);
-            snapshot.names.insert(
-                process,
-                ProcessInfo {
-                    comm: name,
-                    uid: 0,
-                    _pad: 0,
-                },
-            );
+            snapshot.names.insert(process, ProcessInfo::new(name, 0));
         }
         snapshot
     }
@@ -570,14 +637,9 @@ mod tests {
             snapshot.calls.insert(key, count);
             let mut comm = [0u8; 16];
             comm[..4].copy_from_slice(b"work");
-            snapshot.names.insert(
-                key.process,
-                ProcessInfo {
-                    comm,
-                    uid: 0,
-                    _pad: 0,
-                },
-            );
+            snapshot
+                .names
+                .insert(key.process, ProcessInfo::new(comm, 0));
         }
         snapshot
     }

@@ -1,6 +1,8 @@
 //! Clock ids: their names, and which ones the vDSO can answer in user space.
 
-use vdso_observer_common::NO_CLOCK;
+use vdso_observer_common::{
+    CLOCK_FD, CLOCK_INVALID, CLOCK_OVERFLOW, CLOCK_PROCESS_CPU, CLOCK_THREAD_CPU, NO_CLOCK,
+};
 
 /// What a clock id is, as far as the vDSO is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,20 +16,23 @@ pub enum ClockKind {
     KernelOnly,
     /// An id the kernel does not know (the call fails with EINVAL).
     Invalid,
+    /// The overflow key of a process past its key cap: any clock.
+    Unknown,
 }
 
-/// The name used in tables, JSON and metrics (`CLOCK_MONOTONIC`, ...).
+/// The name used in tables, JSON and metrics (`CLOCK_MONOTONIC`, ...). The
+/// programs fold dynamic ids by kind (`clock_key`), so a name never carries a
+/// tid, pid or fd: labels stay bounded whatever a process does.
 pub fn clock_name(id: i32) -> String {
-    if id == NO_CLOCK {
-        return String::new();
+    match id {
+        NO_CLOCK => String::new(),
+        CLOCK_THREAD_CPU => "CPUCLOCK_THREAD".to_owned(),
+        CLOCK_PROCESS_CPU => "CPUCLOCK_PROCESS".to_owned(),
+        CLOCK_FD => "FD_CLOCK".to_owned(),
+        CLOCK_INVALID => "INVALID_CLOCK".to_owned(),
+        CLOCK_OVERFLOW => "OVERFLOW".to_owned(),
+        id => static_clock_name(id).map_or_else(|| format!("CLOCK_{id}"), str::to_owned),
     }
-    if let Some(name) = static_clock_name(id) {
-        return name.to_owned();
-    }
-    if id < 0 {
-        return dynamic_clock_name(id);
-    }
-    format!("CLOCK_{id}")
 }
 
 fn static_clock_name(id: i32) -> Option<&'static str> {
@@ -47,43 +52,24 @@ fn static_clock_name(id: i32) -> Option<&'static str> {
     })
 }
 
-/// Negative ids: `((~pid) << 3) | type` for another process's or thread's CPU
-/// clock (clock_getcpuclockid, pthread_getcpuclockid), `((~fd) << 3) | 3` for a
-/// dynamic (PTP, /dev/ptpN) clock.
-fn dynamic_clock_name(id: i32) -> String {
-    const CLOCKFD: i32 = 3;
-    const PERTHREAD: i32 = 4;
-    let owner = !(id >> 3);
-    if id & 7 == CLOCKFD {
-        return format!("FD_CLOCK(fd={owner})");
-    }
-    let which = match id & 3 {
-        0 => "PROF",
-        1 => "VIRT",
-        2 => "SCHED",
-        _ => "?",
-    };
-    let scope = if id & PERTHREAD != 0 { "tid" } else { "pid" };
-    format!("CPUCLOCK_{which}({scope}={owner})")
-}
-
 pub fn clock_kind(id: i32) -> ClockKind {
     match id {
         0 | 1 | 4 | 7 | 11 => ClockKind::HighResolution,
         5 | 6 => ClockKind::Coarse,
-        2 | 3 => ClockKind::KernelOnly,
-        id if id < 0 && id != NO_CLOCK => ClockKind::KernelOnly,
-        8 | 9 => ClockKind::KernelOnly,
+        2 | 3 | 8 | 9 => ClockKind::KernelOnly,
+        CLOCK_THREAD_CPU | CLOCK_PROCESS_CPU | CLOCK_FD => ClockKind::KernelOnly,
+        CLOCK_OVERFLOW => ClockKind::Unknown,
         _ => ClockKind::Invalid,
     }
 }
 
 /// Whether the vDSO could have answered this clock without the kernel on a
-/// machine whose clocksource it can read.
+/// machine whose clocksource it can read (for an unknown clock, the origin
+/// decides: it may have).
 pub fn vdso_can_serve(id: i32) -> bool {
     matches!(
         clock_kind(id),
-        ClockKind::HighResolution | ClockKind::Coarse
+        ClockKind::HighResolution | ClockKind::Coarse | ClockKind::Unknown
     )
 }
 
@@ -104,16 +90,22 @@ mod tests {
     }
 
     #[test]
-    fn dynamic_names_decode_owner_and_type() {
+    fn dynamic_clocks_are_named_by_kind_never_by_owner() {
+        use vdso_observer_common::clock_key;
         // clock_getcpuclockid(1234): MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
-        let pid_clock = ((!1234i32) << 3) | 2;
-        assert_eq!(clock_name(pid_clock), "CPUCLOCK_SCHED(pid=1234)");
+        assert_eq!(
+            clock_name(clock_key(((!1234i32) << 3) | 2)),
+            "CPUCLOCK_PROCESS"
+        );
         // pthread_getcpuclockid: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)
-        let thread_clock = ((!77i32) << 3) | 2 | 4;
-        assert_eq!(clock_name(thread_clock), "CPUCLOCK_SCHED(tid=77)");
+        assert_eq!(
+            clock_name(clock_key(((!77i32) << 3) | 2 | 4)),
+            "CPUCLOCK_THREAD"
+        );
         // FD_TO_CLOCKID(5)
-        let fd_clock = ((!5i32) << 3) | 3;
-        assert_eq!(clock_name(fd_clock), "FD_CLOCK(fd=5)");
+        assert_eq!(clock_name(clock_key(((!5i32) << 3) | 3)), "FD_CLOCK");
+        assert_eq!(clock_name(clock_key(99)), "INVALID_CLOCK");
+        assert_eq!(clock_name(CLOCK_OVERFLOW), "OVERFLOW");
     }
 
     #[test]
@@ -121,8 +113,11 @@ mod tests {
         assert_eq!(clock_kind(1), ClockKind::HighResolution);
         assert_eq!(clock_kind(6), ClockKind::Coarse);
         assert_eq!(clock_kind(2), ClockKind::KernelOnly);
-        assert_eq!(clock_kind(((!5i32) << 3) | 3), ClockKind::KernelOnly);
+        assert_eq!(clock_kind(CLOCK_FD), ClockKind::KernelOnly);
+        assert_eq!(clock_kind(CLOCK_THREAD_CPU), ClockKind::KernelOnly);
+        assert_eq!(clock_kind(CLOCK_INVALID), ClockKind::Invalid);
         assert_eq!(clock_kind(42), ClockKind::Invalid);
         assert!(vdso_can_serve(0) && vdso_can_serve(5) && !vdso_can_serve(3));
+        assert!(vdso_can_serve(CLOCK_OVERFLOW), "the origin decides");
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use vdso_observer_common::TimeCall;
+use vdso_observer_common::{SyscallAbi, TimeCall};
 
 /// No vDSO function returns faster than this: a floor against timer noise.
 pub const MIN_NS: f64 = 1.0;
@@ -12,7 +12,12 @@ pub const MIN_NS: f64 = 1.0;
 /// ns spent inside the vDSO per call, per function.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VdsoCosts {
+    /// Of the 64-bit image.
     pub ns_per_call: BTreeMap<TimeCall, f64>,
+    /// What a call of the 32-bit image costs over the same call of the 64-bit
+    /// one, as sampled (None: not measured, taken as 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub i386_ratio: Option<f64>,
 }
 
 impl VdsoCosts {
@@ -26,6 +31,14 @@ impl VdsoCosts {
             .unwrap_or(20.0)
     }
 
+    /// Cost of a call in the image of `abi`.
+    pub fn ns_in(&self, abi: SyscallAbi, call: Option<TimeCall>) -> f64 {
+        match abi {
+            SyscallAbi::X86_64 => self.ns(call),
+            SyscallAbi::I386 => self.ns(call) * self.i386_ratio.unwrap_or(1.0),
+        }
+    }
+
     /// Scales stopwatch costs so the calls measured in place cost what the
     /// sampler saw (`sampled`: ns per call); the others keep their stopwatch
     /// ratio to clock_gettime.
@@ -35,7 +48,10 @@ impl VdsoCosts {
             (Some(in_place), Some(stopwatch)) => in_place / stopwatch,
             _ => 1.0,
         };
-        let mut costs = VdsoCosts::default();
+        let mut costs = VdsoCosts {
+            i386_ratio: self.i386_ratio,
+            ..VdsoCosts::default()
+        };
         for (&call, &ns) in &self.ns_per_call {
             let ns = sampled.get(&call).copied().unwrap_or(ns * scale);
             costs.ns_per_call.insert(call, ns.max(MIN_NS));

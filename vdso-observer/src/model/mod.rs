@@ -16,7 +16,7 @@ pub mod system;
 
 pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
-pub use observer::{MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck};
+pub use observer::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck};
 pub use reason::FallbackReason;
 pub use report::{CallCount, ProcessReport, Report, SystemReport, Thresholds, VdsoFunction};
 pub use system::{

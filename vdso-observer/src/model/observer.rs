@@ -27,6 +27,8 @@ pub struct ObserverStats {
     pub read_failed: u64,
     /// vDSO calls or samples lost because their map was full.
     pub vdso_calls_map_full: u64,
+    /// Samples in vDSO code that no time call claims: in no estimate.
+    pub vdso_samples_unattributed: u64,
 }
 
 /// Everything read from the maps at one instant.
@@ -38,6 +40,19 @@ pub struct MapSnapshot {
     /// Cumulative vDSO samples or exact hits per key.
     pub vdso: HashMap<VdsoKey, u64>,
     pub stats: ObserverStats,
+    /// Keys the programs ever created in each counter map (with the deletions
+    /// user space made, how full the maps are).
+    pub keys_created: KeysCreated,
+    /// New keys that went to a process's overflow key (it reached its cap).
+    pub overflowed_keys: u64,
+}
+
+/// Keys created per counter map since load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeysCreated {
+    pub time_calls: u64,
+    pub vdso_calls: u64,
+    pub processes: u64,
 }
 
 /// The calibration child's clock_gettime(CLOCK_MONOTONIC) calls through the

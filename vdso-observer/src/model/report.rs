@@ -126,6 +126,9 @@ pub struct ProcessReport {
     pub start_boottime_ns: u64,
     /// The process (this image of it) was gone at the end of the window.
     pub exited: bool,
+    /// Calls of this process not counted because a map was full (0 unless the
+    /// machine outgrew the configured map sizes).
+    pub lost_calls: u64,
     /// Every kernel entry for a time call or getrandom.
     pub kernel_entries: u64,
     pub kernel_entries_per_sec: f64,

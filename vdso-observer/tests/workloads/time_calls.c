@@ -14,6 +14,12 @@
  *   int80       64-bit process, N `int $0x80` clock_gettime64 (i386 number 403): a compat syscall
  *   clocks      one direct clock_gettime for each of the clock ids 0..N-1 (distinct map keys)
  *   rename      prctl(PR_SET_NAME, ARG) then N direct calls
+ *   keys        N rounds of 70 distinct kernel entries (16 clock ids x clock_gettime
+ *               and clock_getres, gettimeofday, time, getcpu; each through syscall(2)
+ *               and through int $0x80), to pass the per-process key cap
+ *   churn       ARG short-lived children one after another, N direct calls each
+ *   cpuclocks   N threads one after another, each reading its own CPU clock
+ *               (pthread_getcpuclockid: a distinct dynamic clock id per thread)
  *   steady      N direct calls a second for ARG seconds (for screens that refresh)
  *   steadycpu   N CLOCK_PROCESS_CPUTIME_ID calls a second for ARG seconds
  *   steadyvdso  N libc clock_gettime(CLOCK_MONOTONIC) calls a second for ARG seconds
@@ -52,6 +58,25 @@ static void direct_calls(long count) {
 static void *thread_main(void *arg) {
     (void)arg;
     direct_calls(n);
+    return NULL;
+}
+
+/* A child that makes N direct calls and exits; its pid (-1: fork failed). */
+static pid_t child_calls(void) {
+    pid_t child = fork();
+    if (child == 0) {
+        direct_calls(n);
+        _exit(0);
+    }
+    return child;
+}
+
+static void *own_cpu_clock(void *arg) {
+    (void)arg;
+    clockid_t clock;
+    struct timespec ts;
+    if (pthread_getcpuclockid(pthread_self(), &clock) == 0)
+        clock_gettime(clock, &ts);
     return NULL;
 }
 
@@ -102,17 +127,26 @@ int main(int argc, char **argv) {
                 return 4;
         for (long i = 0; i < count; i++)
             pthread_join(threads[i], NULL);
-    } else if (!strcmp(mode, "children")) {
+    } else if (!strcmp(mode, "churn")) {
         long count = atol(arg);
         for (long i = 0; i < count; i++) {
-            pid_t child = fork();
+            pid_t child = child_calls();
             if (child < 0)
                 return 5;
-            if (child == 0) {
-                direct_calls(n);
-                _exit(0);
-            }
+            waitpid(child, NULL, 0);
         }
+    } else if (!strcmp(mode, "cpuclocks")) {
+        for (long i = 0; i < n; i++) {
+            pthread_t thread;
+            if (pthread_create(&thread, NULL, own_cpu_clock, NULL))
+                return 4;
+            pthread_join(thread, NULL);
+        }
+    } else if (!strcmp(mode, "children")) {
+        long count = atol(arg);
+        for (long i = 0; i < count; i++)
+            if (child_calls() < 0)
+                return 5;
         while (wait(NULL) > 0)
             ;
     } else if (!strcmp(mode, "exec")) {
@@ -129,6 +163,32 @@ int main(int argc, char **argv) {
                              : "=a"(ret)
                              : "a"(403L), "b"((long)CLOCK_MONOTONIC), "c"(&ts64)
                              : "memory");
+        }
+#else
+        return 3;
+#endif
+    } else if (!strcmp(mode, "keys")) {
+#if defined(__x86_64__)
+        static const long i386_nr[] = {403, 406, 78, 13, 318};
+        for (long round = 0; round < n; round++) {
+            for (long id = 0; id < 16; id++) {
+                syscall(SYS_clock_gettime, (clockid_t)id, &ts);
+                syscall(SYS_clock_getres, (clockid_t)id, &ts);
+            }
+            struct timeval tv;
+            unsigned cpu;
+            syscall(SYS_gettimeofday, &tv, NULL);
+            syscall(SYS_time, NULL);
+            syscall(SYS_getcpu, &cpu, NULL, NULL);
+            for (int k = 0; k < 5; k++) {
+                for (long id = 0; id < (k < 2 ? 16 : 1); id++) {
+                    long ret;
+                    __asm__ volatile("int $0x80"
+                                     : "=a"(ret)
+                                     : "a"(i386_nr[k]), "b"(id), "c"(0L), "d"(0L)
+                                     : "memory");
+                }
+            }
         }
 #else
         return 3;
