@@ -32,6 +32,17 @@ pub const VDSO_SAMPLE_PROGRAM: &str = "vdso_sample";
 pub const VDSO_BREAKPOINT_PROGRAM: &str = "vdso_breakpoint";
 /// uprobe program on user-space entry points into the vDSO (libc, Go runtime).
 pub const VDSO_UPROBE_PROGRAM: &str = "vdso_entry_uprobe";
+/// Map of [`ExactCoverage`] per thread id or per process ([`COVERAGE_PROCESS`]
+/// | tgid): which vDSO functions are counted exactly there, so the sampler
+/// leaves them out and exact hits and samples of one window add up.
+pub const EXACT_COVERAGE_MAP: &str = "EXACT_COVERAGE";
+/// Capacity of [`EXACT_COVERAGE_MAP`]: traced threads and processes.
+pub const EXACT_COVERAGE_ENTRIES: u32 = 65_536;
+/// Marks a key of [`EXACT_COVERAGE_MAP`] as a whole process (uprobes cover
+/// every thread); without it the key is one thread (breakpoints are per thread).
+/// Thread ids stay below 2^22 (`PID_MAX_LIMIT`).
+pub const COVERAGE_PROCESS: u32 = 1 << 31;
+
 /// Default capacity of [`VDSO_CALLS_MAP`].
 pub const DEFAULT_VDSO_CALL_ENTRIES: u32 = 16_384;
 
@@ -292,6 +303,25 @@ pub struct VdsoKey {
     /// The [`SyscallAbi`] of the code that ran: which image.
     pub abi: u8,
     pub _pad: u8,
+}
+
+/// What exact counting covers in one thread or process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactCoverage {
+    /// Where the traced image maps its vDSO (`mm->context.vdso`): after an
+    /// exec the old coverage no longer applies, until user space attaches again.
+    pub vdso_base: u64,
+    /// Bit `1 << call` per [`TimeCall`] counted exactly.
+    pub calls: u32,
+    pub _pad: u32,
+}
+
+impl ExactCoverage {
+    #[inline(always)]
+    pub const fn covers(&self, vdso_base: u64, call: u8) -> bool {
+        self.vdso_base == vdso_base && call < 32 && self.calls & (1 << call) != 0
+    }
 }
 
 /// Most functions the table holds.
@@ -619,6 +649,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProgramConfig {}
     unsafe impl aya::Pod for super::VdsoKey {}
     unsafe impl aya::Pod for super::VdsoFunctionTable {}
+    unsafe impl aya::Pod for super::ExactCoverage {}
 }
 
 #[cfg(test)]

@@ -21,11 +21,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use vdso_observer_common::{
-    CLOCK_OVERFLOW, CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
-    DEFAULT_VDSO_CALL_ENTRIES, KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin,
-    ProcessInfo, ProcessKey, ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall,
-    UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key,
-    inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
+    CLOCK_OVERFLOW, COVERAGE_PROCESS, CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
+    DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_ENTRIES, ExactCoverage,
+    KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey,
+    ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE,
+    VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key, inside_vdso, may_be_time_call,
+    origin_of, time_call_vsyscall,
 };
 
 const EEXIST: i32 = 17;
@@ -64,6 +65,10 @@ static TIME_CALLS: PerCpuHashMap<CallKey, u64> =
 #[map]
 static PROCESSES: HashMap<ProcessKey, ProcessInfo> =
     HashMap::with_max_entries(DEFAULT_PROCESS_ENTRIES, 0);
+
+#[map]
+static EXACT_COVERAGE: HashMap<u32, ExactCoverage> =
+    HashMap::with_max_entries(EXACT_COVERAGE_ENTRIES, 0);
 
 #[map]
 static OBSERVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserverStat::COUNT, 0);
@@ -297,8 +302,10 @@ pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
         return 0; // idle, or the observer's own calibration
     }
     let result = match sampled_call(task, regs.rip, regs.rsp, regs.rbp, abi) {
-        Ok(Some(call)) => count_vdso(task, tgid, call, NO_CLOCK, Provenance::Sampled, abi),
-        Ok(None) => Ok(()),
+        Ok(Some((call, vdso_base))) if !counted_exactly(vdso_base, tgid, call) => {
+            count_vdso(task, tgid, call, NO_CLOCK, Provenance::Sampled, abi)
+        }
+        Ok(_) => Ok(()),
         Err(err) => Err(err),
     };
     if result.is_err() {
@@ -307,8 +314,19 @@ pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// The time call a sample at `ip` belongs to, None when it is not inside the
-/// task's vDSO or belongs to no time call. Code between the exported functions
+/// Whether exact counting covers `call` in this thread (a breakpoint) or
+/// process (a uprobe) right now: then its samples would count it twice.
+#[inline(always)]
+fn counted_exactly(vdso_base: u64, tgid: u32, call: u8) -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain reads of map values.
+    let covers =
+        |key: u32| unsafe { EXACT_COVERAGE.get(key) }.is_some_and(|c| c.covers(vdso_base, call));
+    covers(tid) || covers(tgid | COVERAGE_PROCESS)
+}
+
+/// The time call a sample at `ip` belongs to, and the task's vDSO base; None
+/// when it is not inside the task's vDSO or belongs to no time call. Code between the exported functions
 /// (a pvclock or Hyper-V reader, the ChaCha block, a PC thunk) is a leaf helper
 /// called from one of them: it is charged to the function its return address
 /// lies in, read at the top of the stack (or above the frame pointer).
@@ -319,7 +337,7 @@ fn sampled_call(
     sp: u64,
     bp: u64,
     abi: SyscallAbi,
-) -> Result<Option<u8>, i32> {
+) -> Result<Option<(u8, u64)>, i32> {
     let Some((start, len)) = vdso_text(task)? else {
         return Ok(None);
     };
@@ -349,7 +367,7 @@ fn sampled_call(
             add_stat(ObserverStat::VdsoSampleUnattributed);
             None
         }
-        call => Some(call),
+        call => Some((call, start)),
     })
 }
 

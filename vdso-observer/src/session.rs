@@ -15,11 +15,12 @@ use crate::{
         clocksource,
         procfs::{self, LivenessBefore},
         vdso_image::VdsoImage,
+        vdso32,
     },
     kernel::{LoadOptions, Observer, VdsoTables},
     measure::{
         calibrate::{self, VdsoModel},
-        exact::{ExactOptions, ExactTracer, GOVERNOR_TICK},
+        exact::{ExactOptions, ExactTracer, GOVERNOR_TICK, Images},
     },
     model::{
         Aggregator, ObserverHealthInput, Report, Retired, SystemReport, Thresholds, VdsoCapability,
@@ -29,9 +30,10 @@ use crate::{
 };
 
 /// How often the maps' fill level is looked at between windows.
-const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
-/// Drain exited processes once a map is this full...
-const DRAIN_AT: f64 = 0.5;
+const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+/// Drain exited processes once a map is this full (the rest is headroom for a
+/// loaded machine: 5 000 new processes a second fill 16 384 entries in 2 s)...
+const DRAIN_AT: f64 = 0.4;
 /// ... and has grown by this much since the last drain.
 const DRAIN_GROWTH: f64 = 0.1;
 
@@ -81,6 +83,8 @@ pub struct Session {
     hostname: String,
     /// How full the maps were after the last drain.
     fill_after_drain: f64,
+    /// The 64-bit vDSO image, for calibrating again after a clocksource change.
+    image: Option<VdsoImage>,
 }
 
 impl Session {
@@ -97,9 +101,10 @@ impl Session {
                 None
             }
         };
-        let tables = VdsoTables::of(image.as_ref());
+        let image32 = vdso32::image_if_any();
+        let tables = VdsoTables::of(image.as_ref(), image32.as_ref());
         let mut observer = Observer::start(load, &tables)?;
-        let (vdso, vdso_check) = match image {
+        let (vdso, vdso_check) = match image.clone() {
             Some(image) => {
                 let (model, check) = calibrate::calibrate(&mut observer, image);
                 (Some(model), check)
@@ -120,7 +125,11 @@ impl Session {
                 "exact counting (--exact, --exact-pid) needs the vDSO image, and this process has none"
             ),
             (true, Some(model)) => {
-                let mut tracer = ExactTracer::start(exact, &mut observer, model.image.clone())
+                let images = Images {
+                    x86_64: model.image.clone(),
+                    i386: image32,
+                };
+                let mut tracer = ExactTracer::start(exact, &mut observer, images)
                     .context("starting exact counting (--exact, --exact-pid)")?;
                 // Attach at once, so the first window is already exact; but first
                 // sample for a moment, so a hot process is never trapped at all.
@@ -148,6 +157,7 @@ impl Session {
             kernel,
             hostname,
             fill_after_drain: 0.0,
+            image,
         })
     }
 
@@ -263,21 +273,40 @@ impl Session {
     }
 
     /// The machine's time set-up now, with the clock events since the last
-    /// window; a clocksource change triggers a new measured check.
+    /// window. A clocksource change calibrates again: what a vDSO call costs,
+    /// and whether it stays in user space, belong to the clocksource (the
+    /// next window is estimated with the new figures).
     fn system_report(&mut self) -> SystemReport {
         let events = self.clock_watch.poll();
         if events.iter().any(|e| e.kind.is_switch()) {
             for event in &events {
                 log::warn!("clock event: {}", event.message);
             }
+            self.recalibrate();
+        }
+        self.system_with(events)
+    }
+
+    fn recalibrate(&mut self) {
+        let Some(image) = self.image.clone() else {
             match calibrate::recheck(&mut self.observer) {
                 Ok(check) => self.vdso_check = Some(check),
                 Err(err) => {
                     log::warn!("re-checking the vDSO after a clocksource change failed: {err:#}")
                 }
             }
+            return;
+        };
+        let (model, check) = calibrate::calibrate(&mut self.observer, image);
+        log::info!(
+            "calibrated again for the new clocksource: clock_gettime {:.1} ns per call",
+            model.costs.ns(Some(TimeCall::ClockGettime))
+        );
+        if check.is_some() {
+            self.vdso_check = check;
         }
-        self.system_with(events)
+        self.aggregator.set_estimator(estimator_of(Some(&model)));
+        self.health.vdso_costs = model.costs;
     }
 
     fn system_with(&self, events: Vec<crate::model::ClockEvent>) -> SystemReport {

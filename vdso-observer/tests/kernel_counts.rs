@@ -353,28 +353,21 @@ fn a_process_past_its_key_cap_counts_in_its_overflow_rows() {
 fn thousands_of_short_processes_lose_nothing() {
     require_root();
     let workload = build_workload("time_calls", "vt-churn", &[]);
-    // 20 000 processes, 5 calls each, in one window, with room for 8 192 keys:
-    // the observer drains the exited ones before the maps fill.
-    let observer = ObserverRun::start_logging(
-        &[
-            "top",
-            "--once",
-            "-d",
-            "120",
-            "--json",
-            "--map-entries",
-            "8192",
-        ],
-        "debug",
-    );
-    let parent = run_workload(&workload, &["churn", "5", "20000"]);
+    // 30 000 processes, 5 calls each, in one window, with room for 16 384
+    // keys (the default): the observer drains the exited ones before the maps fill.
+    let observer = ObserverRun::start_logging(&["top", "--once", "-d", "120", "--json"], "debug");
+    let parent = run_workload(&workload, &["churn", "5", "30000"]);
     let (stdout, stderr) = observer.finish_text();
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let lost = &report["observer"]["lost"];
+    let drains: Vec<&str> = stderr.lines().filter(|l| l.contains("drained")).collect();
+    assert_eq!(lost["time_calls_map_full"], 0, "{lost}: {drains:#?}");
+    assert_eq!(lost["processes_map_full"], 0, "{lost}: {drains:#?}");
     let children: Vec<_> = rows_of_comm(&report, "vt-churn")
         .into_iter()
         .filter(|row| row["pid"] != parent)
         .collect();
-    assert_eq!(children.len(), 20_000);
+    assert_eq!(children.len(), 30_000);
     for row in &children {
         assert_eq!(
             counts(row),

@@ -54,6 +54,77 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     proc_stat::cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Whether the process started at `start_ticks` has exited: None when /proc
+/// cannot tell (out of file descriptors, say), which is never taken for "gone".
+pub fn has_exited(pid: u32, start_ticks: u64) -> Option<bool> {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => Some(proc_stat::start_ticks(&stat) != Some(start_ticks)),
+        Err(err) if err.kind() == ErrorKind::NotFound => Some(true),
+        // ESRCH: the task went away while the file was read.
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Some(true),
+        Err(err) => {
+            log::debug!("/proc/{pid}/stat: {err}");
+            None
+        }
+    }
+}
+
+/// CPU time of a whole process (every thread, user and system) in ns, read
+/// from its CPU-time clock: ns resolution, where /proc/PID/stat moves in 10 ms
+/// steps. None when it is gone.
+pub fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointers; the results are checked.
+    unsafe {
+        if libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) != 0
+            || libc::clock_gettime(clock, &mut ts) != 0
+        {
+            return None;
+        }
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Raises the soft limit on open files to the hard limit (exact counting holds
+/// one descriptor per breakpoint and thread); returns the soft limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer; then the same struct back in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Whether an executable is a 32-bit ELF (its `EI_CLASS`).
+pub fn is_32bit_elf(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut header = [0u8; 5];
+    fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut header))
+        .is_ok()
+        && header[..4] == *b"\x7fELF"
+        && header[4] == 1
+}
+
 /// The kernel reports start times in USER_HZ ticks, truncating.
 pub fn boottime_ns_to_ticks(ns: u64) -> u64 {
     ns / (1_000_000_000 / clock_ticks_per_second())
@@ -64,11 +135,6 @@ pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
-}
-
-/// ns in one USER_HZ tick.
-pub fn ns_per_tick() -> f64 {
-    1e9 / clock_ticks_per_second() as f64
 }
 
 /// The thread ids of a process (its /proc/PID/task entries).
@@ -271,6 +337,19 @@ impl ProcessLookup for LivenessBefore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_process_figures() {
+        let pid = std::process::id();
+        let start = start_ticks(pid).unwrap();
+        assert_eq!(has_exited(pid, start), Some(false));
+        assert_eq!(has_exited(pid, start + 1), Some(true));
+        assert_eq!(has_exited(u32::MAX >> 2, start), Some(true));
+        let cpu = cpu_time_ns(pid).unwrap();
+        assert!(cpu > 0 && cpu_time_ns(pid).unwrap() >= cpu);
+        assert!(raise_open_file_limit() >= 1024);
+        assert!(!is_32bit_elf(Path::new("/proc/self/exe")));
+    }
 
     #[test]
     fn liveness_is_frozen_at_the_check() {

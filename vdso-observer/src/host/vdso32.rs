@@ -197,6 +197,18 @@ pub fn image() -> Result<VdsoImage> {
     Vdso32Child::start()?.image()
 }
 
+/// The vdso32 image, or None with the reason logged: not a fault, since
+/// without IA32 emulation no 32-bit process runs.
+pub fn image_if_any() -> Option<VdsoImage> {
+    match image() {
+        Ok(image) => Some(image),
+        Err(err) => {
+            log::info!("32-bit processes' vDSO calls are not followed: {err:#}");
+            None
+        }
+    }
+}
+
 fn executable_memfd() -> Result<std::fs::File> {
     const MFD_EXEC: libc::c_uint = 0x10;
     // SAFETY: a NUL-terminated name and flags; the result is checked. No

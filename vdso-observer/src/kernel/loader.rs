@@ -20,10 +20,11 @@ use aya::{
 use log::{info, warn};
 use vdso_observer_common::{
     CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
-    OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
-    ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, TIME_CALLS_MAP, UprobeCookie,
-    VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM,
-    VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
+    EXACT_COVERAGE_MAP, ExactCoverage, OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP,
+    PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM,
+    TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
+    VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM,
+    VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -31,7 +32,7 @@ use super::{
     privileges::{KERNEL_FLOOR, check_kernel_floor, check_privileges, raise_memlock_limit},
 };
 use crate::{
-    host::{procfs::uname, vdso_image::VdsoImage, vdso32},
+    host::{procfs::uname, vdso_image::VdsoImage},
     model::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus},
 };
 
@@ -44,20 +45,11 @@ pub struct VdsoTables {
 }
 
 impl VdsoTables {
-    /// The tables of this boot: the 64-bit image's from `image` (the
-    /// observer's own), vdso32's from a 32-bit child.
-    pub fn of(image: Option<&VdsoImage>) -> VdsoTables {
-        let i386 = match vdso32::image() {
-            Ok(image) => image.table(),
-            Err(err) => {
-                // Not a fault: without IA32 emulation no 32-bit process runs.
-                log::info!("samples in 32-bit processes' vDSO are not attributed: {err:#}");
-                VdsoFunctionTable::EMPTY
-            }
-        };
+    /// The tables of the images this boot maps (None: unknown).
+    pub fn of(x86_64: Option<&VdsoImage>, i386: Option<&VdsoImage>) -> VdsoTables {
         VdsoTables {
-            x86_64: image.map_or(VdsoFunctionTable::EMPTY, VdsoImage::table),
-            i386,
+            x86_64: x86_64.map_or(VdsoFunctionTable::EMPTY, VdsoImage::table),
+            i386: i386.map_or(VdsoFunctionTable::EMPTY, VdsoImage::table),
         }
     }
 }
@@ -276,6 +268,24 @@ impl Observer {
     pub fn detach_breakpoint(&mut self, link: PerfEventLinkId) -> Result<()> {
         let breakpoint: &mut PerfEvent = program(&mut self.ebpf, VDSO_BREAKPOINT_PROGRAM)?;
         breakpoint.detach(link).context("detaching a breakpoint")
+    }
+
+    /// Tells the sampler which calls exact counting covers in a thread (`key`
+    /// a tid) or a whole process (`COVERAGE_PROCESS | tgid`), so they are not
+    /// also sampled.
+    pub fn set_coverage(&mut self, key: u32, coverage: ExactCoverage) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, ExactCoverage> =
+            self.map_mut(EXACT_COVERAGE_MAP)?;
+        map.insert(key, coverage, 0)
+            .with_context(|| format!("marking {key:#x} as counted exactly"))
+    }
+
+    pub fn clear_coverage(&mut self, key: u32) {
+        if let Ok(mut map) =
+            self.map_mut::<BpfHashMap<&mut MapData, u32, ExactCoverage>>(EXACT_COVERAGE_MAP)
+        {
+            let _ = map.remove(&key);
+        }
     }
 
     /// Reads every counter, name and self-statistic.

@@ -253,7 +253,7 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
         sample_period_ns: observer.sample_period_ns,
     };
     match run_child(observer, false) {
-        Ok((check, sampled)) => {
+        Ok((check, sampled, gettime_samples)) => {
             if !check.vdso_capable() {
                 warn!(
                     "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {} of {} \
@@ -263,6 +263,7 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
             }
             if !sampled.is_empty() {
                 model.costs = model.costs.calibrated(&sampled);
+                model.costs.calibration_samples = gettime_samples;
                 log::debug!(
                     "vDSO costs as sampled (ns per call): {:?}",
                     model.costs.ns_per_call
@@ -270,7 +271,11 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                 if let Some(period_ns) = model.sample_period_ns {
                     let ns64 = model.costs.ns(Some(TimeCall::ClockGettime));
                     match calibrate_i386(observer, ns64, period_ns) {
-                        Ok(ratio) => model.costs.i386_ratio = ratio,
+                        Ok(Some((ratio, samples))) => {
+                            model.costs.i386_ratio = Some(ratio);
+                            model.costs.i386_calibration_samples = samples;
+                        }
+                        Ok(None) => {}
                         Err(err) => warn!(
                             "calibrating the 32-bit vDSO failed, 32-bit processes' vDSO calls \
                              are priced as 64-bit ones: {err:#}"
@@ -301,7 +306,12 @@ pub fn recheck(observer: &mut Observer) -> Result<VdsoCheck> {
 /// Both ends of the child protocol: runs `vdso-observer vdso-loop` (see
 /// [`run_loop`]), reads its `NAME CALLS` lines, and judges them against what the
 /// programs counted of it; then forgets the child, which nobody asked about.
-fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMap<TimeCall, f64>)> {
+/// Returns the check, the sampled ns per call, and the samples behind
+/// clock_gettime's figure.
+fn run_child(
+    observer: &mut Observer,
+    quick: bool,
+) -> Result<(VdsoCheck, BTreeMap<TimeCall, f64>, u64)> {
     /// Fewer samples than this say too little (±15%).
     const MIN_SAMPLES: u64 = 40;
     let exe = std::env::current_exe().context("finding the observer's own binary")?;
@@ -344,6 +354,7 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMa
         .map(|(key, count)| (*key, *count))
         .collect();
     let mut sampled = BTreeMap::new();
+    let mut gettime_samples = 0;
     if let Some(period_ns) = observer.sample_period_ns
         && !quick
     {
@@ -355,17 +366,25 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<(VdsoCheck, BTreeMa
                 .sum();
             if samples >= MIN_SAMPLES && calls > 0 {
                 sampled.insert(call, samples as f64 * period_ns as f64 / calls as f64);
+                if call == TimeCall::ClockGettime {
+                    gettime_samples = samples;
+                }
             }
         }
     }
     forget_pid(observer, &snapshot, pid)?;
-    Ok((check, sampled))
+    Ok((check, sampled, gettime_samples))
 }
 
 /// What a call of the 32-bit image's clock_gettime costs over the 64-bit
 /// one's (`ns64`), both as the sampler sees them: a 32-bit child calls it for
-/// about 0.4 s. None when this kernel runs no 32-bit processes.
-fn calibrate_i386(observer: &mut Observer, ns64: f64, period_ns: u64) -> Result<Option<f64>> {
+/// about 0.4 s; and the samples behind it. None when this kernel runs no
+/// 32-bit processes.
+fn calibrate_i386(
+    observer: &mut Observer,
+    ns64: f64,
+    period_ns: u64,
+) -> Result<Option<(f64, u64)>> {
     const MIN_SAMPLES: u64 = 40;
     let child = match Vdso32Child::start() {
         Ok(child) => child,
@@ -402,7 +421,7 @@ fn calibrate_i386(observer: &mut Observer, ns64: f64, period_ns: u64) -> Result<
         "32-bit vDSO clock_gettime: {ns32:.1} ns per call as sampled ({samples} samples), \
          64-bit {ns64:.1}"
     );
-    Ok(Some(ns32 / ns64))
+    Ok(Some((ns32 / ns64, samples)))
 }
 
 /// Deletes what the maps hold of a calibration child, which nobody asked about.

@@ -7,6 +7,7 @@ use std::path::Path;
 use vdso_observer_common::TimeCall;
 
 use crate::{
+    host::vdso32,
     host::{clock_watch::ClockWatch, clocksource, procfs, vdso_image::VdsoImage},
     kernel::{LoadOptions, Observer, VdsoTables},
     measure::calibrate,
@@ -28,7 +29,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         detail: options.btf_path.display().to_string(),
     });
     let image = VdsoImage::current().ok();
-    let tables = VdsoTables::of(image.as_ref());
+    let tables = VdsoTables::of(image.as_ref(), vdso32::image_if_any().as_ref());
     let mut observer = Observer::start(options, &tables);
     let vdso_check = match (&mut observer, image.clone()) {
         (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,

@@ -12,6 +12,11 @@
 //! call), so each process is admitted only when its sampled vDSO call rate
 //! predicts an overhead within budget, and a governor detaches it as soon as the
 //! measured hit rate says otherwise; it then falls back to the estimate.
+//!
+//! What is counted exactly, and where, is told to the sampler (the coverage
+//! map): samples of those calls in those threads are not taken, so a window
+//! that was exact for part of its time and sampled for the rest adds both up,
+//! and a thread not armed yet is sampled meanwhile.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -24,7 +29,9 @@ use aya::programs::{perf_event::PerfEventLinkId, uprobe::UProbeLinkId};
 use log::{info, warn};
 use object::{Object as _, ObjectSymbol as _};
 use serde::Serialize;
-use vdso_observer_common::{Provenance, TimeCall, UprobeCookie, VdsoKey};
+use vdso_observer_common::{
+    COVERAGE_PROCESS, ExactCoverage, Provenance, SyscallAbi, TimeCall, UprobeCookie, VdsoKey,
+};
 
 use crate::{
     host::{
@@ -70,13 +77,31 @@ struct Traced {
     start_ticks: u64,
     vdso_base: u64,
     uprobes: Vec<UProbeLinkId>,
-    breakpoints: Vec<PerfEventLinkId>,
-    threads: HashSet<u32>,
+    /// Calls the uprobes count (bits of `1 << TimeCall`), in every thread.
+    uprobe_calls: u32,
+    /// vDSO addresses that get a breakpoint in each thread, and their calls.
+    breakpoint_addresses: Vec<u64>,
+    breakpoint_calls: u32,
+    /// Armed threads and their breakpoints: pruned when a thread ends, so its
+    /// descriptors are freed and a recycled thread id is armed again.
+    threads: HashMap<u32, Vec<PerfEventLinkId>>,
+    /// Most threads left unarmed at once for want of file descriptors
+    /// (sampled instead).
+    unarmed: usize,
     state: ExactState,
-    /// Hits and CPU ticks at the last governor look.
-    last_hits: (u64, u64),
-    last_cpu_ticks: u64,
+    /// Hits and CPU time at the last governor look; None until the first look
+    /// after attaching (hits an earlier image made are not this attachment's).
+    last_hits: Option<(u64, u64)>,
+    last_cpu_ns: u64,
     last_look: Instant,
+}
+
+/// The vDSO images exact counting places breakpoints in.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub x86_64: VdsoImage,
+    /// None without IA32 emulation.
+    pub i386: Option<VdsoImage>,
 }
 
 pub struct ExactTracer {
@@ -84,8 +109,12 @@ pub struct ExactTracer {
     /// The latest sampled vDSO calls/s per pid, for admitting new processes.
     estimates: HashMap<u32, f64>,
     last_refresh: Instant,
-    image: VdsoImage,
+    images: Images,
     pub costs: HitCosts,
+    /// Breakpoint descriptors open, and how many may be (the open-file limit
+    /// less a reserve for everything else).
+    open_breakpoints: usize,
+    breakpoint_budget: usize,
     traced: BTreeMap<u32, Traced>,
     /// Processes left alone (over budget, failed), by pid and start.
     refused: BTreeMap<u32, (u64, ExactState)>,
@@ -98,14 +127,22 @@ impl ExactTracer {
     pub fn start(
         options: ExactOptions,
         observer: &mut Observer,
-        image: VdsoImage,
+        images: Images,
     ) -> Result<ExactTracer> {
+        /// Descriptors kept for everything but breakpoints (maps, /proc reads,
+        /// sockets of the daemon).
+        const RESERVED_FILES: u64 = 512;
         check_kernel_floor(
             &procfs::uname().release,
             EXACT_KERNEL_FLOOR,
             "exact counting (uprobes with BPF cookies)",
         )?;
-        let costs = measure_hit_costs(observer, &image)?;
+        let costs = measure_hit_costs(observer, &images.x86_64)?;
+        let open_files = procfs::raise_open_file_limit();
+        let breakpoint_budget = open_files.saturating_sub(RESERVED_FILES) as usize;
+        info!(
+            "exact counting: up to {breakpoint_budget} breakpoints (open-file limit {open_files})"
+        );
         info!(
             "exact counting: a uprobe hit costs {:.1} µs, a breakpoint hit {:.1} µs here",
             costs.uprobe_ns / 1e3,
@@ -115,8 +152,10 @@ impl ExactTracer {
             options,
             estimates: HashMap::new(),
             last_refresh: Instant::now(),
-            image,
+            images,
             costs,
+            open_breakpoints: 0,
+            breakpoint_budget,
             traced: BTreeMap::new(),
             refused: BTreeMap::new(),
             finished: BTreeMap::new(),
@@ -138,17 +177,21 @@ impl ExactTracer {
         let pids: Vec<u32> = self.traced.keys().copied().collect();
         for pid in pids {
             let traced = &self.traced[&pid];
-            let gone = procfs::start_ticks(pid) != Some(traced.start_ticks);
-            let execd = vdso_image::vdso_base_of(pid) != Some(traced.vdso_base);
+            // Unknown (a failed /proc read) is not gone: out of descriptors, a
+            // live process would otherwise be retired as exited.
+            let Some(gone) = procfs::has_exited(pid, traced.start_ticks) else {
+                continue;
+            };
+            let execd = !gone && vdso_image::vdso_base_of(pid) != Some(traced.vdso_base);
             if (gone || execd)
                 && let Some(traced) = self.traced.remove(&pid)
             {
                 self.finished.insert(pid, traced.state.clone());
-                detach_all(observer, traced);
+                self.detach_all(observer, pid, traced);
             }
         }
         self.refused
-            .retain(|pid, (start, _)| procfs::start_ticks(*pid) == Some(*start));
+            .retain(|pid, (start, _)| procfs::has_exited(*pid, *start) != Some(true));
         for pid in targets {
             if pid == own || self.refused.contains_key(&pid) {
                 continue;
@@ -176,7 +219,7 @@ impl ExactTracer {
                     continue;
                 }
             }
-            match attach_process(observer, &self.image, pid, start_ticks) {
+            match self.attach_process(observer, pid, start_ticks) {
                 Ok(Some(traced)) => {
                     log::debug!(
                         "pid {pid}: exact counting attached at {}",
@@ -215,9 +258,10 @@ impl ExactTracer {
             let estimates = self.estimates.clone();
             self.refresh(observer, &estimates);
         }
-        for (pid, traced) in &mut self.traced {
-            if !traced.breakpoints.is_empty() {
-                add_new_threads(observer, &self.image, *pid, traced);
+        let pids: Vec<u32> = self.traced.keys().copied().collect();
+        for pid in pids {
+            if let Err(err) = self.sync_threads(observer, pid) {
+                log::debug!("pid {pid}: arming new threads failed: {err:#}");
             }
         }
         let Some(budget) = self.options.budget else {
@@ -235,23 +279,33 @@ impl ExactTracer {
         let mut over = Vec::new();
         for (pid, traced) in &mut self.traced {
             let now = hits.get(pid).copied().unwrap_or_default();
+            // Gone: the refresh retires it; its last tick is not judged.
+            let Some(cpu) = procfs::cpu_time_ns(*pid) else {
+                continue;
+            };
+            let Some(last_hits) = traced.last_hits else {
+                // The first look sets the baseline.
+                traced.last_hits = Some(now);
+                traced.last_cpu_ns = cpu;
+                traced.last_look = Instant::now();
+                continue;
+            };
             let (uprobes, breakpoints) = (
-                now.0.saturating_sub(traced.last_hits.0),
-                now.1.saturating_sub(traced.last_hits.1),
+                now.0.saturating_sub(last_hits.0),
+                now.1.saturating_sub(last_hits.1),
             );
-            let cpu = procfs::cpu_ticks(*pid).unwrap_or(traced.last_cpu_ticks);
             let elapsed = traced.last_look.elapsed().as_secs_f64().max(1e-3);
             let cost_ns = uprobes as f64 * self.costs.uprobe_ns
                 + breakpoints as f64 * self.costs.breakpoint_ns;
-            let cpu_ns = cpu.saturating_sub(traced.last_cpu_ticks) as f64 * procfs::ns_per_tick();
+            let cpu_ns = cpu.saturating_sub(traced.last_cpu_ns) as f64;
             // Below the floor (a share of one CPU) nothing is ever too much.
             let overhead = if cost_ns / (elapsed * 1e9) < OVERHEAD_FLOOR {
                 0.0
             } else {
                 cost_ns / cpu_ns.max(cost_ns).max(1.0)
             };
-            traced.last_hits = now;
-            traced.last_cpu_ticks = cpu;
+            traced.last_hits = Some(now);
+            traced.last_cpu_ns = cpu;
             traced.last_look = Instant::now();
             traced.state.overhead = Some(overhead);
             if overhead > budget {
@@ -264,7 +318,7 @@ impl ExactTracer {
             };
             let start = traced.start_ticks;
             let entry_points = traced.state.entry_points.clone();
-            detach_all(observer, traced);
+            self.detach_all(observer, pid, traced);
             let state = ExactState {
                 state: ExactStatus::OverBudget,
                 entry_points,
@@ -277,6 +331,208 @@ impl ExactTracer {
             };
             self.refuse(pid, start, state);
         }
+    }
+
+    /// Detaches every probe of a process and tells the sampler to take its
+    /// calls again.
+    fn detach_all(&mut self, observer: &mut Observer, pid: u32, traced: Traced) {
+        for link in traced.uprobes {
+            let _ = observer.detach_uprobe(link);
+        }
+        observer.clear_coverage(COVERAGE_PROCESS | pid);
+        for (tid, links) in traced.threads {
+            self.detach_thread(observer, tid, links);
+        }
+    }
+
+    fn detach_thread(&mut self, observer: &mut Observer, tid: u32, links: Vec<PerfEventLinkId>) {
+        observer.clear_coverage(tid);
+        self.open_breakpoints = self.open_breakpoints.saturating_sub(links.len());
+        for link in links {
+            let _ = observer.detach_breakpoint(link);
+        }
+    }
+
+    /// Attaches a process's entry points: uprobes for the process, breakpoints
+    /// in every thread (see [`Self::sync_threads`]). Ok(None): gone, a kernel
+    /// thread, or no vDSO.
+    fn attach_process(
+        &mut self,
+        observer: &mut Observer,
+        pid: u32,
+        start_ticks: u64,
+    ) -> Result<Option<Traced>> {
+        let Some(vdso_base) = vdso_image::vdso_base_of(pid) else {
+            return Ok(None);
+        };
+        let points = match entry_points(pid) {
+            Ok(points) => points,
+            Err(_) if procfs::has_exited(pid, start_ticks) == Some(true) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let image = match points.abi {
+            SyscallAbi::X86_64 => &self.images.x86_64,
+            SyscallAbi::I386 => self.images.i386.as_ref().ok_or_else(|| {
+                anyhow!("a 32-bit process, and the 32-bit vDSO image could not be read")
+            })?,
+        };
+        let mut traced = Traced {
+            start_ticks,
+            vdso_base,
+            uprobes: vec![],
+            uprobe_calls: 0,
+            // Every function of a call: vdso32 has clock_gettime and clock_gettime64.
+            breakpoint_addresses: image
+                .functions
+                .iter()
+                .filter(|f| points.breakpoints.contains(&f.call))
+                .map(|f| vdso_base + f.offset)
+                .collect(),
+            breakpoint_calls: points
+                .breakpoints
+                .iter()
+                .fold(0, |bits, call| bits | 1 << *call as u32),
+            threads: HashMap::new(),
+            unarmed: 0,
+            state: ExactState {
+                state: ExactStatus::Traced,
+                entry_points: vec![],
+                overhead: None,
+                note: None,
+            },
+            last_hits: None,
+            last_cpu_ns: procfs::cpu_time_ns(pid).unwrap_or(0),
+            last_look: Instant::now(),
+        };
+        for (file, symbol, cookie) in &points.uprobes {
+            match observer.attach_uprobe(file, symbol, pid, *cookie) {
+                Ok(link) => {
+                    traced.uprobes.push(link);
+                    traced.uprobe_calls |= 1 << cookie.call as u32;
+                    traced.state.entry_points.push(EntryPoint::Uprobe {
+                        file: procfs::display_path(file),
+                        symbol: symbol.to_string(),
+                    });
+                }
+                Err(err) => {
+                    self.detach_all(observer, pid, traced);
+                    return Err(err);
+                }
+            }
+        }
+        if traced.uprobe_calls != 0 {
+            let coverage = ExactCoverage {
+                vdso_base,
+                calls: traced.uprobe_calls,
+                _pad: 0,
+            };
+            if let Err(err) = observer.set_coverage(COVERAGE_PROCESS | pid, coverage) {
+                self.detach_all(observer, pid, traced);
+                return Err(err);
+            }
+        }
+        traced.state.entry_points.extend(
+            points
+                .breakpoints
+                .iter()
+                .map(|call| EntryPoint::Breakpoint(*call)),
+        );
+        self.traced.insert(pid, traced);
+        if let Err(err) = self.sync_threads(observer, pid) {
+            if let Some(traced) = self.traced.remove(&pid) {
+                self.detach_all(observer, pid, traced);
+            }
+            return Err(err.context(
+                "hardware breakpoints need free debug registers (at most 4 per thread; a \
+                 debugger may hold them)",
+            ));
+        }
+        Ok(self.traced.remove(&pid))
+    }
+
+    /// Arms the threads started since the last look (breakpoint events are not
+    /// inherited: a child process would carry them beyond the governor's
+    /// reach), and frees the breakpoints of threads that ended. Until a thread
+    /// is armed the sampler counts it. With too few file descriptors left,
+    /// threads stay unarmed (sampled) and the state says how many.
+    fn sync_threads(&mut self, observer: &mut Observer, pid: u32) -> Result<()> {
+        let Some(traced) = self.traced.get_mut(&pid) else {
+            return Ok(());
+        };
+        if traced.breakpoint_addresses.is_empty() {
+            return Ok(());
+        }
+        let live: HashSet<u32> = procfs::threads_of(pid).into_iter().collect();
+        if live.is_empty() {
+            return Ok(()); // gone, or /proc unreadable: the refresh decides
+        }
+        let ended: Vec<u32> = traced
+            .threads
+            .keys()
+            .filter(|tid| !live.contains(tid))
+            .copied()
+            .collect();
+        let mut freed = Vec::new();
+        for tid in ended {
+            if let Some(links) = traced.threads.remove(&tid) {
+                freed.push((tid, links));
+            }
+        }
+        let addresses = traced.breakpoint_addresses.clone();
+        let coverage = ExactCoverage {
+            vdso_base: traced.vdso_base,
+            calls: traced.breakpoint_calls,
+            _pad: 0,
+        };
+        let new: Vec<u32> = live
+            .iter()
+            .filter(|tid| !traced.threads.contains_key(tid))
+            .copied()
+            .collect();
+        for (tid, links) in freed {
+            self.detach_thread(observer, tid, links);
+        }
+        let mut unarmed = 0;
+        for tid in new {
+            if self.open_breakpoints + addresses.len() > self.breakpoint_budget {
+                unarmed += 1;
+                continue;
+            }
+            let mut links = Vec::new();
+            for &address in &addresses {
+                match observer.attach_breakpoint(tid, address) {
+                    Ok(link) => links.push(link),
+                    // The thread ended meanwhile.
+                    Err(_) if !procfs::threads_of(pid).contains(&tid) => break,
+                    Err(err) => {
+                        self.open_breakpoints += links.len();
+                        self.detach_thread(observer, tid, links);
+                        return Err(err);
+                    }
+                }
+            }
+            self.open_breakpoints += links.len();
+            if links.len() == addresses.len() {
+                observer.set_coverage(tid, coverage)?;
+            }
+            if let Some(traced) = self.traced.get_mut(&pid) {
+                traced.threads.insert(tid, links);
+            }
+        }
+        if let Some(traced) = self.traced.get_mut(&pid)
+            && unarmed > traced.unarmed
+        {
+            warn!(
+                "pid {pid}: {unarmed} threads not armed, their vDSO calls are sampled: the \
+                 open-file limit allows {} breakpoints (raise LimitNOFILE)",
+                self.breakpoint_budget
+            );
+            traced.unarmed = unarmed;
+            traced.state.note = Some(format!(
+                "up to {unarmed} threads sampled, not armed: open-file limit reached"
+            ));
+        }
+        Ok(())
     }
 
     /// Leaves a process to the estimate from now on, and says why once.
@@ -300,15 +556,6 @@ impl ExactTracer {
     }
 }
 
-fn detach_all(observer: &mut Observer, traced: Traced) {
-    for link in traced.uprobes {
-        let _ = observer.detach_uprobe(link);
-    }
-    for link in traced.breakpoints {
-        let _ = observer.detach_breakpoint(link);
-    }
-}
-
 /// Overhead the probes would cost a process calling the vDSO `rate` times a
 /// second, as a share of its CPU time (using the dearer breakpoint cost).
 fn predicted_overhead(pid: u32, rate: f64, hit_ns: f64) -> f64 {
@@ -324,6 +571,8 @@ fn predicted_overhead(pid: u32, rate: f64, hit_ns: f64) -> f64 {
 /// Where calls into the vDSO can be counted in one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryPoints {
+    /// The process's ABI: which vDSO image it maps.
+    pub abi: SyscallAbi,
     /// (file as seen from here, symbol, cookie)
     pub uprobes: Vec<(PathBuf, String, UprobeCookie)>,
     /// vDSO functions that need a breakpoint.
@@ -335,12 +584,39 @@ pub fn entry_points(pid: u32) -> Result<EntryPoints> {
     let files = procfs::process_files(pid)?;
     let exe = files.in_root(&files.exe);
     let exe_symbols = elf_symbols(&exe).unwrap_or_default();
-    Ok(choose_entry_points(
-        &files.executable_mappings,
-        &exe,
-        &exe_symbols,
-        |path| files.in_root(path),
-    ))
+    let abi = if procfs::is_32bit_elf(&exe) {
+        SyscallAbi::I386
+    } else {
+        SyscallAbi::X86_64
+    };
+    let mut points = choose_entry_points(&files.executable_mappings, &exe, &exe_symbols, |path| {
+        files.in_root(path)
+    });
+    points.abi = abi;
+    if abi == SyscallAbi::I386 {
+        adapt_to_i386(&mut points);
+    }
+    Ok(points)
+}
+
+/// 32-bit glibc (2.34+) and musl (1.2+) route both clock_gettime and its
+/// 64-bit-time twin through `__clock_gettime64` (and `__clock_getres64`):
+/// one probe there counts every call once. Without a libc, vdso32's two
+/// clock_gettime functions take two of the four debug registers: getcpu goes.
+fn adapt_to_i386(points: &mut EntryPoints) {
+    if points.breakpoints.contains(&TimeCall::ClockGettime) {
+        points.breakpoints.retain(|call| *call != TimeCall::Getcpu);
+    }
+    let mut symbols_of: HashMap<PathBuf, HashSet<String>> = HashMap::new();
+    for (file, symbol, _) in &mut points.uprobes {
+        let time64 = format!("__{symbol}64");
+        let symbols = symbols_of
+            .entry(file.clone())
+            .or_insert_with(|| elf_symbols(file).unwrap_or_default());
+        if symbols.contains(&time64) {
+            *symbol = time64;
+        }
+    }
 }
 
 /// The rule, apart from reading files (tested without a process).
@@ -373,6 +649,7 @@ pub fn choose_entry_points(
             || path.contains("/musl/")
     });
     let mut points = EntryPoints {
+        abi: SyscallAbi::X86_64,
         uprobes: vec![],
         breakpoints: vec![],
     };
@@ -424,15 +701,18 @@ pub fn choose_entry_points(
         points
             .uprobes
             .push((libc, "clock_getres".into(), from_arg(TimeCall::ClockGetres)));
-        // IFUNCs resolved straight to the vDSO: no libc code runs.
-        points.breakpoints = vec![TimeCall::Gettimeofday, TimeCall::Time];
+        // IFUNCs resolved straight to the vDSO: no libc code runs; getcpu()
+        // calls the vDSO itself (sched_getcpu reads rseq, no call at all).
+        points.breakpoints = vec![TimeCall::Gettimeofday, TimeCall::Time, TimeCall::Getcpu];
     } else if let Some(musl) = musl {
-        // musl's gettimeofday and time call its clock_gettime.
+        // musl's gettimeofday and time call its clock_gettime; its
+        // sched_getcpu calls the vDSO's getcpu.
         points.uprobes.push((
             in_root(musl),
             "clock_gettime".into(),
             from_arg(TimeCall::ClockGettime),
         ));
+        points.breakpoints = vec![TimeCall::Getcpu];
     } else if exe_symbols.contains("clock_gettime") {
         // A static binary: its own libc inside.
         points.uprobes.push((
@@ -440,7 +720,7 @@ pub fn choose_entry_points(
             "clock_gettime".into(),
             from_arg(TimeCall::ClockGettime),
         ));
-        points.breakpoints = vec![TimeCall::Gettimeofday, TimeCall::Time];
+        points.breakpoints = vec![TimeCall::Gettimeofday, TimeCall::Time, TimeCall::Getcpu];
     } else {
         points.breakpoints = vec![
             TimeCall::ClockGettime,
@@ -465,108 +745,6 @@ fn elf_symbols(path: &Path) -> Result<HashSet<String>> {
         .filter(|s| s.is_definition())
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect())
-}
-
-fn attach_process(
-    observer: &mut Observer,
-    image: &VdsoImage,
-    pid: u32,
-    start_ticks: u64,
-) -> Result<Option<Traced>> {
-    let Some(vdso_base) = vdso_image::vdso_base_of(pid) else {
-        return Ok(None); // gone, kernel thread, or no vDSO
-    };
-    let points = match entry_points(pid) {
-        Ok(points) => points,
-        Err(_) if procfs::start_ticks(pid) != Some(start_ticks) => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let mut traced = Traced {
-        start_ticks,
-        vdso_base,
-        uprobes: vec![],
-        breakpoints: vec![],
-        threads: HashSet::new(),
-        state: ExactState {
-            state: ExactStatus::Traced,
-            entry_points: vec![],
-            overhead: None,
-            note: None,
-        },
-        last_hits: (0, 0),
-        last_cpu_ticks: procfs::cpu_ticks(pid).unwrap_or(0),
-        last_look: Instant::now(),
-    };
-    for (file, symbol, cookie) in &points.uprobes {
-        match observer.attach_uprobe(file, symbol, pid, *cookie) {
-            Ok(link) => {
-                traced.uprobes.push(link);
-                traced.state.entry_points.push(EntryPoint::Uprobe {
-                    file: procfs::display_path(file),
-                    symbol: symbol.to_string(),
-                });
-            }
-            Err(err) => {
-                detach_all(observer, traced);
-                return Err(err);
-            }
-        }
-    }
-    traced.state.entry_points.extend(
-        points
-            .breakpoints
-            .iter()
-            .map(|call| EntryPoint::Breakpoint(*call)),
-    );
-    let calls = points.breakpoints.clone();
-    if !calls.is_empty() {
-        let addresses: Vec<u64> = calls
-            .iter()
-            .filter_map(|call| image.function(*call).map(|f| vdso_base + f.offset))
-            .collect();
-        for tid in procfs::threads_of(pid) {
-            for &address in &addresses {
-                match observer.attach_breakpoint(tid, address) {
-                    Ok(link) => traced.breakpoints.push(link),
-                    Err(err) => {
-                        detach_all(observer, traced);
-                        return Err(err.context(
-                            "hardware breakpoints need free debug registers (at most 4 per thread; a debugger may hold them)",
-                        ));
-                    }
-                }
-            }
-            traced.threads.insert(tid);
-        }
-    }
-    Ok(Some(traced))
-}
-
-/// Threads started since the last look get their own breakpoints (events are
-/// not inherited: a child process would carry them beyond the governor's reach).
-fn add_new_threads(observer: &mut Observer, image: &VdsoImage, pid: u32, traced: &mut Traced) {
-    let calls: Vec<TimeCall> = traced
-        .state
-        .entry_points
-        .iter()
-        .filter_map(|e| match e {
-            EntryPoint::Breakpoint(call) => Some(*call),
-            EntryPoint::Uprobe { .. } => None,
-        })
-        .collect();
-    for tid in procfs::threads_of(pid) {
-        if !traced.threads.insert(tid) {
-            continue;
-        }
-        for call in &calls {
-            if let Some(function) = image.function(*call)
-                && let Ok(link) =
-                    observer.attach_breakpoint(tid, traced.vdso_base + function.offset)
-            {
-                traced.breakpoints.push(link);
-            }
-        }
-    }
 }
 
 /// What one uprobe hit and one breakpoint hit cost on this machine: the
@@ -652,7 +830,10 @@ mod tests {
         assert_eq!(points.uprobes[0].1, "clock_gettime");
         assert_eq!(points.uprobes[0].2.fixed_clock, None);
         assert_eq!(points.uprobes[1].1, "clock_getres");
-        assert_eq!(points.breakpoints, [TimeCall::Gettimeofday, TimeCall::Time]);
+        assert_eq!(
+            points.breakpoints,
+            [TimeCall::Gettimeofday, TimeCall::Time, TimeCall::Getcpu]
+        );
     }
 
     #[test]
@@ -705,7 +886,10 @@ mod tests {
             root,
         );
         assert_eq!(points.uprobes[0].0, exe);
-        assert_eq!(points.breakpoints, [TimeCall::Gettimeofday, TimeCall::Time]);
+        assert_eq!(
+            points.breakpoints,
+            [TimeCall::Gettimeofday, TimeCall::Time, TimeCall::Getcpu]
+        );
 
         for musl in [
             "/lib/ld-musl-x86_64.so.1",
@@ -714,12 +898,37 @@ mod tests {
             let points = choose_entry_points(&[PathBuf::from(musl)], exe, &symbols(&[]), root);
             assert_eq!(points.uprobes.len(), 1, "{musl}");
             assert!(points.uprobes[0].0.ends_with(musl.trim_start_matches('/')));
-            assert!(points.breakpoints.is_empty());
+            assert_eq!(points.breakpoints, [TimeCall::Getcpu], "sched_getcpu");
         }
 
-        let points = choose_entry_points(&[], exe, &symbols(&[]), root);
+        let mut points = choose_entry_points(&[], exe, &symbols(&[]), root);
         assert!(points.uprobes.is_empty());
         assert_eq!(points.breakpoints.len(), 4, "at most 4 debug registers");
+        // vdso32 has two clock_gettime functions: getcpu makes room.
+        adapt_to_i386(&mut points);
+        assert_eq!(
+            points.breakpoints,
+            [
+                TimeCall::ClockGettime,
+                TimeCall::Gettimeofday,
+                TimeCall::Time
+            ]
+        );
+    }
+
+    #[test]
+    fn i386_glibc_is_probed_at_its_time64_functions() {
+        let libc32 = PathBuf::from("/lib32/libc.so.6");
+        let mut points = choose_entry_points(
+            std::slice::from_ref(&libc32),
+            Path::new("/bin/app32"),
+            &symbols(&[]),
+            |p| p.to_path_buf(),
+        );
+        adapt_to_i386(&mut points);
+        // The real i386 glibc of the test machines (gcc-multilib).
+        let probed: Vec<&str> = points.uprobes.iter().map(|(_, s, _)| s.as_str()).collect();
+        assert_eq!(probed, ["__clock_gettime64", "__clock_getres64"]);
     }
 
     #[test]

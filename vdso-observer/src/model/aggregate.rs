@@ -110,6 +110,11 @@ impl Aggregator {
         self.previous_stats = snapshot.stats;
     }
 
+    /// New costs (after a clocksource change), from the next window on.
+    pub fn set_estimator(&mut self, estimator: Option<VdsoEstimator>) {
+        self.estimator = estimator;
+    }
+
     pub fn set_thresholds(&mut self, thresholds: Thresholds) {
         self.thresholds = thresholds;
     }
@@ -406,7 +411,8 @@ fn process_report(
 }
 
 /// Fills the vDSO side of a process report: exact hits where a uprobe or
-/// breakpoint counted a call, estimates from samples for the rest.
+/// breakpoint counted a call, estimates from samples for the rest (other
+/// calls, threads not armed, the time before attaching or after detaching).
 fn add_vdso_calls(
     report: &mut ProcessReport,
     deltas: &[(VdsoKey, u64)],
@@ -427,13 +433,9 @@ fn add_vdso_calls(
             .map(|c| c.count)
             .sum()
     };
-    let exact_calls: BTreeSet<u8> = deltas
-        .iter()
-        .filter(|(k, _)| k.provenance != Provenance::Sampled as u8)
-        .map(|(k, _)| k.call)
-        .collect();
     let mut rows = Vec::new();
     let mut samples_used = 0u64;
+    let mut i386_sampled = false;
     for &(key, count) in deltas {
         let Some(provenance) = Provenance::from_u8(key.provenance) else {
             continue;
@@ -442,14 +444,13 @@ fn add_vdso_calls(
         let function = call.map_or(VdsoFunction::Other, VdsoFunction::Call);
         let clock = (key.clock_id != NO_CLOCK).then(|| clock_name(key.clock_id));
         if provenance == Provenance::Sampled {
-            // Exact counts of the same call win over samples.
-            if exact_calls.contains(&key.call) {
-                continue;
-            }
+            // The sampler leaves out what exact counting covered (thread,
+            // call, image): samples and exact hits of one call add up.
             let Some(estimator) = estimator else { continue };
             let abi = SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::X86_64);
             let calls = estimator.calls(abi, call, count);
             samples_used += count;
+            i386_sampled |= abi == SyscallAbi::I386;
             rows.push(VdsoCallCount {
                 call: function,
                 clock,
@@ -486,7 +487,9 @@ fn add_vdso_calls(
     let total: f64 = rows.iter().map(|r| r.calls).sum();
     report.vdso_calls_per_sec = Some(total / seconds);
     report.vdso_estimated = samples_used > 0;
-    report.vdso_uncertainty = (samples_used > 0).then(|| 1.0 / (samples_used as f64).sqrt());
+    report.vdso_uncertainty = estimator
+        .filter(|_| samples_used > 0)
+        .map(|e| e.costs.uncertainty(samples_used, i386_sampled));
     let kernel = report.time_kernel_entries() as f64;
     report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
     report.vdso_calls = rows;

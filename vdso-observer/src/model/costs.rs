@@ -18,7 +18,23 @@ pub struct VdsoCosts {
     /// one, as sampled (None: not measured, taken as 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub i386_ratio: Option<f64>,
+    /// Samples behind the calibrated clock_gettime cost (0: stopwatch only):
+    /// its own error, ~1/√samples, is part of every estimate's.
+    pub calibration_samples: u64,
+    /// The same for `i386_ratio`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub i386_calibration_samples: u64,
 }
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// z of a two-sided 95% interval.
+const Z95: f64 = 1.96;
+/// Relative variance assumed for a cost never calibrated against the sampler
+/// (stopwatch only): ±25% at one sigma.
+const UNCALIBRATED_VARIANCE: f64 = 0.25 * 0.25;
 
 impl VdsoCosts {
     /// Cost of a call; unknown code is costed as clock_gettime, the usual caller.
@@ -29,6 +45,24 @@ impl VdsoCosts {
             .or_else(|| self.ns_per_call.get(&TimeCall::ClockGettime))
             .copied()
             .unwrap_or(20.0)
+    }
+
+    /// The relative 95% interval of an estimate made of `samples` samples:
+    /// Poisson error of the samples and of the calibration behind the cost
+    /// (of the i386 calibration too when `i386` samples are in it).
+    pub fn uncertainty(&self, samples: u64, i386: bool) -> f64 {
+        let variance = |samples: u64| {
+            if samples == 0 {
+                UNCALIBRATED_VARIANCE
+            } else {
+                1.0 / samples as f64
+            }
+        };
+        let mut total = 1.0 / samples.max(1) as f64 + variance(self.calibration_samples);
+        if i386 {
+            total += variance(self.i386_calibration_samples);
+        }
+        Z95 * total.sqrt()
     }
 
     /// Cost of a call in the image of `abi`.
@@ -50,6 +84,8 @@ impl VdsoCosts {
         };
         let mut costs = VdsoCosts {
             i386_ratio: self.i386_ratio,
+            calibration_samples: self.calibration_samples,
+            i386_calibration_samples: self.i386_calibration_samples,
             ..VdsoCosts::default()
         };
         for (&call, &ns) in &self.ns_per_call {
@@ -74,5 +110,26 @@ mod tests {
         let calibrated = costs.calibrated(&sampled);
         assert_eq!(calibrated.ns(Some(TimeCall::ClockGettime)), 20.0);
         assert_eq!(calibrated.ns(Some(TimeCall::Time)), 6.0);
+    }
+
+    #[test]
+    fn the_interval_holds_the_calibration_error_too() {
+        let mut costs = VdsoCosts {
+            calibration_samples: 400,
+            i386_calibration_samples: 200,
+            ..VdsoCosts::default()
+        };
+        // 100 samples and 400 behind the cost: 1.96 * sqrt(1/100 + 1/400).
+        let expected = 1.96 * (0.01f64 + 0.0025).sqrt();
+        assert!((costs.uncertainty(100, false) - expected).abs() < 1e-12);
+        assert!(costs.uncertainty(100, true) > expected);
+        // More samples never widen it; never below the calibration's own.
+        assert!(costs.uncertainty(10_000, false) < costs.uncertainty(100, false));
+        assert!(costs.uncertainty(u64::MAX, false) >= 1.96 * 0.05 - 1e-9);
+        costs.calibration_samples = 0;
+        assert!(
+            costs.uncertainty(10_000, false) > 0.45,
+            "stopwatch only: ±25% at 1σ"
+        );
     }
 }

@@ -148,7 +148,8 @@ pub struct ProcessReport {
     pub kernel_share: Option<f64>,
     /// vDSO-answered calls by call, clock and provenance.
     pub vdso_calls: Vec<VdsoCallCount>,
-    /// Relative uncertainty of a sampled estimate (1/√samples); null when exact.
+    /// Relative half-width of the 95% interval of a sampled estimate (the
+    /// samples' Poisson error and the calibration's); null when exact.
     pub vdso_uncertainty: Option<f64>,
     /// Exact counting of this process (`--exact`, `--exact-pid`); null when not asked.
     pub exact: Option<ExactState>,

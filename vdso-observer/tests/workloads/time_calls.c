@@ -17,6 +17,11 @@
  *   keys        N rounds of 70 distinct kernel entries (16 clock ids x clock_gettime
  *               and clock_getres, gettimeofday, time, getcpu; each through syscall(2)
  *               and through int $0x80), to pass the per-process key cap
+ *   paced       N libc clock_gettime calls, each followed by ARG us of spinning
+ *               (a known ratio of vDSO calls to CPU time)
+ *   execpaced   paced, then exec itself into paced with the same arguments
+ *   threadsgtod N threads alive at once; each sleeps 1.5 s, then makes ARG libc
+ *               gettimeofday calls
  *   churn       ARG short-lived children one after another, N direct calls each
  *   cpuclocks   N threads one after another, each reading its own CPU clock
  *               (pthread_getcpuclockid: a distinct dynamic clock id per thread)
@@ -28,6 +33,9 @@
  *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
  *               CPU time, so a slowdown shows whatever else runs on the machine)
  *   gtod        N libc gettimeofday calls (straight into the vDSO: glibc's IFUNC)
+ *   time        N libc time calls
+ *   getcpu      N getcpu calls through libc (glibc getcpu, musl sched_getcpu: both
+ *               call the vDSO's)
  *   seed        N getrandom(2) calls and no time call, as glibc's malloc start-up makes
  *   bench       N calls of ARG (getppid, direct, vdso), then prints ns per call
  *
@@ -36,6 +44,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +80,33 @@ static pid_t child_calls(void) {
     return child;
 }
 
+/* N libc clock_gettime calls, each followed by `us` microseconds of work. */
+static void paced(long count, double us) {
+    struct timespec ts, until;
+    for (long i = 0; i < count; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        /* Spin on the thread's CPU clock: a syscall, never a vDSO call. */
+        syscall(SYS_clock_gettime, CLOCK_THREAD_CPUTIME_ID, &until);
+        double end = until.tv_sec * 1e6 + until.tv_nsec / 1e3 + us;
+        do
+            syscall(SYS_clock_gettime, CLOCK_THREAD_CPUTIME_ID, &until);
+        while (until.tv_sec * 1e6 + until.tv_nsec / 1e3 < end);
+    }
+}
+
+static long gtod_calls;
+static pthread_barrier_t started;
+
+static void *sleepy_gtod(void *arg) {
+    (void)arg;
+    struct timeval tv;
+    pthread_barrier_wait(&started);
+    usleep(1500000);
+    for (long i = 0; i < gtod_calls; i++)
+        gettimeofday(&tv, NULL);
+    return NULL;
+}
+
 static void *own_cpu_clock(void *arg) {
     (void)arg;
     clockid_t clock;
@@ -93,6 +129,7 @@ int main(int argc, char **argv) {
         char byte;
         if (read(0, &byte, 1) != 1)
             return 7;
+        unsetenv("VT_WAIT_STDIN"); /* an exec'd image starts at once */
     }
 
     if (!strcmp(mode, "direct")) {
@@ -149,6 +186,23 @@ int main(int argc, char **argv) {
                 return 5;
         while (wait(NULL) > 0)
             ;
+    } else if (!strcmp(mode, "paced")) {
+        paced(n, atof(arg));
+    } else if (!strcmp(mode, "execpaced")) {
+        paced(n, atof(arg));
+        execl("/proc/self/exe", argv[0], "paced", argv[2], arg, (char *)NULL);
+        perror("execl");
+        return 6;
+    } else if (!strcmp(mode, "threadsgtod")) {
+        gtod_calls = atol(arg);
+        pthread_t *threads = calloc(n, sizeof(*threads));
+        pthread_barrier_init(&started, NULL, n + 1);
+        for (long i = 0; i < n; i++)
+            if (pthread_create(&threads[i], NULL, sleepy_gtod, NULL))
+                return 4;
+        pthread_barrier_wait(&started);
+        for (long i = 0; i < n; i++)
+            pthread_join(threads[i], NULL);
     } else if (!strcmp(mode, "exec")) {
         direct_calls(n);
         execl(arg, arg, "direct", argv[2], (char *)NULL);
@@ -263,6 +317,19 @@ int main(int argc, char **argv) {
         }
         clock_gettime(CLOCK_MONOTONIC, &end);
         printf("%.2f\n", ((end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec)) / n);
+    } else if (!strcmp(mode, "getcpu")) {
+#ifdef __GLIBC__
+        unsigned cpu, node;
+        for (long i = 0; i < n; i++)
+            getcpu(&cpu, &node);
+#else
+        /* musl: sched_getcpu calls the vDSO's getcpu. */
+        for (long i = 0; i < n; i++)
+            sched_getcpu();
+#endif
+    } else if (!strcmp(mode, "time")) {
+        for (long i = 0; i < n; i++)
+            time(NULL);
     } else if (!strcmp(mode, "gtod")) {
         struct timeval tv;
         for (long i = 0; i < n; i++)
