@@ -69,8 +69,13 @@ enum Task {
     /// Build the release binary, its man pages and shell completions into target/dist.
     Dist,
     /// Measure the observer against bare, an empty program, bpftrace and BCC, in one
-    /// run (root; about 6 minutes). Prints a table, writes target/bench/bench.json.
-    Bench,
+    /// run, and how exact it is (root; about 25 minutes with every part). Prints a
+    /// table, writes target/bench/bench.json.
+    Bench {
+        /// Only these parts (default: all).
+        #[arg(value_enum)]
+        parts: Vec<bench::Part>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,9 +126,9 @@ fn run(cli: Cli) -> Result<()> {
             setup::run(false)?;
             lint::run()
         }
-        Task::Bench => {
+        Task::Bench { parts } => {
             setup::run(true)?;
-            bench::run(&root)
+            bench::run(&root, &parts)
         }
         Task::Dist => dist::run(),
     }

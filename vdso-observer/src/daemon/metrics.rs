@@ -233,6 +233,7 @@ impl Exporter {
         self.lost.processes_map_full += lost.processes_map_full;
         self.lost.read_failed += lost.read_failed;
         self.lost.vdso_calls_map_full += lost.vdso_calls_map_full;
+        self.lost.vdso_samples_unattributed += lost.vdso_samples_unattributed;
     }
 
     fn add_to_comm(&mut self, process: &ProcessReport, limits: &SeriesLimits, now: Instant) {
@@ -393,6 +394,12 @@ impl Exporter {
             &[("cause", "vdso_map_full")],
             self.lost.vdso_calls_map_full as f64,
         );
+        out.family(
+            "vdso_observer_unattributed_vdso_samples_total",
+            "counter",
+            "Samples in vDSO code no time call claims (not even through a helper's return address): in no estimate.",
+        );
+        out.sample(&[], self.lost.vdso_samples_unattributed as f64);
         out.family(
             "vdso_observer_unnamed_processes_total",
             "counter",

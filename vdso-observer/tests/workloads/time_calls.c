@@ -23,6 +23,8 @@
  *   threadsgtod N threads alive at once; each sleeps 1.5 s, then makes ARG libc
  *               gettimeofday calls
  *   churn       ARG short-lived children one after another, N direct calls each
+ *   churnrate   short-lived children, N direct calls each, ARG a second for 60 s;
+ *               prints how many it started
  *   cpuclocks   N threads one after another, each reading its own CPU clock
  *               (pthread_getcpuclockid: a distinct dynamic clock id per thread)
  *   steady      N direct calls a second for ARG seconds (for screens that refresh)
@@ -172,6 +174,25 @@ int main(int argc, char **argv) {
                 return 5;
             waitpid(child, NULL, 0);
         }
+    } else if (!strcmp(mode, "churnrate")) {
+        double rate = atof(arg);
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        long started = 0;
+        double elapsed = 0;
+        while (elapsed < 60) {
+            pid_t child = child_calls();
+            if (child < 0)
+                return 5;
+            waitpid(child, NULL, 0);
+            started++;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+            double ahead = started / rate - elapsed;
+            if (ahead > 0)
+                usleep((useconds_t)(ahead * 1e6));
+        }
+        printf("%ld\n", started);
     } else if (!strcmp(mode, "cpuclocks")) {
         for (long i = 0; i < n; i++) {
             pthread_t thread;

@@ -22,6 +22,27 @@ use crate::{
     observer, setup,
 };
 
+mod churn;
+mod coverage;
+
+/// The parts of the bench, run in this order (all by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The tax on every syscall: getppid and direct clock_gettime loops.
+    Tax,
+    /// The tax on vDSO calls: a hot clock_gettime loop.
+    Vdso,
+    /// The daemon's CPU and memory with 1000 idle and 50 active processes.
+    Cost,
+    /// Exact counts (fork storm, threads) and estimates at three rates.
+    Accuracy,
+    /// Estimate error and the coverage of its stated uncertainty: 40 runs per
+    /// clocksource (tsc, kvm-clock) and ABI (x86_64, i386).
+    Coverage,
+    /// 5 000 short processes a second for 60 s under the daemon: nothing lost.
+    Churn,
+}
+
 const ROUNDS: usize = 5;
 const SYSCALLS: u64 = 3_000_000;
 /// Time-syscall numbers (x86_64) the bpftrace equivalent filters on.
@@ -31,6 +52,8 @@ struct Bench {
     dir: PathBuf,
     observer: PathBuf,
     workload: PathBuf,
+    /// The same workload built with -m32 (comm vt-bench32).
+    workload32: PathBuf,
 }
 
 /// A tool running beside the workload, stopped on drop.
@@ -82,7 +105,7 @@ impl Config {
     }
 }
 
-pub fn run(root: &Path) -> Result<()> {
+pub fn run(root: &Path, parts: &[Part]) -> Result<()> {
     setup::debian_packages(&["bpftrace", "bpfcc-tools", "util-linux"])?;
     if !Path::new("/sys/kernel/tracing/events").exists() {
         step("mounting tracefs (bpftrace attaches tracepoints through it)");
@@ -93,27 +116,42 @@ pub fn run(root: &Path) -> Result<()> {
     let bench = Bench::build(root)?;
     let machine = machine();
     let mut results = json!({ "machine": machine });
+    let all = parts.is_empty();
+    let wanted = |part: Part| all || parts.contains(&part);
 
-    step("1/4 tax on every syscall: getppid and direct clock_gettime loops");
-    let configs = [
-        Config::Bare,
-        Config::Floor,
-        Config::Observer,
-        Config::Bpftrace,
-        Config::Syscount,
-    ];
-    for kind in ["getppid", "direct"] {
-        results[format!("syscall_{kind}")] = bench.syscall_tax(kind, &configs)?;
+    if wanted(Part::Tax) {
+        step("tax on every syscall: getppid and direct clock_gettime loops");
+        let configs = [
+            Config::Bare,
+            Config::Floor,
+            Config::Observer,
+            Config::Bpftrace,
+            Config::Syscount,
+        ];
+        for kind in ["getppid", "direct"] {
+            results[format!("syscall_{kind}")] = bench.syscall_tax(kind, &configs)?;
+        }
     }
-
-    step("2/4 tax on vDSO calls: a hot clock_gettime(CLOCK_MONOTONIC) loop");
-    results["vdso_loop"] = bench.vdso_tax()?;
-
-    step("3/4 cost of the observer: 1000 idle and 50 active processes for 60 s");
-    results["observer_cost"] = bench.observer_cost()?;
-
-    step("4/4 accuracy: fork storm, 64 threads, estimates at three rates");
-    results["accuracy"] = bench.accuracy()?;
+    if wanted(Part::Vdso) {
+        step("tax on vDSO calls: a hot clock_gettime(CLOCK_MONOTONIC) loop");
+        results["vdso_loop"] = bench.vdso_tax()?;
+    }
+    if wanted(Part::Cost) {
+        step("cost of the observer: 1000 idle and 50 active processes for 60 s");
+        results["observer_cost"] = bench.observer_cost()?;
+    }
+    if wanted(Part::Accuracy) {
+        step("accuracy: fork storm, 64 threads, estimates at three rates");
+        results["accuracy"] = bench.accuracy()?;
+    }
+    if wanted(Part::Coverage) {
+        step("estimates: 40 runs per clocksource and ABI, error and coverage");
+        results["coverage"] = coverage::run(&bench, coverage::RUNS)?;
+    }
+    if wanted(Part::Churn) {
+        step("churn: 5 000 short processes a second for 60 s under the daemon");
+        results["churn"] = churn::run(&bench)?;
+    }
 
     let path = bench.dir.join("bench.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;
@@ -128,18 +166,24 @@ impl Bench {
         let dir = root.join("target/bench");
         fs::create_dir_all(&dir)?;
         let workload = dir.join("vt-bench");
-        exec::quiet(
-            "bench: the C workload",
-            "bench-workload",
-            Command::new("gcc")
-                .args(["-O2", "-pthread", "-o"])
-                .arg(&workload)
-                .arg(root.join("vdso-observer/tests/workloads/time_calls.c")),
-        )?;
+        let workload32 = dir.join("vt-bench32");
+        for (binary, flags) in [(&workload, &[][..]), (&workload32, &["-m32"][..])] {
+            exec::quiet(
+                "bench: the C workload",
+                "bench-workload",
+                Command::new("gcc")
+                    .args(["-O2", "-pthread"])
+                    .args(flags)
+                    .arg("-o")
+                    .arg(binary)
+                    .arg(root.join("vdso-observer/tests/workloads/time_calls.c")),
+            )?;
+        }
         Ok(Bench {
             dir,
             observer: root.join(observer::RELEASE_BINARY),
             workload,
+            workload32,
         })
     }
 
@@ -432,8 +476,18 @@ impl Bench {
 
     /// Runs `work` inside one `top --once --json` window.
     fn observe(&self, work: impl FnOnce() -> Result<String>) -> Result<(Value, String)> {
+        self.observe_with(&[], work)
+    }
+
+    /// Runs `work` inside one `top --once --json` window, with extra options.
+    fn observe_with(
+        &self,
+        extra: &[&str],
+        work: impl FnOnce() -> Result<String>,
+    ) -> Result<(Value, String)> {
         let mut top = Command::new(&self.observer)
             .args(["top", "--once", "-d", "600", "--json", "--comm", "vt-bench"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -526,6 +580,9 @@ fn render(results: &Value) -> String {
         ("syscall_direct", "direct syscall(SYS_clock_gettime) loop"),
         ("vdso_loop", "vDSO clock_gettime(CLOCK_MONOTONIC) loop, 3 s"),
     ] {
+        if results[key].is_null() {
+            continue;
+        }
         out.push_str(&format!("\n{title}\n"));
         out.push_str(&format!(
             "  {:<40} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
@@ -557,15 +614,20 @@ fn render(results: &Value) -> String {
         }
     }
     let cost = &results["observer_cost"];
-    out.push_str(&format!(
+    if !cost.is_null() {
+        out.push_str(&format!(
         "\nobserver daemon, 1000 idle + 50 active processes, {:.0} s: {:.2}% of one core, RSS {:.1} MB (peak {:.1} MB), first textfile after {:.2} s\n",
         cost["window_seconds"].as_f64().unwrap_or(0.0),
         cost["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
         cost["rss_mb"].as_f64().unwrap_or(0.0),
         cost["peak_rss_mb"].as_f64().unwrap_or(0.0),
         cost["seconds_to_first_textfile"].as_f64().unwrap_or(0.0),
-    ));
+        ));
+    }
     let accuracy = &results["accuracy"];
+    if accuracy.is_null() {
+        return out + &rest(results);
+    }
     out.push_str(&format!(
         "\naccuracy: fork storm {} of {} counted; 64 threads {} of {}\n",
         accuracy["fork_storm"]["counted"],
@@ -585,6 +647,18 @@ fn render(results: &Value) -> String {
             estimate["estimated_calls"].as_f64().unwrap_or(0.0),
             estimate["error_percent"].as_f64().unwrap_or(0.0),
         ));
+    }
+    out + &rest(results)
+}
+
+/// The parts rendered by their own modules.
+fn rest(results: &Value) -> String {
+    let mut out = String::new();
+    if !results["coverage"].is_null() {
+        out.push_str(&coverage::render(&results["coverage"]));
+    }
+    if !results["churn"].is_null() {
+        out.push_str(&churn::render(&results["churn"]));
     }
     out
 }

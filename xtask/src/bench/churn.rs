@@ -1,0 +1,132 @@
+//! Build servers, CI runners and fork-per-request services start thousands of
+//! short processes a second: 5 000 a second for 60 s, 5 direct clock_gettime
+//! calls each, under the daemon at its 5 s interval. Every call must be in
+//! its metrics (the maps drain before they fill), with the daemon's CPU share
+//! and memory beside.
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use serde_json::{Value, json};
+
+use super::{Bench, cpu_ticks};
+
+const CALLS_EACH: u64 = 5;
+const PER_SECOND: u64 = 5_000;
+
+pub(super) fn run(bench: &Bench) -> Result<Value> {
+    let textfile = bench.dir.join("churn.prom");
+    let _ = fs::remove_file(&textfile);
+    let mut daemon = Command::new(&bench.observer)
+        .args(["daemon", "--interval", "5s", "--textfile"])
+        .arg(&textfile)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the daemon")?;
+    let pid = daemon.id();
+    let started = Instant::now();
+    while !textfile.exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cpu0 = cpu_ticks(pid).unwrap_or(0);
+    let t0 = Instant::now();
+    let out = Command::new(&bench.workload)
+        .args([
+            "churnrate",
+            &CALLS_EACH.to_string(),
+            &PER_SECOND.to_string(),
+        ])
+        .output()
+        .context("running the churn workload")?;
+    let cpu1 = cpu_ticks(pid).unwrap_or(0);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let processes: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("the churn workload printed no count"))?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |field: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // Two more collections: the last processes are in the metrics.
+    std::thread::sleep(Duration::from_secs(11));
+    let metrics = fs::read_to_string(&textfile).unwrap_or_default();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let counted = sum(
+        &metrics,
+        "vdso_observer_kernel_time_calls_total{",
+        "comm=\"vt-bench\"",
+    );
+    let lost = sum(&metrics, "vdso_observer_lost_time_calls_total{", "");
+    Ok(json!({
+        "processes": processes,
+        "seconds": elapsed,
+        "processes_per_sec": processes as f64 / elapsed,
+        "true_calls": processes * CALLS_EACH,
+        "counted_calls": counted,
+        "lost_calls": lost,
+        "cpu_percent_of_one_core": (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0,
+        "rss_mb": kb("VmRSS:") / 1024.0,
+        "peak_rss_mb": kb("VmHWM:") / 1024.0,
+    }))
+}
+
+/// The sum of a metric family's samples whose labels contain `with`.
+fn sum(metrics: &str, family: &str, with: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(family) && line.contains(with))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+pub(super) fn render(churn: &Value) -> String {
+    format!(
+        "\nchurn: {} processes in {:.0} s ({:.0}/s), {} of {} calls counted, {} lost; daemon {:.2}% of one core, RSS {:.1} MB (peak {:.1} MB)\n",
+        churn["processes"],
+        churn["seconds"].as_f64().unwrap_or(0.0),
+        churn["processes_per_sec"].as_f64().unwrap_or(0.0),
+        churn["counted_calls"],
+        churn["true_calls"],
+        churn["lost_calls"],
+        churn["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
+        churn["rss_mb"].as_f64().unwrap_or(0.0),
+        churn["peak_rss_mb"].as_f64().unwrap_or(0.0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_the_samples_of_one_family() {
+        let metrics = "# TYPE vdso_observer_kernel_time_calls_total counter\n\
+            vdso_observer_kernel_time_calls_total{comm=\"vt-bench\",call=\"clock_gettime\"} 10\n\
+            vdso_observer_kernel_time_calls_total{comm=\"vt-bench\",call=\"time\"} 5\n\
+            vdso_observer_kernel_time_calls_total{comm=\"other\",call=\"time\"} 7\n";
+        assert_eq!(
+            sum(
+                metrics,
+                "vdso_observer_kernel_time_calls_total{",
+                "comm=\"vt-bench\""
+            ),
+            15
+        );
+        assert_eq!(
+            sum(metrics, "vdso_observer_kernel_time_calls_total{", ""),
+            22
+        );
+    }
+}

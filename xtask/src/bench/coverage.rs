@@ -1,0 +1,160 @@
+//! How good the sampled estimate is, and whether the uncertainty it states is
+//! honest: a process makes 2 M vDSO clock_gettime calls a second for 3 s under
+//! a fresh observer (so the calibration's own error is part of every run),
+//! RUNS times per clocksource (tsc, kvm-clock) and ABI (x86_64, i386). Per
+//! cell: the error's median and worst, and the share of runs whose error lies
+//! within the stated 95% interval (`vdso_uncertainty`), which should be ≥ 95%.
+
+use std::{fs, process::Command};
+
+use anyhow::{Result, anyhow};
+use serde_json::{Value, json};
+
+use super::Bench;
+
+pub const RUNS: usize = 40;
+const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+
+/// The clocksource switched for a while, put back on drop.
+struct Switch {
+    previous: String,
+}
+
+impl Switch {
+    fn to(name: &str) -> Result<Switch> {
+        let previous = fs::read_to_string(CLOCKSOURCE)?.trim().to_owned();
+        fs::write(CLOCKSOURCE, name)?;
+        Ok(Switch { previous })
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = fs::write(CLOCKSOURCE, &self.previous);
+    }
+}
+
+pub(super) fn run(bench: &Bench, runs: usize) -> Result<Value> {
+    let available = fs::read_to_string(CLOCKSOURCE.replace("current", "available"))?;
+    let mut cells = Vec::new();
+    for clocksource in ["tsc", "kvm-clock"] {
+        if !available.split_whitespace().any(|c| c == clocksource) {
+            cells.push(json!({ "clocksource": clocksource, "error": "not available here" }));
+            continue;
+        }
+        let _switch = Switch::to(clocksource)?;
+        for (abi, workload, comm) in [
+            ("x86_64", &bench.workload, "vt-bench"),
+            ("i386", &bench.workload32, "vt-bench32"),
+        ] {
+            let mut errors = Vec::new();
+            let mut uncertainties = Vec::new();
+            for run in 0..runs {
+                let (truth, estimate, uncertainty) = one_run(bench, workload, comm)?;
+                errors.push((estimate - truth) / truth);
+                uncertainties.push(uncertainty);
+                if (run + 1) % 10 == 0 {
+                    eprintln!("bench: {clocksource} {abi}: {} of {runs} runs", run + 1);
+                }
+            }
+            cells.push(cell(clocksource, abi, &errors, &uncertainties));
+        }
+    }
+    Ok(Value::Array(cells))
+}
+
+/// (calls made, calls estimated, stated 95% half-width) of one run.
+fn one_run(bench: &Bench, workload: &std::path::Path, comm: &str) -> Result<(f64, f64, f64)> {
+    let (report, out) = bench.observe(|| {
+        let out = Command::new(workload)
+            .args(["hot", "2000000", "3"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })?;
+    let truth: f64 = out
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| anyhow!("the hot loop printed no count"))?;
+    let window = report["window_seconds"].as_f64().unwrap_or(0.0);
+    let row = report["processes"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["comm"] == comm).cloned())
+        .ok_or_else(|| anyhow!("no row for {comm}"))?;
+    let estimate = row["vdso_calls_per_sec"].as_f64().unwrap_or(0.0) * window;
+    let uncertainty = row["vdso_uncertainty"].as_f64().unwrap_or(0.0);
+    Ok((truth, estimate, uncertainty))
+}
+
+/// The figures of one (clocksource, ABI) cell.
+fn cell(clocksource: &str, abi: &str, errors: &[f64], uncertainties: &[f64]) -> Value {
+    let mut sorted: Vec<f64> = errors.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let covered = errors
+        .iter()
+        .zip(uncertainties)
+        .filter(|(error, uncertainty)| error.abs() <= **uncertainty)
+        .count();
+    let mut stated = uncertainties.to_vec();
+    stated.sort_by(f64::total_cmp);
+    json!({
+        "clocksource": clocksource,
+        "abi": abi,
+        "runs": errors.len(),
+        "median_error_percent": sorted[sorted.len() / 2] * 100.0,
+        "worst_error_percent": sorted.iter().copied().fold(0.0f64, |w, e| if e.abs() > w.abs() { e } else { w }) * 100.0,
+        "within_10_percent": errors.iter().filter(|e| e.abs() <= 0.10).count(),
+        "median_stated_uncertainty_percent": stated[stated.len() / 2] * 100.0,
+        "coverage_percent": covered as f64 / errors.len() as f64 * 100.0,
+        "errors_percent": errors.iter().map(|e| (e * 1000.0).round() / 10.0).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) fn render(cells: &Value) -> String {
+    let mut out = String::from(
+        "\nestimates: 2 M vDSO calls/s for 3 s, a fresh observer per run\n  \
+         clocksource  abi      runs  median err  worst err  within ±10%  stated ±(95%)  coverage\n",
+    );
+    for cell in cells.as_array().into_iter().flatten() {
+        if let Some(error) = cell["error"].as_str() {
+            out.push_str(&format!(
+                "  {:<12} {error}\n",
+                cell["clocksource"].as_str().unwrap_or("")
+            ));
+            continue;
+        }
+        let num = |key: &str| cell[key].as_f64().unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "  {:<12} {:<7} {:>5} {:>+10.1}% {:>+9.1}% {:>8}/{:<3} {:>12.1}% {:>8.1}%\n",
+            cell["clocksource"].as_str().unwrap_or(""),
+            cell["abi"].as_str().unwrap_or(""),
+            cell["runs"],
+            num("median_error_percent"),
+            num("worst_error_percent"),
+            cell["within_10_percent"],
+            cell["runs"],
+            num("median_stated_uncertainty_percent"),
+            num("coverage_percent"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_counts_errors_inside_their_own_interval() {
+        let cell = cell(
+            "tsc",
+            "x86_64",
+            &[0.01, -0.2, 0.05, -0.03],
+            &[0.1, 0.1, 0.04, 0.1],
+        );
+        assert_eq!(cell["coverage_percent"], 50.0);
+        assert_eq!(cell["within_10_percent"], 3);
+        assert!((cell["worst_error_percent"].as_f64().unwrap() + 20.0).abs() < 1e-9);
+        assert!(render(&json!([cell])).contains("50.0%"));
+    }
+}
