@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use serde_json::{Value, json};
 
-use super::{Bench, cpu_ticks};
+use super::{Bench, cpu_ticks, status_kb};
 
 const CALLS_EACH: u64 = 5;
 const PER_SECOND: u64 = 5_000;
@@ -48,14 +48,7 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
         .trim()
         .parse()
         .map_err(|_| anyhow!("the churn workload printed no count"))?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |field: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let kb = status_kb(pid);
     // Two more collections: the last processes are in the metrics.
     std::thread::sleep(Duration::from_secs(11));
     let metrics = fs::read_to_string(&textfile).unwrap_or_default();

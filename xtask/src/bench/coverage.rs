@@ -5,9 +5,9 @@
 //! cell: the error's median and worst, and the share of runs whose error lies
 //! within the stated 95% interval (`vdso_uncertainty`), which should be ≥ 95%.
 
-use std::{fs, process::Command};
+use std::fs;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::Bench;
@@ -50,7 +50,8 @@ pub(super) fn run(bench: &Bench, runs: usize) -> Result<Value> {
             let mut errors = Vec::new();
             let mut uncertainties = Vec::new();
             for run in 0..runs {
-                let (truth, estimate, uncertainty) = one_run(bench, workload, comm)?;
+                let (truth, estimate, uncertainty) =
+                    bench.estimate_of(workload, comm, 2_000_000)?;
                 errors.push((estimate - truth) / truth);
                 uncertainties.push(uncertainty);
                 if (run + 1) % 10 == 0 {
@@ -61,29 +62,6 @@ pub(super) fn run(bench: &Bench, runs: usize) -> Result<Value> {
         }
     }
     Ok(Value::Array(cells))
-}
-
-/// (calls made, calls estimated, stated 95% half-width) of one run.
-fn one_run(bench: &Bench, workload: &std::path::Path, comm: &str) -> Result<(f64, f64, f64)> {
-    let (report, out) = bench.observe(|| {
-        let out = Command::new(workload)
-            .args(["hot", "2000000", "3"])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    })?;
-    let truth: f64 = out
-        .split_whitespace()
-        .next()
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| anyhow!("the hot loop printed no count"))?;
-    let window = report["window_seconds"].as_f64().unwrap_or(0.0);
-    let row = report["processes"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["comm"] == comm).cloned())
-        .ok_or_else(|| anyhow!("no row for {comm}"))?;
-    let estimate = row["vdso_calls_per_sec"].as_f64().unwrap_or(0.0) * window;
-    let uncertainty = row["vdso_uncertainty"].as_f64().unwrap_or(0.0);
-    Ok((truth, estimate, uncertainty))
 }
 
 /// The figures of one (clocksource, ABI) cell.

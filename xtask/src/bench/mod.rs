@@ -379,14 +379,7 @@ impl Bench {
         std::thread::sleep(Duration::from_secs(60));
         let cpu1 = cpu_ticks(pid).unwrap_or(0);
         let elapsed = t0.elapsed().as_secs_f64();
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kb = |field: &str| -> f64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let kb = status_kb(pid);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let _ = daemon.wait();
@@ -453,8 +446,15 @@ impl Bench {
     }
 
     fn estimate(&self, rate: u64) -> Result<(f64, f64)> {
+        let (truth, estimate, _) = self.estimate_of(&self.workload, "vt-bench", rate)?;
+        Ok((truth, estimate))
+    }
+
+    /// `workload hot RATE 3` under a fresh observer: (calls made, calls
+    /// estimated, stated 95% half-width) of its row `comm`.
+    fn estimate_of(&self, workload: &Path, comm: &str, rate: u64) -> Result<(f64, f64, f64)> {
         let (report, out) = self.observe(|| {
-            let out = Command::new(&self.workload)
+            let out = Command::new(workload)
                 .args(["hot", &rate.to_string(), "3"])
                 .output()?;
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -465,13 +465,13 @@ impl Bench {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| anyhow!("the hot loop printed no count"))?;
         let window = report["window_seconds"].as_f64().unwrap_or(0.0);
-        let estimate = report["processes"]
+        let row = report["processes"]
             .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["comm"] == "vt-bench").cloned())
-            .and_then(|r| r["vdso_calls_per_sec"].as_f64())
-            .unwrap_or(0.0)
-            * window;
-        Ok((truth, estimate))
+            .and_then(|rows| rows.iter().find(|r| r["comm"] == comm).cloned())
+            .ok_or_else(|| anyhow!("no row for {comm}"))?;
+        let estimate = row["vdso_calls_per_sec"].as_f64().unwrap_or(0.0) * window;
+        let uncertainty = row["vdso_uncertainty"].as_f64().unwrap_or(0.0);
+        Ok((truth, estimate, uncertainty))
     }
 
     /// Runs `work` inside one `top --once --json` window.
@@ -691,6 +691,18 @@ fn libc_path() -> Result<String> {
         .find(|p| p.ends_with("/libc.so.6"))
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("no libc.so.6 mapped in xtask"))
+}
+
+/// A reader of /proc/PID/status fields in kB, as read now.
+fn status_kb(pid: u32) -> impl Fn(&str) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    move |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
