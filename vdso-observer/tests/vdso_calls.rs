@@ -817,3 +817,38 @@ fn a_clocksource_change_is_calibrated_again() {
     );
     assert!(error.abs() <= 0.6, "{estimate} vs {truth}");
 }
+
+#[test]
+fn breakpoints_of_ended_threads_are_released() {
+    require_root();
+    let _serial = serial();
+    let workload = build_workload("time_calls", "vt-threadchurn", &[]);
+    // 25 rounds of 20 threads living ~300 ms: 500 threads, each armed with 3
+    // breakpoints (1 500 descriptors if none were ever released).
+    let mut held = Held::start(&workload, &["threadchurn", "25", "300"]);
+    let observer = ObserverRun::start(&["--exact-pid", &held.pid().to_string(), "--no-governor"]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", observer.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    held.release();
+    let pid = held.pid();
+    let mut most = 0;
+    while std::fs::metadata(format!("/proc/{pid}/task")).is_ok()
+        && held.child.try_wait().unwrap().is_none()
+    {
+        most = most.max(fds());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    held.wait();
+    let row = row(&observer.finish(), pid);
+    eprintln!(
+        "observer descriptors: {before} at start, at most {most} while 500 threads came and went"
+    );
+    // At most two rounds of 20 threads armed at once (3 each), plus slack.
+    assert!(most < before + 200, "{most} descriptors, {before} at start");
+    let exact: u64 = exact_rows(&row).iter().map(|r| r.3).sum();
+    assert!(exact > 0, "{row:#}");
+}

@@ -123,6 +123,10 @@ impl ObserverRun {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the observer logs a line containing `text`.
     pub fn wait_log(&mut self, text: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

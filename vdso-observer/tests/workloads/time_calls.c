@@ -23,6 +23,8 @@
  *   threadsgtod N threads alive at once; each sleeps 1.5 s, then makes ARG libc
  *               gettimeofday calls
  *   churn       ARG short-lived children one after another, N direct calls each
+ *   threadchurn N rounds of 20 threads at once; each sleeps ARG ms, then makes 10
+ *               libc gettimeofday calls and ends
  *   churnrate   short-lived children, N direct calls each, ARG a second for 60 s;
  *               prints how many it started
  *   cpuclocks   N threads one after another, each reading its own CPU clock
@@ -109,6 +111,17 @@ static void *sleepy_gtod(void *arg) {
     return NULL;
 }
 
+static long nap_ms;
+
+static void *nap_then_gtod(void *arg) {
+    (void)arg;
+    struct timeval tv;
+    usleep(nap_ms * 1000);
+    for (int i = 0; i < 10; i++)
+        gettimeofday(&tv, NULL);
+    return NULL;
+}
+
 static void *own_cpu_clock(void *arg) {
     (void)arg;
     clockid_t clock;
@@ -173,6 +186,16 @@ int main(int argc, char **argv) {
             if (child < 0)
                 return 5;
             waitpid(child, NULL, 0);
+        }
+    } else if (!strcmp(mode, "threadchurn")) {
+        nap_ms = atol(arg);
+        for (long round = 0; round < n; round++) {
+            pthread_t threads[20];
+            for (int i = 0; i < 20; i++)
+                if (pthread_create(&threads[i], NULL, nap_then_gtod, NULL))
+                    return 4;
+            for (int i = 0; i < 20; i++)
+                pthread_join(threads[i], NULL);
         }
     } else if (!strcmp(mode, "churnrate")) {
         double rate = atof(arg);

@@ -446,14 +446,20 @@ impl Bench {
     }
 
     fn estimate(&self, rate: u64) -> Result<(f64, f64)> {
-        let (truth, estimate, _) = self.estimate_of(&self.workload, "vt-bench", rate)?;
+        let (truth, estimate, _) = self.estimate_of(&self.workload, "vt-bench", rate, &[])?;
         Ok((truth, estimate))
     }
 
-    /// `workload hot RATE 3` under a fresh observer: (calls made, calls
-    /// estimated, stated 95% half-width) of its row `comm`.
-    fn estimate_of(&self, workload: &Path, comm: &str, rate: u64) -> Result<(f64, f64, f64)> {
-        let (report, out) = self.observe(|| {
+    /// `workload hot RATE 3` under a fresh observer (with `extra` options):
+    /// (calls made, calls estimated, stated 95% half-width) of its row `comm`.
+    fn estimate_of(
+        &self,
+        workload: &Path,
+        comm: &str,
+        rate: u64,
+        extra: &[&str],
+    ) -> Result<(f64, f64, f64)> {
+        let (report, out) = self.observe_with(extra, || {
             let out = Command::new(workload)
                 .args(["hot", &rate.to_string(), "3"])
                 .output()?;
