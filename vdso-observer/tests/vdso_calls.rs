@@ -769,13 +769,11 @@ fn exact_counting_stays_within_its_open_file_limit() {
     let note = row["exact"]["note"].as_str().unwrap_or_default();
     assert!(note.contains("open-file limit"), "{note}: {stderr}");
     assert!(stderr.contains("threads not armed"), "{stderr}");
-    // The armed threads are exact: whole threads of 100 calls each (threads
-    // armed as others end and free their descriptors included), never all 400.
+    // The armed threads are exact (a thread armed when others ended and freed
+    // their descriptors may be armed in the middle of its 100 calls); never all
+    // 400 threads' 40 000.
     let exact: u64 = exact_rows(&row).iter().map(|r| r.3).sum();
-    assert!(
-        exact > 0 && exact.is_multiple_of(100) && exact < 400 * 100,
-        "{exact}: {row:#}"
-    );
+    assert!(exact > 0 && exact < 400 * 100, "{exact}: {row:#}");
 }
 
 #[test]

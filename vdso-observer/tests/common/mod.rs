@@ -154,7 +154,15 @@ impl ObserverRun {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let out = self.child.wait_with_output().unwrap();
         let mut stderr = self.stderr_seen;
-        stderr.extend(self.stderr_lines.try_iter());
+        // Every line up to the end of the pipe: the forwarding thread may still
+        // be behind the exit (taking only what it had sent lost lines).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = self
+            .stderr_lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            stderr.push(line);
+        }
         let stderr = stderr.join("\n");
         assert!(
             out.status.success(),
