@@ -235,10 +235,13 @@ pub struct ProcessInfo {
     pub _pad: u32,
     /// Calls and samples of this process not counted because a map was full.
     pub lost: u64,
+    /// Its cgroup v2 id at first sight (the inode of its cgroup directory): a
+    /// process that lives 5 ms keeps its container.
+    pub cgroup_id: u64,
 }
 
 impl ProcessInfo {
-    pub const fn new(comm: [u8; COMM_LEN], uid: u32) -> ProcessInfo {
+    pub const fn new(comm: [u8; COMM_LEN], uid: u32, cgroup_id: u64) -> ProcessInfo {
         ProcessInfo {
             comm,
             uid,
@@ -246,6 +249,7 @@ impl ProcessInfo {
             vdso_keys: 0,
             _pad: 0,
             lost: 0,
+            cgroup_id,
         }
     }
 }
@@ -786,7 +790,7 @@ mod tests {
         // Keys are hashed as bytes by the kernel: hidden padding would split counters.
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<CallKey>(), 24);
-        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 24);
+        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 32);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_probe_read_user,
     },
     macros::{map, perf_event, raw_tracepoint, uprobe},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -565,7 +566,9 @@ fn process_info(process: &ProcessKey, leader: *const u8) -> Option<*mut ProcessI
         unsafe { (*info).comm = comm };
         return Some(info);
     }
-    let fresh = ProcessInfo::new(comm, bpf_get_current_uid_gid() as u32);
+    // SAFETY: the helper reads only the current task's cgroup.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let fresh = ProcessInfo::new(comm, bpf_get_current_uid_gid() as u32, cgroup_id);
     match PROCESSES.insert(process, fresh, BPF_NOEXIST.into()) {
         Ok(()) => add_stat(ObserverStat::ProcessesCreated),
         Err(err) if err == -EEXIST => {}

@@ -389,3 +389,119 @@ fn thousands_of_short_processes_lose_nothing() {
         "no drain: {stderr}"
     );
 }
+
+/// A cgroup made in the real unified hierarchy for a test, removed on drop.
+struct TestCgroup {
+    root: std::path::PathBuf,
+    /// The directories made, deepest last.
+    made: Vec<std::path::PathBuf>,
+}
+
+impl TestCgroup {
+    fn create(relative: &str) -> TestCgroup {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|root| root.join("cgroup.controllers").exists())
+            .expect("a cgroup v2 hierarchy (the development machines have one)");
+        let mut made = Vec::new();
+        let mut dir = root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+                made.push(dir.clone());
+            }
+        }
+        TestCgroup { root, made }
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.made.last().unwrap().join("cgroup.procs")
+    }
+
+    /// Runs the workload from inside the cgroup (it moves itself there before
+    /// exec, so even its first call is made inside) and returns its pid.
+    fn run(&self, workload: &std::path::Path, args: &[&str]) -> u32 {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(self.procs().to_str().unwrap()).unwrap();
+        let mut command = std::process::Command::new(workload);
+        command.args(args);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                // "0" moves the writer itself.
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success());
+        pid
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in pids.lines() {
+                    let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-pod", &[]);
+    let unique = format!("{:08x}", std::process::id());
+    let uid = format!("{unique}-1111-2222-3333-444455556666");
+    let systemd_id = format!("{unique}{}", "a".repeat(56));
+    let cgroupfs_id = format!("{unique}{}", "b".repeat(56));
+    // Both kubelet cgroup drivers.
+    let systemd = TestCgroup::create(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{systemd_id}.scope",
+        uid.replace('-', "_")
+    ));
+    let cgroupfs = TestCgroup::create(&format!("kubepods/besteffort/pod{uid}/{cgroupfs_id}"));
+    let observer = ObserverRun::start(&[]);
+    let in_systemd = systemd.run(&workload, &["direct", "300"]);
+    let in_cgroupfs = cgroupfs.run(&workload, &["direct", "200"]);
+    let outside = run_workload(&workload, &["direct", "100"]);
+    let report = observer.finish();
+    for (pid, calls, id, runtime, qos) in [
+        (in_systemd, 300, &systemd_id, "containerd", "burstable"),
+        (in_cgroupfs, 200, &cgroupfs_id, "unknown", "best_effort"),
+    ] {
+        let row = single_row(&report, pid);
+        assert_eq!(
+            counts(&row),
+            [expect(
+                "clock_gettime",
+                "CLOCK_MONOTONIC",
+                "direct",
+                "x86_64",
+                calls
+            )]
+        );
+        let container = &row["container"];
+        assert_eq!(container["id"], id.as_str(), "{row:#}");
+        assert_eq!(container["runtime"], runtime, "{row:#}");
+        assert_eq!(container["pod_uid"], uid.as_str(), "{row:#}");
+        assert_eq!(container["qos"], qos, "{row:#}");
+        assert!(row["cgroup"].as_str().unwrap().starts_with("/kubepods"));
+    }
+    assert_eq!(
+        single_row(&report, outside)["container"],
+        serde_json::Value::Null
+    );
+}

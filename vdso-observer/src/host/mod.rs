@@ -1,6 +1,7 @@
 //! What the host says, read from /proc, sysfs, the kernel log, NSS and the
 //! observer's own vDSO: every such read lives here.
 
+pub mod cgroups;
 pub mod clock_watch;
 pub mod clocksource;
 pub mod procfs;

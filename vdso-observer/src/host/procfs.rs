@@ -298,6 +298,10 @@ impl ProcessLookup for HostLookup {
     fn user_name(&self, uid: u32) -> String {
         super::users::name_of(uid)
     }
+
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        super::cgroups::path_of(id)
+    }
 }
 
 /// Liveness frozen at one instant: the processes found gone then are gone,
@@ -331,6 +335,10 @@ impl ProcessLookup for LivenessBefore {
 
     fn user_name(&self, uid: u32) -> String {
         HostLookup.user_name(uid)
+    }
+
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        HostLookup.cgroup_path(id)
     }
 }
 

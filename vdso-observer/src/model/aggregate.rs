@@ -17,6 +17,7 @@ use vdso_observer_common::{
 use super::{
     clocks::clock_name,
     comm::display_comm,
+    container::Container,
     costs::VdsoCosts,
     observer::{MapSnapshot, ObserverStats, ProbeStatus},
     reason::{self, FallbackReason},
@@ -65,6 +66,8 @@ pub trait ProcessLookup {
     fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)>;
     /// The user name of a uid (the uid as text when there is none).
     fn user_name(&self, uid: u32) -> String;
+    /// The cgroup v2 path of a cgroup id (None: unknown, or removed since).
+    fn cgroup_path(&self, id: u64) -> Option<String>;
 }
 
 /// What to delete from the maps after a report: processes gone and their keys.
@@ -290,9 +293,15 @@ impl Aggregator {
         lookup: &impl ProcessLookup,
     ) -> Identity {
         if let Some(info) = snapshot.names.get(process) {
+            // The cgroup is resolved once per process: it was recorded at first sight.
+            let cgroup = match self.names.get(process) {
+                Some(known) => known.cgroup.clone(),
+                None => lookup.cgroup_path(info.cgroup_id),
+            };
             let identity = Identity {
                 comm: display_comm(&info.comm),
                 uid: Some(info.uid),
+                cgroup,
             };
             self.names.insert(*process, identity.clone());
             return identity;
@@ -306,6 +315,7 @@ impl Aggregator {
             let identity = Identity {
                 comm: display_comm(&comm),
                 uid,
+                cgroup: None,
             };
             self.names.insert(*process, identity.clone());
             return identity;
@@ -313,6 +323,7 @@ impl Aggregator {
         Identity {
             comm: "?".to_owned(),
             uid: None,
+            cgroup: None,
         }
     }
 }
@@ -322,6 +333,8 @@ impl Aggregator {
 struct Identity {
     comm: String,
     uid: Option<u32>,
+    /// Its cgroup v2 path when first seen.
+    cgroup: Option<String>,
 }
 
 /// What the report says about the observer, besides what the maps hold.
@@ -387,6 +400,11 @@ fn process_report(
         pid: process.tgid,
         user,
         uid: identity.uid,
+        container: identity
+            .cgroup
+            .as_deref()
+            .and_then(Container::from_cgroup_path),
+        cgroup: identity.cgroup,
         comm: identity.comm,
         exec_id: process.exec_id,
         start_boottime_ns: process.start_boottime_ns,
@@ -555,6 +573,11 @@ pub mod testing {
                 uid.to_string()
             }
         }
+
+        /// Cgroup id 7 is a podman container; the rest are outside containers.
+        fn cgroup_path(&self, id: u64) -> Option<String> {
+            (id == 7).then(|| format!("/libpod_parent/libpod-{}", "ab".repeat(32)))
+        }
     }
 
     /// pid, comm, call, clock id, origin, cumulative count.
@@ -588,7 +611,7 @@ pub mod testing {
             snapshot.calls.insert(key, count);
             let mut name = [0u8; 16];
             name[..comm.len()].copy_from_slice(comm);
-            snapshot.names.insert(process, ProcessInfo::new(name, 0));
+            snapshot.names.insert(process, ProcessInfo::new(name, 0, 0));
         }
         snapshot
     }
@@ -642,7 +665,7 @@ mod tests {
             comm[..4].copy_from_slice(b"work");
             snapshot
                 .names
-                .insert(key.process, ProcessInfo::new(comm, 0));
+                .insert(key.process, ProcessInfo::new(comm, 0, 0));
         }
         snapshot
     }
@@ -689,6 +712,33 @@ mod tests {
         assert_eq!(report.processes.len(), 1);
         assert_eq!(report.processes[0].kernel_entries, 30);
         assert_eq!(report.processes[0].calls.len(), 1);
+    }
+
+    #[test]
+    fn a_process_carries_the_container_of_its_first_cgroup() {
+        let inside = key(40, TimeCall::ClockGettime, 1, Origin::Direct);
+        let outside = key(41, TimeCall::ClockGettime, 1, Origin::Direct);
+        let mut snap = snapshot(&[(inside, 3), (outside, 4)]);
+        snap.names.get_mut(&inside.process).unwrap().cgroup_id = 7;
+        let mut aggregator = Aggregator::new(None);
+        let (report, _) = aggregator.window(
+            &snap,
+            Duration::from_secs(1),
+            health(),
+            &testing::Fixed { running: true },
+        );
+        let row = |pid| report.processes.iter().find(|p| p.pid == pid).unwrap();
+        let container = row(40).container.as_ref().expect("podman container");
+        assert_eq!(container.id, "ab".repeat(32));
+        assert_eq!(container.runtime, super::super::container::Runtime::Podman);
+        assert!(
+            row(40)
+                .cgroup
+                .as_deref()
+                .unwrap()
+                .starts_with("/libpod_parent/")
+        );
+        assert_eq!((&row(41).container, &row(41).cgroup), (&None, &None));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod clocks;
 pub mod comm;
+pub mod container;
 pub mod costs;
 pub mod diagnosis;
 pub mod exact;

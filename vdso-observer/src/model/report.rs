@@ -4,6 +4,8 @@
 //! turns into text only at the edges (tables, JSON, metric labels).
 
 use serde::Serialize;
+
+use super::container::Container;
 use vdso_observer_common::{Origin, Provenance, SyscallAbi, TimeCall};
 
 use super::{
@@ -126,6 +128,10 @@ pub struct ProcessReport {
     pub start_boottime_ns: u64,
     /// The process (this image of it) was gone at the end of the window.
     pub exited: bool,
+    /// Its cgroup v2 path when first seen (null when unknown).
+    pub cgroup: Option<String>,
+    /// The container that cgroup names (null outside containers).
+    pub container: Option<Container>,
     /// Calls of this process not counted because a map was full (0 unless the
     /// machine outgrew the configured map sizes).
     pub lost_calls: u64,

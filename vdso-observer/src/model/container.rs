@@ -1,0 +1,219 @@
+//! Which container a process runs in, read from its cgroup v2 path: the
+//! container runtime's scope or directory names the container, and under
+//! `kubepods` the pod UID and QoS class, for both kubelet cgroup drivers
+//! (systemd: `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/…`,
+//! cgroupfs: `kubepods/besteffort/pod<uid>/…`).
+
+use serde::Serialize;
+
+/// What started the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    Docker,
+    Containerd,
+    CriO,
+    Podman,
+    SystemdNspawn,
+    /// A 64-hex directory under kubepods, without a runtime prefix (cgroupfs driver).
+    Unknown,
+}
+
+/// Kubernetes QoS class of a pod, from its cgroup parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QosClass {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// The runtime's container id (64 hex for docker, containerd, CRI-O and
+    /// podman; the machine name for systemd-nspawn).
+    pub id: String,
+    pub runtime: Runtime,
+    /// Under kubepods: the pod's UID (dashes, as the API shows it).
+    pub pod_uid: Option<String>,
+    pub qos: Option<QosClass>,
+}
+
+impl Container {
+    /// The container of a cgroup v2 path (`/system.slice/docker-<id>.scope`);
+    /// None for a path of no container (a user session, a system service).
+    pub fn from_cgroup_path(path: &str) -> Option<Container> {
+        let mut container = None;
+        let mut pod_uid = None;
+        let mut qos = None;
+        let in_kubepods = path
+            .split('/')
+            .any(|p| p == "kubepods" || p == "kubepods.slice");
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if in_kubepods {
+                if let Some(uid) = pod_of(part) {
+                    pod_uid = Some(uid);
+                }
+                qos = qos.or(qos_of(part));
+            }
+            if let Some(found) = container_of(part, in_kubepods) {
+                container = Some(found);
+            }
+        }
+        let (id, runtime) = container?;
+        if in_kubepods && pod_uid.is_some() && qos.is_none() {
+            // Guaranteed pods sit directly under kubepods.
+            qos = Some(QosClass::Guaranteed);
+        }
+        Some(Container {
+            id,
+            runtime,
+            pod_uid,
+            qos,
+        })
+    }
+}
+
+fn is_container_id(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// One path component naming a container.
+fn container_of(part: &str, in_kubepods: bool) -> Option<(String, Runtime)> {
+    let part_id = part.strip_suffix(".scope").unwrap_or(part);
+    for (prefix, runtime) in [
+        ("docker-", Runtime::Docker),
+        ("cri-containerd-", Runtime::Containerd),
+        ("crio-", Runtime::CriO),
+        ("libpod-", Runtime::Podman),
+    ] {
+        if let Some(id) = part_id.strip_prefix(prefix)
+            && is_container_id(id)
+        {
+            return Some((id.to_owned(), runtime));
+        }
+    }
+    if let Some(name) = part
+        .strip_prefix("systemd-nspawn@")
+        .and_then(|p| p.strip_suffix(".service"))
+    {
+        return Some((name.replace("\\x2d", "-"), Runtime::SystemdNspawn));
+    }
+    // cgroupfs drivers: the bare id (docker's /docker/<id>, kubelet's pod<uid>/<id>).
+    if is_container_id(part) {
+        return Some((
+            part.to_owned(),
+            if in_kubepods {
+                Runtime::Unknown
+            } else {
+                Runtime::Docker
+            },
+        ));
+    }
+    None
+}
+
+/// `kubepods-burstable-pod<uid>.slice` (underscores for dashes) or `pod<uid>`.
+fn pod_of(part: &str) -> Option<String> {
+    let part = part.strip_suffix(".slice").unwrap_or(part);
+    let uid = part
+        .rsplit_once("-pod")
+        .map(|(_, uid)| uid)
+        .or_else(|| part.strip_prefix("pod"))?;
+    let uid = uid.replace('_', "-");
+    (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
+}
+
+fn qos_of(part: &str) -> Option<QosClass> {
+    match part.strip_suffix(".slice").unwrap_or(part) {
+        "besteffort" | "kubepods-besteffort" => Some(QosClass::BestEffort),
+        "burstable" | "kubepods-burstable" => Some(QosClass::Burstable),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const UID: &str = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
+
+    fn parse(path: &str) -> Container {
+        Container::from_cgroup_path(path).unwrap_or_else(|| panic!("{path}"))
+    }
+
+    #[test]
+    fn runtimes_on_their_own() {
+        for (path, runtime) in [
+            (format!("/system.slice/docker-{ID}.scope"), Runtime::Docker),
+            (format!("/docker/{ID}"), Runtime::Docker),
+            (format!("/libpod_parent/libpod-{ID}"), Runtime::Podman),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                Runtime::Podman,
+            ),
+            (format!("/system.slice/crio-{ID}.scope"), Runtime::CriO),
+            (
+                format!("/system.slice/cri-containerd-{ID}.scope"),
+                Runtime::Containerd,
+            ),
+        ] {
+            let container = parse(&path);
+            assert_eq!(
+                (container.id.as_str(), container.runtime),
+                (ID, runtime),
+                "{path}"
+            );
+            assert_eq!((&container.pod_uid, container.qos), (&None, None));
+        }
+        let nspawn = parse("/machine.slice/systemd-nspawn@web\\x2d1.service/payload");
+        assert_eq!(
+            (nspawn.id.as_str(), nspawn.runtime),
+            ("web-1", Runtime::SystemdNspawn)
+        );
+    }
+
+    #[test]
+    fn kubepods_with_the_systemd_driver() {
+        let uid = UID.replace('-', "_");
+        let burstable = parse(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{ID}.scope"
+        ));
+        assert_eq!(burstable.pod_uid.as_deref(), Some(UID));
+        assert_eq!(burstable.qos, Some(QosClass::Burstable));
+        assert_eq!(burstable.runtime, Runtime::Containerd);
+        let guaranteed = parse(&format!(
+            "/kubepods.slice/kubepods-pod{uid}.slice/crio-{ID}.scope"
+        ));
+        assert_eq!(guaranteed.qos, Some(QosClass::Guaranteed));
+        assert_eq!(guaranteed.pod_uid.as_deref(), Some(UID));
+        let besteffort = parse(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/docker-{ID}.scope"
+        ));
+        assert_eq!(besteffort.qos, Some(QosClass::BestEffort));
+    }
+
+    #[test]
+    fn kubepods_with_the_cgroupfs_driver() {
+        let besteffort = parse(&format!("/kubepods/besteffort/pod{UID}/{ID}"));
+        assert_eq!(besteffort.qos, Some(QosClass::BestEffort));
+        assert_eq!(besteffort.pod_uid.as_deref(), Some(UID));
+        assert_eq!(besteffort.id, ID);
+        let guaranteed = parse(&format!("/kubepods/pod{UID}/{ID}"));
+        assert_eq!(guaranteed.qos, Some(QosClass::Guaranteed));
+    }
+
+    #[test]
+    fn no_container() {
+        for path in [
+            "/",
+            "/user.slice/user-0.slice/session-3.scope",
+            "/system.slice/ssh.service",
+            "/docker/not-an-id",
+            "/kubepods.slice/kubepods-burstable.slice",
+        ] {
+            assert_eq!(Container::from_cgroup_path(path), None, "{path}");
+        }
+    }
+}
