@@ -29,7 +29,16 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         detail: options.btf_path.display().to_string(),
     });
     let image = VdsoImage::current().ok();
-    let tables = VdsoTables::of(image.as_ref(), vdso32::image_if_any().as_ref());
+    let image32 = vdso32::image();
+    features.push(Feature {
+        name: "vdso32",
+        available: image32.is_ok(),
+        detail: match &image32 {
+            Ok(_) => "32-bit processes' vDSO calls are attributed and estimated".to_owned(),
+            Err(err) => format!("{err:#} (no 32-bit process can run without IA32 emulation)"),
+        },
+    });
+    let tables = VdsoTables::of(image.as_ref(), image32.as_ref().ok());
     let mut observer = Observer::start(options, &tables);
     let vdso_check = match (&mut observer, image.clone()) {
         (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,
