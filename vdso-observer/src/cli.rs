@@ -186,6 +186,10 @@ pub struct TopArgs {
     /// Only processes whose name contains this text.
     #[arg(long)]
     pub comm: Option<String>,
+    /// Only processes of this container: an id prefix (as `docker ps` shows it),
+    /// a pod UID prefix, or `host` for processes outside every container.
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
     /// Only processes with a fault flag (fallback, direct, vsyscall, no-vdso).
     #[arg(long)]
     pub flagged_only: bool,

@@ -66,6 +66,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 selection: ui::format::Selection {
                     pids: args.pids,
                     comm: args.comm,
+                    container: args.container,
                     flagged_only: args.flagged_only,
                     show_getrandom_only: args.show_getrandom_only,
                 },

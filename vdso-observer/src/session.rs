@@ -143,9 +143,13 @@ impl Session {
             release: kernel,
             hostname,
         } = procfs::uname();
-        // Start-up (BTF parsing above all) freed tens of MB; give them back.
+        // Start-up (BTF parsing above all) freed tens of MB; give them back
+        // (glibc keeps them; musl's allocator returns large frees by itself).
+        #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim has no preconditions.
-        unsafe { libc::malloc_trim(0) };
+        unsafe {
+            libc::malloc_trim(0)
+        };
         Ok(Session {
             observer,
             vdso_check,

@@ -25,8 +25,20 @@ fn once_prints_one_table_with_the_workload_row() {
     assert!(header.starts_with("vdso-observer: "), "{stdout}");
     let columns = stdout.lines().nth(2).unwrap();
     for title in [
-        "PID", "USER", "COMM", "VDSO/s", "KERN/s", "KERN%", "FALLBK/s", "DIRECT/s", "VSYSC/s",
-        "NOVDSO/s", "CALLS/s", "CLOCKS", "FLAG",
+        "PID",
+        "USER",
+        "COMM",
+        "CONTAINER",
+        "VDSO/s",
+        "KERN/s",
+        "KERN%",
+        "FALLBK/s",
+        "DIRECT/s",
+        "VSYSC/s",
+        "NOVDSO/s",
+        "CALLS/s",
+        "CLOCKS",
+        "FLAG",
     ] {
         assert!(columns.contains(title), "{columns}");
     }

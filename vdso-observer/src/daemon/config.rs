@@ -42,6 +42,12 @@ pub struct SeriesLimits {
     pub exited_grace: Duration,
     /// How long a `comm` series stays without any increase.
     pub idle_comm_retire: Duration,
+    /// Hard cap on distinct containers with series; the rest are summed as
+    /// `container_id="(other)"`.
+    pub max_containers: usize,
+    /// How long a container's series stay without any increase (it ended, or
+    /// stopped calling).
+    pub idle_container_retire: Duration,
     /// Whether processes whose only kernel entries are getrandom may get pid
     /// series (they never flag; glibc's start-up makes one in every process).
     pub getrandom_only_processes: bool,
@@ -68,6 +74,8 @@ impl Default for SeriesLimits {
             max_comms: 200,
             exited_grace: Duration::from_secs(300),
             idle_comm_retire: Duration::from_secs(3600),
+            max_containers: 500,
+            idle_container_retire: Duration::from_secs(3600),
             getrandom_only_processes: false,
         }
     }
@@ -109,6 +117,8 @@ struct SeriesFile {
     max_comms: Option<usize>,
     exited_grace: Option<String>,
     idle_comm_retire: Option<String>,
+    max_containers: Option<usize>,
+    idle_container_retire: Option<String>,
     getrandom_only_processes: Option<bool>,
 }
 
@@ -196,6 +206,12 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
     if let Some(idle) = &file.series.idle_comm_retire {
         series.idle_comm_retire = duration("series.idle_comm_retire", idle)?;
     }
+    if let Some(max) = file.series.max_containers {
+        series.max_containers = max;
+    }
+    if let Some(idle) = &file.series.idle_container_retire {
+        series.idle_container_retire = duration("series.idle_container_retire", idle)?;
+    }
     if let Some(show) = file.series.getrandom_only_processes {
         series.getrandom_only_processes = show;
     }
@@ -237,6 +253,8 @@ impl DaemonConfig {
                 max_comms: Some(self.series.max_comms),
                 exited_grace: Some(duration(self.series.exited_grace)),
                 idle_comm_retire: Some(duration(self.series.idle_comm_retire)),
+                max_containers: Some(self.series.max_containers),
+                idle_container_retire: Some(duration(self.series.idle_container_retire)),
                 getrandom_only_processes: Some(self.series.getrandom_only_processes),
             },
             thresholds: ThresholdsFile {

@@ -7,6 +7,9 @@
 //! label for the few processes worth one: the top K of a window and every flagged
 //! one, capped. A process keeps its series until a grace period after it exits,
 //! so its final value is scraped; counters never go down while a series lives.
+//! `vdso_observer_container_*` sum the same counts per container (`container_id`,
+//! `pod_uid`, `runtime`; distinct containers capped, the rest as `(other)`), the
+//! series a fleet joins with kube-state-metrics to name pods.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,12 +23,14 @@ use vdso_observer_common::{Origin, Provenance, TimeCall};
 
 use super::config::SeriesLimits;
 use crate::model::{
-    CallCount, ClockEventKind, ClocksourceState, FallbackReason, ObserverStats, ProbeStatus,
-    ProcessReport, Report, VdsoCapability, VdsoFunction, VsyscallMode,
+    CallCount, ClockEventKind, ClocksourceState, Container, FallbackReason, ObserverStats,
+    ProbeStatus, ProcessReport, Report, Runtime, VdsoCapability, VdsoFunction, VsyscallMode,
 };
 
 /// `comm` label of the processes beyond `max_comms`.
 pub const OTHER_COMM: &str = "(other)";
+/// `container_id` label of the containers beyond `max_containers`.
+pub const OTHER_CONTAINER: &str = "(other)";
 
 /// Labels of the kernel-entry families (besides comm and pid), typed until
 /// they are written.
@@ -106,16 +111,63 @@ struct ProcessSeries {
     exited_at: Option<Instant>,
 }
 
+/// Counts of a comm or a container: kept while they grow.
 #[derive(Debug)]
-struct CommSeries {
+struct GroupSeries {
     counts: Counts,
     last_increase: Instant,
+}
+
+impl GroupSeries {
+    fn new(now: Instant) -> GroupSeries {
+        GroupSeries {
+            counts: Counts::default(),
+            last_increase: now,
+        }
+    }
+}
+
+/// Who a container's series belong to: its labels, typed until printed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ContainerLabels {
+    /// The runtime's full id, or `(other)` beyond the cap.
+    id: String,
+    /// Empty outside kubepods (and for `(other)`).
+    pod_uid: String,
+    runtime: Option<Runtime>,
+}
+
+impl ContainerLabels {
+    fn of(container: &Container) -> ContainerLabels {
+        ContainerLabels {
+            id: container.id.clone(),
+            pod_uid: container.pod_uid.clone().unwrap_or_default(),
+            runtime: Some(container.runtime),
+        }
+    }
+
+    fn other() -> ContainerLabels {
+        ContainerLabels {
+            id: OTHER_CONTAINER.to_owned(),
+            pod_uid: String::new(),
+            runtime: None,
+        }
+    }
+
+    fn pairs(&self) -> [(&'static str, &str); 3] {
+        [
+            ("container_id", &self.id),
+            ("pod_uid", &self.pod_uid),
+            ("runtime", self.runtime.map_or("", Runtime::name)),
+        ]
+    }
 }
 
 /// State the daemon keeps between windows.
 #[derive(Debug, Default)]
 pub struct Exporter {
-    comms: BTreeMap<String, CommSeries>,
+    comms: BTreeMap<String, GroupSeries>,
+    containers: BTreeMap<ContainerLabels, GroupSeries>,
     processes: BTreeMap<ProcessKey, ProcessSeries>,
     lost: ObserverStats,
     processes_not_tracked: u64,
@@ -186,6 +238,7 @@ impl Exporter {
         let mut rank = 0;
         for process in ranked {
             self.add_to_comm(process, limits, now);
+            self.add_to_container(process, limits, now);
             let id = ProcessKey {
                 tgid: process.pid,
                 start_boottime_ns: process.start_boottime_ns,
@@ -227,6 +280,9 @@ impl Exporter {
         });
         self.comms
             .retain(|_, series| now.duration_since(series.last_increase) < limits.idle_comm_retire);
+        self.containers.retain(|_, series| {
+            now.duration_since(series.last_increase) < limits.idle_container_retire
+        });
 
         let lost = report.observer.lost;
         self.lost.time_calls_map_full += lost.time_calls_map_full;
@@ -243,10 +299,32 @@ impl Exporter {
         } else {
             OTHER_COMM.to_owned()
         };
-        let series = self.comms.entry(comm).or_insert_with(|| CommSeries {
-            counts: Counts::default(),
-            last_increase: now,
-        });
+        let series = self
+            .comms
+            .entry(comm)
+            .or_insert_with(|| GroupSeries::new(now));
+        series.last_increase = now;
+        series.counts.add(process);
+    }
+
+    /// Processes outside containers have no container series: the per-comm
+    /// families hold them.
+    fn add_to_container(&mut self, process: &ProcessReport, limits: &SeriesLimits, now: Instant) {
+        let Some(container) = &process.container else {
+            return;
+        };
+        let labels = ContainerLabels::of(container);
+        let labels = if self.containers.contains_key(&labels)
+            || self.containers.len() < limits.max_containers
+        {
+            labels
+        } else {
+            ContainerLabels::other()
+        };
+        let series = self
+            .containers
+            .entry(labels)
+            .or_insert_with(|| GroupSeries::new(now));
         series.last_increase = now;
         series.counts.add(process);
     }
@@ -431,6 +509,18 @@ impl Exporter {
         );
         out.sample(&[], self.processes_not_tracked as f64);
         out.family(
+            "vdso_observer_tracked_containers",
+            "gauge",
+            "Containers with their own container_id series (at most series.max_containers; the rest as (other)).",
+        );
+        out.sample(
+            &[],
+            self.containers
+                .keys()
+                .filter(|c| c.id != OTHER_CONTAINER)
+                .count() as f64,
+        );
+        out.family(
             "vdso_observer_collections_total",
             "counter",
             "Windows collected since start.",
@@ -449,8 +539,9 @@ impl Exporter {
         );
         out.sample(&[], self.textfile_write_errors as f64);
     }
-    /// The four count families: kernel entries and vDSO-answered calls, per comm
-    /// (complete) and per pid (the few that earned a series).
+    /// The six count families: kernel entries and vDSO-answered calls, per comm
+    /// (complete), per container (every containerised process) and per pid (the
+    /// few that earned a series).
     fn render_counts(&self, out: &mut Exposition) {
         out.family(
             "vdso_observer_kernel_time_calls_total",
@@ -478,6 +569,16 @@ impl Exporter {
             }
         }
         out.family(
+            "vdso_observer_container_kernel_time_calls_total",
+            "counter",
+            "Time calls that entered the kernel, processes in containers, summed per container (runtime id; pod UID under kubepods; containers beyond the cap as (other)).",
+        );
+        for (container, series) in &self.containers {
+            for (labels, count) in &series.counts.kernel {
+                out.sample_parts(&container.pairs(), &labels.pairs(), *count as f64);
+            }
+        }
+        out.family(
             "vdso_observer_vdso_time_calls_total",
             "counter",
             "Time calls the vDSO answered in user space, per comm; provenance sampled is an estimate from cpu-clock samples, uprobe and breakpoint are exact.",
@@ -485,6 +586,16 @@ impl Exporter {
         for (comm, series) in &self.comms {
             for (labels, calls) in &series.counts.vdso {
                 out.sample_parts(&[("comm", comm)], &labels.pairs(), *calls);
+            }
+        }
+        out.family(
+            "vdso_observer_container_vdso_time_calls_total",
+            "counter",
+            "Time calls the vDSO answered in user space, per container (provenance as in vdso_observer_vdso_time_calls_total).",
+        );
+        for (container, series) in &self.containers {
+            for (labels, calls) in &series.counts.vdso {
+                out.sample_parts(&container.pairs(), &labels.pairs(), *calls);
             }
         }
         out.family(
@@ -713,6 +824,85 @@ mod tests {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum();
         assert_eq!(total, 15.0);
+    }
+
+    #[test]
+    fn container_series_sum_per_container_capped_and_retire_when_idle() {
+        let limits = SeriesLimits {
+            max_containers: 2,
+            idle_container_retire: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut aggregator = Aggregator::new(None);
+        let mut exporter = Exporter::new();
+        let rows: Vec<Row> = (1..=5u32)
+            .map(|pid| {
+                (
+                    pid,
+                    &b"app"[..],
+                    TimeCall::ClockGettime,
+                    1,
+                    Origin::Direct,
+                    u64::from(pid) * 10,
+                )
+            })
+            .collect();
+        let mut report = report_of(&mut aggregator, &rows, true);
+        // pids 1 and 2 in one pod's container, 3 and 4 in two more, 5 on the host.
+        for process in &mut report.processes {
+            let id = match process.pid {
+                1 | 2 => "a",
+                3 => "b",
+                4 => "c",
+                _ => continue,
+            };
+            process.container = Some(Container {
+                id: id.repeat(64),
+                runtime: Runtime::Containerd,
+                pod_uid: (id == "a").then(|| "5f1b0c2e-8f7a-4c55-9d1e-0a1b2c3d4e5f".into()),
+                qos: None,
+            });
+        }
+        let start = Instant::now();
+        exporter.update(&report, &[], &limits, start);
+        let text = exporter.render(&facts());
+        let family = "vdso_observer_container_kernel_time_calls_total{";
+        let series: BTreeMap<&str, f64> = text
+            .lines()
+            .filter(|l| l.starts_with(family))
+            .map(|l| {
+                (
+                    l.split('"').nth(1).unwrap(),
+                    l.rsplit(' ').next().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        // Ranked by kernel entries: c (40) and b (30) take the two places,
+        // a (10 + 20) arrives third and is summed as (other); the host process has none.
+        assert_eq!(
+            series,
+            BTreeMap::from([
+                (&*"c".repeat(64), 40.0),
+                (&*"b".repeat(64), 30.0),
+                (OTHER_CONTAINER, 30.0)
+            ]),
+            "{text}"
+        );
+        let with_labels = format!(
+            "{family}container_id=\"{}\",pod_uid=\"\",runtime=\"containerd\",call=\"clock_gettime\",clock=\"CLOCK_MONOTONIC\",origin=\"direct\",reason=\"direct_syscall\"}} 40",
+            "c".repeat(64)
+        );
+        assert!(text.contains(&with_labels), "{text}");
+        assert_eq!(
+            sample_value(&text, "vdso_observer_tracked_containers "),
+            Some(2.0)
+        );
+
+        // A minute later with no calls, every container series is gone.
+        let idle = report_of(&mut aggregator, &rows, true);
+        exporter.update(&idle, &[], &limits, start + Duration::from_secs(61));
+        let text = exporter.render(&facts());
+        assert!(!text.lines().any(|l| l.starts_with(family)), "{text}");
     }
 
     #[test]

@@ -35,7 +35,8 @@ const ROUNDS: usize = 5;
 
 type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
 type GettimeofdayFn = unsafe extern "C" fn(*mut libc::timeval, *mut libc::c_void) -> libc::c_int;
-type TimeFn = unsafe extern "C" fn(*mut libc::time_t) -> libc::time_t;
+/// The kernel's `__kernel_old_time_t`: a `long`, whatever the libc's time_t.
+type TimeFn = unsafe extern "C" fn(*mut libc::c_long) -> libc::c_long;
 type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut libc::c_void) -> libc::c_int;
 
 /// Times every function of the own image with a stopwatch (about 0.1 s in
@@ -183,7 +184,7 @@ fn syscall_once(call: TimeCall) -> Option<libc::c_long> {
         tv_sec: 0,
         tv_usec: 0,
     };
-    let mut t: libc::time_t = 0;
+    let mut t: libc::c_long = 0;
     let (mut cpu, mut node) = (0u32, 0u32);
     // SAFETY: each syscall gets the arguments its man page asks for, pointing
     // at live, writable locals.

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 /// What started the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     Docker,
@@ -17,6 +17,20 @@ pub enum Runtime {
     SystemdNspawn,
     /// A 64-hex directory under kubepods, without a runtime prefix (cgroupfs driver).
     Unknown,
+}
+
+impl Runtime {
+    /// The name metrics and JSON use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri_o",
+            Runtime::Podman => "podman",
+            Runtime::SystemdNspawn => "systemd_nspawn",
+            Runtime::Unknown => "unknown",
+        }
+    }
 }
 
 /// Kubernetes QoS class of a pod, from its cgroup parent.
@@ -71,6 +85,22 @@ impl Container {
             pod_uid,
             qos,
         })
+    }
+
+    /// The id as `docker ps` and `crictl ps` print it: its first 12 characters.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+
+    /// Whether an operator's `--container` text names this container: a prefix
+    /// of its id (as short as `docker` accepts) or of its pod's UID.
+    pub fn is_named_by(&self, text: &str) -> bool {
+        !text.is_empty()
+            && (self.id.starts_with(text)
+                || self
+                    .pod_uid
+                    .as_deref()
+                    .is_some_and(|uid| uid.starts_with(text)))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod report;
 pub mod system;
 
 pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator};
+pub use container::{Container, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
 pub use observer::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck};
 pub use reason::FallbackReason;

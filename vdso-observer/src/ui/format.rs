@@ -4,12 +4,15 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::model::{ExactStatus, ProcessReport, Report, SystemReport, VdsoCapability};
 
-/// Which processes a front end shows: `top`'s -p, --comm, --flagged-only and
-/// --show-getrandom-only, in batch mode and in the TUI alike.
+/// Which processes a front end shows: `top`'s -p, --comm, --container,
+/// --flagged-only and --show-getrandom-only, in batch mode and in the TUI alike.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     pub pids: Vec<u32>,
     pub comm: Option<String>,
+    /// A container id prefix or pod UID prefix; `host` selects processes outside
+    /// every container.
+    pub container: Option<String>,
     pub flagged_only: bool,
     /// Also processes whose only kernel entries were getrandom (glibc's start-up
     /// makes one in every process: on a busy host, hundreds of rows that say nothing).
@@ -23,6 +26,10 @@ impl Selection {
                 .comm
                 .as_deref()
                 .is_none_or(|needle| process.comm.contains(needle))
+            && self
+                .container
+                .as_deref()
+                .is_none_or(|name| container_matches(process, name))
             && (!self.flagged_only || !process.flags.is_empty())
             && (self.show_getrandom_only || !process.only_getrandom)
     }
@@ -35,6 +42,24 @@ impl Selection {
         }
         .keeps(process)
     }
+}
+
+fn container_matches(process: &ProcessReport, name: &str) -> bool {
+    match &process.container {
+        Some(container) => container.is_named_by(name),
+        None => name == HOST_CONTAINER,
+    }
+}
+
+/// What `--container` and the CONTAINER column call "outside every container".
+pub const HOST_CONTAINER: &str = "host";
+
+/// The CONTAINER column: the short id, or `host`.
+pub fn container_column(process: &ProcessReport) -> &str {
+    process
+        .container
+        .as_ref()
+        .map_or(HOST_CONTAINER, |c| c.short_id())
 }
 
 /// Whether the vDSO reads the clocksource, in words, and how that was decided.
@@ -197,10 +222,11 @@ pub fn render(report: &Report, hidden: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>7} {:<8} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} FLAG",
+        "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} FLAG",
         "PID",
         "USER",
         "COMM",
+        "CONTAINER",
         "VDSO/s",
         "KERN/s",
         "FALLBK/s",
@@ -220,10 +246,11 @@ pub fn render(report: &Report, hidden: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:<8} {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} {}",
+            "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} {}",
             process.pid,
             process.user.as_deref().unwrap_or("?"),
             comm,
+            container_column(process),
             vdso_column(process),
             rate(process.kernel_entries_per_sec),
             per_sec(process.by_origin.vdso_fallback),
@@ -380,5 +407,62 @@ mod tests {
             ..Selection::default()
         };
         assert!(report.processes.iter().all(|p| all.keeps(p)));
+    }
+
+    #[test]
+    fn the_container_column_and_filter_name_containers_by_id_prefix_or_pod() {
+        use crate::model::{Container, Runtime, container::QosClass};
+        let mut report = testing::window(
+            &mut Aggregator::new(None),
+            &[
+                (
+                    10,
+                    &b"app"[..],
+                    TimeCall::ClockGettime,
+                    1,
+                    Origin::Direct,
+                    5,
+                ),
+                (11, b"sshd", TimeCall::ClockGettime, 1, Origin::Direct, 5),
+            ],
+            Duration::from_secs(1),
+            true,
+        );
+        let app = report.processes.iter_mut().find(|p| p.pid == 10).unwrap();
+        app.container = Some(Container {
+            id: "0123456789abcdef".repeat(4),
+            runtime: Runtime::Containerd,
+            pod_uid: Some("5f1b0c2e-8f7a-4c55-9d1e-0a1b2c3d4e5f".into()),
+            qos: Some(QosClass::Burstable),
+        });
+        let text = render(&report, 0);
+        let header = text.lines().find(|l| l.contains("PID")).unwrap();
+        assert!(header.contains(" CONTAINER "), "{header}");
+        let fields = |pid: &str| -> Vec<String> {
+            let row = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(pid))
+                .unwrap();
+            row.split_whitespace().map(str::to_owned).collect()
+        };
+        assert_eq!(fields("10")[3], "0123456789ab", "{text}");
+        assert_eq!(fields("11")[3], "host", "{text}");
+        let kept = |name: &str| -> Vec<u32> {
+            let selection = Selection {
+                container: Some(name.into()),
+                ..Selection::default()
+            };
+            report
+                .processes
+                .iter()
+                .filter(|p| selection.keeps(p))
+                .map(|p| p.pid)
+                .collect()
+        };
+        assert_eq!(kept("0123456789ab"), [10]);
+        assert_eq!(kept(&"0123456789abcdef".repeat(4)), [10]);
+        assert_eq!(kept("5f1b0c2e"), [10], "a pod UID prefix");
+        assert_eq!(kept("host"), [11]);
+        assert!(kept("fff").is_empty());
     }
 }

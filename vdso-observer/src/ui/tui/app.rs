@@ -6,7 +6,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     model::{ClockEvent, ProcessReport, Report, SystemReport},
-    ui::format::Selection,
+    ui::format::{Selection, container_column},
 };
 
 /// Columns, in screen order.
@@ -15,6 +15,7 @@ pub enum Column {
     Pid,
     User,
     Comm,
+    Container,
     Vdso,
     Kernel,
     Fallback,
@@ -27,10 +28,11 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 12] = [
+    pub const ALL: [Column; 13] = [
         Column::Pid,
         Column::User,
         Column::Comm,
+        Column::Container,
         Column::Vdso,
         Column::Kernel,
         Column::Fallback,
@@ -47,6 +49,7 @@ impl Column {
             Column::Pid => "PID",
             Column::User => "USER",
             Column::Comm => "COMM",
+            Column::Container => "CONTAINER",
             Column::Vdso => "VDSO/s",
             Column::Kernel => "KERN/s",
             Column::Fallback => "FALLBK/s",
@@ -63,7 +66,12 @@ impl Column {
     fn descending_by_default(self) -> bool {
         !matches!(
             self,
-            Column::Pid | Column::User | Column::Comm | Column::Clock | Column::Flag
+            Column::Pid
+                | Column::User
+                | Column::Comm
+                | Column::Container
+                | Column::Clock
+                | Column::Flag
         )
     }
 
@@ -73,6 +81,7 @@ impl Column {
             Column::Pid => a.pid.cmp(&b.pid),
             Column::User => a.user.cmp(&b.user),
             Column::Comm => a.comm.cmp(&b.comm),
+            Column::Container => container_column(a).cmp(container_column(b)),
             Column::Vdso => a
                 .vdso_calls_per_sec
                 .unwrap_or(-1.0)
@@ -119,7 +128,7 @@ pub struct App {
     pub pending: Option<Report>,
     pub sort: Column,
     pub descending: bool,
-    /// Applied filter: a substring of comm, or a pid.
+    /// Applied filter: a substring of comm, a pid, or a container id prefix.
     pub filter: String,
     /// Filter being typed after `/`.
     pub editing: Option<String>,
@@ -196,7 +205,12 @@ impl App {
             .iter()
             .filter(|p| self.fixed.keeps(p))
             .filter(|p| !self.flagged_only || !p.flags.is_empty())
-            .filter(|p| filter.is_empty() || p.comm.contains(filter) || pid_filter == Some(p.pid))
+            .filter(|p| {
+                filter.is_empty()
+                    || p.comm.contains(filter)
+                    || pid_filter == Some(p.pid)
+                    || p.container.as_ref().is_some_and(|c| c.is_named_by(filter))
+            })
             .collect();
         rows.sort_by(|a, b| {
             let order = self.sort.compare(a, b);

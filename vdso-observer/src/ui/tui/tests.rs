@@ -281,7 +281,7 @@ fn the_command_line_selection_holds_in_the_tui() {
         pids: vec![100, 300],
         comm: Some("legacy".into()),
         flagged_only: true,
-        show_getrandom_only: false,
+        ..Selection::default()
     });
     app.on_report(sample_report());
     let pids: Vec<u32> = app.rows().iter().map(|p| p.pid).collect();

@@ -11,7 +11,10 @@ use ratatui::{
 use super::app::{App, Column, main_clock};
 use crate::{
     model::ProcessReport,
-    ui::format::{capability_words, empty_window_line, flag_column, percent, rate, vdso_column},
+    ui::format::{
+        capability_words, container_column, empty_window_line, flag_column, percent, rate,
+        vdso_column,
+    },
 };
 
 /// Style of a row whose process has a fault flag.
@@ -127,7 +130,7 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
 /// Columns that fit `width`, dropping the least important first.
 pub fn visible_columns(width: u16) -> Vec<Column> {
     // Least important last.
-    const PRIORITY: [Column; 12] = [
+    const PRIORITY: [Column; 13] = [
         Column::Pid,
         Column::Comm,
         Column::Kernel,
@@ -137,6 +140,7 @@ pub fn visible_columns(width: u16) -> Vec<Column> {
         Column::Fallback,
         Column::Direct,
         Column::User,
+        Column::Container,
         Column::Clock,
         Column::Vsyscall,
         Column::NoVdso,
@@ -161,6 +165,7 @@ fn width_of(column: Column) -> u16 {
         Column::Pid => 7,
         Column::User => 8,
         Column::Comm => 16,
+        Column::Container => 12,
         Column::Clock => 24,
         Column::Flag => 22,
         _ => 9,
@@ -170,7 +175,7 @@ fn width_of(column: Column) -> u16 {
 fn is_numeric(column: Column) -> bool {
     !matches!(
         column,
-        Column::User | Column::Comm | Column::Clock | Column::Flag
+        Column::User | Column::Comm | Column::Container | Column::Clock | Column::Flag
     )
 }
 
@@ -187,6 +192,7 @@ fn cell(process: &ProcessReport, column: Column, seconds: f64) -> String {
                 process.comm.clone()
             }
         }
+        Column::Container => container_column(process).to_owned(),
         Column::Vdso => vdso_column(process),
         Column::Kernel => rate(process.kernel_entries_per_sec),
         Column::Fallback => per_sec(process.by_origin.vdso_fallback),
