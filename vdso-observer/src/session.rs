@@ -94,6 +94,9 @@ impl Session {
             exact,
             thresholds,
         } = options;
+        // Before the vDSO image and the 32-bit child: nothing here is right
+        // in a private PID namespace.
+        crate::kernel::privileges::check_pid_namespace()?;
         let image = match VdsoImage::current() {
             Ok(image) => Some(image),
             Err(err) => {

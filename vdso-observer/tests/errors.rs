@@ -100,3 +100,29 @@ fn an_old_kernel_is_refused_in_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_private_pid_namespace_is_refused_in_one_line() {
+    require_root();
+    // As a new user would try it in a container without hostPID.
+    for args in [
+        &["top", "--once", "--json"][..],
+        &["daemon", "--listen", "127.0.0.1:0"],
+    ] {
+        let out = Command::new("unshare")
+            .args(["-pf", "--mount-proc", OBSERVER])
+            .args(args)
+            .output()
+            .expect("unshare (util-linux) runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("runs in a private PID namespace")
+                && stderr.contains("hostPID: true")
+                && stderr.contains("--pid=host"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

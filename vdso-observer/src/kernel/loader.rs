@@ -29,7 +29,10 @@ use vdso_observer_common::{
 
 use super::{
     btf_offsets,
-    privileges::{KERNEL_FLOOR, check_kernel_floor, check_privileges, raise_memlock_limit},
+    privileges::{
+        KERNEL_FLOOR, check_kernel_floor, check_pid_namespace, check_privileges,
+        raise_memlock_limit,
+    },
 };
 use crate::{
     host::{procfs::uname, vdso_image::VdsoImage},
@@ -545,6 +548,7 @@ fn load_object(options: &LoadOptions, tables: &VdsoTables) -> Result<Ebpf> {
         "vdso-observer (bpf_get_current_task_btf)",
     )?;
     check_privileges()?;
+    check_pid_namespace()?;
     raise_memlock_limit();
     let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
     log::debug!(

@@ -34,6 +34,35 @@ pub fn check_kernel_floor(release: &str, floor: (u32, u32), what: &str) -> Resul
     }
 }
 
+/// Inode of the initial PID namespace (`PROC_PID_INIT_INO`, include/linux/proc_ns.h),
+/// the same on every kernel since 3.8: the host's, whatever the container.
+const INIT_PID_NAMESPACE_INODE: u64 = 0xEFFF_FFFC;
+
+/// Refuses a private PID namespace: the kernel reports host pids, which such a
+/// namespace cannot see, so every row would be matched against the wrong
+/// `/proc` (and the observer's own calibration calls would not be recognised).
+pub fn check_pid_namespace() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(namespace) => pid_namespace_verdict(namespace.ino()),
+        Err(err) => {
+            warn!("cannot read /proc/self/ns/pid ({err}); assuming the host's PID namespace");
+            Ok(())
+        }
+    }
+}
+
+fn pid_namespace_verdict(inode: u64) -> Result<()> {
+    if inode == INIT_PID_NAMESPACE_INODE {
+        return Ok(());
+    }
+    bail!(
+        "vdso-observer runs in a private PID namespace (pid:[{inode}]) and the kernel reports \
+         host pids: run it in the host's (Kubernetes: hostPID: true; docker/podman: --pid=host; \
+         no unshare -p)"
+    )
+}
+
 /// Capability bits (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -103,5 +132,21 @@ mod tests {
         assert_ne!(caps & (1 << CAP_PERFMON), 0);
         assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0);
         assert_eq!(procfs::effective_capabilities("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn only_the_host_pid_namespace_is_accepted() {
+        assert!(pid_namespace_verdict(4_026_531_836).is_ok());
+        let err = pid_namespace_verdict(4_026_532_301)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("vdso-observer runs in a private PID namespace (pid:[4026532301])"),
+            "{err}"
+        );
+        assert!(
+            err.contains("hostPID: true") && err.contains("--pid=host"),
+            "{err}"
+        );
     }
 }

@@ -39,6 +39,15 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         },
     });
     let tables = VdsoTables::of(image.as_ref(), image32.as_ref().ok());
+    let namespace = crate::kernel::privileges::check_pid_namespace();
+    features.push(Feature {
+        name: "host PID namespace",
+        available: namespace.is_ok(),
+        detail: match &namespace {
+            Ok(()) => "pids the kernel reports are this /proc's".to_owned(),
+            Err(err) => format!("{err:#}"),
+        },
+    });
     let mut observer = Observer::start(options, &tables);
     let vdso_check = match (&mut observer, image.clone()) {
         (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,

@@ -81,10 +81,13 @@ pub fn advice(d: &Diagnosis) -> Vec<String> {
             "run as root (or with CAP_SYSLOG) to see the kernel log's clocksource lines".into(),
         );
     }
-    if d.features
-        .iter()
-        .any(|f| f.name == "eBPF programs" && !f.available)
-    {
+    let missing = |name: &str| d.features.iter().any(|f| f.name == name && !f.available);
+    if missing("host PID namespace") {
+        advice.push(
+            "run in the host's PID namespace (Kubernetes: hostPID: true; docker/podman: --pid=host)"
+                .into(),
+        );
+    } else if missing("eBPF programs") {
         advice.push("run as root (or with CAP_BPF and CAP_PERFMON) for the measured vDSO check and per-process counts".into());
     }
     if advice.is_empty() {
