@@ -43,6 +43,43 @@ pub const EXACT_COVERAGE_ENTRIES: u32 = 65_536;
 /// Thread ids stay below 2^22 (`PID_MAX_LIMIT`).
 pub const COVERAGE_PROCESS: u32 = 1 << 31;
 
+/// `cgroup:cgroup_mkdir` program: records each new cgroup's path, so the
+/// container of a process that ends with its cgroup stays known.
+pub const CGROUP_MKDIR_PROGRAM: &str = "cgroup_created";
+/// LRU map of [`CgroupPath`] by cgroup id, filled by [`CGROUP_MKDIR_PROGRAM`]
+/// and emptied by user space each window.
+pub const CGROUP_PATHS_MAP: &str = "CGROUP_PATHS";
+/// Capacity of [`CGROUP_PATHS_MAP`]: cgroups created within one window
+/// (a container makes one per hierarchy: a dozen on hybrid hosts).
+pub const CGROUP_PATH_ENTRIES: u32 = 4_096;
+/// Bytes of a recorded path: a kubepods systemd-driver path is about 190.
+pub const CGROUP_PATH_LEN: usize = 256;
+
+/// A cgroup's path from its hierarchy's root (`/kubepods.slice/…`), NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupPath {
+    pub bytes: [u8; CGROUP_PATH_LEN],
+}
+
+impl CgroupPath {
+    pub const EMPTY: CgroupPath = CgroupPath {
+        bytes: [0; CGROUP_PATH_LEN],
+    };
+
+    /// The text up to the first NUL; None when it is not UTF-8 or empty.
+    pub fn text(&self) -> Option<&str> {
+        let end = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(CGROUP_PATH_LEN);
+        core::str::from_utf8(&self.bytes[..end])
+            .ok()
+            .filter(|t| !t.is_empty())
+    }
+}
+
 /// Default capacity of [`VDSO_CALLS_MAP`].
 pub const DEFAULT_VDSO_CALL_ENTRIES: u32 = 16_384;
 
@@ -139,6 +176,10 @@ pub struct KernelOffsets {
     pub regs_sp: u32,
     /// `pt_regs.di` (first argument of a 64-bit syscall)
     pub regs_di: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (a cgroup's id: its directory's inode)
+    pub kernfs_node_id: u32,
     /// `pt_regs.bx` (first argument of a 32-bit syscall)
     pub regs_bx: u32,
 }
@@ -158,6 +199,8 @@ impl KernelOffsets {
         regs_sp: 0,
         regs_di: 0,
         regs_bx: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
     };
 }
 
@@ -654,6 +697,7 @@ mod pod {
     unsafe impl aya::Pod for super::VdsoKey {}
     unsafe impl aya::Pod for super::VdsoFunctionTable {}
     unsafe impl aya::Pod for super::ExactCoverage {}
+    unsafe impl aya::Pod for super::CgroupPath {}
 }
 
 #[cfg(test)]

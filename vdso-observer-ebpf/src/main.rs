@@ -14,20 +14,20 @@ use aya_ebpf::{
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-        bpf_probe_read_user,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
     },
     macros::{map, perf_event, raw_tracepoint, uprobe},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{PerfEventContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::debug;
 use vdso_observer_common::{
-    CLOCK_OVERFLOW, COVERAGE_PROCESS, CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
-    DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_ENTRIES, ExactCoverage,
-    KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey,
-    ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE,
-    VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key, inside_vdso, may_be_time_call,
-    origin_of, time_call_vsyscall,
+    CGROUP_PATH_ENTRIES, CLOCK_OVERFLOW, COVERAGE_PROCESS, CallKey, CgroupPath,
+    DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
+    EXACT_COVERAGE_ENTRIES, ExactCoverage, KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat,
+    Origin, ProcessInfo, ProcessKey, ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall,
+    UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key,
+    inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
 };
 
 const EEXIST: i32 = 17;
@@ -70,6 +70,10 @@ static PROCESSES: HashMap<ProcessKey, ProcessInfo> =
 #[map]
 static EXACT_COVERAGE: HashMap<u32, ExactCoverage> =
     HashMap::with_max_entries(EXACT_COVERAGE_ENTRIES, 0);
+
+#[map]
+static CGROUP_PATHS: LruHashMap<u64, CgroupPath> =
+    LruHashMap::with_max_entries(CGROUP_PATH_ENTRIES, 0);
 
 #[map]
 static OBSERVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserverStat::COUNT, 0);
@@ -115,6 +119,27 @@ pub fn legacy_vsyscall(ctx: RawTracePointContext) -> i32 {
     .is_err()
     {
         bump(ObserverStat::ReadFailed);
+    }
+    0
+}
+
+/// `cgroup:cgroup_mkdir`: args are (struct cgroup *cgrp, const char *path).
+/// A container's cgroup may be gone before user space reads the window (a job
+/// that lives 50 ms): its path is recorded here, when it is made.
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn cgroup_created(ctx: RawTracePointContext) -> i32 {
+    let cgroup: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    let Ok(node) = read_kernel::<*const u8>(cgroup, config!(offsets.cgroup_kn)) else {
+        return 0;
+    };
+    let Ok(id) = read_kernel::<u64>(node, config!(offsets.kernfs_node_id)) else {
+        return 0;
+    };
+    let mut recorded = CgroupPath::EMPTY;
+    // SAFETY: the tracepoint's path is a kernel string; the helper stops at the buffer's end.
+    if unsafe { bpf_probe_read_kernel_str_bytes(path, &mut recorded.bytes) }.is_ok() {
+        let _ = CGROUP_PATHS.insert(&id, &recorded, 0);
     }
     0
 }

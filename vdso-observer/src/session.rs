@@ -215,6 +215,7 @@ impl Session {
             return Ok(());
         }
         let snapshot = self.observer.snapshot()?;
+        self.record_cgroups();
         let retired = self.aggregator.drain(&snapshot, &liveness);
         self.observer
             .forget(&retired.processes, &retired.keys, &retired.vdso_keys)
@@ -236,12 +237,22 @@ impl Session {
         Ok(())
     }
 
+    /// Hands the cgroup paths the kernel recorded to the lookup, before the
+    /// processes of a snapshot are named (their cgroup may be gone by now).
+    fn record_cgroups(&mut self) {
+        match self.observer.take_recorded_cgroups() {
+            Ok(recorded) => crate::host::cgroups::remember(recorded),
+            Err(err) => log::debug!("reading the recorded cgroup paths: {err:#}"),
+        }
+    }
+
     /// Ends the current window: its report, and what was dropped from the maps
     /// because the processes are gone (after this, their last report).
     pub fn next_window(&mut self) -> Result<(Report, Retired)> {
         self.observer.flush_logs();
         let liveness = LivenessBefore::check(self.observer.process_keys()?);
         let snapshot = self.observer.snapshot()?;
+        self.record_cgroups();
         let window = self.window_start.elapsed();
         self.window_start = Instant::now();
         let (mut report, retired) =

@@ -23,7 +23,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// node_exporter are the real clients of the metrics; setpriv (util-linux) drops
 /// privileges; tmux drives the interactive top; musl-gcc and go build workloads
 /// whose vDSO entry points differ from glibc's; nss_wrapper stands in for an
-/// LDAP/SSSD user database.
+/// LDAP/SSSD user database; podman and runc run the containers (crun refuses
+/// hybrid cgroup hosts).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "gcc-multilib",
@@ -36,17 +37,66 @@ const TEST_PACKAGES: &[&str] = &[
     "musl-tools",
     "golang-go",
     "libnss-wrapper",
+    "podman",
+    "runc",
 ];
+
+/// Debian packages `cargo xtask dist` uses: dpkg-deb (dpkg) and strip
+/// (binutils) for the package, podman for the image.
+pub const DIST_PACKAGES: [&str; 3] = ["dpkg", "binutils", "podman"];
 
 pub fn run(for_tests: bool) -> Result<()> {
     nightly_rust_src()?;
+    rust_target(crate::dist::STATIC_TARGET)?;
     let mut packages = BUILD_PACKAGES.to_vec();
     if for_tests {
         packages.extend_from_slice(TEST_PACKAGES);
     }
     debian_packages(&packages)?;
     bpf_linker()?;
+    if for_tests {
+        python_tool("kubernetes-validate", KUBERNETES_VALIDATE_VERSION)?;
+    }
     Ok(())
+}
+
+/// Validates the Kubernetes manifests offline (schemas up to 1.37).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// A command-line tool from PyPI, with pip.
+fn python_tool(name: &str, version: &str) -> Result<()> {
+    if probe(name, &["--version"]).is_some() {
+        step(&format!("{name}: present"));
+        return Ok(());
+    }
+    let spec = format!("{name}=={version}");
+    let pip = |extra: &[&str]| {
+        let mut command = Command::new("python3");
+        command
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(extra)
+            .arg(&spec);
+        command
+    };
+    // A Debian python refuses system-wide pip installs (PEP 668) unless told.
+    quiet(
+        &format!("{spec}: installing from PyPI"),
+        "setup-pip",
+        &mut pip(&[]),
+    )
+    .or_else(|_| {
+        quiet(
+            &format!("{spec}: installing from PyPI (--break-system-packages)"),
+            "setup-pip",
+            &mut pip(&["--break-system-packages"]),
+        )
+    })
 }
 
 pub fn is_root() -> bool {
@@ -106,6 +156,20 @@ fn nightly_rust_src() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The standard library of another target (the static binary's musl).
+fn rust_target(target: &str) -> Result<()> {
+    let installed = probe("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|line| line.trim() == target) {
+        step(&format!("rust target {target}: present"));
+        return Ok(());
+    }
+    quiet(
+        &format!("rust target {target}: installing (the static binary)"),
+        "setup-rust-target",
+        Command::new("rustup").args(["target", "add", target]),
+    )
 }
 
 pub fn debian_packages(packages: &[&str]) -> Result<()> {

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use crate::{
+    dist,
     exec::{self, step},
     lint, setup, vm,
 };
@@ -75,6 +76,13 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
     setup::run(true)?;
     if options.filter.is_none() && options.repeat == 1 {
         lint::run()?;
+    }
+    // The packaging and container tests check what `cargo xtask dist` ships.
+    let artifacts = dist::build()?;
+    // SAFETY: xtask is single-threaded here; the test binaries inherit these.
+    unsafe {
+        std::env::set_var("VDSO_OBSERVER_DIST", root.join("target/dist"));
+        std::env::set_var("VDSO_OBSERVER_IMAGE", &artifacts.image);
     }
     let binaries = build()?;
     let mut selected = Vec::new();

@@ -1,7 +1,8 @@
 //! From a cgroup v2 id (what `bpf_get_current_cgroup_id` records) to its
 //! path: the id is the inode number of the cgroup's directory in the unified
 //! hierarchy, so a walk of that hierarchy maps ids to paths. Walked again
-//! when an id is not known yet, at most once a second.
+//! when an id is not known yet, at most once a second. Cgroups made while the
+//! observer runs are also recorded by the kernel as they are made ([`remember`]).
 
 use std::{
     collections::HashMap,
@@ -22,8 +23,39 @@ pub fn unified_root() -> Option<PathBuf> {
 
 struct Paths {
     root: Option<PathBuf>,
+    /// From the last walk of the hierarchy.
     by_id: HashMap<u64, String>,
     walked: Option<Instant>,
+    /// Recorded by the kernel when each cgroup was made (it may be gone now).
+    recorded: HashMap<u64, String>,
+}
+
+/// Recorded paths kept at most: beyond this the oldest window's go.
+const RECORDED_AT_MOST: usize = 16_384;
+
+fn paths(guard: &mut Option<Paths>) -> &mut Paths {
+    guard.get_or_insert_with(|| Paths {
+        root: unified_root(),
+        by_id: HashMap::new(),
+        walked: None,
+        recorded: HashMap::new(),
+    })
+}
+
+/// Paths the kernel recorded as cgroups were made (`cgroup_mkdir`), so a
+/// cgroup removed before anyone looked still names its container.
+pub fn remember(recorded: Vec<(u64, String)>) {
+    if recorded.is_empty() {
+        return;
+    }
+    let mut guard = PATHS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let paths = paths(&mut guard);
+    if paths.recorded.len() + recorded.len() > RECORDED_AT_MOST {
+        paths.recorded.clear();
+    }
+    paths.recorded.extend(recorded);
 }
 
 static PATHS: Mutex<Option<Paths>> = Mutex::new(None);
@@ -38,12 +70,8 @@ pub fn path_of(id: u64) -> Option<String> {
     let mut guard = PATHS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let paths = guard.get_or_insert_with(|| Paths {
-        root: unified_root(),
-        by_id: HashMap::new(),
-        walked: None,
-    });
-    if let Some(path) = paths.by_id.get(&id) {
+    let paths = paths(&mut guard);
+    if let Some(path) = paths.by_id.get(&id).or_else(|| paths.recorded.get(&id)) {
         return Some(path.clone());
     }
     let root = paths.root.clone()?;

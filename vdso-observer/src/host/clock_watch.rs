@@ -47,13 +47,22 @@ impl ClockWatch {
             .open("/dev/kmsg")
         {
             Ok(file) => (Some(file), None),
-            Err(err) => (
-                None,
-                Some(format!(
-                    "/dev/kmsg: {err} (kernel.dmesg_restrict=1 needs CAP_SYSLOG): clocksource \
-                     switches are still seen in sysfs, but not the kernel's reasons"
-                )),
-            ),
+            Err(err) => {
+                let what_to_do = if err.kind() == std::io::ErrorKind::NotFound {
+                    // A container's /dev: the host's device is not there.
+                    "a container needs the host's /dev/kmsg: --device /dev/kmsg, or a hostPath \
+                     volume in Kubernetes"
+                } else {
+                    "kernel.dmesg_restrict=1 needs CAP_SYSLOG"
+                };
+                (
+                    None,
+                    Some(format!(
+                        "/dev/kmsg: {err} ({what_to_do}): clocksource switches are still seen \
+                         in sysfs, but not the kernel's reasons"
+                    )),
+                )
+            }
         };
         let mut watch = ClockWatch {
             current: clocksource().map(|c| c.current),

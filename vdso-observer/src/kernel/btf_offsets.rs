@@ -55,6 +55,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         regs_sp: at("pt_regs", &["sp"], &[8])?,
         regs_di: at("pt_regs", &["di"], &[8])?,
         regs_bx: at("pt_regs", &["bx"], &[8])?,
+        cgroup_kn: at("cgroup", &["kn"], &[8])?,
+        kernfs_node_id: at("kernfs_node", &["id"], &[8])?,
     })
 }
 

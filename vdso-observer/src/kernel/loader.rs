@@ -19,12 +19,12 @@ use aya::{
 };
 use log::{info, warn};
 use vdso_observer_common::{
-    CallKey, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
-    EXACT_COVERAGE_MAP, ExactCoverage, OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP,
-    PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM,
-    TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
-    VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM,
-    VdsoFunctionTable, VdsoKey,
+    CGROUP_MKDIR_PROGRAM, CGROUP_PATHS_MAP, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES,
+    DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_MAP, ExactCoverage,
+    OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
+    ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, TIME_CALLS_MAP, UprobeCookie,
+    VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM,
+    VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -152,6 +152,29 @@ impl Observer {
             }
         };
         probes.push(vsyscall);
+
+        let cgroups = match attach(&mut ebpf, CGROUP_MKDIR_PROGRAM, "cgroup_mkdir") {
+            Ok(()) => ProbeStatus {
+                program: CGROUP_MKDIR_PROGRAM,
+                attach_point: "raw_tracepoint:cgroup_mkdir",
+                attached: true,
+                note: None,
+            },
+            Err(err) => {
+                let note = format!(
+                    "cgroups are found by walking the hierarchy only: {err:#} (a container \
+                     that ends within a second of starting may show no container)"
+                );
+                warn!("{note}");
+                ProbeStatus {
+                    program: CGROUP_MKDIR_PROGRAM,
+                    attach_point: "raw_tracepoint:cgroup_mkdir",
+                    attached: false,
+                    note: Some(note),
+                }
+            }
+        };
+        probes.push(cgroups);
 
         let mut sample_period_ns = None;
         if options.sample_hz > 0 && tables.x86_64 != VdsoFunctionTable::EMPTY {
@@ -357,6 +380,24 @@ impl Observer {
         processes.extend(vdso.keys().filter_map(|key| Some(key.ok()?.process)));
         processes.extend(names.keys().filter_map(Result::ok));
         Ok(processes)
+    }
+
+    /// The paths of the cgroups made since the last call (id, path), taken out
+    /// of the kernel's map so it holds only what is new.
+    pub fn take_recorded_cgroups(&mut self) -> Result<Vec<(u64, String)>> {
+        let mut paths: BpfHashMap<&mut MapData, u64, CgroupPath> =
+            self.map_mut(CGROUP_PATHS_MAP)?;
+        let ids: Vec<u64> = paths.keys().filter_map(Result::ok).collect();
+        let mut recorded = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(path) = paths.get(&id, 0)
+                && let Some(text) = path.text()
+            {
+                recorded.push((id, text.to_owned()));
+            }
+            let _ = paths.remove(&id);
+        }
+        Ok(recorded)
     }
 
     /// Only the vDSO counters (the governor looks often).

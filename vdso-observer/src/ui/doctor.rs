@@ -76,10 +76,12 @@ pub fn advice(d: &Diagnosis) -> Vec<String> {
                 .into(),
         );
     }
-    if d.kernel_log_error.is_some() {
-        advice.push(
-            "run as root (or with CAP_SYSLOG) to see the kernel log's clocksource lines".into(),
-        );
+    if let Some(error) = &d.kernel_log_error {
+        advice.push(if error.contains("a container needs") {
+            "give the container the host's /dev/kmsg (and CAP_SYSLOG) to see the kernel log's clocksource lines".into()
+        } else {
+            "run as root (or with CAP_SYSLOG) to see the kernel log's clocksource lines".into()
+        });
     }
     let missing = |name: &str| d.features.iter().any(|f| f.name == name && !f.available);
     if missing("host PID namespace") {

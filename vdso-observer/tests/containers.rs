@@ -1,0 +1,241 @@
+//! Real podman containers (runc: crun refuses this host's hybrid cgroup layout):
+//! each row carries its container, and the observer's own image, run as the
+//! README says, counts a workload container exactly.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// podman with runc and ulimits this host's runtime may set.
+fn podman_run() -> Command {
+    let mut command = Command::new("podman");
+    command.args([
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ]);
+    command
+}
+
+/// A `FROM scratch` image with the static workload as /vt-ctr (its comm).
+fn workload_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let binary = build_workload("time_calls", "vt-ctr", &["-static"]);
+        let context = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workload-image");
+        std::fs::create_dir_all(&context).unwrap();
+        std::fs::copy(&binary, context.join("vt-ctr")).unwrap();
+        std::fs::write(
+            context.join("Containerfile"),
+            "FROM scratch\nCOPY vt-ctr /vt-ctr\nENTRYPOINT [\"/vt-ctr\"]\n",
+        )
+        .unwrap();
+        let tag = "localhost/vdso-observer-test-workload:latest";
+        let out = Command::new("podman")
+            .args(["build", "--quiet", "--tag", tag])
+            .arg(&context)
+            .output()
+            .expect("podman runs (installed by `cargo xtask setup --for-tests`)");
+        assert!(
+            out.status.success(),
+            "podman build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tag.to_owned()
+    })
+}
+
+/// Runs the workload image to completion with `args`; its full container id.
+fn run_container(args: &[&str]) -> String {
+    let cidfile = tempfile_path("cid");
+    let out = podman_run()
+        .arg("--cidfile")
+        .arg(&cidfile)
+        .args(["--network", "none", workload_image()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman run {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = std::fs::read_to_string(&cidfile).unwrap().trim().to_owned();
+    let _ = std::fs::remove_file(&cidfile);
+    assert_eq!(id.len(), 64, "{id}");
+    id
+}
+
+fn tempfile_path(what: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("containers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let unique = format!(
+        "{what}-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    dir.join(unique.replace([' ', '{', '}', ':', ','], ""))
+}
+
+/// The rows of the workload inside container `id` (runc's init ran in that
+/// container before exec'ing it, under the same pid: another row).
+fn rows_in(report: &Value, id: &str) -> Vec<Value> {
+    processes(report)
+        .into_iter()
+        .filter(|p| p["container"]["id"] == id && p["comm"] == "vt-ctr")
+        .collect()
+}
+
+#[test]
+fn rows_carry_their_podman_container_and_count_exactly() {
+    require_root();
+    workload_image();
+    let host_workload = build_workload("time_calls", "vt-ctr", &["-static"]);
+    let observer = ObserverRun::start(&[]);
+    let direct = run_container(&["direct", "300"]);
+    let cputime = run_container(&["cputime", "200"]);
+    let host = run_workload(&host_workload, &["direct", "100"]);
+    let report = observer.finish();
+
+    let in_direct = rows_in(&report, &direct);
+    assert_eq!(in_direct.len(), 1, "{report:#}");
+    assert_eq!(
+        counts(&in_direct[0]),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            300
+        )]
+    );
+    let container = &in_direct[0]["container"];
+    assert_eq!(container["runtime"], "podman", "{container:#}");
+    assert_eq!(container["pod_uid"], Value::Null);
+    assert!(
+        in_direct[0]["cgroup"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("libpod-{direct}")),
+        "{:#}",
+        in_direct[0]
+    );
+
+    let in_cputime = rows_in(&report, &cputime);
+    assert_eq!(in_cputime.len(), 1, "{report:#}");
+    assert_eq!(
+        counts(&in_cputime[0]),
+        [expect(
+            "clock_gettime",
+            "CLOCK_PROCESS_CPUTIME_ID",
+            "vdso_fallback",
+            "x86_64",
+            200
+        )]
+    );
+
+    let on_host: Vec<Value> = rows_of_pid(&report, host);
+    assert_eq!(on_host.len(), 1, "{report:#}");
+    assert_eq!(on_host[0]["container"], Value::Null);
+    assert_eq!(
+        counts(&on_host[0]),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            100
+        )]
+    );
+}
+
+/// The image `cargo xtask dist` built (`cargo xtask test` builds it first).
+fn observer_image() -> String {
+    std::env::var("VDSO_OBSERVER_IMAGE").expect(
+        "VDSO_OBSERVER_IMAGE names the image `cargo xtask dist` built: run the tests with `cargo xtask test`",
+    )
+}
+
+/// The observer's own image as the README runs it: host PID and cgroup
+/// namespaces, CAP_BPF and CAP_PERFMON only, the shipped seccomp profile, a
+/// read-only root filesystem.
+fn observer_container(args: &[&str]) -> Command {
+    let profile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/seccomp/vdso-observer.json");
+    let mut command = podman_run();
+    command
+        .args([
+            "--pid=host",
+            "--cgroupns=host",
+            "--read-only",
+            "--cap-drop=all",
+            "--cap-add=BPF,PERFMON",
+            "--volume",
+            "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+            "--env",
+            "RUST_LOG=warn",
+        ])
+        .arg(format!("--security-opt=seccomp={}", profile.display()))
+        .arg(observer_image())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn the_observer_image_with_host_pid_counts_a_workload_container_exactly() {
+    require_root();
+    workload_image();
+    let observer = ObserverRun::spawn(observer_container(&[
+        "top", "--once", "-d", "120", "--json",
+    ]));
+    let direct = run_container(&["direct", "250"]);
+    let report = observer.finish();
+    let rows = rows_in(&report, &direct);
+    assert_eq!(rows.len(), 1, "{report:#}");
+    assert_eq!(
+        counts(&rows[0]),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            250
+        )]
+    );
+    assert_eq!(rows[0]["container"]["runtime"], "podman");
+}
+
+#[test]
+fn the_observer_image_without_host_pid_refuses_in_one_line() {
+    require_root();
+    let mut command = observer_container(&["top", "--once", "--json"]);
+    // The same, in podman's private PID namespace.
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| a != "--pid=host")
+        .collect();
+    let out = Command::new("podman").args(&args).output().unwrap();
+    drop(command.stdout(Stdio::null()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("runs in a private PID namespace") && stderr.contains("--pid=host"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
