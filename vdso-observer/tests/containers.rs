@@ -222,7 +222,7 @@ fn the_observer_image_with_host_pid_counts_a_workload_container_exactly() {
 #[test]
 fn the_observer_image_without_host_pid_refuses_in_one_line() {
     require_root();
-    let mut command = observer_container(&["top", "--once", "--json"]);
+    let command = observer_container(&["top", "--once", "--json"]);
     // The same, in podman's private PID namespace.
     let args: Vec<String> = command
         .get_args()
@@ -230,7 +230,6 @@ fn the_observer_image_without_host_pid_refuses_in_one_line() {
         .filter(|a| a != "--pid=host")
         .collect();
     let out = Command::new("podman").args(&args).output().unwrap();
-    drop(command.stdout(Stdio::null()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
