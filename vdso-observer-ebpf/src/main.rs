@@ -75,6 +75,10 @@ static EXACT_COVERAGE: HashMap<u32, ExactCoverage> =
 static CGROUP_PATHS: LruHashMap<u64, CgroupPath> =
     LruHashMap::with_max_entries(CGROUP_PATH_ENTRIES, 0);
 
+/// One [`CgroupPath`] per CPU to read a path into: too large for the stack.
+#[map]
+static CGROUP_PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static OBSERVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserverStat::COUNT, 0);
 
@@ -136,10 +140,14 @@ pub fn cgroup_created(ctx: RawTracePointContext) -> i32 {
     let Ok(id) = read_kernel::<u64>(node, config!(offsets.kernfs_node_id)) else {
         return 0;
     };
-    let mut recorded = CgroupPath::EMPTY;
-    // SAFETY: the tracepoint's path is a kernel string; the helper stops at the buffer's end.
+    let Some(recorded) = CGROUP_PATH_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch entry, used by nothing else while the program
+    // runs; the helper stops at the buffer's end (and NUL-terminates).
+    let recorded = unsafe { &mut *recorded };
     if unsafe { bpf_probe_read_kernel_str_bytes(path, &mut recorded.bytes) }.is_ok() {
-        let _ = CGROUP_PATHS.insert(&id, &recorded, 0);
+        let _ = CGROUP_PATHS.insert(id, recorded, 0);
     }
     0
 }
