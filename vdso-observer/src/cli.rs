@@ -131,7 +131,13 @@ pub enum Generate {
         shell: clap_complete::Shell,
         dir: PathBuf,
     },
+    /// The seccomp profile the observer needs in a container, as DIR/vdso-observer.json
+    /// (the DaemonSet's init container puts it in the kubelet's seccomp directory).
+    SeccompProfile { dir: PathBuf },
 }
+
+/// deploy/seccomp/vdso-observer.json: what the binary calls, and nothing else.
+pub const SECCOMP_PROFILE: &str = include_str!("../../deploy/seccomp/vdso-observer.json");
 
 #[derive(Args, Clone)]
 pub struct DaemonArgs {
@@ -226,6 +232,15 @@ pub fn generate(what: Generate) -> Result<()> {
             let mut command = command;
             clap_complete::generate_to(shell, &mut command, "vdso-observer", &dir)
                 .with_context(|| format!("writing {shell} completions into {}", dir.display()))?;
+        }
+        Generate::SeccompProfile { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("vdso-observer.json");
+            // Whole or not at all: the kubelet may read it at any moment.
+            let partial = dir.join(".vdso-observer.json.partial");
+            std::fs::write(&partial, SECCOMP_PROFILE)
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())
