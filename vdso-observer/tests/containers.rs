@@ -8,6 +8,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
+    time::Duration,
 };
 
 use common::*;
@@ -237,4 +238,206 @@ fn the_observer_image_without_host_pid_refuses_in_one_line() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+/// A child killed (SIGTERM, then waited for) when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// An instant PromQL query through the HTTP API: the result vector.
+fn prometheus_query(port: u16, query: &str) -> Vec<Value> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--get", "--data-urlencode"])
+        .arg(format!("query={query}"))
+        .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .output()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{query}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(body["status"], "success", "{query}: {body}");
+    body["data"]["result"].as_array().unwrap().clone()
+}
+
+/// Two daemons stand in for two nodes (two --listen ports, `node` set by the
+/// scrape config as the ServiceMonitor sets it); a real Prometheus scrapes both
+/// and evaluates the shipped recording rules; the fleet queries return the
+/// container's series from both, and every fleet query of the dashboard runs.
+#[test]
+fn prometheus_scrapes_two_nodes_and_the_fleet_rules_return_container_series() {
+    require_root();
+    workload_image();
+    let dir = tempfile_path("fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let nodes = [("node-a", free_port()), ("node-b", free_port())];
+    let _daemons: Vec<Background> = nodes
+        .iter()
+        .map(|(_, port)| {
+            let daemon = Command::new(OBSERVER)
+                .args(["daemon", "--interval", "1s", "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let daemon = Background(daemon);
+            wait_for("the daemon's first window", Duration::from_secs(60), || {
+                http_get(*port, "/healthz").filter(|(status, ..)| *status == 200)
+            });
+            daemon
+        })
+        .collect();
+
+    // The shipped rules, evaluated every second instead of every minute.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/prometheus/vdso-observer.rules.yml"),
+    )
+    .unwrap();
+    assert!(rules.contains("    interval: 1m\n"));
+    std::fs::write(
+        dir.join("rules.yml"),
+        rules.replace("    interval: 1m\n", "    interval: 1s\n"),
+    )
+    .unwrap();
+    let targets: String = nodes
+        .iter()
+        .map(|(node, port)| {
+            format!("      - targets: ['127.0.0.1:{port}']\n        labels: {{node: {node}}}\n")
+        })
+        .collect();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\n\
+             scrape_configs:\n  - job_name: vdso-observer\n    static_configs:\n{targets}"
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let _prometheus = Background(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian prometheus, installed by `cargo xtask setup --for-tests`)"),
+    );
+    wait_for("Prometheus ready", Duration::from_secs(30), || {
+        http_get(web, "/-/ready").filter(|(status, ..)| *status == 200)
+    });
+
+    // 200 direct clock_gettime calls a second for 40 s, in a container.
+    let out = podman_run()
+        .args([
+            "--detach",
+            "--network",
+            "none",
+            workload_image(),
+            "steady",
+            "200",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("podman")
+                .args(["rm", "--force", "--time", "0", &self.0])
+                .output();
+        }
+    }
+    let _stop = Stop(id.clone());
+
+    let query =
+        format!("container:vdso_observer_kernel_time_calls:rate5m{{container_id=\"{id}\"}}");
+    let series = wait_for(
+        "the container's rate from both nodes",
+        Duration::from_secs(60),
+        || {
+            let series = prometheus_query(web, &query);
+            let positive = series
+                .iter()
+                .filter(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap() > 0.0)
+                .count();
+            (positive == 2).then_some(series)
+        },
+    );
+    let mut seen: Vec<&str> = series
+        .iter()
+        .map(|s| s["metric"]["node"].as_str().unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["node-a", "node-b"], "{series:?}");
+    for s in &series {
+        assert_eq!(s["metric"]["runtime"], "podman", "{s}");
+        let rate: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        assert!(rate < 400.0, "about 200 calls/s: {s}");
+    }
+    // The container's calls are direct: the fault ranking holds them too.
+    let faults = prometheus_query(
+        web,
+        "topk(10, sum by (node) (node_reason:vdso_observer_kernel_time_calls:rate5m{reason=\"direct_syscall\"}))",
+    );
+    assert_eq!(faults.len(), 2, "{faults:?}");
+
+    // Both nodes counted under this machine's clocksource.
+    let clocksource =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap();
+    let counted = prometheus_query(
+        web,
+        &format!(
+            "clocksource:vdso_observer_nodes:count{{clocksource=\"{}\"}}",
+            clocksource.trim()
+        ),
+    );
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert_eq!(counted[0]["value"][1], "2", "{counted:?}");
+
+    // Every fleet query of the dashboard is valid PromQL for this Prometheus.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/vdso-observer.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut fleet_queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            if expr.contains(":vdso_observer_") {
+                prometheus_query(web, expr);
+                fleet_queries += 1;
+            }
+        }
+    }
+    assert!(fleet_queries >= 6, "{fleet_queries}");
 }
