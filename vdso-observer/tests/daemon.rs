@@ -405,8 +405,10 @@ fn runs_as_an_unprivileged_user_with_only_cap_bpf_and_cap_perfmon() {
             .to_owned()
     };
     assert_eq!(field("Uid:").split_whitespace().next(), Some("65534"));
-    // CAP_PERFMON (38) and CAP_BPF (39), nothing else.
-    assert_eq!(field("CapEff:"), "000000c000000000");
+    // Started with CAP_PERFMON (38) and CAP_BPF (39) only, and dropped both
+    // once its programs were attached.
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
     let workload = build_workload("time_calls", "vt-unpriv", &[]);
     let pid = run_workload(&workload, &["direct", "99"]);
     wait_for("the workload in the textfile", TIMEOUT, || {
@@ -535,4 +537,104 @@ fn systemd_hears_readiness_watchdog_and_priorities_and_a_fork_storm_is_one_line(
     );
     assert!(text.lines().any(|l| l.starts_with("<6>started:")), "{text}");
     assert_eq!(daemon.stop().code(), Some(0));
+}
+
+/// The capability sets of a running process: (effective, permitted, ambient).
+fn capabilities_of(pid: u32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    (field("CapEff:"), field("CapPrm:"), field("CapAmb:"))
+}
+
+#[test]
+fn after_attaching_the_daemon_keeps_no_capability_and_still_counts() {
+    require_root();
+    let dir = world_writable_dir("dropped");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = DaemonRun::start(&dir, &["--listen", &listen, "--interval", "1s"]);
+    assert!(
+        daemon.log().contains("capabilities dropped: none kept"),
+        "{}",
+        daemon.log()
+    );
+    let none = "0000000000000000".to_owned();
+    assert_eq!(
+        capabilities_of(daemon.pid()),
+        (none.clone(), none.clone(), none)
+    );
+    let workload = build_workload("time_calls", "vt-dropped", &[]);
+    let pid = run_workload(&workload, &["direct", "123"]);
+    wait_for("the workload's calls", TIMEOUT, || {
+        let (_, _, metrics) = http_get(port, "/metrics")?;
+        (process_count(&metrics, pid, "vt-dropped")? == 123.0).then_some(())
+    });
+}
+
+#[test]
+fn with_exact_counting_the_daemon_keeps_what_attaching_probes_needs() {
+    require_root();
+    let dir = world_writable_dir("dropped-exact");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = DaemonRun::start(
+        &dir,
+        &[
+            "--listen",
+            &listen,
+            "--interval",
+            "1s",
+            "--exact",
+            "--exact-budget",
+            "100",
+        ],
+    );
+    assert!(
+        daemon.log().contains(
+            "capabilities dropped but CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH"
+        ),
+        "{}",
+        daemon.log()
+    );
+    // Bits 2, 19, 21, 38 and 39.
+    let (effective, permitted, ambient) = capabilities_of(daemon.pid());
+    assert_eq!(effective, "000000c000280004");
+    assert_eq!(permitted, effective);
+    assert_eq!(ambient, "0000000000000000");
+    // A process that starts after the drop is still attached to, exactly.
+    let workload = build_workload("time_calls", "vt-dropped-x", &[]);
+    let mut held = Command::new(&workload)
+        .args(["monotonic", "3000"])
+        .env("VT_WAIT_STDIN", "1")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = held.id();
+    std::thread::sleep(Duration::from_secs(3)); // new processes are picked up within a second
+    {
+        use std::io::Write as _;
+        held.stdin.take().unwrap().write_all(b"g").unwrap();
+    }
+    assert!(held.wait().unwrap().success());
+    wait_for("the workload's exact vDSO calls", TIMEOUT, || {
+        let (_, _, metrics) = http_get(port, "/metrics")?;
+        let pid = pid.to_string();
+        let calls = sample_with(
+            &metrics,
+            "vdso_observer_process_vdso_time_calls_total",
+            &[
+                ("pid", pid.as_str()),
+                ("call", "clock_gettime"),
+                ("provenance", "uprobe"),
+            ],
+        )?;
+        (calls == 3000.0).then_some(())
+    });
 }

@@ -64,9 +64,102 @@ fn pid_namespace_verdict(inode: u64) -> Result<()> {
 }
 
 /// Capability bits (linux/capability.h).
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
+
+/// What a running observer may still need a capability for, once its
+/// programs are attached and its maps, perf events, /dev/kmsg and listening
+/// socket are open (file descriptors keep working without them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LaterNeeds {
+    /// Exact counting loads and attaches uprobes and breakpoints as processes
+    /// come and go, and reads other users' /proc/PID/maps and exe.
+    pub exact: bool,
+    /// A textfile is written (a directory another user owns needs DAC override).
+    pub textfile: bool,
+}
+
+/// Drops every capability the observer no longer needs, from the effective,
+/// permitted, inheritable and ambient sets (as ebpf_exporter does): a bug in
+/// its later code cannot load programs or read kernel memory. Returns the names
+/// of those kept. Capabilities are per thread: call it before threads start.
+pub fn drop_capabilities(needs: LaterNeeds) -> Result<Vec<&'static str>> {
+    let held = procfs::own_effective_capabilities()?;
+    let mut wanted: Vec<(u32, &'static str)> = Vec::new();
+    if needs.exact {
+        // CAP_SYS_ADMIN too: a uprobe perf event for another process was refused
+        // (EACCES) with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE alone (6.18).
+        wanted.extend([
+            (CAP_BPF, "CAP_BPF"),
+            (CAP_PERFMON, "CAP_PERFMON"),
+            (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+            (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+            (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+        ]);
+    }
+    if needs.textfile {
+        wanted.push((CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"));
+    }
+    wanted.retain(|(bit, _)| held & (1u64 << bit) != 0);
+    let keep = wanted.iter().fold(0u64, |mask, (bit, _)| mask | (1 << bit));
+    // SAFETY: prctl with integer arguments only.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        log::debug!(
+            "clearing ambient capabilities: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    set_capabilities(keep)?;
+    Ok(wanted.into_iter().map(|(_, name)| name).collect())
+}
+
+/// capset(2) of this thread: `mask` effective and permitted, nothing inheritable.
+fn set_capabilities(mask: u64) -> Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |shift: u32| Data {
+        effective: (mask >> shift) as u32,
+        permitted: (mask >> shift) as u32,
+        inheritable: 0,
+    };
+    let data = [half(0), half(32)];
+    // SAFETY: a version-3 header and the two data words it asks for.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        bail!(
+            "dropping capabilities (capset): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
 
 /// Fails early, with what to do, when the process cannot load tracing BPF.
 pub fn check_privileges() -> Result<()> {

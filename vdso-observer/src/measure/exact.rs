@@ -241,7 +241,9 @@ impl ExactTracer {
                         overhead: None,
                         note: Some(format!("{err:#}")),
                     };
-                    if !self.options.all {
+                    if self.options.all {
+                        log::debug!("pid {pid}: exact counting failed: {err:#}");
+                    } else {
                         warn!("pid {pid}: exact counting failed: {err:#}");
                     }
                     self.refused.insert(pid, (start_ticks, state));
