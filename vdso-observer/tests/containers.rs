@@ -440,4 +440,23 @@ fn prometheus_scrapes_two_nodes_and_the_fleet_rules_return_container_series() {
         }
     }
     assert!(fleet_queries >= 6, "{fleet_queries}");
+
+    // And the README's joins with kube-state-metrics parse and run (empty here:
+    // no kube-state-metrics).
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let block = readme
+        .split("```promql\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a promql block in the README");
+    let mut joins = 0;
+    for query in block.split(|c| c == '#').skip(1) {
+        // Each query follows its comment line.
+        let query: String = query.lines().skip(1).collect::<Vec<_>>().join("\n");
+        prometheus_query(web, &query);
+        joins += 1;
+    }
+    assert_eq!(joins, 2, "{block}");
 }

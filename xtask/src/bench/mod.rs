@@ -24,6 +24,7 @@ use crate::{
 
 mod churn;
 mod coverage;
+mod fleet;
 
 /// The parts of the bench, run in this order (all by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +42,8 @@ pub enum Part {
     Coverage,
     /// 5 000 short processes a second for 60 s under the daemon: nothing lost.
     Churn,
+    /// 200 pod cgroups x 5 processes under the daemon: CPU, RSS, series.
+    Fleet,
 }
 
 const ROUNDS: usize = 5;
@@ -151,6 +154,10 @@ pub fn run(root: &Path, parts: &[Part]) -> Result<()> {
     if wanted(Part::Churn) {
         step("churn: 5 000 short processes a second for 60 s under the daemon");
         results["churn"] = churn::run(&bench)?;
+    }
+    if wanted(Part::Fleet) {
+        step("fleet: 200 pod cgroups x 5 processes under the daemon for 90 s");
+        results["fleet"] = fleet::run(&bench)?;
     }
 
     let path = bench.dir.join("bench.json");
@@ -665,6 +672,9 @@ fn rest(results: &Value) -> String {
     }
     if !results["churn"].is_null() {
         out.push_str(&churn::render(&results["churn"]));
+    }
+    if !results["fleet"].is_null() {
+        out.push_str(&fleet::render(&results["fleet"]));
     }
     out
 }
