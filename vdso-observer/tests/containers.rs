@@ -452,7 +452,7 @@ fn prometheus_scrapes_two_nodes_and_the_fleet_rules_return_container_series() {
         .and_then(|rest| rest.split("```").next())
         .expect("a promql block in the README");
     let mut joins = 0;
-    for query in block.split(|c| c == '#').skip(1) {
+    for query in block.split('#').skip(1) {
         // Each query follows its comment line.
         let query: String = query.lines().skip(1).collect::<Vec<_>>().join("\n");
         prometheus_query(web, &query);
