@@ -331,10 +331,11 @@ fn sigterm_writes_a_final_file_and_sigkill_leaves_nothing_attached() {
     // kill -9: the kernel must drop every program and link when the fds close.
     let killed = DaemonRun::start(&dir, &["--textfile", textfile.to_str().unwrap()]);
     let (programs, links) = bpf_objects_of(killed.pid());
-    // sys_enter, emulate_vsyscall and the vDSO sampler; links for the two
-    // raw tracepoints (and the sampler's, per CPU, where the kernel links them).
-    assert_eq!(programs.len(), 3, "three programs: {programs:?}");
-    assert!(links.len() >= 2, "links: {links:?}");
+    // sys_enter, emulate_vsyscall, cgroup_mkdir and the vDSO sampler; links for
+    // the three raw tracepoints (and the sampler's, per CPU, where the kernel
+    // links them).
+    assert_eq!(programs.len(), 4, "four programs: {programs:?}");
+    assert!(links.len() >= 3, "links: {links:?}");
     killed.signal(libc::SIGKILL);
     drop(killed);
     for (kind, ids) in [("prog", &programs), ("link", &links)] {
