@@ -237,6 +237,16 @@ impl Session {
         Ok(())
     }
 
+    /// Drops the capabilities the session no longer needs once attached: all of
+    /// them, or with exact counting what attaching new probes takes (and DAC
+    /// override when `writes_files` and held). Returns the names kept.
+    pub fn drop_capabilities(&self, writes_files: bool) -> Result<Vec<&'static str>> {
+        crate::kernel::privileges::drop_capabilities(crate::kernel::privileges::LaterNeeds {
+            exact: self.exact.is_some(),
+            textfile: writes_files,
+        })
+    }
+
     /// Hands the cgroup paths the kernel recorded to the lookup, before the
     /// processes of a snapshot are named (their cgroup may be gone by now).
     fn record_cgroups(&mut self) {

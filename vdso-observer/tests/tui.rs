@@ -116,9 +116,9 @@ fn header(screen: &str) -> String {
     screen.lines().take(3).collect::<Vec<_>>().join("\n")
 }
 
-/// The KERN/s column of a row, as a number.
+/// The KERN/s column of a row, as a number (PID USER COMM CONTAINER VDSO/s KERN/s ...).
 fn kernel_rate(row: &str) -> f64 {
-    let field = row.split_whitespace().nth(4).unwrap();
+    let field = row.split_whitespace().nth(5).unwrap();
     match field.strip_suffix('k') {
         Some(k) => k.parse::<f64>().unwrap() * 1000.0,
         None => field.parse().unwrap(),

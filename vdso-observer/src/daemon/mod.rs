@@ -68,10 +68,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
     let mut server = start_server(config.listen, &shared).await?;
     // Programs attached, maps and perf events open, socket bound: from here the
     // daemon reads what it holds and needs almost no privilege.
-    match crate::kernel::privileges::drop_capabilities(crate::kernel::privileges::LaterNeeds {
-        exact: config.observer.exact || !config.observer.exact_pids.is_empty(),
-        textfile: config.textfile.is_some(),
-    }) {
+    match session.drop_capabilities(config.textfile.is_some()) {
         Ok(kept) if kept.is_empty() => info!("capabilities dropped: none kept"),
         Ok(kept) => info!("capabilities dropped but {}", kept.join(" ")),
         Err(err) => warn!("{err:#}; running with the capabilities it started with"),
