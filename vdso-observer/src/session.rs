@@ -119,6 +119,7 @@ impl Session {
             probes: observer.probes.clone(),
             time_call_capacity: observer.options.time_call_entries,
             vdso_costs: vdso.as_ref().map(|m| m.costs.clone()).unwrap_or_default(),
+            run_stats: observer.run_stats.clone(),
         };
         let mut aggregator = Aggregator::new(estimator);
         aggregator.set_thresholds(thresholds);

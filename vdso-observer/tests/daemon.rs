@@ -573,10 +573,38 @@ fn after_attaching_the_daemon_keeps_no_capability_and_still_counts() {
     );
     let workload = build_workload("time_calls", "vt-dropped", &[]);
     let pid = run_workload(&workload, &["direct", "123"]);
-    wait_for("the workload's calls", TIMEOUT, || {
+    let metrics = wait_for("the workload's calls", TIMEOUT, || {
         let (_, _, metrics) = http_get(port, "/metrics")?;
-        (process_count(&metrics, pid, "vt-dropped")? == 123.0).then_some(())
+        (process_count(&metrics, pid, "vt-dropped")? == 123.0).then_some(metrics)
     });
+    // The kernel measured the programs (the statistics were enabled before the
+    // drop and stay on while the daemon holds their descriptor).
+    assert_eq!(
+        sample(&metrics, "vdso_observer_bpf_run_stats_enabled "),
+        Some(1.0)
+    );
+    let runs = |metrics: &str| {
+        sample_with(
+            metrics,
+            "vdso_observer_bpf_runs_total",
+            &[("program", "time_syscall_enter")],
+        )
+        .unwrap()
+    };
+    let seconds = sample_with(
+        &metrics,
+        "vdso_observer_bpf_run_seconds_total",
+        &[("program", "time_syscall_enter")],
+    )
+    .unwrap();
+    assert!(runs(&metrics) >= 123.0 && seconds > 0.0, "{metrics}");
+    let before = runs(&metrics);
+    run_workload(&workload, &["direct", "1000"]);
+    wait_for("sys_enter runs to grow", TIMEOUT, || {
+        let (_, _, later) = http_get(port, "/metrics")?;
+        (runs(&later) >= before + 1000.0).then_some(())
+    });
+    promtool_check(&metrics);
 }
 
 #[test]

@@ -24,7 +24,8 @@ use vdso_observer_common::{Origin, Provenance, TimeCall};
 use super::config::SeriesLimits;
 use crate::model::{
     CallCount, ClockEventKind, ClocksourceState, Container, FallbackReason, ObserverStats,
-    ProbeStatus, ProcessReport, Report, Runtime, VdsoCapability, VdsoFunction, VsyscallMode,
+    ProbeStatus, ProcessReport, ProgramRuns, Report, RunStats, Runtime, VdsoCapability,
+    VdsoFunction, VsyscallMode,
 };
 
 /// `comm` label of the processes beyond `max_comms`.
@@ -196,6 +197,9 @@ pub struct Facts {
     pub boot_settings: Vec<String>,
     /// ns per call by which samples become calls.
     pub vdso_costs: BTreeMap<TimeCall, f64>,
+    /// Whether the kernel measures the programs' run time, and what it measured.
+    pub run_stats: RunStats,
+    pub programs: Vec<ProgramRuns>,
 }
 
 impl Facts {
@@ -213,6 +217,8 @@ impl Facts {
             kernel_log_readable: system.is_some_and(|s| s.kernel_log_error.is_none()),
             boot_settings: system.map(|s| s.boot_settings.clone()).unwrap_or_default(),
             vdso_costs: report.observer.vdso_costs.ns_per_call.clone(),
+            run_stats: report.observer.run_stats.clone(),
+            programs: report.observer.programs.clone(),
         }
     }
 }
@@ -457,6 +463,38 @@ impl Exporter {
                 &[("probe", probe.attach_point)],
                 if probe.attached { 1.0 } else { 0.0 },
             );
+        }
+        out.family(
+            "vdso_observer_bpf_run_stats_enabled",
+            "gauge",
+            "1 when the kernel measures the observer's programs (BPF_ENABLE_STATS, or kernel.bpf_stats_enabled=1); 0 when it cannot (no CAP_SYS_ADMIN).",
+        );
+        out.sample(
+            &[],
+            if matches!(facts.run_stats, RunStats::Unavailable(_)) {
+                0.0
+            } else {
+                1.0
+            },
+        );
+        out.family(
+            "vdso_observer_bpf_run_seconds_total",
+            "counter",
+            "Time the kernel spent running each of the observer's programs since load, summed over CPUs: the observer's own cost.",
+        );
+        for program in &facts.programs {
+            out.sample(
+                &[("program", program.program)],
+                program.run_time_ns as f64 / 1e9,
+            );
+        }
+        out.family(
+            "vdso_observer_bpf_runs_total",
+            "counter",
+            "Runs of each of the observer's programs since load (sys_enter: every syscall on the machine).",
+        );
+        for program in &facts.programs {
+            out.sample(&[("program", program.program)], program.runs as f64);
         }
         out.family(
             "vdso_observer_lost_time_calls_total",
@@ -713,6 +751,12 @@ mod tests {
             kernel_log_readable: false,
             boot_settings: vec!["tsc=unstable".into()],
             vdso_costs: BTreeMap::new(),
+            run_stats: RunStats::Enabled,
+            programs: vec![ProgramRuns {
+                program: "time_syscall_enter",
+                runs: 2_000_000,
+                run_time_ns: 90_000_000,
+            }],
         }
     }
 
@@ -973,6 +1017,13 @@ mod tests {
         // the exposition escapes backslashes and quotes again.
         assert!(text.contains(r#"comm="q\"b\\\\s\\x0ax\\xff""#), "{text}");
         assert!(text.contains("vdso_observer_clocksource_vdso_capable 0\n"));
+        assert!(text.contains(
+            "vdso_observer_bpf_run_seconds_total{program=\"time_syscall_enter\"} 0.09\n"
+        ));
+        assert!(
+            text.contains("vdso_observer_bpf_runs_total{program=\"time_syscall_enter\"} 2000000\n")
+        );
+        assert!(text.contains("vdso_observer_bpf_run_stats_enabled 1\n"));
         assert!(text.contains("vdso_observer_kernel_log_readable 0\n"));
         assert!(
             !text.contains("vdso_observer_clocksource_available"),

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     host::{procfs::uname, vdso_image::VdsoImage},
-    model::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus},
+    model::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats},
 };
 
 /// Where the time functions lie in each vDSO image (empty: that image is
@@ -103,6 +103,29 @@ pub struct Observer {
     /// Keys and process entries this process deleted, per map: with what the
     /// programs created, how full the maps are.
     deleted: KeysCreated,
+    /// Whether the kernel measures the programs' run time.
+    pub run_stats: RunStats,
+    /// Held while the observer runs: the kernel measures runs while it is open.
+    _run_stats_fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// Turns on the kernel's per-program run statistics (BPF_ENABLE_STATS) for as
+/// long as the returned descriptor is open; already on when the sysctl says so.
+fn enable_run_stats() -> (RunStats, Option<std::os::fd::OwnedFd>) {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    if sysctl.trim() == "1" {
+        return (RunStats::AlreadyOn, None);
+    }
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => (RunStats::Enabled, Some(fd)),
+        Err(err) => (
+            RunStats::Unavailable(format!(
+                "BPF_ENABLE_STATS: {err} (needs CAP_SYS_ADMIN and Linux 5.8; or set \
+                 kernel.bpf_stats_enabled=1)"
+            )),
+            None,
+        ),
+    }
 }
 
 impl Observer {
@@ -209,7 +232,13 @@ impl Observer {
             probes.iter().filter(|p| p.attached).count(),
             probes.len()
         );
+        let (run_stats, run_stats_fd) = enable_run_stats();
+        if let RunStats::Unavailable(note) = &run_stats {
+            info!("the programs' own run time is not measured: {note}");
+        }
         Ok(Observer {
+            run_stats,
+            _run_stats_fd: run_stats_fd,
             ebpf,
             logs,
             probes,
@@ -344,7 +373,36 @@ impl Observer {
         };
         snapshot.keys_created = self.keys_created()?;
         snapshot.overflowed_keys = stat(ObserverStat::ProcessKeyCap)?;
+        snapshot.programs = self.program_runs();
         Ok(snapshot)
+    }
+
+    /// Runs and run time of every attached program (and of the exact-counting
+    /// ones once loaded), as the kernel measured them; empty when it does not.
+    pub fn program_runs(&self) -> Vec<ProgramRuns> {
+        if matches!(self.run_stats, RunStats::Unavailable(_)) {
+            return Vec::new();
+        }
+        let mut names: Vec<&'static str> = self
+            .probes
+            .iter()
+            .filter(|p| p.attached)
+            .map(|p| p.program)
+            .collect();
+        if self.exact_loaded {
+            names.extend([VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM]);
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramRuns {
+                    program: name,
+                    runs: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     /// Keys created per counter map since load: one cheap read, polled

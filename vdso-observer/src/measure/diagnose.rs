@@ -53,6 +53,12 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,
         _ => None,
     };
+    // What the programs cost while the calibration ran (every syscall of the
+    // machine passes sys_enter meanwhile).
+    let (run_stats, programs) = match &observer {
+        Ok(observer) => (Some(observer.run_stats.clone()), observer.program_runs()),
+        Err(_) => (None, Vec::new()),
+    };
     match &observer {
         Ok(observer) => {
             for probe in &observer.probes {
@@ -130,6 +136,8 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         features,
         kernel_log,
         kernel_log_error: watch.kmsg_error.clone(),
+        run_stats,
+        programs,
         advice: Vec::new(),
     };
     diagnosis.verdict = verdict(&diagnosis);

@@ -19,7 +19,7 @@ use super::{
     comm::display_comm,
     container::Container,
     costs::VdsoCosts,
-    observer::{MapSnapshot, ObserverStats, ProbeStatus},
+    observer::{MapSnapshot, ObserverStats, ProbeStatus, RunStats},
     reason::{self, FallbackReason},
     report::*,
 };
@@ -216,6 +216,8 @@ impl Aggregator {
                 time_call_capacity: health.time_call_capacity,
                 vdso_sample_period_ns: self.estimator.as_ref().map(|e| e.sample_period_ns),
                 vdso_costs: health.vdso_costs,
+                run_stats: health.run_stats,
+                programs: snapshot.programs.clone(),
             },
             system: None,
             processes,
@@ -343,6 +345,7 @@ pub struct ObserverHealthInput {
     pub probes: Vec<ProbeStatus>,
     pub time_call_capacity: u32,
     pub vdso_costs: VdsoCosts,
+    pub run_stats: RunStats,
 }
 
 fn process_report(
@@ -520,7 +523,7 @@ pub mod testing {
 
     use vdso_observer_common::{CallKey, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall};
 
-    use super::{Aggregator, ObserverHealthInput, ProcessLookup, Report};
+    use super::{Aggregator, ObserverHealthInput, ProcessLookup, Report, RunStats};
     use crate::model::{
         ClocksourceState, MapSnapshot, SystemReport, VdsoCheck, VsyscallMode,
         clocksource_vdso_capability,
@@ -588,6 +591,7 @@ pub mod testing {
             probes: vec![],
             time_call_capacity: 100,
             vdso_costs: Default::default(),
+            run_stats: RunStats::AlreadyOn,
         }
     }
 
@@ -654,6 +658,7 @@ mod tests {
             probes: Vec::new(),
             time_call_capacity: 100,
             vdso_costs: Default::default(),
+            run_stats: RunStats::AlreadyOn,
         }
     }
 

@@ -4,7 +4,7 @@ use serde::Serialize;
 use vdso_observer_common::TimeCall;
 
 use super::{
-    observer::VdsoCheck,
+    observer::{ProgramRuns, RunStats, VdsoCheck},
     system::{ClockEvent, ClocksourceState, VsyscallMode},
 };
 
@@ -74,6 +74,10 @@ pub struct Diagnosis {
     pub features: Vec<Feature>,
     pub kernel_log: Vec<ClockEvent>,
     pub kernel_log_error: Option<String>,
+    /// Whether the kernel measured the programs' run time (None: not loaded).
+    pub run_stats: Option<RunStats>,
+    /// The programs' runs and run time during the doctor's own measurement.
+    pub programs: Vec<ProgramRuns>,
     pub advice: Vec<String>,
 }
 

@@ -18,7 +18,9 @@ pub mod system;
 pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator};
 pub use container::{Container, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
-pub use observer::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, VdsoCheck};
+pub use observer::{
+    KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck,
+};
 pub use reason::FallbackReason;
 pub use report::{CallCount, ProcessReport, Report, SystemReport, Thresholds, VdsoFunction};
 pub use system::{

@@ -16,6 +16,36 @@ pub struct ProbeStatus {
     pub note: Option<String>,
 }
 
+/// What the kernel measured of one of the observer's programs since it was
+/// loaded (BPF_ENABLE_STATS): the observer's own cost, per program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramRuns {
+    pub program: &'static str,
+    /// Runs of the program (every syscall for sys_enter, every sample, ...).
+    pub runs: u64,
+    /// Time spent in it, summed over CPUs.
+    pub run_time_ns: u64,
+}
+
+impl ProgramRuns {
+    /// Mean time of one run; None before the first.
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time_ns as f64 / self.runs as f64)
+    }
+}
+
+/// Whether the kernel measures the programs' run time, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "note", rename_all = "snake_case")]
+pub enum RunStats {
+    /// Enabled by the observer for as long as it runs.
+    Enabled,
+    /// `kernel.bpf_stats_enabled` was already 1.
+    AlreadyOn,
+    /// Not measured: why (kernel before 5.8, no CAP_SYS_ADMIN).
+    Unavailable(String),
+}
+
 /// Counters the programs keep about themselves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ObserverStats {
@@ -34,6 +64,9 @@ pub struct ObserverStats {
 /// Everything read from the maps at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct MapSnapshot {
+    /// Runs and run time of each attached program, cumulative (empty when the
+    /// kernel does not measure them).
+    pub programs: Vec<ProgramRuns>,
     /// Cumulative count per key since the key was created.
     pub calls: HashMap<CallKey, u64>,
     pub names: HashMap<ProcessKey, ProcessInfo>,

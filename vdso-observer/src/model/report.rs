@@ -11,7 +11,7 @@ use vdso_observer_common::{Origin, Provenance, SyscallAbi, TimeCall};
 use super::{
     costs::VdsoCosts,
     exact::ExactState,
-    observer::{ObserverStats, ProbeStatus, VdsoCheck},
+    observer::{ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck},
     reason::FallbackReason,
     system::{ClockEvent, ClocksourceState, VsyscallMode},
 };
@@ -113,6 +113,10 @@ pub struct ObserverHealth {
     pub vdso_sample_period_ns: Option<u64>,
     /// ns inside the vDSO per call, by which samples become calls (calibrated at start).
     pub vdso_costs: VdsoCosts,
+    /// Whether the kernel measures the programs' own run time.
+    pub run_stats: RunStats,
+    /// Each program's runs and run time since load (cumulative).
+    pub programs: Vec<ProgramRuns>,
 }
 
 #[derive(Debug, Clone, Serialize)]

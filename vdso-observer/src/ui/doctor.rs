@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::model::{ClockEventKind, VsyscallMode, diagnosis::Diagnosis};
+use crate::model::{ClockEventKind, RunStats, VsyscallMode, diagnosis::Diagnosis};
 
 /// Prints the diagnosis with its advice; returns the exit code of its verdict.
 pub fn print(diagnosis: &Diagnosis, json: bool) -> Result<u8> {
@@ -185,6 +185,32 @@ pub fn render(d: &Diagnosis) -> String {
         );
     }
     let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "observer's own cost (kernel-measured, while the doctor measured)"
+    );
+    match &d.run_stats {
+        Some(RunStats::Unavailable(note)) => {
+            let _ = writeln!(out, "  not measured: {note}");
+        }
+        None => {
+            let _ = writeln!(out, "  not measured: the programs did not load");
+        }
+        Some(_) => {
+            for program in &d.programs {
+                let _ = writeln!(
+                    out,
+                    "  {:<22} {:>12} runs  {}",
+                    program.program,
+                    program.runs,
+                    program
+                        .ns_per_run()
+                        .map_or("-".to_owned(), |ns| format!("{ns:.0} ns/run"))
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
     let _ = writeln!(out, "kernel log (clocksource)");
     if let Some(err) = &d.kernel_log_error {
         let _ = writeln!(out, "  {err}");
@@ -228,6 +254,8 @@ mod tests {
             features: vec![],
             kernel_log: events,
             kernel_log_error: None,
+            run_stats: Some(RunStats::Enabled),
+            programs: vec![],
             advice: vec![],
         }
     }
