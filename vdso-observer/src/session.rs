@@ -106,6 +106,8 @@ impl Session {
         };
         let image32 = vdso32::image_if_any();
         let tables = VdsoTables::of(image.as_ref(), image32.as_ref());
+        // Before anything is attached: a sys_enter program slows every syscall.
+        let path_costs = calibrate::path_costs(image.as_ref());
         let mut observer = Observer::start(load, &tables)?;
         let (vdso, vdso_check) = match image.clone() {
             Some(image) => {
@@ -120,6 +122,7 @@ impl Session {
             time_call_capacity: observer.options.time_call_entries,
             vdso_costs: vdso.as_ref().map(|m| m.costs.clone()).unwrap_or_default(),
             run_stats: observer.run_stats.clone(),
+            path_costs,
         };
         let mut aggregator = Aggregator::new(estimator);
         aggregator.set_thresholds(thresholds);
@@ -336,6 +339,9 @@ impl Session {
         }
         self.aggregator.set_estimator(estimator_of(Some(&model)));
         self.health.vdso_costs = model.costs;
+        // With the observer attached now: its own tax on these syscalls is in
+        // the price, as the processes pay it while it runs.
+        self.health.path_costs = calibrate::path_costs(Some(&model.image));
     }
 
     fn system_with(&self, events: Vec<crate::model::ClockEvent>) -> SystemReport {

@@ -29,6 +29,7 @@ fn once_prints_one_table_with_the_workload_row() {
         "USER",
         "COMM",
         "CONTAINER",
+        "EXCESS",
         "VDSO/s",
         "KERN/s",
         "KERN%",

@@ -505,3 +505,30 @@ fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn excess_cpu_prices_fault_entries_with_this_machines_measured_costs() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-excess", &[]);
+    let observer = ObserverRun::start(&[]);
+    let direct = run_workload(&workload, &["direct", "50000"]);
+    let cputime = run_workload(&workload, &["cputime", "5000"]);
+    let report = observer.finish();
+    let costs = report["observer"]["path_costs"]["calls"]
+        .as_array()
+        .expect("path costs measured at start")
+        .iter()
+        .find(|c| c["call"] == "clock_gettime")
+        .unwrap()
+        .clone();
+    let syscall_ns = costs["syscall_ns"].as_f64().unwrap();
+    let answered_ns = costs["answered_ns"].as_f64().unwrap();
+    // Measured here, not constants: a syscall costs more than a vDSO answer.
+    assert!(syscall_ns > answered_ns && answered_ns > 0.0, "{costs}");
+    let row = single_row(&report, direct);
+    let excess = row["excess_cpu_seconds"].as_f64().unwrap();
+    let expected = 50_000.0 * (syscall_ns - answered_ns) / 1e9;
+    assert!((excess - expected).abs() < 1e-9, "{excess} != {expected}");
+    // CPU-time clocks: the vDSO never answers them, nothing is excess.
+    assert_eq!(single_row(&report, cputime)["excess_cpu_seconds"], 0.0);
+}

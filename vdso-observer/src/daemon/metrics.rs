@@ -87,6 +87,9 @@ struct Counts {
     kernel: BTreeMap<CallLabels, u64>,
     /// vDSO-answered calls: exact counts and estimates.
     vdso: BTreeMap<VdsoLabels, f64>,
+    /// CPU seconds spent because calls entered the kernel where the vDSO could
+    /// have answered.
+    excess_seconds: f64,
 }
 
 impl Counts {
@@ -102,6 +105,7 @@ impl Counts {
             };
             *self.vdso.entry(labels).or_default() += call.calls;
         }
+        self.excess_seconds += process.excess_cpu_seconds.unwrap_or(0.0);
     }
 }
 
@@ -352,6 +356,7 @@ impl Exporter {
     pub fn render(&self, facts: &Facts) -> String {
         let mut out = Exposition::default();
         self.render_counts(&mut out);
+        self.render_excess(&mut out);
         self.render_machine(&mut out, facts);
         self.render_observer(&mut out, facts);
         out.finish()
@@ -577,6 +582,38 @@ impl Exporter {
         );
         out.sample(&[], self.textfile_write_errors as f64);
     }
+    /// The excess CPU families, per comm, container and pid.
+    fn render_excess(&self, out: &mut Exposition) {
+        out.family(
+            "vdso_observer_excess_cpu_seconds_total",
+            "counter",
+            "CPU time spent because time calls entered the kernel where the vDSO could have answered (kernel entries x (syscall cost - vDSO cost), both measured here at start), per comm.",
+        );
+        for (comm, series) in &self.comms {
+            out.sample(&[("comm", comm)], series.counts.excess_seconds);
+        }
+        out.family(
+            "vdso_observer_container_excess_cpu_seconds_total",
+            "counter",
+            "The same, per container.",
+        );
+        for (container, series) in &self.containers {
+            out.sample(&container.pairs(), series.counts.excess_seconds);
+        }
+        out.family(
+            "vdso_observer_process_excess_cpu_seconds_total",
+            "counter",
+            "The same, for the processes with pid series.",
+        );
+        for (id, series) in &self.processes {
+            let pid = id.tgid.to_string();
+            out.sample(
+                &[("pid", &pid), ("comm", &series.comm)],
+                series.counts.excess_seconds,
+            );
+        }
+    }
+
     /// The six count families: kernel entries and vDSO-answered calls, per comm
     /// (complete), per container (every containerised process) and per pid (the
     /// few that earned a series).
@@ -947,6 +984,44 @@ mod tests {
         exporter.update(&idle, &[], &limits, start + Duration::from_secs(61));
         let text = exporter.render(&facts());
         assert!(!text.lines().any(|l| l.starts_with(family)), "{text}");
+    }
+
+    #[test]
+    fn excess_cpu_accumulates_per_comm_container_and_pid() {
+        let limits = SeriesLimits::default();
+        let mut aggregator = Aggregator::new(None);
+        let mut exporter = Exporter::new();
+        let rows: Vec<Row> = vec![(7, &b"db"[..], TimeCall::ClockGettime, 1, Origin::Direct, 10)];
+        let mut report = report_of(&mut aggregator, &rows, true);
+        report.processes[0].excess_cpu_seconds = Some(0.25);
+        report.processes[0].container = Some(Container {
+            id: "d".repeat(64),
+            runtime: Runtime::Docker,
+            pod_uid: None,
+            qos: None,
+        });
+        let now = Instant::now();
+        exporter.update(&report, &[], &limits, now);
+        exporter.update(&report, &[], &limits, now);
+        let text = exporter.render(&facts());
+        assert_eq!(
+            sample_value(&text, "vdso_observer_excess_cpu_seconds_total{comm=\"db\"}"),
+            Some(0.5)
+        );
+        assert_eq!(
+            sample_value(
+                &text,
+                "vdso_observer_process_excess_cpu_seconds_total{pid=\"7\",comm=\"db\"}"
+            ),
+            Some(0.5)
+        );
+        assert!(
+            text.contains(&format!(
+                "vdso_observer_container_excess_cpu_seconds_total{{container_id=\"{}\",pod_uid=\"\",runtime=\"docker\"}} 0.5\n",
+                "d".repeat(64)
+            )),
+            "{text}"
+        );
     }
 
     #[test]

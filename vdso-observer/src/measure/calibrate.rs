@@ -26,7 +26,7 @@ use crate::{
     kernel::Observer,
     model::{
         MapSnapshot, VdsoCheck,
-        costs::{MIN_NS, VdsoCosts},
+        costs::{MIN_NS, PathCost, PathCosts, VdsoCosts},
     },
 };
 
@@ -226,6 +226,66 @@ pub fn syscall_ns(call: TimeCall) -> Option<f64> {
         }
         start.elapsed().as_nanos() as f64 / f64::from(CALLS / 10)
     }))
+}
+
+/// The calls timed through both paths.
+const PATH_CALLS: [TimeCall; 5] = [
+    TimeCall::ClockGettime,
+    TimeCall::Gettimeofday,
+    TimeCall::Time,
+    TimeCall::ClockGetres,
+    TimeCall::Getcpu,
+];
+
+/// Each call through the vDSO and as a syscall, by stopwatch: run it with
+/// nothing attached (any sys_enter program slows every syscall). The doctor
+/// prints it; the session turns kernel entries into excess CPU with it.
+pub fn path_costs(image: Option<&VdsoImage>) -> PathCosts {
+    let stopwatch = image.map(measure);
+    let coarse = image.and_then(coarse_clock_ns);
+    let calls = PATH_CALLS
+        .into_iter()
+        .map(|call| {
+            let vdso_ns = stopwatch
+                .as_ref()
+                .and_then(|s| s.ns_per_call.get(&call).copied());
+            let syscall_ns = syscall_ns(call);
+            let falls_back = match (vdso_ns, syscall_ns) {
+                (Some(vdso), Some(syscall)) => vdso > syscall / 2.0,
+                _ => false,
+            };
+            // Only the clock reads depend on the clocksource.
+            let reads_clock = matches!(call, TimeCall::ClockGettime | TimeCall::Gettimeofday);
+            PathCost {
+                call,
+                vdso_ns,
+                syscall_ns,
+                answered_ns: if falls_back && reads_clock {
+                    coarse
+                } else {
+                    vdso_ns
+                },
+            }
+        })
+        .collect();
+    PathCosts { calls }
+}
+
+/// The vDSO's clock_gettime(CLOCK_MONOTONIC_COARSE): answered in user space on
+/// every clocksource (it reads no counter).
+fn coarse_clock_ns(image: &VdsoImage) -> Option<f64> {
+    let address = image.own_address(TimeCall::ClockGettime)? as usize;
+    // SAFETY: the entry of this process's vDSO clock_gettime, called with its
+    // C signature and a live timespec.
+    let ns = unsafe {
+        let f: ClockFn = std::mem::transmute(address);
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        best_of(|| timed(|| f(libc::CLOCK_MONOTONIC_COARSE, &mut ts)))
+    };
+    Some(ns.max(MIN_NS))
 }
 
 /// What turns vDSO samples into calls: the image, what each function costs

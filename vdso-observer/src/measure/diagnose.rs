@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use vdso_observer_common::TimeCall;
-
 use crate::{
     host::vdso32,
     host::{clock_watch::ClockWatch, clocksource, procfs, vdso_image::VdsoImage},
@@ -13,7 +11,7 @@ use crate::{
     measure::calibrate,
     model::{
         ClockEvent, VdsoCapability,
-        diagnosis::{CallCost, Decision, Diagnosis, Feature, Verdict, verdict},
+        diagnosis::{Decision, Diagnosis, Feature, Verdict, verdict},
     },
 };
 
@@ -90,23 +88,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         detail: "exact counting of calls that bypass libc (--exact)".into(),
     });
 
-    let stopwatch = image.as_ref().map(calibrate::measure);
-    let costs: Vec<CallCost> = [
-        TimeCall::ClockGettime,
-        TimeCall::Gettimeofday,
-        TimeCall::Time,
-        TimeCall::ClockGetres,
-        TimeCall::Getcpu,
-    ]
-    .into_iter()
-    .map(|call| CallCost {
-        call,
-        vdso_ns: stopwatch
-            .as_ref()
-            .and_then(|s| s.ns_per_call.get(&call).copied()),
-        syscall_ns: calibrate::syscall_ns(call),
-    })
-    .collect();
+    let costs = calibrate::path_costs(image.as_ref()).calls;
 
     let timing_says = costs
         .first()

@@ -18,7 +18,7 @@ use super::{
     clocks::clock_name,
     comm::display_comm,
     container::Container,
-    costs::VdsoCosts,
+    costs::{PathCosts, VdsoCosts},
     observer::{MapSnapshot, ObserverStats, ProbeStatus, RunStats},
     reason::{self, FallbackReason},
     report::*,
@@ -161,6 +161,7 @@ impl Aggregator {
             let mut report =
                 process_report(process, identity, user, !running, &deltas.calls, seconds);
             report.lost_calls = deltas.lost;
+            report.excess_cpu_seconds = health.path_costs.excess_cpu_seconds(&report.calls);
             add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
             self.thresholds.apply(&mut report);
             processes.push(report);
@@ -218,6 +219,7 @@ impl Aggregator {
                 vdso_costs: health.vdso_costs,
                 run_stats: health.run_stats,
                 programs: snapshot.programs.clone(),
+                path_costs: health.path_costs,
             },
             system: None,
             processes,
@@ -346,6 +348,8 @@ pub struct ObserverHealthInput {
     pub time_call_capacity: u32,
     pub vdso_costs: VdsoCosts,
     pub run_stats: RunStats,
+    /// Each call's cost through the vDSO and the kernel: excess CPU.
+    pub path_costs: PathCosts,
 }
 
 fn process_report(
@@ -420,6 +424,7 @@ fn process_report(
         vdso_calls_per_sec: None,
         vdso_estimated: false,
         kernel_share: None,
+        excess_cpu_seconds: None,
         vdso_calls: Vec::new(),
         vdso_uncertainty: None,
         exact: None,
@@ -592,6 +597,7 @@ pub mod testing {
             time_call_capacity: 100,
             vdso_costs: Default::default(),
             run_stats: RunStats::AlreadyOn,
+            path_costs: Default::default(),
         }
     }
 
@@ -659,6 +665,7 @@ mod tests {
             time_call_capacity: 100,
             vdso_costs: Default::default(),
             run_stats: RunStats::AlreadyOn,
+            path_costs: Default::default(),
         }
     }
 

@@ -1,10 +1,13 @@
 //! What a call costs inside the vDSO, per time call: by this the sampler's
-//! samples become calls.
+//! samples become calls. And what it costs through each path (vDSO, kernel),
+//! by which a kernel entry becomes excess CPU.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use vdso_observer_common::{SyscallAbi, TimeCall};
+
+use super::{reason::FallbackReason, report::CallCount};
 
 /// No vDSO function returns faster than this: a floor against timer noise.
 pub const MIN_NS: f64 = 1.0;
@@ -24,6 +27,60 @@ pub struct VdsoCosts {
     /// The same for `i386_ratio`.
     #[serde(skip_serializing_if = "is_zero")]
     pub i386_calibration_samples: u64,
+}
+
+/// A time call's cost through each path on this machine and clocksource,
+/// measured together (stopwatch, nothing attached): the doctor's table and the
+/// excess CPU of kernel entries come from this one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PathCost {
+    pub call: TimeCall,
+    /// The vDSO function, whatever it does here (a fallback costs a syscall).
+    pub vdso_ns: Option<f64>,
+    /// The real syscall, made directly.
+    pub syscall_ns: Option<f64>,
+    /// What an answer in user space costs: `vdso_ns` where the vDSO answers;
+    /// where it cannot read the clocksource, its coarse clock's cost (no
+    /// counter read: a lower bound by the ~10-20 ns a TSC read takes).
+    pub answered_ns: Option<f64>,
+}
+
+impl PathCost {
+    /// CPU time one kernel entry of this call costs over a vDSO answer.
+    pub fn excess_ns(&self) -> Option<f64> {
+        Some((self.syscall_ns? - self.answered_ns?).max(0.0))
+    }
+}
+
+/// [`PathCost`] of every call measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PathCosts {
+    pub calls: Vec<PathCost>,
+}
+
+impl PathCosts {
+    pub fn excess_ns(&self, call: TimeCall) -> Option<f64> {
+        self.calls.iter().find(|c| c.call == call)?.excess_ns()
+    }
+
+    /// CPU seconds a process spent because its calls entered the kernel where
+    /// the vDSO could have answered (the fault reasons: a clocksource the vDSO
+    /// cannot read, direct syscalls, no vDSO, the legacy page); None when
+    /// nothing was measured. CPU-time clocks and getrandom cost nothing extra:
+    /// the vDSO never answers them. i386 entries are priced as 64-bit ones.
+    pub fn excess_cpu_seconds(&self, calls: &[CallCount]) -> Option<f64> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        Some(
+            calls
+                .iter()
+                .filter(|c| c.reason.is_some_and(FallbackReason::is_fault))
+                .filter_map(|c| Some(c.count as f64 * self.excess_ns(c.call)?))
+                .fold(0.0, |sum, ns| sum + ns)
+                / 1e9,
+        )
+    }
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -131,5 +188,59 @@ mod tests {
             costs.uncertainty(10_000, false) > 0.45,
             "stopwatch only: ±25% at 1σ"
         );
+    }
+
+    #[test]
+    fn excess_cpu_prices_only_fault_entries_over_a_vdso_answer() {
+        use vdso_observer_common::Origin;
+
+        use crate::model::reason::FallbackReason;
+        let costs = PathCosts {
+            calls: vec![
+                PathCost {
+                    call: TimeCall::ClockGettime,
+                    vdso_ns: Some(900.0),
+                    syscall_ns: Some(1000.0),
+                    // hpet: the vDSO falls back; its coarse clock answers in 20 ns.
+                    answered_ns: Some(20.0),
+                },
+                PathCost {
+                    call: TimeCall::Time,
+                    vdso_ns: Some(5.0),
+                    syscall_ns: Some(150.0),
+                    answered_ns: Some(5.0),
+                },
+            ],
+        };
+        let row = |call, reason, count| CallCount {
+            call,
+            abi: SyscallAbi::X86_64,
+            clock: None,
+            clock_id: None,
+            origin: Origin::Direct,
+            reason,
+            count,
+            per_sec: 0.0,
+        };
+        let calls = [
+            row(
+                TimeCall::ClockGettime,
+                Some(FallbackReason::Clocksource),
+                1_000_000,
+            ),
+            row(TimeCall::Time, Some(FallbackReason::DirectSyscall), 2_000),
+            // Never answered by the vDSO: no excess.
+            row(
+                TimeCall::ClockGettime,
+                Some(FallbackReason::UnsupportedClock),
+                5_000,
+            ),
+            row(TimeCall::Getrandom, None, 7),
+        ];
+        let seconds = costs.excess_cpu_seconds(&calls).unwrap();
+        // 1e6 x 980 ns + 2e3 x 145 ns
+        assert!((seconds - 0.98029).abs() < 1e-9, "{seconds}");
+        assert_eq!(costs.excess_cpu_seconds(&calls[2..]), Some(0.0));
+        assert_eq!(PathCosts::default().excess_cpu_seconds(&calls), None);
     }
 }

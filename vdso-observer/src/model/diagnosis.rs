@@ -1,9 +1,9 @@
 //! What `doctor` finds about this machine, and the verdict scripts gate on.
 
 use serde::Serialize;
-use vdso_observer_common::TimeCall;
 
 use super::{
+    costs::PathCost,
     observer::{ProgramRuns, RunStats, VdsoCheck},
     system::{ClockEvent, ClocksourceState, VsyscallMode},
 };
@@ -68,7 +68,9 @@ pub struct Diagnosis {
     pub vdso_capable: Option<bool>,
     /// How `vdso_capable` was decided.
     pub decided_by: Decision,
-    pub costs: Vec<CallCost>,
+    /// Each call through the vDSO and as a syscall: the same measurement the
+    /// session's excess CPU uses.
+    pub costs: Vec<PathCost>,
     pub vsyscall: VsyscallMode,
     pub boot_settings: Vec<String>,
     pub features: Vec<Feature>,
@@ -79,14 +81,6 @@ pub struct Diagnosis {
     /// The programs' runs and run time during the doctor's own measurement.
     pub programs: Vec<ProgramRuns>,
     pub advice: Vec<String>,
-}
-
-/// ns per call through the vDSO and through the syscall.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallCost {
-    pub call: TimeCall,
-    pub vdso_ns: Option<f64>,
-    pub syscall_ns: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

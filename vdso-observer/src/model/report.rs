@@ -9,6 +9,7 @@ use super::container::Container;
 use vdso_observer_common::{Origin, Provenance, SyscallAbi, TimeCall};
 
 use super::{
+    costs::PathCosts,
     costs::VdsoCosts,
     exact::ExactState,
     observer::{ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck},
@@ -117,6 +118,9 @@ pub struct ObserverHealth {
     pub run_stats: RunStats,
     /// Each program's runs and run time since load (cumulative).
     pub programs: Vec<ProgramRuns>,
+    /// Each call through the vDSO and as a syscall (ns), measured at start
+    /// with nothing attached: what excess CPU is priced with.
+    pub path_costs: PathCosts,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +160,9 @@ pub struct ProcessReport {
     /// kernel / (kernel + vDSO) time calls, getrandom left out; null without a
     /// vDSO figure or without time calls.
     pub kernel_share: Option<f64>,
+    /// CPU seconds this window spent because calls entered the kernel where the
+    /// vDSO could have answered (null when the costs were not measured).
+    pub excess_cpu_seconds: Option<f64>,
     /// vDSO-answered calls by call, clock and provenance.
     pub vdso_calls: Vec<VdsoCallCount>,
     /// Relative half-width of the 95% interval of a sampled estimate (the

@@ -154,8 +154,8 @@ pub fn render(d: &Diagnosis) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:>12} {:>12} {:>8}",
-        "call", "vDSO ns", "syscall ns", "ratio"
+        "{:<16} {:>12} {:>12} {:>8} {:>14}",
+        "call", "vDSO ns", "syscall ns", "ratio", "excess/entry"
     );
     for cost in &d.costs {
         let ns = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
@@ -165,14 +165,19 @@ pub fn render(d: &Diagnosis) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:>12} {:>12} {:>8}",
+            "{:<16} {:>12} {:>12} {:>8} {:>11} ns",
             cost.call.name(),
             ns(cost.vdso_ns),
             ns(cost.syscall_ns),
-            ratio
+            ratio,
+            ns(cost.excess_ns())
         );
     }
     let _ = writeln!(out, "(a ratio near 1x is the fingerprint of a fallback)");
+    let _ = writeln!(
+        out,
+        "(excess/entry: CPU a kernel entry costs over a vDSO answer; the EXCESS column and\n vdso_observer_excess_cpu_seconds_total are priced with these same figures)"
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "kernel features");
     for feature in &d.features {

@@ -133,6 +133,15 @@ pub fn vdso_column(process: &ProcessReport) -> String {
     }
 }
 
+/// Excess CPU as a share of one core over the window: `0.12%`, `-` unmeasured.
+pub fn excess_column(process: &ProcessReport, window_seconds: f64) -> String {
+    match process.excess_cpu_seconds {
+        Some(seconds) if seconds > 0.0 => percent(seconds / window_seconds.max(1e-9)),
+        Some(_) => "0".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
 /// A share as a percentage, more digits when small.
 pub fn percent(share: f64) -> String {
     if share >= 0.1 {
@@ -222,7 +231,7 @@ pub fn render(report: &Report, hidden: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} FLAG",
+        "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} FLAG",
         "PID",
         "USER",
         "COMM",
@@ -234,6 +243,7 @@ pub fn render(report: &Report, hidden: usize) -> String {
         "VSYSC/s",
         "NOVDSO/s",
         "KERN%",
+        "EXCESS",
         "CALLS/s",
         "CLOCKS"
     );
@@ -246,7 +256,7 @@ pub fn render(report: &Report, hidden: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<36} {:<28} {}",
+            "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} {}",
             process.pid,
             process.user.as_deref().unwrap_or("?"),
             comm,
@@ -258,6 +268,7 @@ pub fn render(report: &Report, hidden: usize) -> String {
             per_sec(process.by_origin.legacy_vsyscall),
             per_sec(process.by_origin.no_vdso),
             process.kernel_share.map_or("-".to_owned(), percent),
+            excess_column(process, report.window_seconds),
             calls_summary(process),
             if process.clocks.is_empty() {
                 "-".to_owned()

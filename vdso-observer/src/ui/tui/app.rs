@@ -23,12 +23,13 @@ pub enum Column {
     Vsyscall,
     NoVdso,
     KernelShare,
+    Excess,
     Clock,
     Flag,
 }
 
 impl Column {
-    pub const ALL: [Column; 13] = [
+    pub const ALL: [Column; 14] = [
         Column::Pid,
         Column::User,
         Column::Comm,
@@ -40,6 +41,7 @@ impl Column {
         Column::Vsyscall,
         Column::NoVdso,
         Column::KernelShare,
+        Column::Excess,
         Column::Clock,
         Column::Flag,
     ];
@@ -57,6 +59,7 @@ impl Column {
             Column::Vsyscall => "VSYSC/s",
             Column::NoVdso => "NOVDSO/s",
             Column::KernelShare => "KERN%",
+            Column::Excess => "EXCESS",
             Column::Clock => "CLOCK",
             Column::Flag => "FLAG",
         }
@@ -100,6 +103,10 @@ impl Column {
                 .kernel_share
                 .unwrap_or(-1.0)
                 .total_cmp(&b.kernel_share.unwrap_or(-1.0)),
+            Column::Excess => a
+                .excess_cpu_seconds
+                .unwrap_or(-1.0)
+                .total_cmp(&b.excess_cpu_seconds.unwrap_or(-1.0)),
             Column::Clock => main_clock(a).cmp(main_clock(b)),
             Column::Flag => a.flags.cmp(&b.flags),
         }

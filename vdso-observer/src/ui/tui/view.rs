@@ -12,8 +12,8 @@ use super::app::{App, Column, main_clock};
 use crate::{
     model::ProcessReport,
     ui::format::{
-        capability_words, container_column, empty_window_line, flag_column, percent, rate,
-        vdso_column,
+        capability_words, container_column, empty_window_line, excess_column, flag_column, percent,
+        rate, vdso_column,
     },
 };
 
@@ -130,13 +130,14 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
 /// Columns that fit `width`, dropping the least important first.
 pub fn visible_columns(width: u16) -> Vec<Column> {
     // Least important last.
-    const PRIORITY: [Column; 13] = [
+    const PRIORITY: [Column; 14] = [
         Column::Pid,
         Column::Comm,
         Column::Kernel,
         Column::Flag,
         Column::Vdso,
         Column::KernelShare,
+        Column::Excess,
         Column::Fallback,
         Column::Direct,
         Column::User,
@@ -200,6 +201,7 @@ fn cell(process: &ProcessReport, column: Column, seconds: f64) -> String {
         Column::Vsyscall => per_sec(process.by_origin.legacy_vsyscall),
         Column::NoVdso => per_sec(process.by_origin.no_vdso),
         Column::KernelShare => process.kernel_share.map_or("-".into(), percent),
+        Column::Excess => excess_column(process, seconds),
         Column::Clock => main_clock(process).to_owned(),
         Column::Flag => flag_column(process),
     }
