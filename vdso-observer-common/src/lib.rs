@@ -20,6 +20,56 @@ pub const EMPTY_SYS_ENTER_PROGRAM: &str = "empty_sys_enter";
 /// Program counting legacy vsyscall calls, attached to raw tracepoint `emulate_vsyscall`.
 pub const VSYSCALL_PROGRAM: &str = "legacy_vsyscall";
 
+/// Address of the legacy vsyscall page (x86_64 ABI): calls into it are emulated.
+pub const LEGACY_VSYSCALL_PAGE: u64 = 0xffff_ffff_ff60_0000;
+
+/// A kernel function every time syscall of one ABI passes (x86_64's
+/// `__x64_sys_*`, the ia32 wrappers for 32-bit tasks): where fentry and kprobe
+/// programs count time calls without touching any other syscall. Each has its
+/// own fentry and kprobe program, which knows its call and ABI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEntry {
+    /// The kernel function (its first argument is the user `struct pt_regs *`).
+    pub function: &'static str,
+    pub call: TimeCall,
+    pub abi: SyscallAbi,
+    /// Names of its programs in the object.
+    pub fentry_program: &'static str,
+    pub kprobe_program: &'static str,
+}
+
+macro_rules! syscall_entries {
+    ($( $function:literal, $call:ident, $abi:ident, $fentry:literal, $kprobe:literal; )*) => {
+        /// Every entry function, x86_64 first.
+        pub const SYSCALL_ENTRIES: &[SyscallEntry] = &[$(
+            SyscallEntry {
+                function: $function,
+                call: TimeCall::$call,
+                abi: SyscallAbi::$abi,
+                fentry_program: $fentry,
+                kprobe_program: $kprobe,
+            },
+        )*];
+    };
+}
+
+syscall_entries! {
+    "__x64_sys_clock_gettime", ClockGettime, X86_64, "fentry_x64_clock_gettime", "kprobe_x64_clock_gettime";
+    "__x64_sys_gettimeofday", Gettimeofday, X86_64, "fentry_x64_gettimeofday", "kprobe_x64_gettimeofday";
+    "__x64_sys_time", Time, X86_64, "fentry_x64_time", "kprobe_x64_time";
+    "__x64_sys_clock_getres", ClockGetres, X86_64, "fentry_x64_clock_getres", "kprobe_x64_clock_getres";
+    "__x64_sys_getcpu", Getcpu, X86_64, "fentry_x64_getcpu", "kprobe_x64_getcpu";
+    "__x64_sys_getrandom", Getrandom, X86_64, "fentry_x64_getrandom", "kprobe_x64_getrandom";
+    "__ia32_sys_clock_gettime32", ClockGettime, I386, "fentry_ia32_clock_gettime32", "kprobe_ia32_clock_gettime32";
+    "__ia32_sys_clock_gettime", ClockGettime, I386, "fentry_ia32_clock_gettime64", "kprobe_ia32_clock_gettime64";
+    "__ia32_compat_sys_gettimeofday", Gettimeofday, I386, "fentry_ia32_gettimeofday", "kprobe_ia32_gettimeofday";
+    "__ia32_sys_time32", Time, I386, "fentry_ia32_time32", "kprobe_ia32_time32";
+    "__ia32_sys_clock_getres_time32", ClockGetres, I386, "fentry_ia32_clock_getres32", "kprobe_ia32_clock_getres32";
+    "__ia32_sys_clock_getres", ClockGetres, I386, "fentry_ia32_clock_getres64", "kprobe_ia32_clock_getres64";
+    "__ia32_sys_getcpu", Getcpu, I386, "fentry_ia32_getcpu", "kprobe_ia32_getcpu";
+    "__ia32_sys_getrandom", Getrandom, I386, "fentry_ia32_getrandom", "kprobe_ia32_getrandom";
+}
+
 /// Map of vDSO calls per [`VdsoKey`] (per-CPU `u64`: samples or exact hits).
 pub const VDSO_CALLS_MAP: &str = "VDSO_CALLS";
 /// Name of the global holding the 64-bit image's [`VdsoFunctionTable`].

@@ -16,18 +16,18 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
     },
-    macros::{map, perf_event, raw_tracepoint, uprobe},
+    macros::{fentry, kprobe, map, perf_event, raw_tracepoint, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{PerfEventContext, ProbeContext, RawTracePointContext},
+    programs::{FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext},
 };
 use aya_log_ebpf::debug;
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CLOCK_OVERFLOW, COVERAGE_PROCESS, CallKey, CgroupPath,
     DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
-    EXACT_COVERAGE_ENTRIES, ExactCoverage, KERNEL_VSYSCALL_RETURN_OFFSET, NO_CLOCK, ObserverStat,
-    Origin, ProcessInfo, ProcessKey, ProgramConfig, Provenance, SyscallAbi, TS_COMPAT, TimeCall,
-    UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key,
-    inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
+    EXACT_COVERAGE_ENTRIES, ExactCoverage, KERNEL_VSYSCALL_RETURN_OFFSET, LEGACY_VSYSCALL_PAGE,
+    NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey, ProgramConfig, Provenance, SyscallAbi,
+    TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, VdsoFunctionTable,
+    VdsoKey, clock_key, inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
 };
 
 const EEXIST: i32 = 17;
@@ -127,6 +127,40 @@ pub fn legacy_vsyscall(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// One fentry and one kprobe program per syscall entry function
+/// (`SYSCALL_ENTRIES`): only time syscalls run them, none of the others.
+macro_rules! entry_programs {
+    ($( $fentry:ident, $kprobe:ident, $function:tt, $call:ident, $abi:ident; )*) => {$(
+        #[fentry(function = $function)]
+        pub fn $fentry(ctx: FEntryContext) -> i32 {
+            count_at_entry(ctx.arg(0), TimeCall::$call, SyscallAbi::$abi)
+        }
+
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            let regs: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+            count_at_entry(regs, TimeCall::$call, SyscallAbi::$abi) as u32
+        }
+    )*};
+}
+
+entry_programs! {
+    fentry_x64_clock_gettime, kprobe_x64_clock_gettime, "__x64_sys_clock_gettime", ClockGettime, X86_64;
+    fentry_x64_gettimeofday, kprobe_x64_gettimeofday, "__x64_sys_gettimeofday", Gettimeofday, X86_64;
+    fentry_x64_time, kprobe_x64_time, "__x64_sys_time", Time, X86_64;
+    fentry_x64_clock_getres, kprobe_x64_clock_getres, "__x64_sys_clock_getres", ClockGetres, X86_64;
+    fentry_x64_getcpu, kprobe_x64_getcpu, "__x64_sys_getcpu", Getcpu, X86_64;
+    fentry_x64_getrandom, kprobe_x64_getrandom, "__x64_sys_getrandom", Getrandom, X86_64;
+    fentry_ia32_clock_gettime32, kprobe_ia32_clock_gettime32, "__ia32_sys_clock_gettime32", ClockGettime, I386;
+    fentry_ia32_clock_gettime64, kprobe_ia32_clock_gettime64, "__ia32_sys_clock_gettime", ClockGettime, I386;
+    fentry_ia32_gettimeofday, kprobe_ia32_gettimeofday, "__ia32_compat_sys_gettimeofday", Gettimeofday, I386;
+    fentry_ia32_time32, kprobe_ia32_time32, "__ia32_sys_time32", Time, I386;
+    fentry_ia32_clock_getres32, kprobe_ia32_clock_getres32, "__ia32_sys_clock_getres_time32", ClockGetres, I386;
+    fentry_ia32_clock_getres64, kprobe_ia32_clock_getres64, "__ia32_sys_clock_getres", ClockGetres, I386;
+    fentry_ia32_getcpu, kprobe_ia32_getcpu, "__ia32_sys_getcpu", Getcpu, I386;
+    fentry_ia32_getrandom, kprobe_ia32_getrandom, "__ia32_sys_getrandom", Getrandom, I386;
+}
+
 /// `cgroup:cgroup_mkdir`: args are (struct cgroup *cgrp, const char *path).
 /// A container's cgroup may be gone before user space reads the window (a job
 /// that lives 50 ms): its path is recorded here, when it is made.
@@ -167,8 +201,30 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
     let Some(call) = abi.time_call(nr) else {
         return Ok(());
     };
+    count_entry(task, ctx.arg(0), call, abi)
+}
 
-    let regs: *const u8 = ctx.arg(0);
+/// A time call at the kernel function of its syscall (fentry, kprobe): the
+/// function says which call and ABI; its first argument is the user registers.
+#[inline(always)]
+fn count_at_entry(regs: *const u8, call: TimeCall, abi: SyscallAbi) -> i32 {
+    let Some(task) = current_task() else {
+        return 0;
+    };
+    if count_entry(task, regs, call, abi).is_err() {
+        bump(ObserverStat::ReadFailed);
+    }
+    0
+}
+
+/// Classifies and counts one time call from the user registers at entry.
+#[inline(always)]
+fn count_entry(
+    task: *const u8,
+    regs: *const u8,
+    call: TimeCall,
+    abi: SyscallAbi,
+) -> Result<(), i32> {
     let clock_id = if !call.takes_clock() {
         NO_CLOCK
     } else if abi == SyscallAbi::I386 {
@@ -181,6 +237,12 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
         return Ok(()); // kernel thread: not a user time call
     };
     let ip: u64 = read_kernel(regs, config!(offsets.regs_ip))?;
+    if ip & !0xfff == LEGACY_VSYSCALL_PAGE {
+        // The kernel emulating a legacy vsyscall calls __x64_sys_gettimeofday
+        // (time, getcpu) itself with the page's address as ip: at fentry and
+        // kprobes that call is here too, and legacy_vsyscall already counted it.
+        return Ok(());
+    }
     let mut origin = origin_of(ip, vdso_start, vdso_len);
     if origin == Origin::VdsoFallback && abi == SyscallAbi::I386 {
         // Every 32-bit libc syscall enters through __kernel_vsyscall inside the

@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::settings::{ObserverOverrides, ObserverValues, check_interval};
+use crate::{
+    model::AttachMode,
+    settings::{ObserverOverrides, ObserverValues, check_interval},
+};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +60,12 @@ pub struct LoadArgs {
     /// Never detach exact counting, whatever it costs.
     #[arg(long)]
     pub no_governor: bool,
+    /// Where time syscalls are counted: fentry on their kernel functions (no
+    /// other syscall pays), kprobes there, or the raw tracepoint sys_enter
+    /// (works everywhere; every syscall pays); auto takes the first that
+    /// attaches [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
+    pub attach: Option<AttachMode>,
     /// Flag a fault only from this many kernel entries a second for it [default: 0].
     #[arg(long)]
     pub min_rate: Option<f64>,
@@ -78,6 +87,7 @@ impl LoadArgs {
                 exact_pids: (!self.exact_pids.is_empty()).then(|| self.exact_pids.clone()),
                 exact_budget_percent: self.exact_budget,
                 governor: self.no_governor.then_some(false),
+                attach: self.attach,
             },
             min_rate_per_sec: self.min_rate,
             min_kernel_share_percent: self.min_kernel_share,
@@ -100,6 +110,10 @@ pub enum Command {
         /// Kernel BTF to read structure offsets from [default: /sys/kernel/btf/vmlinux].
         #[arg(long)]
         btf: Option<PathBuf>,
+        /// Where time syscalls are counted while it measures (as top's --attach)
+        /// [default: auto].
+        #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
+        attach: Option<AttachMode>,
     },
     /// Attach only an empty sys_enter program until SIGINT/SIGTERM (the floor
     /// `cargo xtask bench` compares with).
@@ -203,6 +217,15 @@ pub struct TopArgs {
     /// malloc with one in every process; JSON always has them).
     #[arg(long)]
     pub show_getrandom_only: bool,
+}
+
+fn parse_attach_mode(text: &str) -> Result<AttachMode, String> {
+    AttachMode::parse(text).ok_or_else(|| {
+        format!(
+            "one of {}",
+            AttachMode::ALL.map(AttachMode::name).join(", ")
+        )
+    })
 }
 
 /// Accepts plain seconds (top's habit) or a humantime duration; the same

@@ -76,10 +76,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 session::SessionOptions::new(&settings, thresholds),
             ))?
         }
-        Command::Doctor { json, btf } => {
+        Command::Doctor { json, btf, attach } => {
             let mut settings = settings::ObserverSettings::default();
             if let Some(btf) = btf {
                 settings.btf = btf;
+            }
+            if let Some(attach) = attach {
+                settings.attach = attach;
             }
             let options = session::SessionOptions::new(&settings, Default::default());
             let diagnosis = measure::diagnose::diagnose(options.load);

@@ -57,6 +57,7 @@ impl SessionOptions {
                 process_entries: settings.map_entries,
                 vdso_call_entries: settings.map_entries,
                 sample_hz: settings.sample_hz,
+                attach: settings.attach,
             },
             exact: ExactOptions {
                 all: settings.exact,
@@ -118,6 +119,7 @@ impl Session {
         };
         let estimator = estimator_of(vdso.as_ref());
         let health = ObserverHealthInput {
+            attach_mode: observer.attach_mode,
             probes: observer.probes.clone(),
             time_call_capacity: observer.options.time_call_entries,
             vdso_costs: vdso.as_ref().map(|m| m.costs.clone()).unwrap_or_default(),

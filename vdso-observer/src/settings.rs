@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 
-use crate::{kernel::btf_offsets::VMLINUX_BTF, model::Thresholds};
+use crate::{
+    kernel::btf_offsets::VMLINUX_BTF,
+    model::{AttachMode, Thresholds},
+};
 
 /// The shortest window or interval: shorter says nothing the 50 ms governor
 /// tick and the counters' read cost would not swamp.
@@ -39,6 +42,8 @@ pub struct ObserverSettings {
     pub exact_budget_percent: f64,
     /// Whether the governor may detach exact counting over budget.
     pub governor: bool,
+    /// Where time syscalls are counted.
+    pub attach: AttachMode,
 }
 
 impl Default for ObserverSettings {
@@ -51,6 +56,7 @@ impl Default for ObserverSettings {
             exact_pids: Vec::new(),
             exact_budget_percent: 2.0,
             governor: true,
+            attach: AttachMode::Auto,
         }
     }
 }
@@ -79,6 +85,7 @@ pub struct ObserverValues {
     pub exact_pids: Option<Vec<u32>>,
     pub exact_budget_percent: Option<f64>,
     pub governor: Option<bool>,
+    pub attach: Option<AttachMode>,
 }
 
 impl ObserverValues {
@@ -105,6 +112,9 @@ impl ObserverValues {
         if let Some(governor) = self.governor {
             settings.governor = governor;
         }
+        if let Some(attach) = self.attach {
+            settings.attach = attach;
+        }
     }
 
     /// Every field given: what `settings` say.
@@ -117,6 +127,7 @@ impl ObserverValues {
             exact_pids: Some(settings.exact_pids.clone()),
             exact_budget_percent: Some(settings.exact_budget_percent),
             governor: Some(settings.governor),
+            attach: Some(settings.attach),
         }
     }
 }

@@ -9,6 +9,9 @@ mkdir -p /tmp && mount -t tmpfs tmp /tmp
 export PATH=/bin RUST_LOG=warn
 
 scenario=$(sed -n 's/.*vt\.scenario=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
+# Where the observer counts time syscalls (--attach): each scenario runs in each mode.
+attach=$(sed -n 's/.*vt\.attach=\([a-z-]*\).*/\1/p' /proc/cmdline)
+[ -n "$attach" ] || attach=auto
 clocksource=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "VMTEST-BEGIN $scenario"
 echo "VMTEST-CLOCKSOURCE $(cat $clocksource)"
@@ -37,7 +40,7 @@ stop() {
 
 case "$scenario" in
 switch)
-    observe top -b -n 0 -d 2 --json --comm workload
+    observe top -b -n 0 -d 2 --json --comm workload --attach $attach
     /workload steadyvdso 2000 16 &
     workload=$!
     echo "VMTEST-PID $workload"
@@ -50,15 +53,26 @@ switch)
     sed 's/^/VMTEST-FRAME /' /tmp/out.json
     ;;
 *)
-    /vdso-observer doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
+    /vdso-observer doctor --json --attach $attach > /tmp/doctor.json 2> /tmp/doctor.err
     echo "VMTEST-DOCTOR-EXIT $?"
     echo "VMTEST-DOCTOR $(cat /tmp/doctor.json)"
     sed 's/^/VMTEST-STDERR /' /tmp/doctor.err
-    observe top --once -d 600 --json --comm workload
+    # getppid, no time call: what the observer costs every other syscall.
+    echo "VMTEST-GETPPID-BARE $(/workload bench 100000 getppid)"
+    observe top --once -d 600 --json --comm workload --attach $attach
+    echo "VMTEST-GETPPID-OBSERVED $(/workload bench 100000 getppid)"
     /workload monotonic 20000 &
     workload=$!
     wait $workload
     echo "VMTEST-PID $workload"
+    # The legacy vsyscall page (emulated: at fentry the kernel's own call to
+    # __x64_sys_gettimeofday must not count twice) and a 32-bit process.
+    /workload vsyscall 300 &
+    echo "VMTEST-PID-VSYSCALL $!"
+    wait $!
+    /workload32 direct 400 &
+    echo "VMTEST-PID-I386 $!"
+    wait $!
     stop
     echo "VMTEST-TOP $(cat /tmp/out.json)"
     echo "VMTEST-NS $(/workload hot 0 1)"

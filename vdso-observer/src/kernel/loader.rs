@@ -1,14 +1,17 @@
 //! Loading the eBPF object, handing it the kernel offsets, attaching its programs,
 //! and reading its maps. Every failure names what failed and what to do.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        PerfEvent, ProgramError, RawTracePoint, UProbe,
+        FEntry, KProbe, PerfEvent, ProgramError, RawTracePoint, UProbe,
         perf_event::{
             BreakpointConfig, PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy,
             SoftwareEvent,
@@ -22,9 +25,10 @@ use vdso_observer_common::{
     CGROUP_MKDIR_PROGRAM, CGROUP_PATHS_MAP, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES,
     DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_MAP, ExactCoverage,
     OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
-    ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, TIME_CALLS_MAP, UprobeCookie,
-    VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM,
-    VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
+    ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, SYSCALL_ENTRIES, SyscallAbi, SyscallEntry,
+    TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
+    VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM,
+    VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -36,7 +40,9 @@ use super::{
 };
 use crate::{
     host::{procfs::uname, vdso_image::VdsoImage},
-    model::{KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats},
+    model::{
+        AttachMode, KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats,
+    },
 };
 
 /// Where the time functions lie in each vDSO image (empty: that image is
@@ -75,6 +81,8 @@ pub struct LoadOptions {
     pub vdso_call_entries: u32,
     /// cpu-clock samples a second on each CPU for the vDSO estimate; 0 turns it off.
     pub sample_hz: u64,
+    /// Where time syscalls are counted.
+    pub attach: AttachMode,
 }
 
 impl Default for LoadOptions {
@@ -85,6 +93,7 @@ impl Default for LoadOptions {
             process_entries: DEFAULT_PROCESS_ENTRIES,
             vdso_call_entries: DEFAULT_VDSO_CALL_ENTRIES,
             sample_hz: DEFAULT_SAMPLE_HZ,
+            attach: AttachMode::Auto,
         }
     }
 }
@@ -103,10 +112,154 @@ pub struct Observer {
     /// Keys and process entries this process deleted, per map: with what the
     /// programs created, how full the maps are.
     deleted: KeysCreated,
+    /// Where time syscalls are counted (what `auto` chose).
+    pub attach_mode: AttachMode,
     /// Whether the kernel measures the programs' run time.
     pub run_stats: RunStats,
     /// Held while the observer runs: the kernel measures runs while it is open.
     _run_stats_fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// Attaches what counts time syscalls, as `options.attach` says: the mode in
+/// use and its status. `auto` takes fentry, else kprobes, else the raw
+/// tracepoint, which works everywhere; a mode asked for by name fails with why.
+fn attach_time_calls(ebpf: &mut Ebpf, options: &LoadOptions) -> Result<(AttachMode, ProbeStatus)> {
+    let raw = |ebpf: &mut Ebpf, note: Option<String>| -> Result<(AttachMode, ProbeStatus)> {
+        attach(ebpf, SYS_ENTER_PROGRAM, "sys_enter").with_context(|| {
+            "attaching raw tracepoint sys_enter, which counts every time call that enters \
+             the kernel: without it there is nothing to observe"
+        })?;
+        Ok((
+            AttachMode::RawTracepoint,
+            ProbeStatus {
+                program: SYS_ENTER_PROGRAM,
+                attach_point: "raw_tracepoint:sys_enter",
+                attached: true,
+                note,
+            },
+        ))
+    };
+    match options.attach {
+        AttachMode::RawTracepoint => raw(ebpf, None),
+        mode @ (AttachMode::Fentry | AttachMode::Kprobe) => {
+            let status = attach_entries(ebpf, mode, &options.btf_path).with_context(|| {
+                format!(
+                    "attaching {} programs to the time syscalls' kernel functions \
+                     (--attach raw-tracepoint works on every kernel)",
+                    mode.name()
+                )
+            })?;
+            Ok((mode, status))
+        }
+        AttachMode::Auto => {
+            let mut refused = Vec::new();
+            for mode in [AttachMode::Fentry, AttachMode::Kprobe] {
+                match attach_entries(ebpf, mode, &options.btf_path) {
+                    Ok(status) => return Ok((mode, status)),
+                    // The first line says why; an empty verifier log adds nothing.
+                    Err(err) => refused.push(format!(
+                        "{} refused: {}",
+                        mode.name(),
+                        format!("{err:#}").lines().next().unwrap_or_default()
+                    )),
+                }
+            }
+            let note = format!(
+                "every syscall on the machine takes the traced path while attached ({})",
+                refused.join("; ")
+            );
+            info!("time syscalls are counted at sys_enter: {note}");
+            raw(ebpf, Some(note))
+        }
+    }
+}
+
+/// One fentry or kprobe program on each time syscall's kernel function. Every
+/// x86_64 function must attach (else nothing of this mode stays attached); an
+/// ia32 one may be missing (a kernel without IA32 emulation has none).
+fn attach_entries(ebpf: &mut Ebpf, mode: AttachMode, btf_path: &Path) -> Result<ProbeStatus> {
+    let btf = match mode {
+        AttachMode::Fentry => Some(
+            aya::Btf::parse_file(btf_path, aya::Endianness::default())
+                .with_context(|| format!("parsing BTF {}", btf_path.display()))?,
+        ),
+        _ => None,
+    };
+    let mut attached = Vec::new();
+    let mut missing = Vec::new();
+    for entry in SYSCALL_ENTRIES {
+        let result = match mode {
+            AttachMode::Fentry => attach_fentry(ebpf, entry, btf.as_ref().expect("parsed above")),
+            _ => attach_kprobe(ebpf, entry),
+        };
+        match result {
+            Ok(()) => attached.push(entry),
+            Err(err) if entry.abi == SyscallAbi::I386 => {
+                log::debug!("{} {}: {err:#}", mode.name(), entry.function);
+                missing.push(entry.function);
+            }
+            Err(err) => {
+                for done in &attached {
+                    unload_entry(ebpf, mode, done);
+                }
+                return Err(err.context(format!("{} on {}", mode.name(), entry.function)));
+            }
+        }
+    }
+    let (program, attach_point) = match mode {
+        AttachMode::Fentry => ("fentry_*", "fentry:time_syscalls"),
+        _ => ("kprobe_*", "kprobe:time_syscalls"),
+    };
+    let mut note = format!(
+        "{} kernel functions: {}",
+        attached.len(),
+        attached
+            .iter()
+            .map(|e| e.function)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if !missing.is_empty() {
+        note.push_str(&format!(
+            "; not attached (32-bit calls through them go uncounted): {}",
+            missing.join(" ")
+        ));
+    }
+    Ok(ProbeStatus {
+        program,
+        attach_point,
+        attached: true,
+        note: Some(note),
+    })
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, entry: &SyscallEntry, btf: &aya::Btf) -> Result<()> {
+    let prog: &mut FEntry = program(ebpf, entry.fentry_program)?;
+    // Root or not, a kernel without BPF trampolines (or that forbids them)
+    // refuses the load with EPERM: no advice about privileges here.
+    prog.load(entry.function, btf).map_err(verifier_error)?;
+    prog.attach()?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, entry: &SyscallEntry) -> Result<()> {
+    let prog: &mut KProbe = program(ebpf, entry.kprobe_program)?;
+    prog.load().map_err(verifier_error)?;
+    prog.attach(entry.function, 0)?;
+    Ok(())
+}
+
+/// Detaches and unloads an entry's program (a mode that failed half-way).
+fn unload_entry(ebpf: &mut Ebpf, mode: AttachMode, entry: &SyscallEntry) {
+    let result = match mode {
+        AttachMode::Fentry => {
+            program::<FEntry>(ebpf, entry.fentry_program).and_then(|p| Ok(p.unload()?))
+        }
+        _ => program::<KProbe>(ebpf, entry.kprobe_program).and_then(|p| Ok(p.unload()?)),
+    };
+    if let Err(err) = result {
+        warn!("unloading {} on {}: {err:#}", mode.name(), entry.function);
+    }
 }
 
 /// Turns on the kernel's per-program run statistics (BPF_ENABLE_STATS) for as
@@ -140,17 +293,8 @@ impl Observer {
                 None
             }
         };
-        let mut probes = Vec::new();
-        attach(&mut ebpf, SYS_ENTER_PROGRAM, "sys_enter").with_context(|| {
-            "attaching raw tracepoint sys_enter, which counts every time call that enters \
-             the kernel: without it there is nothing to observe"
-        })?;
-        probes.push(ProbeStatus {
-            program: SYS_ENTER_PROGRAM,
-            attach_point: "raw_tracepoint:sys_enter",
-            attached: true,
-            note: None,
-        });
+        let (attach_mode, time_calls) = attach_time_calls(&mut ebpf, &options)?;
+        let mut probes = vec![time_calls];
 
         let vsyscall = match attach(&mut ebpf, VSYSCALL_PROGRAM, "emulate_vsyscall") {
             Ok(()) => ProbeStatus {
@@ -237,6 +381,7 @@ impl Observer {
             info!("the programs' own run time is not measured: {note}");
         }
         Ok(Observer {
+            attach_mode,
             run_stats,
             _run_stats_fd: run_stats_fd,
             ebpf,
@@ -389,6 +534,13 @@ impl Observer {
             .filter(|p| p.attached)
             .map(|p| p.program)
             .collect();
+        // fentry and kprobe modes: one program per kernel function (those not
+        // loaded have no info and are left out below).
+        match self.attach_mode {
+            AttachMode::Fentry => names.extend(SYSCALL_ENTRIES.iter().map(|e| e.fentry_program)),
+            AttachMode::Kprobe => names.extend(SYSCALL_ENTRIES.iter().map(|e| e.kprobe_program)),
+            _ => {}
+        }
         if self.exact_loaded {
             names.extend([VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM]);
         }

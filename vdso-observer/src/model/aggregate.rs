@@ -19,7 +19,7 @@ use super::{
     comm::display_comm,
     container::Container,
     costs::{PathCosts, VdsoCosts},
-    observer::{MapSnapshot, ObserverStats, ProbeStatus, RunStats},
+    observer::{AttachMode, MapSnapshot, ObserverStats, ProbeStatus, RunStats},
     reason::{self, FallbackReason},
     report::*,
 };
@@ -211,6 +211,7 @@ impl Aggregator {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default(),
             observer: ObserverHealth {
+                attach_mode: health.attach_mode,
                 probes: health.probes,
                 lost,
                 time_call_keys: snapshot.calls.len(),
@@ -344,6 +345,7 @@ struct Identity {
 /// What the report says about the observer, besides what the maps hold.
 #[derive(Debug, Clone)]
 pub struct ObserverHealthInput {
+    pub attach_mode: AttachMode,
     pub probes: Vec<ProbeStatus>,
     pub time_call_capacity: u32,
     pub vdso_costs: VdsoCosts,
@@ -528,7 +530,7 @@ pub mod testing {
 
     use vdso_observer_common::{CallKey, Origin, ProcessInfo, ProcessKey, SyscallAbi, TimeCall};
 
-    use super::{Aggregator, ObserverHealthInput, ProcessLookup, Report, RunStats};
+    use super::{Aggregator, AttachMode, ObserverHealthInput, ProcessLookup, Report, RunStats};
     use crate::model::{
         ClocksourceState, MapSnapshot, SystemReport, VdsoCheck, VsyscallMode,
         clocksource_vdso_capability,
@@ -598,6 +600,7 @@ pub mod testing {
             vdso_costs: Default::default(),
             run_stats: RunStats::AlreadyOn,
             path_costs: Default::default(),
+            attach_mode: AttachMode::RawTracepoint,
         }
     }
 
@@ -666,6 +669,7 @@ mod tests {
             vdso_costs: Default::default(),
             run_stats: RunStats::AlreadyOn,
             path_costs: Default::default(),
+            attach_mode: AttachMode::RawTracepoint,
         }
     }
 

@@ -19,7 +19,8 @@ pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, Vds
 pub use container::{Container, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
 pub use observer::{
-    KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck,
+    AttachMode, KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats,
+    VdsoCheck,
 };
 pub use reason::FallbackReason;
 pub use report::{CallCount, ProcessReport, Report, SystemReport, Thresholds, VdsoFunction};

@@ -16,6 +16,45 @@ pub struct ProbeStatus {
     pub note: Option<String>,
 }
 
+/// Where time syscalls are counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// fentry where the kernel allows it, else kprobes, else the raw tracepoint.
+    #[default]
+    Auto,
+    /// BPF trampolines on the time syscalls' kernel functions: no other
+    /// syscall pays anything (needs BTF and ftrace direct calls).
+    Fentry,
+    /// kprobes on the same functions: nothing on other syscalls, more per time call.
+    Kprobe,
+    /// `raw_syscalls:sys_enter`: works everywhere; every syscall on the machine
+    /// takes the kernel's traced path.
+    RawTracepoint,
+}
+
+impl AttachMode {
+    pub const ALL: [AttachMode; 4] = [
+        AttachMode::Auto,
+        AttachMode::Fentry,
+        AttachMode::Kprobe,
+        AttachMode::RawTracepoint,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Fentry => "fentry",
+            AttachMode::Kprobe => "kprobe",
+            AttachMode::RawTracepoint => "raw-tracepoint",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AttachMode> {
+        AttachMode::ALL.into_iter().find(|m| m.name() == text)
+    }
+}
+
 /// What the kernel measured of one of the observer's programs since it was
 /// loaded (BPF_ENABLE_STATS): the observer's own cost, per program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

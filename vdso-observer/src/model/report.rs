@@ -12,7 +12,7 @@ use super::{
     costs::PathCosts,
     costs::VdsoCosts,
     exact::ExactState,
-    observer::{ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck},
+    observer::{AttachMode, ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck},
     reason::FallbackReason,
     system::{ClockEvent, ClocksourceState, VsyscallMode},
 };
@@ -104,6 +104,8 @@ pub struct SystemReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ObserverHealth {
+    /// Where time syscalls are counted (what `--attach auto` chose).
+    pub attach_mode: AttachMode,
     pub probes: Vec<ProbeStatus>,
     /// Counted in this window by the programs about themselves.
     pub lost: ObserverStats,
