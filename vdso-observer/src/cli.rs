@@ -6,9 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::{
-    model::AttachMode,
-    settings::{ObserverOverrides, ObserverValues, check_interval},
+use crate::settings::{
+    AttachMode, ObserverOverrides, ObserverValues, check_interval, parse_attach_mode,
 };
 
 #[derive(Parser)]
@@ -217,15 +216,6 @@ pub struct TopArgs {
     /// malloc with one in every process; JSON always has them).
     #[arg(long)]
     pub show_getrandom_only: bool,
-}
-
-fn parse_attach_mode(text: &str) -> Result<AttachMode, String> {
-    AttachMode::parse(text).ok_or_else(|| {
-        format!(
-            "one of {}",
-            AttachMode::ALL.map(AttachMode::name).join(", ")
-        )
-    })
 }
 
 /// Accepts plain seconds (top's habit) or a humantime duration; the same

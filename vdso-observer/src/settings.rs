@@ -5,10 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 
-use crate::{
-    kernel::btf_offsets::VMLINUX_BTF,
-    model::{AttachMode, Thresholds},
-};
+pub use crate::model::AttachMode;
+use crate::{kernel::btf_offsets::VMLINUX_BTF, model::Thresholds};
 
 /// The shortest window or interval: shorter says nothing the 50 ms governor
 /// tick and the counters' read cost would not swamp.
@@ -24,6 +22,16 @@ pub fn check_interval(interval: Duration) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `--attach MODE`: one of the names of [`AttachMode`].
+pub fn parse_attach_mode(text: &str) -> Result<AttachMode, String> {
+    AttachMode::parse(text).ok_or_else(|| {
+        format!(
+            "one of {}",
+            AttachMode::ALL.map(AttachMode::name).join(", ")
+        )
+    })
 }
 
 /// What the observer loads and counts.

@@ -516,6 +516,71 @@ pub fn run(root: &Path, selected: &[&str]) -> Result<Vec<(String, bool)>> {
     Ok(results)
 }
 
+/// `cargo xtask bench guest`: one guest boot that times getppid (no time call)
+/// and direct clock_gettime bare and under the raw-tracepoint and fentry modes,
+/// alternating in five rounds; medians per mode and each mode's tax over bare.
+/// TCG makes absolute times meaningless: compare the ratios.
+pub fn bench(root: &Path) -> Result<Value> {
+    setup::debian_packages(&["qemu-system-x86", "busybox-static", "cpio"])?;
+    let dir = root.join("target/vm");
+    fs::create_dir_all(&dir)?;
+    let kernel = guest_kernel(&dir)?;
+    let initramfs = build_initramfs(root, &dir)?;
+    let scenario = Scenario {
+        name: "bench",
+        cmdline: "",
+        check: |_| Ok(Vec::new()),
+    };
+    step("bench guest: booting the guest once, five rounds of bare, raw-tracepoint, fentry");
+    let guest = boot(&kernel, &initramfs, &dir, &scenario, "auto")?;
+    let mut samples: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    for line in guest.lines("BENCH") {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [mode, loop_name, ns] = fields[..]
+            && let Ok(ns) = ns.parse::<f64>()
+        {
+            samples
+                .entry((mode.to_owned(), loop_name.to_owned()))
+                .or_default()
+                .push(ns);
+        }
+    }
+    let median = |mode: &str, loop_name: &str| -> Result<f64> {
+        let mut values = samples
+            .get(&(mode.to_owned(), loop_name.to_owned()))
+            .cloned()
+            .ok_or_else(|| anyhow!("the guest printed no {mode} {loop_name} times"))?;
+        values.sort_by(f64::total_cmp);
+        Ok(values[values.len() / 2])
+    };
+    let mut result = serde_json::Map::new();
+    for loop_name in ["getppid", "direct"] {
+        let bare = median("bare", loop_name)?;
+        let raw = median("raw-tracepoint", loop_name)?;
+        let fentry = median("fentry", loop_name)?;
+        let raw_tax = raw - bare;
+        let fentry_tax = fentry - bare;
+        result.insert(
+            loop_name.to_owned(),
+            serde_json::json!({
+                "bare_ns": bare,
+                "raw_tracepoint_ns": raw,
+                "fentry_ns": fentry,
+                "raw_tracepoint_tax_ns": raw_tax,
+                "fentry_tax_ns": fentry_tax,
+                "fentry_tax_over_raw_tax": if raw_tax > 0.0 { fentry_tax / raw_tax } else { f64::NAN },
+                "rounds": samples.get(&("bare".to_owned(), loop_name.to_owned())).map_or(0, Vec::len),
+                "samples": {
+                    "bare": samples.get(&("bare".to_owned(), loop_name.to_owned())),
+                    "raw-tracepoint": samples.get(&("raw-tracepoint".to_owned(), loop_name.to_owned())),
+                    "fentry": samples.get(&("fentry".to_owned(), loop_name.to_owned())),
+                },
+            }),
+        );
+    }
+    Ok(Value::Object(result))
+}
+
 /// Debian's current kernel image, unpacked under target/vm/kernel.
 fn guest_kernel(dir: &Path) -> Result<PathBuf> {
     let unpacked = dir.join("kernel");

@@ -39,6 +39,23 @@ stop() {
 }
 
 case "$scenario" in
+bench)
+    # cargo xtask bench guest: getppid and direct clock_gettime, bare and under
+    # each mode, alternating in rounds so TCG's drift hits them alike.
+    for round in 1 2 3 4 5; do
+        for mode in bare raw-tracepoint fentry; do
+            if [ $mode != bare ]; then
+                observe top -b -n 0 -d 600 --json --attach $mode --sample-hz 0
+            fi
+            echo "VMTEST-BENCH $mode getppid $(/workload bench 200000 getppid)"
+            echo "VMTEST-BENCH $mode direct $(/workload bench 100000 direct)"
+            if [ $mode != bare ]; then
+                kill -INT $observer 2>/dev/null
+                wait $observer
+            fi
+        done
+    done
+    ;;
 switch)
     observe top -b -n 0 -d 2 --json --comm workload --attach $attach
     /workload steadyvdso 2000 16 &

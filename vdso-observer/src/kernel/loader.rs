@@ -196,10 +196,12 @@ fn attach_entries(ebpf: &mut Ebpf, mode: AttachMode, btf_path: &Path) -> Result<
             Ok(()) => attached.push(entry),
             Err(err) if entry.abi == SyscallAbi::I386 => {
                 log::debug!("{} {}: {err:#}", mode.name(), entry.function);
+                // Loaded but not attached (a kprobe loads without kprobes): not kept.
+                unload_entry(ebpf, mode, entry);
                 missing.push(entry.function);
             }
             Err(err) => {
-                for done in &attached {
+                for done in attached.iter().copied().chain([entry]) {
                     unload_entry(ebpf, mode, done);
                 }
                 return Err(err.context(format!("{} on {}", mode.name(), entry.function)));
@@ -258,7 +260,8 @@ fn unload_entry(ebpf: &mut Ebpf, mode: AttachMode, entry: &SyscallEntry) {
         _ => program::<KProbe>(ebpf, entry.kprobe_program).and_then(|p| Ok(p.unload()?)),
     };
     if let Err(err) = result {
-        warn!("unloading {} on {}: {err:#}", mode.name(), entry.function);
+        // Never loaded is fine: the goal is that nothing of it stays.
+        log::debug!("unloading {} on {}: {err:#}", mode.name(), entry.function);
     }
 }
 

@@ -44,6 +44,9 @@ pub enum Part {
     Churn,
     /// 200 pod cgroups x 5 processes under the daemon: CPU, RSS, series.
     Fleet,
+    /// In the guest kernel (TCG): getppid and direct clock_gettime, bare and
+    /// under the raw-tracepoint and fentry modes.
+    Guest,
 }
 
 const ROUNDS: usize = 5;
@@ -154,6 +157,10 @@ pub fn run(root: &Path, parts: &[Part]) -> Result<()> {
     if wanted(Part::Churn) {
         step("churn: 5 000 short processes a second for 60 s under the daemon");
         results["churn"] = churn::run(&bench)?;
+    }
+    if wanted(Part::Guest) {
+        step("guest: getppid and direct clock_gettime under raw-tracepoint and fentry (TCG)");
+        results["guest"] = crate::vm::bench(root)?;
     }
     if wanted(Part::Fleet) {
         step("fleet: 200 pod cgroups x 5 processes under the daemon for 90 s");
@@ -675,6 +682,22 @@ fn rest(results: &Value) -> String {
     }
     if !results["fleet"].is_null() {
         out.push_str(&fleet::render(&results["fleet"]));
+    }
+    if !results["guest"].is_null() {
+        for loop_name in ["getppid", "direct"] {
+            let g = &results["guest"][loop_name];
+            let ns = |k: &str| g[k].as_f64().unwrap_or(f64::NAN);
+            out.push_str(&format!(
+                "\nguest {loop_name} (TCG, medians of {} rounds): bare {:.0} ns, raw-tracepoint {:.0} ns (+{:.0}), fentry {:.0} ns (+{:.0}): fentry's tax is {:.2}x raw-tracepoint's\n",
+                g["rounds"],
+                ns("bare_ns"),
+                ns("raw_tracepoint_ns"),
+                ns("raw_tracepoint_tax_ns"),
+                ns("fentry_ns"),
+                ns("fentry_tax_ns"),
+                ns("fentry_tax_over_raw_tax"),
+            ));
+        }
     }
     out
 }
