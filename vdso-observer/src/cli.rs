@@ -65,6 +65,11 @@ pub struct LoadArgs {
     /// attaches [default: auto].
     #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
     pub attach: Option<AttachMode>,
+    /// Have the kernel measure the observer's own programs (runs, run time:
+    /// vdso_observer_bpf_run_seconds_total); costs every run of every program
+    /// two clock reads, on every syscall in raw-tracepoint mode.
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// Flag a fault only from this many kernel entries a second for it [default: 0].
     #[arg(long)]
     pub min_rate: Option<f64>,
@@ -87,6 +92,7 @@ impl LoadArgs {
                 exact_budget_percent: self.exact_budget,
                 governor: self.no_governor.then_some(false),
                 attach: self.attach,
+                bpf_stats: self.bpf_stats.then_some(true),
             },
             min_rate_per_sec: self.min_rate,
             min_kernel_share_percent: self.min_kernel_share,

@@ -84,6 +84,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(attach) = attach {
                 settings.attach = attach;
             }
+            // A short measurement: what the programs cost is part of the answer.
+            settings.bpf_stats = true;
             let options = session::SessionOptions::new(&settings, Default::default());
             let diagnosis = measure::diagnose::diagnose(options.load);
             return Ok(ExitCode::from(ui::doctor::print(&diagnosis, json)?));

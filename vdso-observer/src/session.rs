@@ -58,6 +58,7 @@ impl SessionOptions {
                 vdso_call_entries: settings.map_entries,
                 sample_hz: settings.sample_hz,
                 attach: settings.attach,
+                bpf_stats: settings.bpf_stats,
             },
             exact: ExactOptions {
                 all: settings.exact,

@@ -52,6 +52,8 @@ pub struct ObserverSettings {
     pub governor: bool,
     /// Where time syscalls are counted.
     pub attach: AttachMode,
+    /// The kernel measures the programs' own run time (BPF_ENABLE_STATS).
+    pub bpf_stats: bool,
 }
 
 impl Default for ObserverSettings {
@@ -65,6 +67,7 @@ impl Default for ObserverSettings {
             exact_budget_percent: 2.0,
             governor: true,
             attach: AttachMode::Auto,
+            bpf_stats: false,
         }
     }
 }
@@ -94,6 +97,7 @@ pub struct ObserverValues {
     pub exact_budget_percent: Option<f64>,
     pub governor: Option<bool>,
     pub attach: Option<AttachMode>,
+    pub bpf_stats: Option<bool>,
 }
 
 impl ObserverValues {
@@ -123,6 +127,9 @@ impl ObserverValues {
         if let Some(attach) = self.attach {
             settings.attach = attach;
         }
+        if let Some(stats) = self.bpf_stats {
+            settings.bpf_stats = stats;
+        }
     }
 
     /// Every field given: what `settings` say.
@@ -136,6 +143,7 @@ impl ObserverValues {
             exact_budget_percent: Some(settings.exact_budget_percent),
             governor: Some(settings.governor),
             attach: Some(settings.attach),
+            bpf_stats: Some(settings.bpf_stats),
         }
     }
 }

@@ -577,8 +577,8 @@ fn after_attaching_the_daemon_keeps_no_capability_and_still_counts() {
         let (_, _, metrics) = http_get(port, "/metrics")?;
         (process_count(&metrics, pid, "vt-dropped")? == 123.0).then_some(metrics)
     });
-    // The kernel measured the programs (the statistics were enabled before the
-    // drop and stay on while the daemon holds their descriptor).
+    // The kernel measured the programs (--bpf-stats: enabled before the drop,
+    // on while the daemon holds their descriptor).
     assert_eq!(
         sample(&metrics, "vdso_observer_bpf_run_stats_enabled "),
         Some(1.0)

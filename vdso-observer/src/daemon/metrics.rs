@@ -472,11 +472,11 @@ impl Exporter {
         out.family(
             "vdso_observer_bpf_run_stats_enabled",
             "gauge",
-            "1 when the kernel measures the observer's programs (BPF_ENABLE_STATS, or kernel.bpf_stats_enabled=1); 0 when it cannot (no CAP_SYS_ADMIN).",
+            "1 when the kernel measures the observer's programs (--bpf-stats, or kernel.bpf_stats_enabled=1); 0 when off or refused (no CAP_SYS_ADMIN).",
         );
         out.sample(
             &[],
-            if matches!(facts.run_stats, RunStats::Unavailable(_)) {
+            if matches!(facts.run_stats, RunStats::Unavailable(_) | RunStats::Off) {
                 0.0
             } else {
                 1.0

@@ -83,6 +83,9 @@ pub struct LoadOptions {
     pub sample_hz: u64,
     /// Where time syscalls are counted.
     pub attach: AttachMode,
+    /// Have the kernel measure each program's runs and run time (costs every
+    /// run two clock reads).
+    pub bpf_stats: bool,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +97,7 @@ impl Default for LoadOptions {
             vdso_call_entries: DEFAULT_VDSO_CALL_ENTRIES,
             sample_hz: DEFAULT_SAMPLE_HZ,
             attach: AttachMode::Auto,
+            bpf_stats: false,
         }
     }
 }
@@ -267,10 +271,13 @@ fn unload_entry(ebpf: &mut Ebpf, mode: AttachMode, entry: &SyscallEntry) {
 
 /// Turns on the kernel's per-program run statistics (BPF_ENABLE_STATS) for as
 /// long as the returned descriptor is open; already on when the sysctl says so.
-fn enable_run_stats() -> (RunStats, Option<std::os::fd::OwnedFd>) {
+fn enable_run_stats(wanted: bool) -> (RunStats, Option<std::os::fd::OwnedFd>) {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     if sysctl.trim() == "1" {
         return (RunStats::AlreadyOn, None);
+    }
+    if !wanted {
+        return (RunStats::Off, None);
     }
     match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => (RunStats::Enabled, Some(fd)),
@@ -379,7 +386,7 @@ impl Observer {
             probes.iter().filter(|p| p.attached).count(),
             probes.len()
         );
-        let (run_stats, run_stats_fd) = enable_run_stats();
+        let (run_stats, run_stats_fd) = enable_run_stats(options.bpf_stats);
         if let RunStats::Unavailable(note) = &run_stats {
             info!("the programs' own run time is not measured: {note}");
         }
@@ -528,7 +535,7 @@ impl Observer {
     /// Runs and run time of every attached program (and of the exact-counting
     /// ones once loaded), as the kernel measured them; empty when it does not.
     pub fn program_runs(&self) -> Vec<ProgramRuns> {
-        if matches!(self.run_stats, RunStats::Unavailable(_)) {
+        if matches!(self.run_stats, RunStats::Unavailable(_) | RunStats::Off) {
             return Vec::new();
         }
         let mut names: Vec<&'static str> = self

@@ -77,6 +77,9 @@ impl ProgramRuns {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "note", rename_all = "snake_case")]
 pub enum RunStats {
+    /// Not asked for (`--bpf-stats` turns them on): measuring costs every run
+    /// of every program two clock reads (see the bench).
+    Off,
     /// Enabled by the observer for as long as it runs.
     Enabled,
     /// `kernel.bpf_stats_enabled` was already 1.

@@ -198,6 +198,9 @@ pub fn render(d: &Diagnosis) -> String {
         Some(RunStats::Unavailable(note)) => {
             let _ = writeln!(out, "  not measured: {note}");
         }
+        Some(RunStats::Off) => {
+            let _ = writeln!(out, "  not measured (kernel.bpf_stats_enabled is 0)");
+        }
         None => {
             let _ = writeln!(out, "  not measured: the programs did not load");
         }

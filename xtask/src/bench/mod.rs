@@ -90,7 +90,11 @@ enum Config {
     Bare,
     Floor,
     Observer,
-    ObserverExact { governor: bool },
+    /// The daemon with the kernel's per-program statistics on.
+    ObserverBpfStats,
+    ObserverExact {
+        governor: bool,
+    },
     Bpftrace,
     BpftraceUprobe,
     Syscount,
@@ -102,6 +106,7 @@ impl Config {
             Config::Bare => "bare",
             Config::Floor => "empty sys_enter program",
             Config::Observer => "vdso-observer daemon",
+            Config::ObserverBpfStats => "vdso-observer daemon --bpf-stats",
             Config::ObserverExact { governor: false } => "vdso-observer --exact (no governor)",
             Config::ObserverExact { governor: true } => "vdso-observer --exact (governor 2%)",
             Config::Bpftrace => "bpftrace raw_syscalls:sys_enter count",
@@ -131,6 +136,7 @@ pub fn run(root: &Path, parts: &[Part]) -> Result<()> {
             Config::Bare,
             Config::Floor,
             Config::Observer,
+            Config::ObserverBpfStats,
             Config::Bpftrace,
             Config::Syscount,
         ];
@@ -211,10 +217,13 @@ impl Bench {
                 c.arg("bench-floor");
                 (c, "observing every process")
             }
-            Config::Observer => {
+            Config::Observer | Config::ObserverBpfStats => {
                 let mut c = Command::new(&self.observer);
                 c.args(["daemon", "--interval", "5s", "--textfile"])
                     .arg(self.dir.join("bench.prom"));
+                if config == Config::ObserverBpfStats {
+                    c.arg("--bpf-stats");
+                }
                 (c, "started:")
             }
             Config::ObserverExact { governor } => {
