@@ -46,9 +46,9 @@ struct Scenario {
 }
 
 /// Every scenario runs with the observer counting time syscalls at each of
-/// these (`--attach`): the raw tracepoint everywhere, fentry where the kernel
-/// has BPF trampolines (the Debian guest has; the development hosts do not).
-const ATTACH_MODES: [&str; 2] = ["raw-tracepoint", "fentry"];
+/// these (`--attach`): the raw tracepoint everywhere, fentry and kprobes where
+/// the kernel has them (the Debian guest has both; the development hosts neither).
+const ATTACH_MODES: [&str; 3] = ["raw-tracepoint", "fentry", "kprobe"];
 
 /// The scenarios' names, in the order they run.
 pub const SCENARIO_NAMES: [&str; 4] = ["default", "hpet", "switch", "vdso0"];
