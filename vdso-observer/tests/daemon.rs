@@ -560,7 +560,10 @@ fn after_attaching_the_daemon_keeps_no_capability_and_still_counts() {
     let dir = world_writable_dir("dropped");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let daemon = DaemonRun::start(&dir, &["--listen", &listen, "--interval", "1s"]);
+    let daemon = DaemonRun::start(
+        &dir,
+        &["--listen", &listen, "--interval", "1s", "--bpf-stats"],
+    );
     assert!(
         daemon.log().contains("capabilities dropped: none kept"),
         "{}",
