@@ -281,7 +281,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A plain HTTP/1.1 GET: (status code, head, body); None when nothing listens.
+/// A plain HTTP GET: (status code, head, body); None when nothing listens.
+/// HTTP/1.0, so no server may answer in chunks: Go's (node_exporter) chunks a
+/// large HTTP/1.1 body, and chunk sizes then split lines at random places.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -290,7 +292,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String, String)> {
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
