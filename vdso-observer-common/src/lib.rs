@@ -38,37 +38,47 @@ pub struct SyscallEntry {
     pub kprobe_program: &'static str,
 }
 
+/// The time syscalls' kernel functions, one row each: (function, call, ABI,
+/// fentry program, kprobe program). Calls `$then!` with the rows, so the table
+/// here and the eBPF programs are made from this one list.
+#[macro_export]
+macro_rules! for_each_syscall_entry {
+    ($then:ident) => {
+        $then! {
+            "__x64_sys_clock_gettime", ClockGettime, X86_64, fentry_x64_clock_gettime, kprobe_x64_clock_gettime;
+            "__x64_sys_gettimeofday", Gettimeofday, X86_64, fentry_x64_gettimeofday, kprobe_x64_gettimeofday;
+            "__x64_sys_time", Time, X86_64, fentry_x64_time, kprobe_x64_time;
+            "__x64_sys_clock_getres", ClockGetres, X86_64, fentry_x64_clock_getres, kprobe_x64_clock_getres;
+            "__x64_sys_getcpu", Getcpu, X86_64, fentry_x64_getcpu, kprobe_x64_getcpu;
+            "__x64_sys_getrandom", Getrandom, X86_64, fentry_x64_getrandom, kprobe_x64_getrandom;
+            "__ia32_sys_clock_gettime32", ClockGettime, I386, fentry_ia32_clock_gettime32, kprobe_ia32_clock_gettime32;
+            "__ia32_sys_clock_gettime", ClockGettime, I386, fentry_ia32_clock_gettime64, kprobe_ia32_clock_gettime64;
+            "__ia32_compat_sys_gettimeofday", Gettimeofday, I386, fentry_ia32_gettimeofday, kprobe_ia32_gettimeofday;
+            "__ia32_sys_time32", Time, I386, fentry_ia32_time32, kprobe_ia32_time32;
+            "__ia32_sys_clock_getres_time32", ClockGetres, I386, fentry_ia32_clock_getres32, kprobe_ia32_clock_getres32;
+            "__ia32_sys_clock_getres", ClockGetres, I386, fentry_ia32_clock_getres64, kprobe_ia32_clock_getres64;
+            "__ia32_sys_getcpu", Getcpu, I386, fentry_ia32_getcpu, kprobe_ia32_getcpu;
+            "__ia32_sys_getrandom", Getrandom, I386, fentry_ia32_getrandom, kprobe_ia32_getrandom;
+        }
+    };
+}
+
 macro_rules! syscall_entries {
-    ($( $function:literal, $call:ident, $abi:ident, $fentry:literal, $kprobe:literal; )*) => {
+    ($( $function:tt, $call:ident, $abi:ident, $fentry:ident, $kprobe:ident; )*) => {
         /// Every entry function, x86_64 first.
         pub const SYSCALL_ENTRIES: &[SyscallEntry] = &[$(
             SyscallEntry {
                 function: $function,
                 call: TimeCall::$call,
                 abi: SyscallAbi::$abi,
-                fentry_program: $fentry,
-                kprobe_program: $kprobe,
+                fentry_program: stringify!($fentry),
+                kprobe_program: stringify!($kprobe),
             },
         )*];
     };
 }
 
-syscall_entries! {
-    "__x64_sys_clock_gettime", ClockGettime, X86_64, "fentry_x64_clock_gettime", "kprobe_x64_clock_gettime";
-    "__x64_sys_gettimeofday", Gettimeofday, X86_64, "fentry_x64_gettimeofday", "kprobe_x64_gettimeofday";
-    "__x64_sys_time", Time, X86_64, "fentry_x64_time", "kprobe_x64_time";
-    "__x64_sys_clock_getres", ClockGetres, X86_64, "fentry_x64_clock_getres", "kprobe_x64_clock_getres";
-    "__x64_sys_getcpu", Getcpu, X86_64, "fentry_x64_getcpu", "kprobe_x64_getcpu";
-    "__x64_sys_getrandom", Getrandom, X86_64, "fentry_x64_getrandom", "kprobe_x64_getrandom";
-    "__ia32_sys_clock_gettime32", ClockGettime, I386, "fentry_ia32_clock_gettime32", "kprobe_ia32_clock_gettime32";
-    "__ia32_sys_clock_gettime", ClockGettime, I386, "fentry_ia32_clock_gettime64", "kprobe_ia32_clock_gettime64";
-    "__ia32_compat_sys_gettimeofday", Gettimeofday, I386, "fentry_ia32_gettimeofday", "kprobe_ia32_gettimeofday";
-    "__ia32_sys_time32", Time, I386, "fentry_ia32_time32", "kprobe_ia32_time32";
-    "__ia32_sys_clock_getres_time32", ClockGetres, I386, "fentry_ia32_clock_getres32", "kprobe_ia32_clock_getres32";
-    "__ia32_sys_clock_getres", ClockGetres, I386, "fentry_ia32_clock_getres64", "kprobe_ia32_clock_getres64";
-    "__ia32_sys_getcpu", Getcpu, I386, "fentry_ia32_getcpu", "kprobe_ia32_getcpu";
-    "__ia32_sys_getrandom", Getrandom, I386, "fentry_ia32_getrandom", "kprobe_ia32_getrandom";
-}
+for_each_syscall_entry!(syscall_entries);
 
 /// Map of vDSO calls per [`VdsoKey`] (per-CPU `u64`: samples or exact hits).
 pub const VDSO_CALLS_MAP: &str = "VDSO_CALLS";

@@ -130,7 +130,7 @@ pub fn legacy_vsyscall(ctx: RawTracePointContext) -> i32 {
 /// One fentry and one kprobe program per syscall entry function
 /// (`SYSCALL_ENTRIES`): only time syscalls run them, none of the others.
 macro_rules! entry_programs {
-    ($( $fentry:ident, $kprobe:ident, $function:tt, $call:ident, $abi:ident; )*) => {$(
+    ($( $function:tt, $call:ident, $abi:ident, $fentry:ident, $kprobe:ident; )*) => {$(
         #[fentry(function = $function)]
         pub fn $fentry(ctx: FEntryContext) -> i32 {
             count_at_entry(ctx.arg(0), TimeCall::$call, SyscallAbi::$abi)
@@ -144,22 +144,7 @@ macro_rules! entry_programs {
     )*};
 }
 
-entry_programs! {
-    fentry_x64_clock_gettime, kprobe_x64_clock_gettime, "__x64_sys_clock_gettime", ClockGettime, X86_64;
-    fentry_x64_gettimeofday, kprobe_x64_gettimeofday, "__x64_sys_gettimeofday", Gettimeofday, X86_64;
-    fentry_x64_time, kprobe_x64_time, "__x64_sys_time", Time, X86_64;
-    fentry_x64_clock_getres, kprobe_x64_clock_getres, "__x64_sys_clock_getres", ClockGetres, X86_64;
-    fentry_x64_getcpu, kprobe_x64_getcpu, "__x64_sys_getcpu", Getcpu, X86_64;
-    fentry_x64_getrandom, kprobe_x64_getrandom, "__x64_sys_getrandom", Getrandom, X86_64;
-    fentry_ia32_clock_gettime32, kprobe_ia32_clock_gettime32, "__ia32_sys_clock_gettime32", ClockGettime, I386;
-    fentry_ia32_clock_gettime64, kprobe_ia32_clock_gettime64, "__ia32_sys_clock_gettime", ClockGettime, I386;
-    fentry_ia32_gettimeofday, kprobe_ia32_gettimeofday, "__ia32_compat_sys_gettimeofday", Gettimeofday, I386;
-    fentry_ia32_time32, kprobe_ia32_time32, "__ia32_sys_time32", Time, I386;
-    fentry_ia32_clock_getres32, kprobe_ia32_clock_getres32, "__ia32_sys_clock_getres_time32", ClockGetres, I386;
-    fentry_ia32_clock_getres64, kprobe_ia32_clock_getres64, "__ia32_sys_clock_getres", ClockGetres, I386;
-    fentry_ia32_getcpu, kprobe_ia32_getcpu, "__ia32_sys_getcpu", Getcpu, I386;
-    fentry_ia32_getrandom, kprobe_ia32_getrandom, "__ia32_sys_getrandom", Getrandom, I386;
-}
+vdso_observer_common::for_each_syscall_entry!(entry_programs);
 
 /// `cgroup:cgroup_mkdir`: args are (struct cgroup *cgrp, const char *path).
 /// A container's cgroup may be gone before user space reads the window (a job
