@@ -4,8 +4,21 @@
 //! the same bytes and the same rules.
 #![cfg_attr(not(test), no_std)]
 
-/// Map of counts per [`CallKey`] (per-CPU `u64` values).
+/// Map of the counter slot of each [`CallKey`] (`u32` index into
+/// [`TIME_CALL_COUNTS_MAP`]). A time call finds its counter by key once per
+/// CPU; after that through [`RECENT_TIME_CALL_MAP`] without hashing: a hash
+/// lookup is a function call, which costs more than the rest of the count.
 pub const TIME_CALLS_MAP: &str = "TIME_CALLS";
+/// Per-CPU array of `u64` counters, one per slot of [`TIME_CALLS_MAP`].
+pub const TIME_CALL_COUNTS_MAP: &str = "TIME_CALL_COUNTS";
+/// Queue of the free slots of [`TIME_CALL_COUNTS_MAP`]: user space fills it
+/// at load and gives a slot back (zeroed) when it forgets its key.
+pub const FREE_TIME_CALL_SLOTS_MAP: &str = "FREE_TIME_CALL_SLOTS";
+/// Per-CPU [`RecentTimeCall`]: the key this CPU counted last and its slot.
+pub const RECENT_TIME_CALL_MAP: &str = "RECENT_TIME_CALL";
+/// One-entry array of the slot generation: user space adds one before it
+/// hands out slots again, so no CPU's [`RecentTimeCall`] outlives its slot.
+pub const SLOT_GENERATION_MAP: &str = "SLOT_GENERATION";
 /// Map of [`ProcessInfo`] per [`ProcessKey`].
 pub const PROCESSES_MAP: &str = "PROCESSES";
 /// Per-CPU array of [`ObserverStat`] counters.
@@ -13,8 +26,12 @@ pub const OBSERVER_STATS_MAP: &str = "OBSERVER_STATS";
 /// Name of the global holding [`ProgramConfig`].
 pub const PROGRAM_CONFIG_GLOBAL: &str = "PROGRAM_CONFIG";
 
-/// Program counting time syscalls, attached to raw tracepoint `sys_enter`.
+/// Program counting time syscalls, attached to raw tracepoint `sys_enter`
+/// with BTF types (tp_btf).
 pub const SYS_ENTER_PROGRAM: &str = "time_syscall_enter";
+/// The same program on the untyped raw tracepoint, for kernels that refuse
+/// the BTF-typed one.
+pub const SYS_ENTER_RAW_PROGRAM: &str = "time_syscall_enter_raw";
 /// An empty program on `sys_enter`: the benchmark's floor.
 pub const EMPTY_SYS_ENTER_PROGRAM: &str = "empty_sys_enter";
 /// Program counting legacy vsyscall calls, attached to raw tracepoint `emulate_vsyscall`.
@@ -242,6 +259,8 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// `pt_regs.bx` (first argument of a 32-bit syscall)
     pub regs_bx: u32,
+    /// `task_struct.tgid` (read directly: a helper call costs more)
+    pub task_tgid: u32,
 }
 
 impl KernelOffsets {
@@ -259,6 +278,7 @@ impl KernelOffsets {
         regs_sp: 0,
         regs_di: 0,
         regs_bx: 0,
+        task_tgid: 0,
         cgroup_kn: 0,
         kernfs_node_id: 0,
     };
@@ -314,6 +334,29 @@ pub struct CallKey {
     pub abi: u8,
     /// Always 0: keys are compared as bytes.
     pub _pad: u8,
+}
+
+impl CallKey {
+    /// The key as three words: compared in three loads, with no memcmp call.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 3] {
+        // SAFETY: 24 bytes of plain integers without padding, 8-aligned.
+        unsafe { core::mem::transmute::<CallKey, [u64; 3]>(*self) }
+    }
+}
+
+/// The key a CPU counted last, with its counter's slot: a hot loop of one
+/// process counts without a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentTimeCall {
+    /// The key as the program built it (before any overflow to the process's
+    /// overflow key: the slot may be that key's).
+    pub key: CallKey,
+    /// Index into [`TIME_CALL_COUNTS_MAP`].
+    pub slot: u32,
+    /// [`SLOT_GENERATION_MAP`] when the slot was found: stale once it changed.
+    pub generation: u32,
 }
 
 /// Length of `task_struct.comm`.
@@ -758,6 +801,7 @@ mod pod {
     unsafe impl aya::Pod for super::VdsoFunctionTable {}
     unsafe impl aya::Pod for super::ExactCoverage {}
     unsafe impl aya::Pod for super::CgroupPath {}
+    unsafe impl aya::Pod for super::RecentTimeCall {}
 }
 
 #[cfg(test)]

@@ -16,18 +16,21 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
     },
-    macros::{fentry, kprobe, map, perf_event, raw_tracepoint, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, map, perf_event, raw_tracepoint, uprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
+    programs::{
+        BtfTracePointContext, FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext,
+    },
 };
 use aya_log_ebpf::debug;
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CLOCK_OVERFLOW, COVERAGE_PROCESS, CallKey, CgroupPath,
     DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
     EXACT_COVERAGE_ENTRIES, ExactCoverage, KERNEL_VSYSCALL_RETURN_OFFSET, LEGACY_VSYSCALL_PAGE,
-    NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey, ProgramConfig, Provenance, SyscallAbi,
-    TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, VdsoFunctionTable,
-    VdsoKey, clock_key, inside_vdso, may_be_time_call, origin_of, time_call_vsyscall,
+    NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey, ProgramConfig, Provenance,
+    RecentTimeCall, SyscallAbi, TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE,
+    VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key, inside_vdso, may_be_time_call,
+    origin_of, time_call_vsyscall,
 };
 
 const EEXIST: i32 = 17;
@@ -59,9 +62,22 @@ static VDSO32_FUNCTIONS: Global<VdsoFunctionTable> = Global::new(VdsoFunctionTab
 static VDSO_CALLS: PerCpuHashMap<VdsoKey, u64> =
     PerCpuHashMap::with_max_entries(DEFAULT_VDSO_CALL_ENTRIES, 0);
 
+/// The counter slot of each key (see `TIME_CALLS_MAP`).
 #[map]
-static TIME_CALLS: PerCpuHashMap<CallKey, u64> =
-    PerCpuHashMap::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+static TIME_CALLS: HashMap<CallKey, u32> = HashMap::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+
+#[map]
+static TIME_CALL_COUNTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+
+#[map]
+static FREE_TIME_CALL_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+
+#[map]
+static RECENT_TIME_CALL: PerCpuArray<RecentTimeCall> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SLOT_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 static PROCESSES: HashMap<ProcessKey, ProcessInfo> =
@@ -82,14 +98,26 @@ static CGROUP_PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entr
 #[map]
 static OBSERVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserverStat::COUNT, 0);
 
-/// `raw_syscalls:sys_enter`: args are (struct pt_regs *regs, long id).
+/// `raw_syscalls:sys_enter` with BTF types (tp_btf): args are (struct
+/// pt_regs *regs, long id), and the registers load directly.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn time_syscall_enter(ctx: BtfTracePointContext) -> i32 {
+    on_sys_enter(Regs::Typed(ctx.arg(0)), ctx.arg(1))
+}
+
+/// The same on the untyped raw tracepoint, for a kernel that refuses the
+/// BTF-typed one: the registers are read through the helper.
 #[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn time_syscall_enter(ctx: RawTracePointContext) -> i32 {
-    let nr: i64 = ctx.arg(1);
+pub fn time_syscall_enter_raw(ctx: RawTracePointContext) -> i32 {
+    on_sys_enter(Regs::Untyped(ctx.arg(0)), ctx.arg(1))
+}
+
+#[inline(always)]
+fn on_sys_enter(regs: Regs, nr: i64) -> i32 {
     if !may_be_time_call(nr) {
         return 0;
     }
-    if count_syscall(&ctx, nr).is_err() {
+    if count_syscall(regs, nr).is_err() {
         bump(ObserverStat::ReadFailed);
     }
     0
@@ -133,13 +161,13 @@ macro_rules! entry_programs {
     ($( $function:tt, $call:ident, $abi:ident, $fentry:ident, $kprobe:ident; )*) => {$(
         #[fentry(function = $function)]
         pub fn $fentry(ctx: FEntryContext) -> i32 {
-            count_at_entry(ctx.arg(0), TimeCall::$call, SyscallAbi::$abi)
+            count_at_entry(Regs::Typed(ctx.arg(0)), TimeCall::$call, SyscallAbi::$abi)
         }
 
         #[kprobe]
         pub fn $kprobe(ctx: ProbeContext) -> u32 {
             let regs: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
-            count_at_entry(regs, TimeCall::$call, SyscallAbi::$abi) as u32
+            count_at_entry(Regs::Untyped(regs), TimeCall::$call, SyscallAbi::$abi) as u32
         }
     )*};
 }
@@ -171,8 +199,27 @@ pub fn cgroup_created(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The user registers a program was handed: BTF-typed ones (tp_btf, fentry)
+/// load directly; untyped ones (raw tracepoint, kprobe) through
+/// `bpf_probe_read_kernel`, a function call each.
+#[derive(Clone, Copy)]
+enum Regs {
+    Typed(*const u8),
+    Untyped(*const u8),
+}
+
+impl Regs {
+    #[inline(always)]
+    fn read(self, offset: u32) -> Result<u64, i32> {
+        match self {
+            Regs::Typed(regs) => Ok(read_task(regs, offset)),
+            Regs::Untyped(regs) => read_kernel(regs, offset),
+        }
+    }
+}
+
 #[inline(always)]
-fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
+fn count_syscall(regs: Regs, nr: i64) -> Result<(), i32> {
     let Some(task) = current_task() else {
         return Ok(());
     };
@@ -186,13 +233,13 @@ fn count_syscall(ctx: &RawTracePointContext, nr: i64) -> Result<(), i32> {
     let Some(call) = abi.time_call(nr) else {
         return Ok(());
     };
-    count_entry(task, ctx.arg(0), call, abi)
+    count_entry(task, regs, call, abi)
 }
 
 /// A time call at the kernel function of its syscall (fentry, kprobe): the
 /// function says which call and ABI; its first argument is the user registers.
 #[inline(always)]
-fn count_at_entry(regs: *const u8, call: TimeCall, abi: SyscallAbi) -> i32 {
+fn count_at_entry(regs: Regs, call: TimeCall, abi: SyscallAbi) -> i32 {
     let Some(task) = current_task() else {
         return 0;
     };
@@ -204,24 +251,19 @@ fn count_at_entry(regs: *const u8, call: TimeCall, abi: SyscallAbi) -> i32 {
 
 /// Classifies and counts one time call from the user registers at entry.
 #[inline(always)]
-fn count_entry(
-    task: *const u8,
-    regs: *const u8,
-    call: TimeCall,
-    abi: SyscallAbi,
-) -> Result<(), i32> {
+fn count_entry(task: *const u8, regs: Regs, call: TimeCall, abi: SyscallAbi) -> Result<(), i32> {
     let clock_id = if !call.takes_clock() {
         NO_CLOCK
     } else if abi == SyscallAbi::I386 {
-        read_kernel::<u64>(regs, config!(offsets.regs_bx))? as u32 as i32
+        regs.read(config!(offsets.regs_bx))? as u32 as i32
     } else {
-        read_kernel::<u64>(regs, config!(offsets.regs_di))? as i32
+        regs.read(config!(offsets.regs_di))? as i32
     };
 
     let Some((vdso_start, vdso_len)) = vdso_text(task)? else {
         return Ok(()); // kernel thread: not a user time call
     };
-    let ip: u64 = read_kernel(regs, config!(offsets.regs_ip))?;
+    let ip = regs.read(config!(offsets.regs_ip))?;
     if ip & !0xfff == LEGACY_VSYSCALL_PAGE {
         // The kernel emulating a legacy vsyscall calls __x64_sys_gettimeofday
         // (time, getcpu) itself with the page's address as ip: at fentry and
@@ -232,7 +274,7 @@ fn count_entry(
     if origin == Origin::VdsoFallback && abi == SyscallAbi::I386 {
         // Every 32-bit libc syscall enters through __kernel_vsyscall inside the
         // vDSO; its caller's return address tells the vDSO's own fallback apart.
-        let sp: u64 = read_kernel(regs, config!(offsets.regs_sp))?;
+        let sp = regs.read(config!(offsets.regs_sp))?;
         let caller =
             unsafe { bpf_probe_read_user((sp + KERNEL_VSYSCALL_RETURN_OFFSET) as *const u32) }?
                 as u64;
@@ -251,7 +293,7 @@ fn count(
     clock_id: i32,
     origin: Origin,
 ) -> Result<(), i32> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid: u32 = read_task(task, config!(offsets.task_tgid));
     if tgid == config!(observer_tgid) {
         return Ok(());
     }
@@ -268,98 +310,142 @@ fn count(
         abi: abi as u8,
         _pad: 0,
     };
-    count_key(&TIME_CALLS, &mut key, leader, CounterMap::TimeCalls);
+    count_time_call(&mut key, leader);
     Ok(())
 }
 
-/// The two counter maps, for what is counted about them.
-#[derive(Clone, Copy)]
-enum CounterMap {
-    TimeCalls,
-    VdsoCalls,
-}
-
-/// A counter key whose clock can give way to the process's overflow key.
-trait CounterKey {
-    fn process(&self) -> &ProcessKey;
-    fn overflow(&mut self);
-}
-
-impl CounterKey for CallKey {
-    fn process(&self) -> &ProcessKey {
-        &self.process
-    }
-    fn overflow(&mut self) {
-        self.clock_id = CLOCK_OVERFLOW;
-    }
-}
-
-impl CounterKey for VdsoKey {
-    fn process(&self) -> &ProcessKey {
-        &self.process
-    }
-    fn overflow(&mut self) {
-        self.clock_id = CLOCK_OVERFLOW;
-    }
-}
-
-/// Adds one to a per-CPU counter. The fast path is one lookup; a new key is
-/// created within its process's key cap (past it, in the process's overflow
-/// key), and a full map is counted for the process and the observer, never silent.
+/// Adds one to the counter of `key`. The fast path is this CPU's recent key
+/// (two array loads, no call); else the key's slot is looked up, or made
+/// within the process's key cap (past it, the process's overflow key's), and
+/// becomes the recent key. A full map is counted for the process and the
+/// observer, never silent.
 #[inline(always)]
-fn count_key<K: CounterKey>(
-    map: &PerCpuHashMap<K, u64>,
-    key: &mut K,
-    leader: *const u8,
-    which: CounterMap,
-) {
-    if let Some(value) = map.get_ptr_mut(&*key) {
+fn count_time_call(key: &mut CallKey, leader: *const u8) {
+    let generation = SLOT_GENERATION.get(0).copied().unwrap_or(0);
+    let Some(recent) = RECENT_TIME_CALL.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's entry; programs on one CPU do not interleave.
+    let recent = unsafe { &mut *recent };
+    let built = key.words();
+    let cached = recent.key.words();
+    let slot = if recent.generation == generation
+        && built[0] == cached[0]
+        && built[1] == cached[1]
+        && built[2] == cached[2]
+    {
+        recent.slot
+    } else {
+        let built = *key;
+        let Some(slot) = time_call_slot(key, leader) else {
+            return;
+        };
+        *recent = RecentTimeCall {
+            key: built,
+            slot,
+            generation,
+        };
+        slot
+    };
+    if let Some(count) = TIME_CALL_COUNTS.get_ptr_mut(slot) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *count += 1 };
+    }
+}
+
+/// The counter slot of `key`: looked up, else taken from the free queue.
+#[inline(never)]
+fn time_call_slot(key: &mut CallKey, leader: *const u8) -> Option<u32> {
+    // SAFETY: a plain read of a map value.
+    if let Some(slot) = unsafe { TIME_CALLS.get(*key) } {
+        return Some(*slot);
+    }
+    let info = process_info(&key.process, leader);
+    if let Some(info) = info
+        && unsafe { (*info).time_keys } >= config!(process_key_cap)
+    {
+        key.clock_id = CLOCK_OVERFLOW;
+        if let Some(slot) = unsafe { TIME_CALLS.get(*key) } {
+            return Some(*slot);
+        }
+        bump(ObserverStat::ProcessKeyCap);
+    }
+    let lost = |info: Option<*mut ProcessInfo>| {
+        if let Some(info) = info {
+            // Not atomic: two CPUs of one process failing at once may count one
+            // loss, while the observer-wide counter counts both.
+            unsafe { (*info).lost += 1 };
+        }
+        bump(ObserverStat::TimeCallsMapFull);
+        None
+    };
+    let Ok(Some(slot)) = FREE_TIME_CALL_SLOTS.pop() else {
+        return lost(info);
+    };
+    match TIME_CALLS.insert(*key, slot, BPF_NOEXIST.into()) {
+        Ok(()) => {
+            if let Some(info) = info {
+                // Racy between CPUs of one process: the cap is a bound, not a count.
+                unsafe { (*info).time_keys += 1 };
+            }
+            add_stat(ObserverStat::TimeKeysCreated);
+            Some(slot)
+        }
+        // Another CPU made the key between the lookup and the insert.
+        Err(err) if err == -EEXIST => {
+            let _ = FREE_TIME_CALL_SLOTS.push(slot, 0);
+            unsafe { TIME_CALLS.get(*key) }.copied()
+        }
+        Err(_) => {
+            let _ = FREE_TIME_CALL_SLOTS.push(slot, 0);
+            lost(info)
+        }
+    }
+}
+
+/// Adds one to a vDSO counter. The fast path is one lookup; a new key is
+/// created within its process's key cap (past it, in the process's overflow
+/// key), and a full map is counted for the process and the observer, never
+/// silent. (vDSO events are samples and probe hits, far rarer than kernel
+/// entries: a hash lookup each is cheap enough.)
+#[inline(always)]
+fn count_vdso_key(key: &mut VdsoKey, leader: *const u8) {
+    if let Some(value) = VDSO_CALLS.get_ptr_mut(*key) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *value += 1 };
         return;
     }
-    let info = process_info(key.process(), leader);
-    let keys: *mut u32 = match (info, which) {
-        (None, _) => core::ptr::null_mut(),
-        (Some(info), CounterMap::TimeCalls) => unsafe { &raw mut (*info).time_keys },
-        (Some(info), CounterMap::VdsoCalls) => unsafe { &raw mut (*info).vdso_keys },
-    };
-    if !keys.is_null() && unsafe { *keys } >= config!(process_key_cap) {
-        key.overflow();
-        if let Some(value) = map.get_ptr_mut(&*key) {
+    let info = process_info(&key.process, leader);
+    if let Some(info) = info
+        && unsafe { (*info).vdso_keys } >= config!(process_key_cap)
+    {
+        key.clock_id = CLOCK_OVERFLOW;
+        if let Some(value) = VDSO_CALLS.get_ptr_mut(*key) {
             unsafe { *value += 1 };
             return;
         }
         bump(ObserverStat::ProcessKeyCap);
     }
-    match map.insert(&*key, 1, BPF_NOEXIST.into()) {
+    match VDSO_CALLS.insert(*key, 1, BPF_NOEXIST.into()) {
         Ok(()) => {
-            if !keys.is_null() {
+            if let Some(info) = info {
                 // Racy between CPUs of one process: the cap is a bound, not a count.
-                unsafe { *keys += 1 };
+                unsafe { (*info).vdso_keys += 1 };
             }
-            add_stat(match which {
-                CounterMap::TimeCalls => ObserverStat::TimeKeysCreated,
-                CounterMap::VdsoCalls => ObserverStat::VdsoKeysCreated,
-            });
+            add_stat(ObserverStat::VdsoKeysCreated);
         }
         // Another CPU created the key between the lookup and the insert.
         Err(err) if err == -EEXIST => {
-            if let Some(value) = map.get_ptr_mut(&*key) {
+            if let Some(value) = VDSO_CALLS.get_ptr_mut(*key) {
                 unsafe { *value += 1 };
             }
         }
         Err(_) => {
             if let Some(info) = info {
-                // Not atomic (the BPF target has no 64-bit fetch-add here): two CPUs
-                // of one process failing at once may count one loss, while the
-                // observer-wide counter below counts both.
+                // Not atomic: see time_call_slot.
                 unsafe { (*info).lost += 1 };
             }
-            bump(match which {
-                CounterMap::TimeCalls => ObserverStat::TimeCallsMapFull,
-                CounterMap::VdsoCalls => ObserverStat::VdsoCallsMapFull,
-            });
+            bump(ObserverStat::VdsoCallsMapFull);
         }
     }
 }
@@ -592,7 +678,7 @@ fn count_vdso(
         abi: abi as u8,
         _pad: 0,
     };
-    count_key(&VDSO_CALLS, &mut key, leader, CounterMap::VdsoCalls);
+    count_vdso_key(&mut key, leader);
     Ok(())
 }
 

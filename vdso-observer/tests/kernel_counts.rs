@@ -224,6 +224,68 @@ fn compat_32bit_processes_are_told_apart() {
     );
 }
 
+/// The untyped raw tracepoint (what a kernel refusing tp_btf gets) reads the
+/// registers through a helper: the same counts, origins and ABIs.
+#[test]
+fn the_untyped_sys_enter_program_counts_the_same() {
+    require_root();
+    let workload = build_workload("time_calls", "vt-untyped", &[]);
+    let workload32 = build_workload("time_calls", "vt-untyped32", &["-m32"]);
+    let mut command = std::process::Command::new(OBSERVER);
+    command
+        .args(["top", "--once", "-d", "120", "--json"])
+        .env("VDSO_OBSERVER_UNTYPED_SYS_ENTER", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let observer = ObserverRun::spawn(command);
+    let direct = run_workload(&workload, &["direct", &N.to_string()]);
+    let cputime = run_workload(&workload, &["cputime", "700"]);
+    let cputime32 = run_workload(&workload32, &["cputime", "300"]);
+    let report = observer.finish();
+    let programs: Vec<&str> = report["observer"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["attached"] == true)
+        .filter_map(|p| p["program"].as_str())
+        .collect();
+    assert!(
+        programs.contains(&"time_syscall_enter_raw") && !programs.contains(&"time_syscall_enter"),
+        "{programs:?}"
+    );
+    assert_eq!(
+        counts(&single_row(&report, direct)),
+        [expect(
+            "clock_gettime",
+            "CLOCK_MONOTONIC",
+            "direct",
+            "x86_64",
+            N
+        )]
+    );
+    assert_eq!(
+        counts(&single_row(&report, cputime)),
+        [expect(
+            "clock_gettime",
+            "CLOCK_PROCESS_CPUTIME_ID",
+            "vdso_fallback",
+            "x86_64",
+            700
+        )]
+    );
+    assert_eq!(
+        counts(&single_row(&report, cputime32)),
+        [expect(
+            "clock_gettime",
+            "CLOCK_PROCESS_CPUTIME_ID",
+            "vdso_fallback",
+            "i386",
+            300
+        )]
+    );
+}
+
 #[test]
 fn int80_from_a_64bit_process_is_a_32bit_syscall() {
     require_root();

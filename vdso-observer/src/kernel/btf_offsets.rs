@@ -46,6 +46,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         task_group_leader: at("task_struct", &["group_leader"], &[8])?,
         task_start_boottime: at("task_struct", &["start_boottime"], &[8])?,
         task_self_exec_id: at("task_struct", &["self_exec_id"], &[4, 8])?,
+        task_tgid: at("task_struct", &["tgid"], &[4])?,
         task_comm: at("task_struct", &["comm"], &[16])?,
         task_thread_status: at("task_struct", &["thread_info", "status"], &[4])?,
         mm_vdso: at("mm_struct", &["context", "vdso"], &[8])?,

@@ -9,9 +9,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{
+        Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, Queue,
+    },
     programs::{
-        FEntry, KProbe, PerfEvent, ProgramError, RawTracePoint, UProbe,
+        BtfTracePoint, FEntry, KProbe, PerfEvent, ProgramError, RawTracePoint, UProbe,
         perf_event::{
             BreakpointConfig, PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy,
             SoftwareEvent,
@@ -24,11 +27,12 @@ use log::{info, warn};
 use vdso_observer_common::{
     CGROUP_MKDIR_PROGRAM, CGROUP_PATHS_MAP, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES,
     DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_MAP, ExactCoverage,
-    OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
-    ProcessKey, ProgramConfig, SYS_ENTER_PROGRAM, SYSCALL_ENTRIES, SyscallAbi, SyscallEntry,
-    TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
-    VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM,
-    VdsoFunctionTable, VdsoKey,
+    FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP,
+    PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP,
+    SYS_ENTER_PROGRAM, SYS_ENTER_RAW_PROGRAM, SYSCALL_ENTRIES, SyscallAbi, SyscallEntry,
+    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP,
+    VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL,
+    VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -129,14 +133,14 @@ pub struct Observer {
 /// tracepoint, which works everywhere; a mode asked for by name fails with why.
 fn attach_time_calls(ebpf: &mut Ebpf, options: &LoadOptions) -> Result<(AttachMode, ProbeStatus)> {
     let raw = |ebpf: &mut Ebpf, note: Option<String>| -> Result<(AttachMode, ProbeStatus)> {
-        attach(ebpf, SYS_ENTER_PROGRAM, "sys_enter").with_context(|| {
+        let (program, note) = attach_sys_enter(ebpf, note).with_context(|| {
             "attaching raw tracepoint sys_enter, which counts every time call that enters \
              the kernel: without it there is nothing to observe"
         })?;
         Ok((
             AttachMode::RawTracepoint,
             ProbeStatus {
-                program: SYS_ENTER_PROGRAM,
+                program,
                 attach_point: "raw_tracepoint:sys_enter",
                 attached: true,
                 note,
@@ -176,6 +180,51 @@ fn attach_time_calls(ebpf: &mut Ebpf, options: &LoadOptions) -> Result<(AttachMo
             raw(ebpf, Some(note))
         }
     }
+}
+
+/// Set, the untyped sys_enter program is attached even where the typed one
+/// would load: what a kernel that refuses tp_btf gets, for tests and for a
+/// kernel whose typed tracepoint misbehaves.
+pub const UNTYPED_SYS_ENTER_ENV: &str = "VDSO_OBSERVER_UNTYPED_SYS_ENTER";
+
+/// The sys_enter program, BTF-typed (tp_btf: the user registers load
+/// directly) where the kernel takes it, else untyped (each register read a
+/// helper call): which one is attached, and the note to show.
+fn attach_sys_enter(
+    ebpf: &mut Ebpf,
+    note: Option<String>,
+) -> Result<(&'static str, Option<String>)> {
+    let typed = (|| -> Result<()> {
+        if std::env::var_os(UNTYPED_SYS_ENTER_ENV).is_some() {
+            anyhow::bail!("{UNTYPED_SYS_ENTER_ENV} is set");
+        }
+        let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
+        let prog: &mut BtfTracePoint = program(ebpf, SYS_ENTER_PROGRAM)?;
+        prog.load("sys_enter", &btf).map_err(verifier_error)?;
+        prog.attach()?;
+        Ok(())
+    })();
+    let refused = match typed {
+        Ok(()) => return Ok((SYS_ENTER_PROGRAM, note)),
+        Err(err) => format!("{err:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    log::debug!("tp_btf sys_enter refused ({refused}); attaching the untyped raw tracepoint");
+    if let Ok(prog) = program::<BtfTracePoint>(ebpf, SYS_ENTER_PROGRAM) {
+        let _ = prog.unload();
+    }
+    attach(ebpf, SYS_ENTER_RAW_PROGRAM, "sys_enter")?;
+    let untyped = format!("untyped (tp_btf refused: {refused}): each time call costs more");
+    Ok((
+        SYS_ENTER_RAW_PROGRAM,
+        Some(match note {
+            Some(note) => format!("{note}; {untyped}"),
+            None => untyped,
+        }),
+    ))
 }
 
 /// One fentry or kprobe program on each time syscall's kernel function. Every
@@ -500,15 +549,11 @@ impl Observer {
 
     /// Reads every counter, name and self-statistic.
     pub fn snapshot(&self) -> Result<MapSnapshot> {
-        let calls: PerCpuHashMap<&MapData, CallKey, u64> = self.map(TIME_CALLS_MAP)?;
         let names: BpfHashMap<&MapData, ProcessKey, ProcessInfo> = self.map(PROCESSES_MAP)?;
-
-        let mut snapshot = MapSnapshot::default();
-        for entry in calls.iter() {
-            // A key deleted between listing and lookup is simply gone.
-            let Ok((key, per_cpu)) = entry else { continue };
-            snapshot.calls.insert(key, per_cpu.iter().sum());
-        }
+        let mut snapshot = MapSnapshot {
+            calls: self.time_call_counts()?,
+            ..MapSnapshot::default()
+        };
         for entry in names.iter() {
             let Ok((key, info)) = entry else { continue };
             snapshot.names.insert(key, info);
@@ -530,6 +575,22 @@ impl Observer {
         snapshot.overflowed_keys = stat(ObserverStat::ProcessKeyCap)?;
         snapshot.programs = self.program_runs();
         Ok(snapshot)
+    }
+
+    /// Every time-call counter: each key's slot, then the slot's per-CPU counts.
+    fn time_call_counts(&self) -> Result<HashMap<CallKey, u64>> {
+        let slots: BpfHashMap<&MapData, CallKey, u32> = self.map(TIME_CALLS_MAP)?;
+        let counts: PerCpuArray<&MapData, u64> = self.map(TIME_CALL_COUNTS_MAP)?;
+        let mut calls = HashMap::new();
+        for entry in slots.iter() {
+            // A key deleted between listing and lookup is simply gone.
+            let Ok((key, slot)) = entry else { continue };
+            let per_cpu = counts
+                .get(&slot, 0)
+                .with_context(|| format!("reading {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
+            calls.insert(key, per_cpu.iter().sum());
+        }
+        Ok(calls)
     }
 
     /// Runs and run time of every attached program (and of the exact-counting
@@ -590,7 +651,7 @@ impl Observer {
     /// Every process the maps hold a key or a name of: keys only, no values
     /// (cheaper than a snapshot).
     pub fn process_keys(&self) -> Result<std::collections::BTreeSet<ProcessKey>> {
-        let calls: PerCpuHashMap<&MapData, CallKey, u64> = self.map(TIME_CALLS_MAP)?;
+        let calls: BpfHashMap<&MapData, CallKey, u32> = self.map(TIME_CALLS_MAP)?;
         let vdso: PerCpuHashMap<&MapData, VdsoKey, u64> = self.map(VDSO_CALLS_MAP)?;
         let names: BpfHashMap<&MapData, ProcessKey, ProcessInfo> = self.map(PROCESSES_MAP)?;
         let mut processes: std::collections::BTreeSet<ProcessKey> = calls
@@ -638,17 +699,10 @@ impl Observer {
         keys: &[CallKey],
         vdso_keys: &[VdsoKey],
     ) -> Result<()> {
-        let mut deleted = KeysCreated::default();
-        {
-            let mut calls: PerCpuHashMap<&mut MapData, CallKey, u64> =
-                self.map_mut(TIME_CALLS_MAP)?;
-            for key in keys {
-                // Already gone is fine: the goal is that it is not there.
-                if calls.remove(key).is_ok() {
-                    deleted.time_calls += 1;
-                }
-            }
-        }
+        let mut deleted = KeysCreated {
+            time_calls: self.free_time_call_slots(keys)?,
+            ..KeysCreated::default()
+        };
         {
             let mut vdso: PerCpuHashMap<&mut MapData, VdsoKey, u64> =
                 self.map_mut(VDSO_CALLS_MAP)?;
@@ -671,6 +725,49 @@ impl Observer {
         self.deleted.vdso_calls += deleted.vdso_calls;
         self.deleted.processes += deleted.processes;
         Ok(())
+    }
+
+    /// Deletes time-call keys and gives their slots back, zeroed: after the
+    /// generation moved on, so no CPU's recent key still points at one. The
+    /// keys belong to processes that are gone: no call races the recycling.
+    fn free_time_call_slots(&mut self, keys: &[CallKey]) -> Result<u64> {
+        let mut freed = Vec::new();
+        {
+            let mut slots: BpfHashMap<&mut MapData, CallKey, u32> = self.map_mut(TIME_CALLS_MAP)?;
+            for key in keys {
+                // Already gone is fine: the goal is that it is not there.
+                if let Ok(slot) = slots.get(key, 0)
+                    && slots.remove(key).is_ok()
+                {
+                    freed.push(slot);
+                }
+            }
+        }
+        if freed.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut generation: BpfArray<&mut MapData, u32> = self.map_mut(SLOT_GENERATION_MAP)?;
+            let next = generation.get(&0, 0).unwrap_or(0).wrapping_add(1);
+            generation
+                .set(0, next, 0)
+                .with_context(|| format!("advancing {SLOT_GENERATION_MAP}"))?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
+        {
+            let mut counts: PerCpuArray<&mut MapData, u64> = self.map_mut(TIME_CALL_COUNTS_MAP)?;
+            for &slot in &freed {
+                counts
+                    .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
+                    .with_context(|| format!("zeroing {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
+            }
+        }
+        let mut free: Queue<&mut MapData, u32> = self.map_mut(FREE_TIME_CALL_SLOTS_MAP)?;
+        for &slot in &freed {
+            free.push(slot, 0)
+                .with_context(|| format!("returning slot {slot} to {FREE_TIME_CALL_SLOTS_MAP}"))?;
+        }
+        Ok(freed.len() as u64)
     }
 
     /// How full the fullest of the three maps is (0.0 to 1.0), from one read
@@ -829,9 +926,28 @@ fn load_object(options: &LoadOptions, tables: &VdsoTables) -> Result<Ebpf> {
         .override_global(VDSO32_FUNCTIONS_GLOBAL, &tables.i386, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
+        .map_max_entries(TIME_CALL_COUNTS_MAP, options.time_call_entries)
+        .map_max_entries(FREE_TIME_CALL_SLOTS_MAP, options.time_call_entries)
         .map_max_entries(PROCESSES_MAP, options.process_entries)
         .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
         .load(EBPF_OBJECT)
         .map_err(|err| explain_load_error(anyhow!(err)))
         .context("loading the eBPF object (maps and programs)")
+        .and_then(|mut ebpf| {
+            fill_free_slots(&mut ebpf, options.time_call_entries)?;
+            Ok(ebpf)
+        })
+}
+
+/// Hands the programs every time-call counter slot, before anything runs.
+fn fill_free_slots(ebpf: &mut Ebpf, slots: u32) -> Result<()> {
+    let map = ebpf
+        .map_mut(FREE_TIME_CALL_SLOTS_MAP)
+        .with_context(|| format!("map {FREE_TIME_CALL_SLOTS_MAP} is not in the object"))?;
+    let mut free: Queue<&mut MapData, u32> = Queue::try_from(map)?;
+    for slot in 0..slots {
+        free.push(slot, 0)
+            .with_context(|| format!("filling {FREE_TIME_CALL_SLOTS_MAP} (slot {slot})"))?;
+    }
+    Ok(())
 }

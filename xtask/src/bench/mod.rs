@@ -25,6 +25,9 @@ use crate::{
 mod churn;
 mod coverage;
 mod fleet;
+mod interval;
+
+use interval::{Estimate, Verdict, interval, mean};
 
 /// The parts of the bench, run in this order (all by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +53,29 @@ pub enum Part {
 }
 
 const ROUNDS: usize = 5;
+/// Rounds a syscall loop may grow to while a goal's interval straddles it.
+const MAX_ROUNDS: usize = 12;
+
+/// What the issues ask of the tax: the daemon's tax over the empty program's
+/// (the floor every sys_enter observer pays), per loop.
+struct Goal {
+    part: &'static str,
+    config: Config,
+    limit: f64,
+}
+
+const GOALS: &[Goal] = &[
+    Goal {
+        part: "syscall_getppid",
+        config: Config::Observer,
+        limit: 1.15,
+    },
+    Goal {
+        part: "syscall_direct",
+        config: Config::Observer,
+        limit: 1.5,
+    },
+];
 const SYSCALLS: u64 = 3_000_000;
 /// Time-syscall numbers (x86_64) the bpftrace equivalent filters on.
 const TIME_SYSCALLS: &str = "args->id == 228 || args->id == 96 || args->id == 201 || args->id == 229 || args->id == 309 || args->id == 318";
@@ -300,10 +326,13 @@ impl Bench {
             .map_err(|_| anyhow!("the loop printed no ns/call"))
     }
 
+    /// Rounds of every configuration in turn: at least ROUNDS, more (up to
+    /// MAX_ROUNDS) while a goal of this loop is undecided.
     fn syscall_tax(&self, kind: &str, configs: &[Config]) -> Result<Value> {
         let mut samples: Vec<(Config, Vec<f64>, Option<String>)> =
             configs.iter().map(|c| (*c, vec![], None)).collect();
-        for round in 0..ROUNDS {
+        let part = format!("syscall_{kind}");
+        for round in 0..MAX_ROUNDS {
             for (config, values, error) in &mut samples {
                 if error.is_some() {
                     continue;
@@ -316,7 +345,17 @@ impl Bench {
                     Err(err) => *error = Some(format!("{err:#}")),
                 }
             }
-            eprintln!("bench: {kind} round {} of {ROUNDS} done", round + 1);
+            eprintln!("bench: {kind} round {} done", round + 1);
+            if round + 1 >= ROUNDS {
+                let figures = figures(&samples, "ns_per_call");
+                let undecided = GOALS
+                    .iter()
+                    .filter(|goal| goal.part == part)
+                    .any(|goal| goal_verdict(&figures, goal) == Some(Verdict::Undecided));
+                if !undecided {
+                    break;
+                }
+            }
         }
         Ok(figures(&samples, "ns_per_call"))
     }
@@ -361,9 +400,12 @@ impl Bench {
                 let mut fields = text.split_whitespace();
                 let calls: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
                 let seconds: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
-                if calls > 0.0 {
-                    values.push(seconds * 1e9 / calls);
-                }
+                // NaN keeps the rounds aligned across configurations.
+                values.push(if calls > 0.0 {
+                    seconds * 1e9 / calls
+                } else {
+                    f64::NAN
+                });
             }
             eprintln!("bench: vDSO loop round {} of {ROUNDS} done", round + 1);
         }
@@ -539,13 +581,15 @@ impl Bench {
     }
 }
 
-/// Median, min and max per configuration, with ratios to bare and taxes.
+/// Per configuration: median, min and max, and ratios of paired rounds with
+/// their 95% intervals (to bare; its tax to the floor's and to bpftrace's);
+/// with the run-statistics row, what statistics add per program run.
 fn figures(samples: &[(Config, Vec<f64>, Option<String>)], unit: &str) -> Value {
     let stats = |values: &[f64]| -> Option<(f64, f64, f64)> {
-        if values.is_empty() {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
             return None;
         }
-        let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
         Some((
             sorted[sorted.len() / 2],
@@ -553,37 +597,42 @@ fn figures(samples: &[(Config, Vec<f64>, Option<String>)], unit: &str) -> Value 
             sorted[sorted.len() - 1],
         ))
     };
-    let bare = samples
-        .iter()
-        .find(|(c, _, _)| *c == Config::Bare)
-        .and_then(|(_, v, _)| stats(v))
-        .map(|s| s.0);
-    let floor_tax = samples
-        .iter()
-        .find(|(c, _, _)| *c == Config::Floor)
-        .and_then(|(_, v, _)| stats(v))
-        .and_then(|s| Some(s.0 - bare?));
-    let bpftrace_tax = samples
-        .iter()
-        .find(|(c, _, _)| *c == Config::Bpftrace)
-        .and_then(|(_, v, _)| stats(v))
-        .and_then(|s| Some(s.0 - bare?));
+    let series = |which: Config| -> &[f64] {
+        samples
+            .iter()
+            .find(|(c, _, _)| *c == which)
+            .map_or(&[][..], |(_, v, _)| v)
+    };
+    let bare = series(Config::Bare);
+    let rounds = bare.len();
+    let tax = |values: &[f64], picks: &[usize]| Some(mean(values, picks)? - mean(bare, picks)?);
+    let over = |values: &[f64], of: Config| {
+        interval(rounds, |p| Some(tax(values, p)? / tax(series(of), p)?))
+    };
+    let json = |e: Option<Estimate>| e.map_or(Value::Null, Estimate::to_json);
     let rows: Vec<Value> = samples
         .iter()
         .map(|(config, values, error)| match stats(values) {
             Some((median, min, max)) => {
-                let tax = bare.map(|b| median - b);
-                json!({
+                let mut row = json!({
                     "config": config.name(),
                     unit: median,
                     "min": min,
                     "max": max,
-                    "runs": values.len(),
-                    "ratio_to_bare": bare.map(|b| median / b),
-                    "tax_ns": tax,
-                    "tax_vs_floor": tax.zip(floor_tax).map(|(t, f)| t / f),
-                    "tax_vs_bpftrace": tax.zip(bpftrace_tax).map(|(t, b)| t / b),
-                })
+                    "runs": values.iter().filter(|v| v.is_finite()).count(),
+                    "ratio_to_bare": json(interval(rounds, |p| Some(mean(values, p)? / mean(bare, p)?))),
+                    "tax_ns": json(interval(rounds, |p| tax(values, p))),
+                    "tax_vs_floor": json(over(values, Config::Floor)),
+                    "tax_vs_bpftrace": json(over(values, Config::Bpftrace)),
+                });
+                if *config == Config::ObserverBpfStats {
+                    // One program run per syscall: the difference is per run.
+                    let plain = series(Config::Observer);
+                    row["stats_ns_per_run"] = json(interval(rounds, |p| {
+                        Some(mean(values, p)? - mean(plain, p)?)
+                    }));
+                }
+                row
             }
             None => json!({
                 "config": config.name(),
@@ -594,11 +643,20 @@ fn figures(samples: &[(Config, Vec<f64>, Option<String>)], unit: &str) -> Value 
     Value::Array(rows)
 }
 
+/// A goal's verdict from its loop's figures; None when not measured.
+fn goal_verdict(figures: &Value, goal: &Goal) -> Option<Verdict> {
+    let row = figures
+        .as_array()?
+        .iter()
+        .find(|row| row["config"] == goal.config.name())?;
+    Some(Estimate::from_json(&row["tax_vs_floor"])?.verdict(goal.limit))
+}
+
 fn render(results: &Value) -> String {
     let mut out = String::new();
     let machine = &results["machine"];
     out.push_str(&format!(
-        "\nvdso-observer bench — {} CPUs ({}), kernel {}, clocksource {}, {ROUNDS} rounds\n",
+        "\nvdso-observer bench — {} CPUs ({}), kernel {}, clocksource {}, at least {ROUNDS} rounds\n",
         machine["cpus"], machine["cpu_model"], machine["kernel"], machine["clocksource"]
     ));
     for (key, title) in [
@@ -609,36 +667,63 @@ fn render(results: &Value) -> String {
         ("syscall_direct", "direct syscall(SYS_clock_gettime) loop"),
         ("vdso_loop", "vDSO clock_gettime(CLOCK_MONOTONIC) loop, 3 s"),
     ] {
-        if results[key].is_null() {
+        let Some(rows) = results[key].as_array() else {
             continue;
-        }
-        out.push_str(&format!("\n{title}\n"));
+        };
+        let rounds = rows.iter().filter_map(|r| r["runs"].as_u64()).max();
         out.push_str(&format!(
-            "  {:<40} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
-            "config", "median", "min", "max", "x bare", "tax ns", "vs floor", "vs bpftr"
+            "\n{title}; ratios of means of paired rounds ({} rounds), [95% interval]\n",
+            rounds.unwrap_or(0)
         ));
-        for row in results[key].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<38} {:>7} {:>7} {:>7} {:>19} {:>7} {:>19} {:>19}\n",
+            "config", "median", "min", "max", "x bare", "tax ns", "vs floor", "vs bpftrace"
+        ));
+        let num = |v: &Value, digits: usize| {
+            v.as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        let ratio = |v: &Value, digits: usize| {
+            Estimate::from_json(v).map_or("-".to_owned(), |e| {
+                format!(
+                    "{:.digits$} [{:.digits$}-{:.digits$}]",
+                    e.value, e.low, e.high
+                )
+            })
+        };
+        for row in rows {
             if let Some(error) = row["error"].as_str() {
                 out.push_str(&format!(
-                    "  {:<40} not measured: {error}\n",
+                    "  {:<38} not measured: {error}\n",
                     row["config"].as_str().unwrap_or("")
                 ));
                 continue;
             }
-            let num = |v: &Value, digits: usize| {
-                v.as_f64()
-                    .map_or("-".to_owned(), |v| format!("{v:.digits$}"))
-            };
             out.push_str(&format!(
-                "  {:<40} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
+                "  {:<38} {:>7} {:>7} {:>7} {:>19} {:>7} {:>19} {:>19}\n",
                 row["config"].as_str().unwrap_or(""),
                 num(&row["ns_per_call"], 1),
                 num(&row["min"], 1),
                 num(&row["max"], 1),
-                num(&row["ratio_to_bare"], 3),
-                num(&row["tax_ns"], 1),
-                num(&row["tax_vs_floor"], 2),
-                num(&row["tax_vs_bpftrace"], 2),
+                ratio(&row["ratio_to_bare"], 3),
+                num(&row["tax_ns"]["value"], 1),
+                ratio(&row["tax_vs_floor"], 2),
+                ratio(&row["tax_vs_bpftrace"], 2),
+            ));
+            if let Some(stats) = Estimate::from_json(&row["stats_ns_per_run"]) {
+                out.push_str(&format!(
+                    "    run statistics on: {:+.1} ns per program run [{:+.1} to {:+.1}]\n",
+                    stats.value, stats.low, stats.high
+                ));
+            }
+        }
+        for goal in GOALS.iter().filter(|g| g.part == key) {
+            let verdict = goal_verdict(&results[key], goal);
+            out.push_str(&format!(
+                "  goal: {} tax <= {}x the floor's: {}\n",
+                goal.config.name(),
+                goal.limit,
+                verdict.map_or("not measured", Verdict::name)
             ));
         }
     }
