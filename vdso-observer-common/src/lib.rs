@@ -58,6 +58,7 @@ pub struct SyscallEntry {
 /// The time syscalls' kernel functions, one row each: (function, call, ABI,
 /// fentry program, kprobe program). Calls `$then!` with the rows, so the table
 /// here and the eBPF programs are made from this one list.
+#[cfg(not(any(target_arch = "aarch64", bpf_target_arch = "aarch64")))]
 #[macro_export]
 macro_rules! for_each_syscall_entry {
     ($then:ident) => {
@@ -76,6 +77,21 @@ macro_rules! for_each_syscall_entry {
             "__ia32_sys_clock_getres", ClockGetres, I386, fentry_ia32_clock_getres64, kprobe_ia32_clock_getres64;
             "__ia32_sys_getcpu", Getcpu, I386, fentry_ia32_getcpu, kprobe_ia32_getcpu;
             "__ia32_sys_getrandom", Getrandom, I386, fentry_ia32_getrandom, kprobe_ia32_getrandom;
+        }
+    };
+}
+
+/// arm64's: `__arm64_sys_*` (no `time` syscall; compat tasks are not counted).
+#[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
+#[macro_export]
+macro_rules! for_each_syscall_entry {
+    ($then:ident) => {
+        $then! {
+            "__arm64_sys_clock_gettime", ClockGettime, Arm64, fentry_arm64_clock_gettime, kprobe_arm64_clock_gettime;
+            "__arm64_sys_gettimeofday", Gettimeofday, Arm64, fentry_arm64_gettimeofday, kprobe_arm64_gettimeofday;
+            "__arm64_sys_clock_getres", ClockGetres, Arm64, fentry_arm64_clock_getres, kprobe_arm64_clock_getres;
+            "__arm64_sys_getcpu", Getcpu, Arm64, fentry_arm64_getcpu, kprobe_arm64_getcpu;
+            "__arm64_sys_getrandom", Getrandom, Arm64, fentry_arm64_getrandom, kprobe_arm64_getrandom;
         }
     };
 }
@@ -214,6 +230,9 @@ pub const fn clock_key(id: i32) -> i32 {
 /// calls × clocks × origins), so no process can crowd others out of the map.
 pub const DEFAULT_PROCESS_KEY_CAP: u32 = 64;
 
+/// arm64's `TIF_32BIT` in `thread_info.flags` (bit 22): a compat task.
+pub const TIF_32BIT: u64 = 1 << 22;
+
 /// `TS_COMPAT` in x86 `thread_info.status`: set while a task runs a 32-bit syscall
 /// (whether the task is a 32-bit one or a 64-bit one using `int $0x80`). It is a
 /// `#define`, so BTF does not carry it; it has kept this value since 2.6.
@@ -239,25 +258,28 @@ pub struct KernelOffsets {
     pub task_self_exec_id: u32,
     /// `task_struct.comm`
     pub task_comm: u32,
-    /// `task_struct.thread_info.status`
+    /// x86: `task_struct.thread_info.status` (`TS_COMPAT`); arm64:
+    /// `task_struct.thread_info.flags` (`TIF_32BIT`): whether the syscall
+    /// being made is a 32-bit one.
     pub task_thread_status: u32,
     /// `mm_struct.context.vdso`
     pub mm_vdso: u32,
-    /// `mm_struct.context.vdso_image`
+    /// x86: `mm_struct.context.vdso_image` (arm64 has none: every 64-bit
+    /// task maps the one image, whose length user space hands over)
     pub mm_vdso_image: u32,
-    /// `vdso_image.size`
+    /// x86: `vdso_image.size`
     pub vdso_image_size: u32,
-    /// `pt_regs.ip`
+    /// `pt_regs.ip` (arm64: `pt_regs.pc`)
     pub regs_ip: u32,
     /// `pt_regs.sp`
     pub regs_sp: u32,
-    /// `pt_regs.di` (first argument of a 64-bit syscall)
+    /// `pt_regs.di`, first argument of a 64-bit syscall (arm64: `pt_regs.regs[0]`)
     pub regs_di: u32,
     /// `cgroup.kn`
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (a cgroup's id: its directory's inode)
     pub kernfs_node_id: u32,
-    /// `pt_regs.bx` (first argument of a 32-bit syscall)
+    /// x86: `pt_regs.bx` (first argument of a 32-bit syscall)
     pub regs_bx: u32,
     /// `task_struct.tgid` (read directly: a helper call costs more)
     pub task_tgid: u32,
@@ -293,6 +315,11 @@ pub struct ProgramConfig {
     pub observer_tgid: u32,
     /// See [`DEFAULT_PROCESS_KEY_CAP`].
     pub process_key_cap: u32,
+    /// Length of the 64-bit vDSO text, for kernels whose mm does not say
+    /// (arm64); 0 where the programs read it per task (x86).
+    pub vdso_len: u32,
+    /// Always 0.
+    pub _pad: u32,
 }
 
 impl ProgramConfig {
@@ -301,6 +328,8 @@ impl ProgramConfig {
         offsets: KernelOffsets::ZERO,
         observer_tgid: 0,
         process_key_cap: DEFAULT_PROCESS_KEY_CAP,
+        vdso_len: 0,
+        _pad: 0,
     };
 }
 
@@ -696,13 +725,22 @@ impl Origin {
 pub enum SyscallAbi {
     X86_64 = 0,
     I386 = 1,
+    /// aarch64's own (the generic syscall table).
+    Arm64 = 2,
 }
 
 impl SyscallAbi {
+    /// The ABI of this build's own processes (64-bit user space).
+    #[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
+    pub const NATIVE: SyscallAbi = SyscallAbi::Arm64;
+    #[cfg(not(any(target_arch = "aarch64", bpf_target_arch = "aarch64")))]
+    pub const NATIVE: SyscallAbi = SyscallAbi::X86_64;
+
     pub const fn from_u8(value: u8) -> Option<SyscallAbi> {
         match value {
             0 => Some(SyscallAbi::X86_64),
             1 => Some(SyscallAbi::I386),
+            2 => Some(SyscallAbi::Arm64),
             _ => None,
         }
     }
@@ -711,6 +749,7 @@ impl SyscallAbi {
         match self {
             SyscallAbi::X86_64 => "x86_64",
             SyscallAbi::I386 => "i386",
+            SyscallAbi::Arm64 => "arm64",
         }
     }
 
@@ -720,7 +759,32 @@ impl SyscallAbi {
         match self {
             SyscallAbi::X86_64 => time_call_x86_64(nr),
             SyscallAbi::I386 => time_call_i386(nr),
+            SyscallAbi::Arm64 => time_call_arm64(nr),
         }
+    }
+
+    /// Whether the vDSO of this ABI has a function for `call`: arm64's has no
+    /// `time` (no such syscall either) and no `getcpu`, so a getcpu there
+    /// always enters the kernel, and that is no fault.
+    pub const fn vdso_has(self, call: TimeCall) -> bool {
+        !matches!(
+            (self, call),
+            (SyscallAbi::Arm64, TimeCall::Getcpu | TimeCall::Time)
+        )
+    }
+}
+
+/// arm64 syscall numbers of the time calls (the generic table; there is no
+/// `time` syscall).
+#[inline(always)]
+pub const fn time_call_arm64(nr: i64) -> Option<TimeCall> {
+    match nr {
+        113 => Some(TimeCall::ClockGettime),
+        169 => Some(TimeCall::Gettimeofday),
+        114 => Some(TimeCall::ClockGetres),
+        168 => Some(TimeCall::Getcpu),
+        278 => Some(TimeCall::Getrandom),
+        _ => None,
     }
 }
 
@@ -754,9 +818,17 @@ pub const fn time_call_i386(nr: i64) -> Option<TimeCall> {
 
 /// Whether a syscall number is a time call in either table: the one test every
 /// syscall of the machine pays before the program returns.
+#[cfg(not(any(target_arch = "aarch64", bpf_target_arch = "aarch64")))]
 #[inline(always)]
 pub const fn may_be_time_call(nr: i64) -> bool {
     time_call_x86_64(nr).is_some() || time_call_i386(nr).is_some()
+}
+
+/// The same on arm64 (64-bit tasks only: compat tasks are not counted).
+#[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
+#[inline(always)]
+pub const fn may_be_time_call(nr: i64) -> bool {
+    time_call_arm64(nr).is_some()
 }
 
 /// The call behind `nr` of tracepoint `vsyscall:emulate_vsyscall`.

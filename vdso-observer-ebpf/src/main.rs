@@ -28,15 +28,16 @@ use vdso_observer_common::{
     DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES,
     EXACT_COVERAGE_ENTRIES, ExactCoverage, KERNEL_VSYSCALL_RETURN_OFFSET, LEGACY_VSYSCALL_PAGE,
     NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey, ProgramConfig, Provenance,
-    RecentTimeCall, SyscallAbi, TS_COMPAT, TimeCall, UprobeCookie, VDSO_OTHER_CODE,
-    VDSO_SYSCALL_ENTRY, VdsoFunctionTable, VdsoKey, clock_key, inside_vdso, may_be_time_call,
-    origin_of, time_call_vsyscall,
+    RecentTimeCall, SyscallAbi, TimeCall, UprobeCookie, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY,
+    VdsoFunctionTable, VdsoKey, clock_key, inside_vdso, may_be_time_call, origin_of,
+    time_call_vsyscall,
 };
 
+mod user_regs;
+
+use user_regs::UserRegs;
+
 const EEXIST: i32 = 17;
-/// x86 user code segment selector of 32-bit code (GDT_ENTRY_DEFAULT_USER32_CS * 8 + 3):
-/// part of the ABI, as visible to ptrace.
-const USER32_CS: u64 = 0x23;
 
 #[unsafe(no_mangle)]
 static PROGRAM_CONFIG: Global<ProgramConfig> = Global::new(ProgramConfig::ZERO);
@@ -224,16 +225,35 @@ fn count_syscall(regs: Regs, nr: i64) -> Result<(), i32> {
         return Ok(());
     };
 
-    let status: u32 = read_task(task, config!(offsets.task_thread_status));
-    let abi = if status & TS_COMPAT != 0 {
-        SyscallAbi::I386
-    } else {
-        SyscallAbi::X86_64
+    let Some(abi) = syscall_abi(task) else {
+        return Ok(());
     };
     let Some(call) = abi.time_call(nr) else {
         return Ok(());
     };
     count_entry(task, regs, call, abi)
+}
+
+/// The table of the syscall the task is making: a 64-bit x86 task may
+/// `int $0x80`, and the kernel marks that syscall `TS_COMPAT`.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+fn syscall_abi(task: *const u8) -> Option<SyscallAbi> {
+    let status: u32 = read_task(task, config!(offsets.task_thread_status));
+    Some(if status & vdso_observer_common::TS_COMPAT != 0 {
+        SyscallAbi::I386
+    } else {
+        SyscallAbi::X86_64
+    })
+}
+
+/// arm64: None for a compat (AArch32) task, which is not observed (its
+/// syscall table, registers and vDSO differ).
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn syscall_abi(task: *const u8) -> Option<SyscallAbi> {
+    let flags: u64 = read_task(task, config!(offsets.task_thread_status));
+    (flags & vdso_observer_common::TIF_32BIT == 0).then_some(SyscallAbi::Arm64)
 }
 
 /// A time call at the kernel function of its syscall (fentry, kprobe): the
@@ -243,6 +263,10 @@ fn count_at_entry(regs: Regs, call: TimeCall, abi: SyscallAbi) -> i32 {
     let Some(task) = current_task() else {
         return 0;
     };
+    // arm64 compat tasks reach some of the same functions: left out.
+    if syscall_abi(task).is_none() {
+        return 0;
+    }
     if count_entry(task, regs, call, abi).is_err() {
         bump(ObserverStat::ReadFailed);
     }
@@ -455,12 +479,9 @@ fn count_vdso_key(key: &mut VdsoKey, leader: *const u8) {
 /// samples into calls with the per-call cost it measured at start.
 #[perf_event]
 pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
-    // SAFETY: the context of a perf_event program is bpf_perf_event_data.
-    let regs = unsafe { &(*ctx.ctx).regs };
-    if regs.cs & 3 != 3 {
+    let Some(regs) = UserRegs::of_perf_event(&ctx) else {
         return 0; // interrupted in the kernel
-    }
-    let abi = abi_of_code(regs.cs);
+    };
     let Some(task) = current_task() else {
         return 0;
     };
@@ -468,9 +489,9 @@ pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
     if tgid == 0 || tgid == config!(observer_tgid) {
         return 0; // idle, or the observer's own calibration
     }
-    let result = match sampled_call(task, regs.rip, regs.rsp, regs.rbp, abi) {
+    let result = match sampled_call(task, &regs) {
         Ok(Some((call, vdso_base))) if !counted_exactly(vdso_base, tgid, call) => {
-            count_vdso(task, tgid, call, NO_CLOCK, Provenance::Sampled, abi)
+            count_vdso(task, tgid, call, NO_CLOCK, Provenance::Sampled, regs.abi)
         }
         Ok(_) => Ok(()),
         Err(err) => Err(err),
@@ -492,33 +513,24 @@ fn counted_exactly(vdso_base: u64, tgid: u32, call: u8) -> bool {
     covers(tid) || covers(tgid | COVERAGE_PROCESS)
 }
 
-/// The time call a sample at `ip` belongs to, and the task's vDSO base; None
-/// when it is not inside the task's vDSO or belongs to no time call. Code between the exported functions
-/// (a pvclock or Hyper-V reader, the ChaCha block, a PC thunk) is a leaf helper
-/// called from one of them: it is charged to the function its return address
-/// lies in, read at the top of the stack (or above the frame pointer).
+/// The time call a sample belongs to, and the task's vDSO base; None when it
+/// is not inside the task's vDSO or belongs to no time call. Code between the
+/// exported functions (a pvclock or Hyper-V reader, the ChaCha block, a PC
+/// thunk) is a leaf helper called from one of them: it is charged to the
+/// function its return address lies in.
 #[inline(always)]
-fn sampled_call(
-    task: *const u8,
-    ip: u64,
-    sp: u64,
-    bp: u64,
-    abi: SyscallAbi,
-) -> Result<Option<(u8, u64)>, i32> {
+fn sampled_call(task: *const u8, regs: &UserRegs) -> Result<Option<(u8, u64)>, i32> {
     let Some((start, len)) = vdso_text(task)? else {
         return Ok(None);
     };
+    let ip = regs.ip;
     if start == 0 || ip < start || ip >= start + len {
         return Ok(None);
     }
-    let table = function_table(abi);
+    let table = function_table(regs.abi);
     let mut call = table.call_at(ip - start);
     if call == VDSO_OTHER_CODE {
-        let word = if abi == SyscallAbi::I386 { 4 } else { 8 };
-        for slot in [sp, bp.wrapping_add(word)] {
-            let Ok(ret) = read_user_word(slot, abi) else {
-                continue;
-            };
+        for ret in regs.return_addresses().into_iter().flatten() {
             // A return address points after the call: its byte before is the caller's.
             if inside_vdso(ret, start, len) {
                 call = table.call_at(ret - 1 - start);
@@ -542,12 +554,9 @@ fn sampled_call(
 /// exact call. The clock is still where the caller put it.
 #[perf_event]
 pub fn vdso_breakpoint(ctx: PerfEventContext) -> u32 {
-    // SAFETY: as above.
-    let regs = unsafe { &(*ctx.ctx).regs };
-    if regs.cs & 3 != 3 {
+    let Some(regs) = UserRegs::of_perf_event(&ctx) else {
         return 0;
-    }
-    let abi = abi_of_code(regs.cs);
+    };
     let Some(task) = current_task() else {
         return 0;
     };
@@ -560,15 +569,15 @@ pub fn vdso_breakpoint(ctx: PerfEventContext) -> u32 {
         let Some((start, len)) = vdso_text(task)? else {
             return Ok(());
         };
-        if start == 0 || regs.rip < start || regs.rip >= start + len {
+        if start == 0 || regs.ip < start || regs.ip >= start + len {
             return Ok(());
         }
-        let call = function_table(abi).call_at(regs.rip - start);
+        let call = function_table(regs.abi).call_at(regs.ip - start);
         if call == VDSO_OTHER_CODE || call == VDSO_SYSCALL_ENTRY {
             return Ok(());
         }
-        let clock = first_argument(regs.rdi, regs.rsp, abi)?;
-        count_vdso(task, tgid, call, clock, Provenance::Breakpoint, abi)
+        let clock = regs.first_argument()?;
+        count_vdso(task, tgid, call, clock, Provenance::Breakpoint, regs.abi)
     })();
     if result.is_err() {
         bump(ObserverStat::ReadFailed);
@@ -586,6 +595,9 @@ pub fn vdso_entry_uprobe(ctx: ProbeContext) -> u32 {
     let Some(cookie) = UprobeCookie::decode(cookie) else {
         return 0;
     };
+    let Some(regs) = UserRegs::of_uprobe(&ctx) else {
+        return 0;
+    };
     let Some(task) = current_task() else {
         return 0;
     };
@@ -593,13 +605,10 @@ pub fn vdso_entry_uprobe(ctx: ProbeContext) -> u32 {
     if tgid == config!(observer_tgid) {
         return 0;
     }
-    // SAFETY: a uprobe's context is the user registers at the probed instruction.
-    let regs = unsafe { &*ctx.regs };
-    let abi = abi_of_code(regs.cs);
     let result = (|| {
         let clock_id = match cookie.fixed_clock {
             Some(clock) => clock,
-            None if cookie.call.takes_clock() => first_argument(regs.rdi, regs.rsp, abi)?,
+            None if cookie.call.takes_clock() => regs.first_argument()?,
             None => NO_CLOCK,
         };
         count_vdso(
@@ -608,7 +617,7 @@ pub fn vdso_entry_uprobe(ctx: ProbeContext) -> u32 {
             cookie.call as u8,
             clock_id,
             Provenance::Uprobe,
-            abi,
+            regs.abi,
         )
     })();
     if result.is_err() {
@@ -617,41 +626,15 @@ pub fn vdso_entry_uprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Which image user code at this code segment runs: 32-bit code runs vdso32.
-#[inline(always)]
-fn abi_of_code(cs: u64) -> SyscallAbi {
-    if cs == USER32_CS {
-        SyscallAbi::I386
-    } else {
-        SyscallAbi::X86_64
-    }
-}
-
 #[inline(always)]
 fn function_table(abi: SyscallAbi) -> &'static VdsoFunctionTable {
     // SAFETY: Global<T> is a transparent wrapper of T; call_at reads it volatile.
     match abi {
-        SyscallAbi::X86_64 => unsafe { &*(&raw const VDSO_FUNCTIONS).cast::<VdsoFunctionTable>() },
         SyscallAbi::I386 => unsafe { &*(&raw const VDSO32_FUNCTIONS).cast::<VdsoFunctionTable>() },
+        SyscallAbi::X86_64 | SyscallAbi::Arm64 => unsafe {
+            &*(&raw const VDSO_FUNCTIONS).cast::<VdsoFunctionTable>()
+        },
     }
-}
-
-/// The first argument at a function's first instruction: `rdi` on x86_64, the
-/// stack slot above the return address on i386.
-#[inline(always)]
-fn first_argument(rdi: u64, sp: u64, abi: SyscallAbi) -> Result<i32, i32> {
-    match abi {
-        SyscallAbi::X86_64 => Ok(rdi as i32),
-        SyscallAbi::I386 => Ok(unsafe { bpf_probe_read_user((sp + 4) as *const u32) }? as i32),
-    }
-}
-
-#[inline(always)]
-fn read_user_word(address: u64, abi: SyscallAbi) -> Result<u64, i32> {
-    Ok(match abi {
-        SyscallAbi::X86_64 => unsafe { bpf_probe_read_user(address as *const u64) }?,
-        SyscallAbi::I386 => unsafe { bpf_probe_read_user(address as *const u32) }? as u64,
-    })
 }
 
 /// Counts a vDSO call or sample of `call` for the current process.
@@ -708,14 +691,25 @@ fn vdso_text(task: *const u8) -> Result<Option<(u64, u64)>, i32> {
     if start == 0 {
         return Ok(Some((0, 0)));
     }
+    Ok(Some((start, vdso_len(mm))))
+}
+
+/// x86: each mm names its image (64-bit or vdso32), which knows its size.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+fn vdso_len(mm: *const u8) -> u64 {
     let image: *const u8 = read_task(mm, config!(offsets.mm_vdso_image));
     if image.is_null() {
-        return Ok(Some((start, 0)));
+        return 0;
     }
-    Ok(Some((
-        start,
-        read_task::<u64>(image, config!(offsets.vdso_image_size)),
-    )))
+    read_task::<u64>(image, config!(offsets.vdso_image_size))
+}
+
+/// arm64: every observed (64-bit) task maps the one image user space measured.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn vdso_len(_mm: *const u8) -> u64 {
+    u64::from(config!(vdso_len))
 }
 
 /// The process's entry in PROCESSES, made at its first counter: its leader's

@@ -7,6 +7,12 @@
 //! - `vdso-observer-VERSION.oci.tar`: the OCI image (packaging/Containerfile,
 //!   `FROM scratch` and the static binary) built with podman, also left in
 //!   podman's store as `localhost/vdso-observer:VERSION` and `:latest`.
+//!
+//! `--target aarch64` makes the same for arm64 under target/dist/aarch64,
+//! cross-compiled here: rust-lld links the musl binary (no cross gcc, which
+//! would conflict with the i386 tests' gcc-multilib), rustc strips it, the man
+//! pages come from the host build, and the image is `--platform linux/arm64`
+//! (only COPY steps: nothing of arm64 runs here).
 
 use std::{
     fs,
@@ -24,10 +30,50 @@ use crate::{
 
 /// The Rust target of the static binary.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
-/// Where cargo leaves it, relative to the workspace root.
-const STATIC_BUILD: &str = "target/x86_64-unknown-linux-musl/release/vdso-observer";
+/// The Rust target of the arm64 static binary.
+pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-musl";
 /// The image's name in podman's store.
 pub const IMAGE: &str = "localhost/vdso-observer";
+
+/// The architectures `dist` builds for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => STATIC_TARGET,
+            Arch::Aarch64 => AARCH64_TARGET,
+        }
+    }
+
+    fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// Where its artifacts go, relative to the workspace root.
+    fn dist_dir(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "target/dist",
+            Arch::Aarch64 => "target/dist/aarch64",
+        }
+    }
+
+    /// The image tag's suffix (the host's architecture has none).
+    fn tag_suffix(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "",
+            Arch::Aarch64 => "-arm64",
+        }
+    }
+}
 
 /// What [`build`] made, as absolute paths.
 pub struct Artifacts {
@@ -38,17 +84,19 @@ pub struct Artifacts {
     pub image: String,
 }
 
-pub fn run() -> Result<()> {
+pub fn run(arch: Arch) -> Result<()> {
     setup::run(false)?;
     setup::debian_packages(&setup::DIST_PACKAGES)?;
-    let artifacts = build()?;
+    let artifacts = build_for(arch)?;
     let size = |path: &Path| {
         fs::metadata(path).map_or("?".to_owned(), |m| {
             format!("{:.1} MB", m.len() as f64 / 1e6)
         })
     };
     eprintln!(
-        "target/dist:\n  vdso-observer  static binary, {}\n  {}  {}\n  {}  {} (podman image {})\n  man/*.1 (man -l target/dist/man/vdso-observer.1), completions/",
+        "{}:\n  vdso-observer  static binary ({}), {}\n  {}  {}\n  {}  {} (podman image {})\n  man/*.1 (man -l target/dist/man/vdso-observer.1), completions/",
+        arch.dist_dir(),
+        arch.rust_target(),
         size(&artifacts.binary),
         file_name(&artifacts.deb),
         size(&artifacts.deb),
@@ -65,15 +113,29 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Builds every artifact; the packages it needs must be installed (setup).
+/// Builds every artifact of this machine's architecture; the packages it
+/// needs must be installed (setup).
 pub fn build() -> Result<Artifacts> {
+    build_for(Arch::X86_64)
+}
+
+pub fn build_for(arch: Arch) -> Result<Artifacts> {
     let root = std::env::current_dir()?;
-    let dist = root.join("target/dist");
-    let binary = static_binary(&dist)?;
-    let version = version_of(&binary)?;
-    generated_docs(&binary, &dist)?;
-    let deb = debian_package(&root, &dist, &version)?;
-    let (image, image_archive) = image(&root, &dist, &version)?;
+    let dist = root.join(arch.dist_dir());
+    let binary = static_binary(&root, &dist, arch)?;
+    // The binary of another architecture cannot run here: the host's release
+    // build says the version and writes the (identical) pages.
+    let runnable = match arch {
+        Arch::X86_64 => binary.clone(),
+        Arch::Aarch64 => {
+            crate::observer::build_release()?;
+            root.join(crate::observer::RELEASE_BINARY)
+        }
+    };
+    let version = version_of(&runnable)?;
+    generated_docs(&runnable, &dist)?;
+    let deb = debian_package(&root, &dist, &version, arch)?;
+    let (image, image_archive) = image(&root, &dist, &version, arch)?;
     Ok(Artifacts {
         binary,
         deb,
@@ -82,28 +144,48 @@ pub fn build() -> Result<Artifacts> {
     })
 }
 
-fn static_binary(dist: &Path) -> Result<PathBuf> {
+/// Only the static binary of `arch`, in its dist directory (what a guest of
+/// that architecture runs).
+pub fn static_binary_only(arch: Arch) -> Result<PathBuf> {
+    let root = std::env::current_dir()?;
+    static_binary(&root, &root.join(arch.dist_dir()), arch)
+}
+
+fn static_binary(root: &Path, dist: &Path, arch: Arch) -> Result<PathBuf> {
+    let target = arch.rust_target();
+    let mut cargo = exec::cargo();
+    cargo.args([
+        "build",
+        "--release",
+        "--package",
+        "vdso-observer",
+        "--target",
+        target,
+    ]);
+    if arch == Arch::Aarch64 {
+        // rust-lld and the target's own musl: no cross C toolchain; rustc
+        // strips (binutils' strip knows only x86).
+        cargo
+            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
+    }
     quiet(
-        &format!("building the static binary ({STATIC_TARGET}, release)"),
-        "dist-static",
-        exec::cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "vdso-observer",
-            "--target",
-            STATIC_TARGET,
-        ]),
+        &format!("building the static binary ({target}, release)"),
+        &format!("dist-static-{}", arch.debian()),
+        &mut cargo,
     )?;
     fs::create_dir_all(dist)?;
+    let built = root.join(format!("target/{target}/release/vdso-observer"));
     let binary = dist.join("vdso-observer");
-    fs::copy(STATIC_BUILD, &binary)
-        .with_context(|| format!("copying {STATIC_BUILD} into {}", dist.display()))?;
-    quiet(
-        "stripping target/dist/vdso-observer",
-        "dist-strip",
-        Command::new("strip").arg(&binary),
-    )?;
+    fs::copy(&built, &binary)
+        .with_context(|| format!("copying {} into {}", built.display(), dist.display()))?;
+    if arch == Arch::X86_64 {
+        quiet(
+            "stripping target/dist/vdso-observer",
+            "dist-strip",
+            Command::new("strip").arg(&binary),
+        )?;
+    }
     Ok(binary)
 }
 
@@ -118,7 +200,7 @@ fn version_of(binary: &Path) -> Result<String> {
 
 fn generated_docs(binary: &Path, dist: &Path) -> Result<()> {
     quiet(
-        "man pages into target/dist/man",
+        &format!("man pages into {}", dist.join("man").display()),
         "dist-man",
         Command::new(binary)
             .args(["generate", "man"])
@@ -126,7 +208,10 @@ fn generated_docs(binary: &Path, dist: &Path) -> Result<()> {
     )?;
     for shell in ["bash", "zsh", "fish"] {
         quiet(
-            &format!("{shell} completions into target/dist/completions"),
+            &format!(
+                "{shell} completions into {}",
+                dist.join("completions").display()
+            ),
             &format!("dist-completions-{shell}"),
             Command::new(binary)
                 .args(["generate", "completions", shell])
@@ -138,7 +223,7 @@ fn generated_docs(binary: &Path, dist: &Path) -> Result<()> {
 
 /// The tree of the .deb, then `dpkg-deb --build` (no debhelper: one static file
 /// and a few texts need no build system).
-fn debian_package(root: &Path, dist: &Path, version: &str) -> Result<PathBuf> {
+fn debian_package(root: &Path, dist: &Path, version: &str, arch: Arch) -> Result<PathBuf> {
     let tree = dist.join("deb");
     if tree.exists() {
         fs::remove_dir_all(&tree)?;
@@ -209,7 +294,7 @@ fn debian_package(root: &Path, dist: &Path, version: &str) -> Result<PathBuf> {
         format!(
             "Package: vdso-observer\n\
              Version: {version}\n\
-             Architecture: amd64\n\
+             Architecture: {architecture}\n\
              Maintainer: vdso-observer developers <vdso-observer@localhost>\n\
              Installed-Size: {installed_kb}\n\
              Section: admin\n\
@@ -220,7 +305,8 @@ fn debian_package(root: &Path, dist: &Path, version: &str) -> Result<PathBuf> {
              clock_getres and getcpu calls the vDSO answered in user space and how\n \
              many entered the kernel, and why (a clocksource the vDSO cannot read,\n \
              direct syscalls, no vDSO, the legacy vsyscall page). A static binary:\n \
-             top, doctor, and a daemon for node_exporter's textfile collector.\n"
+             top, doctor, and a daemon for node_exporter's textfile collector.\n",
+            architecture = arch.debian()
         ),
     )?;
     fs::write(control.join("conffiles"), "/etc/vdso-observer.toml\n")?;
@@ -232,9 +318,9 @@ fn debian_package(root: &Path, dist: &Path, version: &str) -> Result<PathBuf> {
         "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n    systemctl daemon-reload >/dev/null || true\nfi\n",
     )?;
     fs::set_permissions(&postinst, fs::Permissions::from_mode(0o755))?;
-    let deb = dist.join(format!("vdso-observer_{version}_amd64.deb"));
+    let deb = dist.join(format!("vdso-observer_{version}_{}.deb", arch.debian()));
     quiet(
-        &format!("Debian package target/dist/{}", file_name(&deb)),
+        &format!("Debian package {}/{}", arch.dist_dir(), file_name(&deb)),
         "dist-deb",
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zxz", "--build"])
@@ -260,7 +346,7 @@ fn dir_size(dir: &Path) -> Result<u64> {
 
 /// The image from packaging/Containerfile; only COPY steps, so it builds
 /// offline and needs no container runtime.
-fn image(root: &Path, dist: &Path, version: &str) -> Result<(String, PathBuf)> {
+fn image(root: &Path, dist: &Path, version: &str, arch: Arch) -> Result<(String, PathBuf)> {
     let context = dist.join("image");
     fs::create_dir_all(&context)?;
     fs::copy(dist.join("vdso-observer"), context.join("vdso-observer"))?;
@@ -268,29 +354,33 @@ fn image(root: &Path, dist: &Path, version: &str) -> Result<(String, PathBuf)> {
         root.join("packaging/Containerfile"),
         context.join("Containerfile"),
     )?;
-    let tag = format!("{IMAGE}:{version}");
+    let suffix = arch.tag_suffix();
+    let tag = format!("{IMAGE}:{version}{suffix}");
     quiet(
         &format!("OCI image {tag} (podman build)"),
-        "dist-image",
+        &format!("dist-image-{}", arch.debian()),
         Command::new("podman")
-            .args(["build", "--quiet", "--tag", &tag, "--tag"])
-            .arg(format!("{IMAGE}:latest"))
+            .args(["build", "--quiet", "--platform"])
+            .arg(format!("linux/{}", arch.debian()))
+            .args(["--tag", &tag, "--tag"])
+            .arg(format!("{IMAGE}:latest{suffix}"))
             .arg("--file")
             .arg(context.join("Containerfile"))
             .arg(&context),
     )?;
-    let archive = dist.join(format!("vdso-observer-{version}.oci.tar"));
+    let archive = dist.join(format!("vdso-observer-{version}{suffix}.oci.tar"));
     let _ = fs::remove_file(&archive);
     quiet(
-        &format!("OCI archive target/dist/{}", file_name(&archive)),
-        "dist-image-save",
+        &format!("OCI archive {}/{}", arch.dist_dir(), file_name(&archive)),
+        &format!("dist-image-save-{}", arch.debian()),
         Command::new("podman")
             .args(["save", "--quiet", "--format", "oci-archive", "--output"])
             .arg(&archive)
             .arg(&tag),
     )?;
     step(&format!(
-        "image {tag}: podman load -i target/dist/{}",
+        "image {tag}: podman load -i {}/{}",
+        arch.dist_dir(),
         file_name(&archive)
     ));
     Ok((tag, archive))

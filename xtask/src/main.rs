@@ -62,12 +62,21 @@ enum Task {
         filter: Option<String>,
     },
     /// Boot Debian's kernel in QEMU with hpet, a run-time switch and vdso=0, and
-    /// check what the observer reports there.
-    VmTest,
+    /// check what the observer reports there; and Debian's arm64 kernel under
+    /// qemu-system-aarch64 with the cross-compiled observer.
+    VmTest {
+        /// Only the guest of this architecture (default: both).
+        #[arg(long, value_enum)]
+        arch: Option<dist::Arch>,
+    },
     /// `cargo fmt --check` and clippy with warnings denied, eBPF crate included.
     Lint,
-    /// Build the release binary, its man pages and shell completions into target/dist.
-    Dist,
+    /// Build the static binary, its man pages and shell completions, the .deb and
+    /// the OCI image into target/dist (arm64: target/dist/aarch64, cross-compiled).
+    Dist {
+        #[arg(long, value_enum, default_value = "x86_64")]
+        target: dist::Arch,
+    },
     /// Measure the observer against bare, an empty program, bpftrace and BCC, in one
     /// run, and how exact it is (root; about 25 minutes with every part). Prints a
     /// table, writes target/bench/bench.json.
@@ -109,9 +118,13 @@ fn run(cli: Cli) -> Result<()> {
                 filter,
             },
         ),
-        Task::VmTest => {
+        Task::VmTest { arch } => {
             setup::run(true)?;
-            let results = vm::run(&root, &vm::SCENARIO_NAMES)?;
+            let scenarios = match arch {
+                Some(arch) => vm::scenarios_of(arch),
+                None => vm::SCENARIO_NAMES.to_vec(),
+            };
+            let results = vm::run(&root, &scenarios)?;
             let failed = results.iter().filter(|(_, passed)| !passed).count();
             println!(
                 "vm-test: {} passed, {failed} failed",
@@ -130,7 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run(true)?;
             bench::run(&root, &parts)
         }
-        Task::Dist => dist::run(),
+        Task::Dist { target } => dist::run(target),
     }
 }
 

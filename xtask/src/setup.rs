@@ -48,6 +48,7 @@ pub const DIST_PACKAGES: [&str; 3] = ["dpkg", "binutils", "podman"];
 pub fn run(for_tests: bool) -> Result<()> {
     nightly_rust_src()?;
     rust_target(crate::dist::STATIC_TARGET)?;
+    rust_target(crate::dist::AARCH64_TARGET)?;
     let mut packages = BUILD_PACKAGES.to_vec();
     if for_tests {
         packages.extend_from_slice(TEST_PACKAGES);

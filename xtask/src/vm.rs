@@ -24,9 +24,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
 use crate::{
+    bench::interval::{interval, mean},
     exec::{self, quiet, step},
     observer, setup,
 };
+
+mod arm64;
 
 const INIT: &str = include_str!("../vm/init.sh");
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -50,8 +53,17 @@ struct Scenario {
 /// the kernel has them (the Debian guest has both; the development hosts neither).
 const ATTACH_MODES: [&str; 3] = ["raw-tracepoint", "fentry", "kprobe"];
 
-/// The scenarios' names, in the order they run.
-pub const SCENARIO_NAMES: [&str; 4] = ["default", "hpet", "switch", "vdso0"];
+/// The scenarios' names, in the order they run: the x86_64 guest's, then
+/// the arm64 guest's.
+pub const SCENARIO_NAMES: [&str; 5] = ["default", "hpet", "switch", "vdso0", arm64::SCENARIO];
+
+/// The scenarios of one guest architecture (`vm-test --arch`).
+pub fn scenarios_of(arch: crate::dist::Arch) -> Vec<&'static str> {
+    SCENARIO_NAMES
+        .into_iter()
+        .filter(|name| (*name == arm64::SCENARIO) == (arch == crate::dist::Arch::Aarch64))
+        .collect()
+}
 
 const SCENARIOS: [Scenario; 4] = [
     Scenario {
@@ -469,6 +481,17 @@ fn check_vdso0(guest: &Guest) -> Result<Vec<String>> {
 /// Runs every scenario; returns (passed, failed).
 /// Boots one guest per selected scenario; each scenario's name and whether it passed.
 pub fn run(root: &Path, selected: &[&str]) -> Result<Vec<(String, bool)>> {
+    let mut results = Vec::new();
+    if SCENARIOS.iter().any(|s| selected.contains(&s.name)) {
+        results.extend(run_x86_64(root, selected)?);
+    }
+    if selected.contains(&arm64::SCENARIO) {
+        results.extend(arm64::run(root)?);
+    }
+    Ok(results)
+}
+
+fn run_x86_64(root: &Path, selected: &[&str]) -> Result<Vec<(String, bool)>> {
     setup::debian_packages(&["qemu-system-x86", "busybox-static", "cpio"])?;
     let dir = root.join("target/vm");
     fs::create_dir_all(&dir)?;
@@ -560,6 +583,19 @@ pub fn bench(root: &Path) -> Result<Value> {
         let fentry = median("fentry", loop_name)?;
         let raw_tax = raw - bare;
         let fentry_tax = fentry - bare;
+        // Rounds alternate the three: pair them by round.
+        let series = |mode: &str| {
+            samples
+                .get(&(mode.to_owned(), loop_name.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (bare_rounds, raw_rounds, fentry_rounds) =
+            (series("bare"), series("raw-tracepoint"), series("fentry"));
+        let over_raw = interval(bare_rounds.len(), |p| {
+            let bare = mean(&bare_rounds, p)?;
+            Some((mean(&fentry_rounds, p)? - bare) / (mean(&raw_rounds, p)? - bare))
+        });
         result.insert(
             loop_name.to_owned(),
             serde_json::json!({
@@ -568,7 +604,7 @@ pub fn bench(root: &Path) -> Result<Value> {
                 "fentry_ns": fentry,
                 "raw_tracepoint_tax_ns": raw_tax,
                 "fentry_tax_ns": fentry_tax,
-                "fentry_tax_over_raw_tax": if raw_tax > 0.0 { fentry_tax / raw_tax } else { f64::NAN },
+                "fentry_tax_over_raw_tax": over_raw.map(|e| e.to_json()),
                 "rounds": samples.get(&("bare".to_owned(), loop_name.to_owned())).map_or(0, Vec::len),
                 "samples": {
                     "bare": samples.get(&("bare".to_owned(), loop_name.to_owned())),
@@ -665,16 +701,23 @@ fn build_initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(target.parent().unwrap())?;
         fs::copy(library, &target).with_context(|| format!("copying {library}"))?;
     }
-    let init = tree.join("init");
-    fs::write(&init, INIT)?;
-    fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    for binary in ["vdso-observer", "workload", "workload32", "bin/busybox"] {
+    pack_initramfs(
+        &tree,
+        dir,
+        &["vdso-observer", "workload", "workload32", "bin/busybox"],
+    )
+}
+
+/// Writes /init, makes it and `executables` executable, and packs the tree
+/// into `dir/initramfs.cpio` (uncompressed: TCG boots it faster than gzip).
+fn pack_initramfs(tree: &Path, dir: &Path, executables: &[&str]) -> Result<PathBuf> {
+    fs::write(tree.join("init"), INIT)?;
+    for file in executables.iter().chain(&["init"]) {
         fs::set_permissions(
-            tree.join(binary),
+            tree.join(file),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
     }
-    // Uncompressed: TCG boots it faster than a gzip one.
     let cpio = dir.join("initramfs.cpio");
     exec::output(
         Command::new("sh")
@@ -683,12 +726,38 @@ fn build_initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
                 "find . | cpio -o -H newc --quiet > {}",
                 cpio.display()
             ))
-            .current_dir(&tree),
+            .current_dir(tree),
     )?;
     Ok(cpio)
 }
 
+/// The emulated machine of a guest architecture.
+struct Machine {
+    qemu: &'static str,
+    /// Machine and CPU options.
+    args: &'static [&'static str],
+    /// The serial console's device name on the kernel command line.
+    console: &'static str,
+}
+
+const X86_64: Machine = Machine {
+    qemu: "qemu-system-x86_64",
+    args: &[],
+    console: "ttyS0",
+};
+
 fn boot(
+    kernel: &Path,
+    initramfs: &Path,
+    dir: &Path,
+    scenario: &Scenario,
+    mode: &str,
+) -> Result<Guest> {
+    boot_machine(&X86_64, kernel, initramfs, dir, scenario, mode)
+}
+
+fn boot_machine(
+    machine: &Machine,
     kernel: &Path,
     initramfs: &Path,
     dir: &Path,
@@ -698,7 +767,8 @@ fn boot(
     let log_path = dir.join(format!("{}-{mode}.log", scenario.name));
     let log = fs::File::create(&log_path)?;
     let accel = std::env::var("VM_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = Command::new(machine.qemu)
+        .args(machine.args)
         .args(["-accel", &accel, "-m", "1024", "-smp", "1"])
         .args([
             "-display",
@@ -715,14 +785,14 @@ fn boot(
         .arg(initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 vt.scenario={} vt.attach={mode} {}",
-            scenario.name, scenario.cmdline
+            "console={} quiet panic=-1 vt.scenario={} vt.attach={mode} {}",
+            machine.console, scenario.name, scenario.cmdline
         ))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {}", machine.qemu))?;
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         if child.try_wait()?.is_some() {

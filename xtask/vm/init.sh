@@ -56,6 +56,31 @@ bench)
         done
     done
     ;;
+arm64)
+    # The arm64 guest: exact counts of each kind of call, getcpu (no vDSO
+    # function there), and the sampler's estimate of a hot vDSO loop.
+    /vdso-observer doctor --json --attach $attach > /tmp/doctor.json 2> /tmp/doctor.err
+    echo "VMTEST-DOCTOR-EXIT $?"
+    echo "VMTEST-DOCTOR $(cat /tmp/doctor.json)"
+    sed 's/^/VMTEST-STDERR /' /tmp/doctor.err
+    if [ "$attach" = auto ]; then
+        /vdso-observer doctor 2>/dev/null | sed 's/^/VMTEST-DOCTOR-TEXT /'
+        echo "VMTEST-FENTRY $(/vdso-observer top --once -d 1 --json --attach fentry 2>&1 >/dev/null | tr '\n' ' ')"
+    fi
+    observe top --once -d 600 --json --comm workload --attach $attach
+    for mode in "direct 1000" "cputime 700" "getcpu 300" "monotonic 20000"; do
+        set -- $mode
+        /workload $1 $2 &
+        echo "VMTEST-PID-$(echo $1 | tr a-z A-Z) $!"
+        wait $!
+    done
+    /workload hot 0 3 > /tmp/hot.txt &
+    echo "VMTEST-PID-HOT $!"
+    wait $!
+    echo "VMTEST-HOT $(cat /tmp/hot.txt)"
+    stop
+    echo "VMTEST-TOP $(cat /tmp/out.json)"
+    ;;
 switch)
     observe top -b -n 0 -d 2 --json --comm workload --attach $attach
     /workload steadyvdso 2000 16 &

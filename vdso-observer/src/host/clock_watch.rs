@@ -14,6 +14,13 @@ pub fn clock_event_kind(message: &str) -> Option<ClockEventKind> {
         || message.contains("TSC found unstable")
     {
         Some(ClockEventKind::TscUnstable)
+    } else if message.contains("arch_timer")
+        && (message.contains("workaround")
+            || message.contains("erratum")
+            || message.contains("Trapping CNTVCT"))
+    {
+        // arm64: "arch_timer: Enabling global workaround for ARM erratum 858921".
+        Some(ClockEventKind::TimerErratum)
     } else if message.contains("clocksource watchdog")
         || message.contains("timekeeping watchdog")
         || message.contains("clocksource: Long readout interval")
@@ -179,6 +186,18 @@ mod watch_tests {
         assert_eq!(
             clock_event_kind("tsc: Marking TSC unstable due to TSCs unsynchronized"),
             Some(ClockEventKind::TscUnstable)
+        );
+        assert_eq!(
+            clock_event_kind("arch_timer: Enabling global workaround for ARM erratum 858921"),
+            Some(ClockEventKind::TimerErratum)
+        );
+        assert_eq!(
+            clock_event_kind("arch_timer: CPU0: Trapping CNTVCT access"),
+            Some(ClockEventKind::TimerErratum)
+        );
+        assert_eq!(
+            clock_event_kind("arch_timer: cp15 timer(s) running at 62.50MHz (virt)."),
+            None
         );
         assert_eq!(
             clock_event_kind("clocksource: jiffies: mask: 0xffffffff"),

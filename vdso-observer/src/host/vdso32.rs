@@ -194,6 +194,9 @@ impl Drop for Vdso32Child {
 /// The vdso32 image of this boot; an error says why there is none (no IA32
 /// emulation, vdso32 disabled, memfds not executable).
 pub fn image() -> Result<VdsoImage> {
+    if !cfg!(target_arch = "x86_64") {
+        bail!("32-bit tasks are not observed on this architecture");
+    }
     Vdso32Child::start()?.image()
 }
 

@@ -31,9 +31,13 @@ pub struct VdsoImage {
     pub len: u64,
 }
 
-/// The time functions of both images; vdso32 has a 64-bit-time variant of
-/// two of them.
-const EXPORTS: [(&str, TimeCall); 8] = [
+/// The time functions of both x86 images (vdso32 has a 64-bit-time variant
+/// of two of them), and arm64's `__kernel_` names.
+const EXPORTS: [(&str, TimeCall); 12] = [
+    ("__kernel_clock_gettime", TimeCall::ClockGettime),
+    ("__kernel_gettimeofday", TimeCall::Gettimeofday),
+    ("__kernel_clock_getres", TimeCall::ClockGetres),
+    ("__kernel_getrandom", TimeCall::Getrandom),
     ("__vdso_clock_gettime", TimeCall::ClockGettime),
     ("__vdso_clock_gettime64", TimeCall::ClockGettime),
     ("__vdso_clock_getres_time64", TimeCall::ClockGetres),

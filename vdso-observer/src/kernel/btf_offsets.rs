@@ -41,23 +41,54 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         }
         Ok::<u32, anyhow::Error>(field.offset)
     };
-    Ok(KernelOffsets {
+    let common = KernelOffsets {
         task_mm: at("task_struct", &["mm"], &[8])?,
         task_group_leader: at("task_struct", &["group_leader"], &[8])?,
         task_start_boottime: at("task_struct", &["start_boottime"], &[8])?,
         task_self_exec_id: at("task_struct", &["self_exec_id"], &[4, 8])?,
         task_tgid: at("task_struct", &["tgid"], &[4])?,
         task_comm: at("task_struct", &["comm"], &[16])?,
-        task_thread_status: at("task_struct", &["thread_info", "status"], &[4])?,
         mm_vdso: at("mm_struct", &["context", "vdso"], &[8])?,
+        regs_sp: at("pt_regs", &["sp"], &[8])?,
+        cgroup_kn: at("cgroup", &["kn"], &[8])?,
+        kernfs_node_id: at("kernfs_node", &["id"], &[8])?,
+        ..KernelOffsets::ZERO
+    };
+    arch_offsets(common, at)
+}
+
+/// x86: TS_COMPAT in thread_info.status, each mm's vdso_image, and the
+/// registers by their x86 names.
+#[cfg(not(target_arch = "aarch64"))]
+fn arch_offsets(
+    common: KernelOffsets,
+    at: impl Fn(&str, &[&str], &[usize]) -> Result<u32>,
+) -> Result<KernelOffsets> {
+    Ok(KernelOffsets {
+        task_thread_status: at("task_struct", &["thread_info", "status"], &[4])?,
         mm_vdso_image: at("mm_struct", &["context", "vdso_image"], &[8])?,
         vdso_image_size: at("vdso_image", &["size"], &[8])?,
         regs_ip: at("pt_regs", &["ip"], &[8])?,
-        regs_sp: at("pt_regs", &["sp"], &[8])?,
         regs_di: at("pt_regs", &["di"], &[8])?,
         regs_bx: at("pt_regs", &["bx"], &[8])?,
-        cgroup_kn: at("cgroup", &["kn"], &[8])?,
-        kernfs_node_id: at("kernfs_node", &["id"], &[8])?,
+        ..common
+    })
+}
+
+/// arm64: TIF_32BIT in thread_info.flags; the program counter is `pc`, the
+/// first argument `regs[0]` (x0). The mm has no image pointer: user space
+/// hands over the image's length.
+#[cfg(target_arch = "aarch64")]
+fn arch_offsets(
+    common: KernelOffsets,
+    at: impl Fn(&str, &[&str], &[usize]) -> Result<u32>,
+) -> Result<KernelOffsets> {
+    Ok(KernelOffsets {
+        task_thread_status: at("task_struct", &["thread_info", "flags"], &[8])?,
+        regs_ip: at("pt_regs", &["pc"], &[8])?,
+        // regs[31]: x0 is its first element.
+        regs_di: at("pt_regs", &["regs"], &[31 * 8])?,
+        ..common
     })
 }
 
@@ -173,6 +204,7 @@ mod tests {
         Btf::from_file(VMLINUX_BTF).expect("the running kernel's BTF is readable")
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn running_kernel_offsets_are_found() {
         let offsets = kernel_offsets(&vmlinux()).unwrap();

@@ -355,29 +355,32 @@ impl Observer {
         let (attach_mode, time_calls) = attach_time_calls(&mut ebpf, &options)?;
         let mut probes = vec![time_calls];
 
-        let vsyscall = match attach(&mut ebpf, VSYSCALL_PROGRAM, "emulate_vsyscall") {
-            Ok(()) => ProbeStatus {
-                program: VSYSCALL_PROGRAM,
-                attach_point: "raw_tracepoint:emulate_vsyscall",
-                attached: true,
-                note: None,
-            },
-            Err(err) => {
-                let note = format!(
-                    "legacy vsyscall calls are not counted: {err:#} (a kernel without \
-                     CONFIG_X86_VSYSCALL_EMULATION has no such tracepoint, and no legacy \
-                     vsyscall page for programs to call)"
-                );
-                warn!("{note}");
-                ProbeStatus {
+        // The legacy vsyscall page is x86's alone: elsewhere nothing to watch.
+        if cfg!(target_arch = "x86_64") {
+            let vsyscall = match attach(&mut ebpf, VSYSCALL_PROGRAM, "emulate_vsyscall") {
+                Ok(()) => ProbeStatus {
                     program: VSYSCALL_PROGRAM,
                     attach_point: "raw_tracepoint:emulate_vsyscall",
-                    attached: false,
-                    note: Some(note),
+                    attached: true,
+                    note: None,
+                },
+                Err(err) => {
+                    let note = format!(
+                        "legacy vsyscall calls are not counted: {err:#} (a kernel without \
+                     CONFIG_X86_VSYSCALL_EMULATION has no such tracepoint, and no legacy \
+                     vsyscall page for programs to call)"
+                    );
+                    warn!("{note}");
+                    ProbeStatus {
+                        program: VSYSCALL_PROGRAM,
+                        attach_point: "raw_tracepoint:emulate_vsyscall",
+                        attached: false,
+                        note: Some(note),
+                    }
                 }
-            }
-        };
-        probes.push(vsyscall);
+            };
+            probes.push(vsyscall);
+        }
 
         let cgroups = match attach(&mut ebpf, CGROUP_MKDIR_PROGRAM, "cgroup_mkdir") {
             Ok(()) => ProbeStatus {
@@ -916,6 +919,7 @@ fn load_object(options: &LoadOptions, tables: &VdsoTables) -> Result<Ebpf> {
     let config = ProgramConfig {
         offsets,
         observer_tgid: std::process::id(),
+        vdso_len: vdso_len_for_programs(),
         ..ProgramConfig::ZERO
     };
     // The programs log only what this process would print (off below debug).
@@ -937,6 +941,22 @@ fn load_object(options: &LoadOptions, tables: &VdsoTables) -> Result<Ebpf> {
             fill_free_slots(&mut ebpf, options.time_call_entries)?;
             Ok(ebpf)
         })
+}
+
+/// arm64's mm does not point at its vDSO image: every 64-bit task maps the
+/// one this process maps, so its length is handed over (0: x86 reads each
+/// task's own, or no vDSO here, and the programs then see none anywhere).
+fn vdso_len_for_programs() -> u32 {
+    if cfg!(target_arch = "x86_64") {
+        return 0;
+    }
+    match VdsoImage::current() {
+        Ok(image) => image.len as u32,
+        Err(err) => {
+            warn!("{err:#}: every kernel entry is taken for a direct one");
+            0
+        }
+    }
 }
 
 /// Hands the programs every time-call counter slot, before anything runs.

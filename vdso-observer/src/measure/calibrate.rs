@@ -184,6 +184,7 @@ fn syscall_once(call: TimeCall) -> Option<libc::c_long> {
         tv_sec: 0,
         tv_usec: 0,
     };
+    #[cfg(target_arch = "x86_64")]
     let mut t: libc::c_long = 0;
     let (mut cpu, mut node) = (0u32, 0u32);
     // SAFETY: each syscall gets the arguments its man page asks for, pointing
@@ -201,7 +202,11 @@ fn syscall_once(call: TimeCall) -> Option<libc::c_long> {
                 &mut tv,
                 std::ptr::null_mut::<libc::c_void>(),
             ),
+            #[cfg(target_arch = "x86_64")]
             TimeCall::Time => libc::syscall(libc::SYS_time, &mut t),
+            // No time syscall on arm64 (nor a vDSO function).
+            #[cfg(not(target_arch = "x86_64"))]
+            TimeCall::Time => return None,
             TimeCall::Getcpu => libc::syscall(
                 libc::SYS_getcpu,
                 &mut cpu,

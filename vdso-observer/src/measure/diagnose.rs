@@ -28,14 +28,17 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     });
     let image = VdsoImage::current().ok();
     let image32 = vdso32::image();
-    features.push(Feature {
-        name: "vdso32",
-        available: image32.is_ok(),
-        detail: match &image32 {
-            Ok(_) => "32-bit processes' vDSO calls are attributed and estimated".to_owned(),
-            Err(err) => format!("{err:#} (no 32-bit process can run without IA32 emulation)"),
-        },
-    });
+    // Only x86 runs i386 tasks that this observer follows.
+    if cfg!(target_arch = "x86_64") {
+        features.push(Feature {
+            name: "vdso32",
+            available: image32.is_ok(),
+            detail: match &image32 {
+                Ok(_) => "32-bit processes' vDSO calls are attributed and estimated".to_owned(),
+                Err(err) => format!("{err:#} (no 32-bit process can run without IA32 emulation)"),
+            },
+        });
+    }
     let tables = VdsoTables::of(image.as_ref(), image32.as_ref().ok());
     let namespace = crate::kernel::privileges::check_pid_namespace();
     features.push(Feature {

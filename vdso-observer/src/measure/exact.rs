@@ -373,7 +373,7 @@ impl ExactTracer {
             Err(err) => return Err(err),
         };
         let image = match points.abi {
-            SyscallAbi::X86_64 => &self.images.x86_64,
+            SyscallAbi::X86_64 | SyscallAbi::Arm64 => &self.images.x86_64,
             SyscallAbi::I386 => self.images.i386.as_ref().ok_or_else(|| {
                 anyhow!("a 32-bit process, and the 32-bit vDSO image could not be read")
             })?,
@@ -586,10 +586,10 @@ pub fn entry_points(pid: u32) -> Result<EntryPoints> {
     let files = procfs::process_files(pid)?;
     let exe = files.in_root(&files.exe);
     let exe_symbols = elf_symbols(&exe).unwrap_or_default();
-    let abi = if procfs::is_32bit_elf(&exe) {
+    let abi = if cfg!(target_arch = "x86_64") && procfs::is_32bit_elf(&exe) {
         SyscallAbi::I386
     } else {
-        SyscallAbi::X86_64
+        SyscallAbi::NATIVE
     };
     let mut points = choose_entry_points(&files.executable_mappings, &exe, &exe_symbols, |path| {
         files.in_root(path)

@@ -380,7 +380,7 @@ fn process_report(
         if let Some(name) = &clock {
             clocks.insert((key.clock_id, name.clone()));
         }
-        let reason = reason::reason(call, key.clock_id, origin);
+        let reason = reason::reason(call, key.clock_id, origin, abi);
         reasons.extend(reason);
         rows.push((
             (call, key.clock_id, origin, abi),
@@ -475,7 +475,7 @@ fn add_vdso_calls(
             // The sampler leaves out what exact counting covered (thread,
             // call, image): samples and exact hits of one call add up.
             let Some(estimator) = estimator else { continue };
-            let abi = SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::X86_64);
+            let abi = SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::NATIVE);
             let calls = estimator.calls(abi, call, count);
             samples_used += count;
             i386_sampled |= abi == SyscallAbi::I386;

@@ -125,7 +125,7 @@ impl VdsoCosts {
     /// Cost of a call in the image of `abi`.
     pub fn ns_in(&self, abi: SyscallAbi, call: Option<TimeCall>) -> f64 {
         match abi {
-            SyscallAbi::X86_64 => self.ns(call),
+            SyscallAbi::X86_64 | SyscallAbi::Arm64 => self.ns(call),
             SyscallAbi::I386 => self.ns(call) * self.i386_ratio.unwrap_or(1.0),
         }
     }

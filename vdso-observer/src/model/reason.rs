@@ -1,7 +1,7 @@
 //! Why a time call entered the kernel, and which of those reasons are faults.
 
 use serde::Serialize;
-use vdso_observer_common::{Origin, TimeCall};
+use vdso_observer_common::{Origin, SyscallAbi, TimeCall};
 
 use crate::model::clocks::vdso_can_serve;
 
@@ -22,12 +22,18 @@ pub enum FallbackReason {
     /// A clock the vDSO never serves (CPU-time, fd and alarm clocks): expected,
     /// informational only.
     UnsupportedClock,
+    /// The vDSO of this architecture has no function for the call (arm64:
+    /// getcpu): every call enters the kernel; expected, informational only.
+    NoVdsoFunction,
 }
 
 impl FallbackReason {
     /// Whether the reason is a fault worth flagging (costs time the vDSO would save).
     pub fn is_fault(self) -> bool {
-        !matches!(self, FallbackReason::UnsupportedClock)
+        !matches!(
+            self,
+            FallbackReason::UnsupportedClock | FallbackReason::NoVdsoFunction
+        )
     }
 
     /// The short word of the FLAG column.
@@ -38,6 +44,7 @@ impl FallbackReason {
             FallbackReason::NoVdso => "no-vdso",
             FallbackReason::LegacyVsyscall => "vsyscall",
             FallbackReason::UnsupportedClock => "cpu-clock",
+            FallbackReason::NoVdsoFunction => "no-vdso-fn",
         }
     }
 
@@ -49,6 +56,7 @@ impl FallbackReason {
             FallbackReason::NoVdso => "no_vdso",
             FallbackReason::LegacyVsyscall => "legacy_vsyscall",
             FallbackReason::UnsupportedClock => "unsupported_clock",
+            FallbackReason::NoVdsoFunction => "no_vdso_function",
         }
     }
 }
@@ -56,12 +64,20 @@ impl FallbackReason {
 /// The reason behind kernel entries of one (call, clock, origin); None for calls
 /// never judged by themselves (getrandom: glibc before 2.41 always makes the
 /// syscall).
-pub fn reason(call: TimeCall, clock_id: i32, origin: Origin) -> Option<FallbackReason> {
+pub fn reason(
+    call: TimeCall,
+    clock_id: i32,
+    origin: Origin,
+    abi: SyscallAbi,
+) -> Option<FallbackReason> {
     if call == TimeCall::Getrandom {
         return None;
     }
     if origin == Origin::LegacyVsyscall {
         return Some(FallbackReason::LegacyVsyscall);
+    }
+    if !abi.vdso_has(call) {
+        return Some(FallbackReason::NoVdsoFunction);
     }
     if call.takes_clock() && !vdso_can_serve(clock_id) {
         // Any path ends in the kernel for these: no time is wasted.
@@ -87,20 +103,33 @@ mod tests {
         use FallbackReason::*;
         let gettime = TimeCall::ClockGettime;
         assert_eq!(
-            reason(gettime, MONOTONIC, Origin::VdsoFallback),
+            reason(gettime, MONOTONIC, Origin::VdsoFallback, SyscallAbi::X86_64),
             Some(Clocksource)
         );
         assert_eq!(
-            reason(gettime, MONOTONIC, Origin::Direct),
+            reason(gettime, MONOTONIC, Origin::Direct, SyscallAbi::X86_64),
             Some(DirectSyscall)
         );
-        assert_eq!(reason(gettime, MONOTONIC, Origin::NoVdso), Some(NoVdso));
         assert_eq!(
-            reason(TimeCall::Gettimeofday, NO_CLOCK, Origin::LegacyVsyscall),
+            reason(gettime, MONOTONIC, Origin::NoVdso, SyscallAbi::X86_64),
+            Some(NoVdso)
+        );
+        assert_eq!(
+            reason(
+                TimeCall::Gettimeofday,
+                NO_CLOCK,
+                Origin::LegacyVsyscall,
+                SyscallAbi::X86_64
+            ),
             Some(LegacyVsyscall)
         );
         assert_eq!(
-            reason(TimeCall::Gettimeofday, NO_CLOCK, Origin::VdsoFallback),
+            reason(
+                TimeCall::Gettimeofday,
+                NO_CLOCK,
+                Origin::VdsoFallback,
+                SyscallAbi::X86_64
+            ),
             Some(Clocksource)
         );
     }
@@ -108,16 +137,52 @@ mod tests {
     #[test]
     fn cpu_clocks_are_informational_whatever_the_origin() {
         for origin in [Origin::VdsoFallback, Origin::Direct, Origin::NoVdso] {
-            let why = reason(TimeCall::ClockGettime, PROCESS_CPUTIME, origin).unwrap();
+            let why = reason(
+                TimeCall::ClockGettime,
+                PROCESS_CPUTIME,
+                origin,
+                SyscallAbi::X86_64,
+            )
+            .unwrap();
             assert_eq!(why, FallbackReason::UnsupportedClock);
             assert!(!why.is_fault());
         }
     }
 
     #[test]
+    fn arm64_getcpu_has_no_vdso_function_and_is_no_fault() {
+        for origin in [Origin::Direct, Origin::VdsoFallback] {
+            let why = reason(TimeCall::Getcpu, NO_CLOCK, origin, SyscallAbi::Arm64).unwrap();
+            assert_eq!(why, FallbackReason::NoVdsoFunction);
+            assert!(!why.is_fault());
+        }
+        assert_eq!(
+            reason(
+                TimeCall::Getcpu,
+                NO_CLOCK,
+                Origin::Direct,
+                SyscallAbi::X86_64
+            ),
+            Some(FallbackReason::DirectSyscall)
+        );
+        assert_eq!(
+            reason(
+                TimeCall::ClockGettime,
+                MONOTONIC,
+                Origin::Direct,
+                SyscallAbi::Arm64
+            ),
+            Some(FallbackReason::DirectSyscall)
+        );
+    }
+
+    #[test]
     fn getrandom_is_never_judged() {
         for origin in Origin::ALL {
-            assert_eq!(reason(TimeCall::Getrandom, NO_CLOCK, origin), None);
+            assert_eq!(
+                reason(TimeCall::Getrandom, NO_CLOCK, origin, SyscallAbi::X86_64),
+                None
+            );
         }
     }
 }

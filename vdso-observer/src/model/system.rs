@@ -96,15 +96,19 @@ pub enum ClockEventKind {
     TscUnstable,
     /// The kernel log: the clocksource watchdog complained.
     Watchdog,
+    /// The kernel log: arm64's arch timer needs an erratum workaround, which
+    /// keeps the counter out of the vDSO's reach (VDSO_CLOCKMODE_NONE).
+    TimerErratum,
     /// `current_clocksource` in sysfs changed between two looks.
     SysfsChange,
 }
 
 impl ClockEventKind {
-    pub const ALL: [ClockEventKind; 4] = [
+    pub const ALL: [ClockEventKind; 5] = [
         ClockEventKind::Switched,
         ClockEventKind::TscUnstable,
         ClockEventKind::Watchdog,
+        ClockEventKind::TimerErratum,
         ClockEventKind::SysfsChange,
     ];
 
@@ -113,6 +117,7 @@ impl ClockEventKind {
             ClockEventKind::Switched => "switched",
             ClockEventKind::TscUnstable => "tsc_unstable",
             ClockEventKind::Watchdog => "watchdog",
+            ClockEventKind::TimerErratum => "timer_erratum",
             ClockEventKind::SysfsChange => "sysfs_change",
         }
     }

@@ -34,7 +34,28 @@ pub fn advice(d: &Diagnosis) -> Vec<String> {
         .as_ref()
         .map(|c| c.available.iter().map(String::as_str).collect())
         .unwrap_or_default();
-    if d.vdso_capable == Some(false) {
+    let erratum = d
+        .kernel_log
+        .iter()
+        .find(|e| e.kind == ClockEventKind::TimerErratum);
+    if d.vdso_capable == Some(false) && current == "arch_sys_counter" {
+        // arm64 has no other clocksource to switch to: say why the counter is
+        // out of reach, from the kernel's own words when it left them.
+        advice.push(match erratum {
+            Some(event) => format!(
+                "every clock_gettime/gettimeofday enters the kernel: the arch timer needs an erratum \
+                 workaround (kernel log: \"{}\"), so the kernel reads the counter itself \
+                 (VDSO_CLOCKMODE_NONE). Only the CPU or firmware (or a kernel that does not apply the \
+                 workaround) changes that; the EXCESS column shows what it costs each process",
+                event.message
+            ),
+            None => "every clock_gettime/gettimeofday enters the kernel although the clocksource is \
+                 arch_sys_counter: the kernel keeps the counter out of the vDSO (an erratum workaround \
+                 whose log line has scrolled out of the ring buffer, or a trapped CNTVCT); \
+                 `dmesg | grep -i arch_timer` may still say which"
+                .into(),
+        });
+    } else if d.vdso_capable == Some(false) {
         let better = [
             "tsc",
             "kvm-clock",
@@ -157,7 +178,12 @@ pub fn render(d: &Diagnosis) -> String {
         "{:<16} {:>12} {:>12} {:>8} {:>14}",
         "call", "vDSO ns", "syscall ns", "ratio", "excess/entry"
     );
-    for cost in &d.costs {
+    // A call that is neither in the vDSO nor a syscall here (arm64's time) has no row.
+    for cost in d
+        .costs
+        .iter()
+        .filter(|c| c.vdso_ns.is_some() || c.syscall_ns.is_some())
+    {
         let ns = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         let ratio = match (cost.vdso_ns, cost.syscall_ns) {
             (Some(v), Some(s)) if v > 0.0 => format!("{:.1}x", s / v),
@@ -208,7 +234,7 @@ pub fn render(d: &Diagnosis) -> String {
             for program in &d.programs {
                 let _ = writeln!(
                     out,
-                    "  {:<22} {:>12} runs  {}",
+                    "  {:<28} {:>12} runs  {}",
                     program.program,
                     program.runs,
                     program
@@ -283,6 +309,23 @@ mod tests {
             "{advice:?}"
         );
         assert!(advice[1].contains("marked the TSC unstable"), "{advice:?}");
+    }
+
+    #[test]
+    fn an_arm64_timer_erratum_is_named_from_the_kernel_log() {
+        let erratum = ClockEvent {
+            at_unix: 0.0,
+            kind: ClockEventKind::TimerErratum,
+            message: "arch_timer: Enabling global workaround for ARM erratum 858921".into(),
+        };
+        let told = advice(&diagnosis("arch_sys_counter", Some(false), vec![erratum]));
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains("ARM erratum 858921"), "{told:?}");
+        assert!(!told[0].contains("echo "), "{told:?}");
+        let told = advice(&diagnosis("arch_sys_counter", Some(false), vec![]));
+        assert!(told[0].contains("dmesg | grep -i arch_timer"), "{told:?}");
+        let told = advice(&diagnosis("arch_sys_counter", Some(true), vec![]));
+        assert!(told[0].starts_with("nothing to do"), "{told:?}");
     }
 
     #[test]

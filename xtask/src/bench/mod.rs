@@ -25,7 +25,7 @@ use crate::{
 mod churn;
 mod coverage;
 mod fleet;
-mod interval;
+pub(crate) mod interval;
 
 use interval::{Estimate, Verdict, interval, mean};
 
@@ -781,16 +781,28 @@ fn rest(results: &Value) -> String {
         for loop_name in ["getppid", "direct"] {
             let g = &results["guest"][loop_name];
             let ns = |k: &str| g[k].as_f64().unwrap_or(f64::NAN);
+            let ratio = Estimate::from_json(&g["fentry_tax_over_raw_tax"]);
             out.push_str(&format!(
-                "\nguest {loop_name} (TCG, medians of {} rounds): bare {:.0} ns, raw-tracepoint {:.0} ns (+{:.0}), fentry {:.0} ns (+{:.0}): fentry's tax is {:.2}x raw-tracepoint's\n",
+                "\nguest {loop_name} (TCG, medians of {} rounds): bare {:.0} ns, raw-tracepoint {:.0} ns (+{:.0}), fentry {:.0} ns (+{:.0}): fentry's tax is {}x raw-tracepoint's\n",
                 g["rounds"],
                 ns("bare_ns"),
                 ns("raw_tracepoint_ns"),
                 ns("raw_tracepoint_tax_ns"),
                 ns("fentry_ns"),
                 ns("fentry_tax_ns"),
-                ns("fentry_tax_over_raw_tax"),
+                ratio.map_or("-".to_owned(), |r| format!(
+                    "{:.2} [{:.2}-{:.2}]",
+                    r.value, r.low, r.high
+                )),
             ));
+            if loop_name == "getppid"
+                && let Some(ratio) = ratio
+            {
+                out.push_str(&format!(
+                    "  goal: fentry's getppid tax <= 0.1x raw-tracepoint's: {}\n",
+                    ratio.verdict(0.1).name()
+                ));
+            }
         }
     }
     out
