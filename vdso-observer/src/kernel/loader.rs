@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -26,16 +27,17 @@ use aya::{
 use log::{info, warn};
 use vdso_observer_common::{
     CGROUP_MKDIR_PROGRAM, CGROUP_PATHS_MAP, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES,
-    DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_MAP, ExactCoverage,
-    FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, ObserverStat, PROCESSES_MAP,
-    PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP,
-    SYS_ENTER_PROGRAM, SYS_ENTER_RAW_PROGRAM, SYSCALL_ENTRIES, SyscallAbi, SyscallEntry,
-    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM, VDSO_CALLS_MAP,
-    VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM, VDSO32_FUNCTIONS_GLOBAL,
-    VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
+    DEFAULT_TIME_CALL_ENTRIES, DEFAULT_VDSO_CALL_ENTRIES, EMPTY_SYS_ENTER_PROGRAM,
+    EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, ObserverStat,
+    PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig,
+    SLOT_GENERATION_MAP, SYS_ENTER_PROGRAM, SYS_ENTER_RAW_PROGRAM, SYSCALL_ENTRIES, SyscallAbi,
+    SyscallEntry, TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, UprobeCookie, VDSO_BREAKPOINT_PROGRAM,
+    VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO_SAMPLE_PROGRAM, VDSO_UPROBE_PROGRAM,
+    VDSO32_FUNCTIONS_GLOBAL, VSYSCALL_PROGRAM, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
+    attach_choice::{LoopCosts, SyscallMix},
     btf_offsets,
     privileges::{
         KERNEL_FLOOR, check_kernel_floor, check_pid_namespace, check_privileges,
@@ -160,17 +162,52 @@ fn attach_time_calls(ebpf: &mut Ebpf, options: &LoadOptions) -> Result<(AttachMo
             Ok((mode, status))
         }
         AttachMode::Auto => {
+            // The first line says why; an empty verifier log adds nothing.
+            let why = |mode: AttachMode, err: anyhow::Error| {
+                format!(
+                    "{} refused: {}",
+                    mode.name(),
+                    format!("{err:#}").lines().next().unwrap_or_default()
+                )
+            };
             let mut refused = Vec::new();
-            for mode in [AttachMode::Fentry, AttachMode::Kprobe] {
-                match attach_entries(ebpf, mode, &options.btf_path) {
-                    Ok(status) => return Ok((mode, status)),
-                    // The first line says why; an empty verifier log adds nothing.
-                    Err(err) => refused.push(format!(
-                        "{} refused: {}",
-                        mode.name(),
-                        format!("{err:#}").lines().next().unwrap_or_default()
-                    )),
-                }
+            match attach_entries(ebpf, AttachMode::Fentry, &options.btf_path) {
+                Ok(status) => return Ok((AttachMode::Fentry, status)),
+                Err(err) => refused.push(why(AttachMode::Fentry, err)),
+            }
+            // Nothing is attached yet: this process's own loops, bare.
+            let bare = LoopCosts::measure();
+            match attach_entries(ebpf, AttachMode::Kprobe, &options.btf_path) {
+                Ok(mut status) => match measure_mix(ebpf, bare) {
+                    Ok(mix) if mix.prefers_raw_tracepoint() => {
+                        for entry in SYSCALL_ENTRIES {
+                            unload_entry(ebpf, AttachMode::Kprobe, entry);
+                        }
+                        refused.push(format!(
+                            "kprobes attached but cost more here ({})",
+                            mix.note()
+                        ));
+                    }
+                    Ok(mix) => {
+                        status.note = Some(format!(
+                            "{}; {}; kept over the raw tracepoint ({})",
+                            status.note.unwrap_or_default(),
+                            refused.join("; "),
+                            mix.note()
+                        ));
+                        info!("time syscalls are counted at kprobes: {}", mix.note());
+                        return Ok((AttachMode::Kprobe, status));
+                    }
+                    Err(err) => {
+                        status.note = Some(format!(
+                            "{}; {}; not measured against the raw tracepoint ({err:#})",
+                            status.note.unwrap_or_default(),
+                            refused.join("; ")
+                        ));
+                        return Ok((AttachMode::Kprobe, status));
+                    }
+                },
+                Err(err) => refused.push(why(AttachMode::Kprobe, err)),
             }
             let note = format!(
                 "every syscall on the machine takes the traced path while attached ({})",
@@ -186,6 +223,60 @@ fn attach_time_calls(ebpf: &mut Ebpf, options: &LoadOptions) -> Result<(AttachMo
 /// would load: what a kernel that refuses tp_btf gets, for tests and for a
 /// kernel whose typed tracepoint misbehaves.
 pub const UNTYPED_SYS_ENTER_ENV: &str = "VDSO_OBSERVER_UNTYPED_SYS_ENTER";
+
+/// With the kprobes attached: what they add to a time call, what a
+/// sys_enter program's traced path adds to every syscall (the empty program,
+/// attached for the measurement only: it counts nothing), what the counting
+/// program takes, and the machine's syscall and time-call rates over half a
+/// second (the empty program's and the kprobes' run counts).
+fn measure_mix(ebpf: &mut Ebpf, bare: LoopCosts) -> Result<SyscallMix> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (run counts)")?;
+    let kprobes: Vec<&str> = SYSCALL_ENTRIES.iter().map(|e| e.kprobe_program).collect();
+    let runs = |ebpf: &Ebpf, names: &[&str]| -> (u64, u64) {
+        names
+            .iter()
+            .filter_map(|name| ebpf.program(name)?.info().ok())
+            .fold((0, 0), |(runs, ns), info| {
+                (
+                    runs + info.run_count(),
+                    ns + info.run_time().as_nanos() as u64,
+                )
+            })
+    };
+    let (runs0, ns0) = runs(ebpf, &kprobes);
+    let under_kprobes = LoopCosts::measure();
+    let (runs1, ns1) = runs(ebpf, &kprobes);
+    let program_ns = if runs1 > runs0 {
+        (ns1 - ns0) as f64 / (runs1 - runs0) as f64
+    } else {
+        0.0
+    };
+    attach(ebpf, EMPTY_SYS_ENTER_PROGRAM, "sys_enter")?;
+    let measured = {
+        let under_floor = LoopCosts::measure();
+        let (time0, _) = runs(ebpf, &kprobes);
+        let (all0, _) = runs(ebpf, &[EMPTY_SYS_ENTER_PROGRAM]);
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        let (time1, _) = runs(ebpf, &kprobes);
+        let (all1, _) = runs(ebpf, &[EMPTY_SYS_ENTER_PROGRAM]);
+        let seconds = started.elapsed().as_secs_f64();
+        SyscallMix {
+            kprobe_ns_per_time_call: (under_kprobes.direct_clock_gettime_ns
+                - bare.direct_clock_gettime_ns)
+                .max(0.0),
+            floor_ns_per_syscall: (under_floor.getppid_ns - bare.getppid_ns).max(0.0),
+            program_ns_per_time_call: program_ns,
+            syscalls_per_sec: all1.saturating_sub(all0) as f64 / seconds,
+            time_calls_per_sec: time1.saturating_sub(time0) as f64 / seconds,
+        }
+    };
+    program::<RawTracePoint>(ebpf, EMPTY_SYS_ENTER_PROGRAM)?
+        .unload()
+        .context("detaching the measurement's empty sys_enter program")?;
+    Ok(measured)
+}
 
 /// The sys_enter program, BTF-typed (tp_btf: the user registers load
 /// directly) where the kernel takes it, else untyped (each register read a
@@ -891,11 +982,7 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
 /// returns what keeps it attached.
 pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
     let mut ebpf = load_object(options, &VdsoTables::default())?;
-    attach(
-        &mut ebpf,
-        vdso_observer_common::EMPTY_SYS_ENTER_PROGRAM,
-        "sys_enter",
-    )?;
+    attach(&mut ebpf, EMPTY_SYS_ENTER_PROGRAM, "sys_enter")?;
     Ok(ebpf)
 }
 

@@ -1,0 +1,153 @@
+//! `--attach auto` where fentry is refused and kprobes attach (Debian's arm64
+//! kernels): a kprobe costs more per time call and nothing on other syscalls;
+//! the raw tracepoint costs less per time call but puts every syscall of the
+//! machine on the traced path. Which costs the machine less depends on its
+//! syscall mix, so it is measured at start: this process times its own loops
+//! bare and under each (its own calls are not counted), and the kernel's run
+//! counts give the machine's syscall and time-call rates over half a second.
+
+use std::{hint::black_box, time::Instant};
+
+/// Calls per timed loop, and loops per figure (the best is kept).
+const LOOP_CALLS: u32 = 20_000;
+const LOOPS: usize = 3;
+
+/// What the choice rests on, all measured on this machine just now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SyscallMix {
+    /// What a kprobe adds to one time call (its program included), ns.
+    pub kprobe_ns_per_time_call: f64,
+    /// What the traced path adds to every syscall while a sys_enter program
+    /// is attached (the empty program's tax on getppid), ns.
+    pub floor_ns_per_syscall: f64,
+    /// What the counting program itself takes per time call, ns (the kernel's
+    /// run-time statistics of the kprobe programs: the same code).
+    pub program_ns_per_time_call: f64,
+    /// Syscalls and time syscalls per second on the whole machine.
+    pub syscalls_per_sec: f64,
+    pub time_calls_per_sec: f64,
+}
+
+impl SyscallMix {
+    /// ns of CPU per second the kprobes cost the machine.
+    pub fn kprobe_cost(&self) -> f64 {
+        self.time_calls_per_sec * self.kprobe_ns_per_time_call
+    }
+
+    /// ns of CPU per second the raw tracepoint would cost: the floor on every
+    /// syscall, the program on time calls.
+    pub fn raw_cost(&self) -> f64 {
+        self.syscalls_per_sec * self.floor_ns_per_syscall
+            + self.time_calls_per_sec * self.program_ns_per_time_call
+    }
+
+    /// The raw tracepoint only when it is clearly cheaper: a tie keeps every
+    /// other syscall untouched.
+    pub fn prefers_raw_tracepoint(&self) -> bool {
+        self.raw_cost() < 0.8 * self.kprobe_cost()
+    }
+
+    pub fn note(&self) -> String {
+        format!(
+            "measured: {:.0} syscalls/s of which {:.0} time calls; kprobes cost {:.0} ns a time call \
+             ({:.2} ms of CPU a second), the raw tracepoint {:.0} ns every syscall + {:.0} ns a time \
+             call ({:.2} ms a second)",
+            self.syscalls_per_sec,
+            self.time_calls_per_sec,
+            self.kprobe_ns_per_time_call,
+            self.kprobe_cost() / 1e6,
+            self.floor_ns_per_syscall,
+            self.program_ns_per_time_call,
+            self.raw_cost() / 1e6,
+        )
+    }
+}
+
+/// ns per getppid and per direct `syscall(SYS_clock_gettime)` in this
+/// process, as things are attached now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoopCosts {
+    pub getppid_ns: f64,
+    pub direct_clock_gettime_ns: f64,
+}
+
+impl LoopCosts {
+    pub fn measure() -> LoopCosts {
+        LoopCosts {
+            getppid_ns: best_loop_ns(|| {
+                // SAFETY: getppid takes no arguments.
+                black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }),
+            direct_clock_gettime_ns: best_loop_ns(|| {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: a valid clock id and a live timespec.
+                black_box(unsafe {
+                    libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts)
+                });
+            }),
+        }
+    }
+}
+
+/// The fastest of a few loops: noise only ever adds time.
+fn best_loop_ns(call: impl Fn()) -> f64 {
+    (0..LOOPS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..LOOP_CALLS {
+                call();
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(LOOP_CALLS)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mix(syscalls_per_sec: f64, time_calls_per_sec: f64) -> SyscallMix {
+        SyscallMix {
+            kprobe_ns_per_time_call: 300.0,
+            floor_ns_per_syscall: 80.0,
+            program_ns_per_time_call: 40.0,
+            syscalls_per_sec,
+            time_calls_per_sec,
+        }
+    }
+
+    #[test]
+    fn a_syscall_heavy_machine_keeps_kprobes() {
+        // A proxy: 1 M syscalls a second, few of them time calls.
+        let m = mix(1_000_000.0, 1_000.0);
+        assert!(!m.prefers_raw_tracepoint(), "{}", m.note());
+        assert_eq!(m.kprobe_cost(), 300_000.0);
+        assert_eq!(m.raw_cost(), 80_000_000.0 + 40_000.0);
+    }
+
+    #[test]
+    fn a_machine_of_time_calls_takes_the_raw_tracepoint() {
+        // Most syscalls are time calls (a process falling back on hpet).
+        let m = mix(500_000.0, 450_000.0);
+        assert!(m.prefers_raw_tracepoint(), "{}", m.note());
+    }
+
+    #[test]
+    fn an_idle_machine_keeps_kprobes() {
+        assert!(!mix(0.0, 0.0).prefers_raw_tracepoint());
+        assert!(!mix(100.0, 0.0).prefers_raw_tracepoint());
+    }
+
+    #[test]
+    fn loops_are_timed() {
+        let costs = LoopCosts::measure();
+        assert!(
+            costs.getppid_ns > 0.0 && costs.getppid_ns < 100_000.0,
+            "{costs:?}"
+        );
+        assert!(costs.direct_clock_gettime_ns > 0.0, "{costs:?}");
+    }
+}
