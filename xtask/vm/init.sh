@@ -80,6 +80,21 @@ arm64)
     echo "VMTEST-HOT $(cat /tmp/hot.txt)"
     stop
     echo "VMTEST-TOP $(cat /tmp/out.json)"
+    if [ "$attach" = raw-tracepoint ]; then
+        # Exact counting: a uprobe at the static workload's own clock_gettime.
+        # It waits for a byte on a FIFO opened read-write (no open blocks, so
+        # the workload has exec'd before the observer looks at it).
+        mkfifo /tmp/hold
+        exec 3<>/tmp/hold
+        VT_WAIT_STDIN=1 /workload monotonic 5000 <&3 &
+        held=$!
+        echo "VMTEST-PID-EXACT $held"
+        observe top --once -d 600 --json --exact-pid $held --no-governor --attach $attach
+        echo x >&3
+        wait $held
+        stop
+        echo "VMTEST-EXACT $(cat /tmp/out.json)"
+    fi
     ;;
 switch)
     observe top -b -n 0 -d 2 --json --comm workload --attach $attach

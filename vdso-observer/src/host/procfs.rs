@@ -241,6 +241,32 @@ impl ProcessFiles {
 }
 
 /// The executable mappings and the executable of a process.
+/// The file and file offset of an address of this process's own code (for a
+/// uprobe where no symbol names it: a stripped static binary).
+pub fn own_code_location(address: u64) -> anyhow::Result<(PathBuf, u64)> {
+    use anyhow::Context as _;
+    let maps = fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+    code_location_in_maps(&maps, address)
+        .ok_or_else(|| anyhow::anyhow!("{address:#x} is in no file mapping of /proc/self/maps"))
+}
+
+/// [`own_code_location`] on a maps text.
+fn code_location_in_maps(maps: &str, address: u64) -> Option<(PathBuf, u64)> {
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        );
+        let _perms = fields.next()?;
+        let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let path = fields.nth(2)?;
+        (start <= address && address < end && path.starts_with('/'))
+            .then(|| (PathBuf::from(path), address - start + offset))
+    })
+}
+
 pub fn process_files(pid: u32) -> anyhow::Result<ProcessFiles> {
     use anyhow::Context as _;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
@@ -344,6 +370,19 @@ impl ProcessLookup for LivenessBefore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_code_address_is_found_in_its_file() {
+        let maps = "5555aa000000-5555aa010000 r--p 00000000 08:01 42 /usr/bin/vdso-observer\n\
+                    5555aa010000-5555aa200000 r-xp 00010000 08:01 42 /usr/bin/vdso-observer\n\
+                    7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]\n";
+        assert_eq!(
+            code_location_in_maps(maps, 0x5555_aa01_2345),
+            Some((PathBuf::from("/usr/bin/vdso-observer"), 0x12345))
+        );
+        assert_eq!(code_location_in_maps(maps, 0x7ffd_0000_0010), None);
+        assert_eq!(code_location_in_maps(maps, 0x1000), None);
+    }
+
     use super::*;
 
     #[test]

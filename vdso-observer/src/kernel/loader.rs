@@ -581,19 +581,50 @@ impl Observer {
         pid: u32,
         cookie: UprobeCookie,
     ) -> Result<UProbeLinkId> {
+        self.attach_uprobe_at(target, UProbeAttachLocation::Symbol(symbol), pid, cookie)
+            .with_context(|| format!("uprobe on {symbol} in {} for pid {pid}", target.display()))
+    }
+
+    /// A uprobe at a file offset (a stripped binary has no symbol to name).
+    pub fn attach_uprobe_at_offset(
+        &mut self,
+        target: &std::path::Path,
+        offset: u64,
+        pid: u32,
+        cookie: UprobeCookie,
+    ) -> Result<UProbeLinkId> {
+        self.attach_uprobe_at(
+            target,
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            pid,
+            cookie,
+        )
+        .with_context(|| {
+            format!(
+                "uprobe at offset {offset:#x} of {} for pid {pid}",
+                target.display()
+            )
+        })
+    }
+
+    fn attach_uprobe_at(
+        &mut self,
+        target: &std::path::Path,
+        location: UProbeAttachLocation,
+        pid: u32,
+        cookie: UprobeCookie,
+    ) -> Result<UProbeLinkId> {
         self.load_exact()?;
         let uprobe: &mut UProbe = program(&mut self.ebpf, VDSO_UPROBE_PROGRAM)?;
         let pid = std::num::NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?;
-        uprobe
-            .attach(
-                UProbeAttachPoint {
-                    location: UProbeAttachLocation::Symbol(symbol),
-                    cookie: Some(cookie.encode()),
-                },
-                target,
-                UProbeScope::OneProcess(pid),
-            )
-            .with_context(|| format!("uprobe on {symbol} in {} for pid {pid}", target.display()))
+        Ok(uprobe.attach(
+            UProbeAttachPoint {
+                location,
+                cookie: Some(cookie.encode()),
+            },
+            target,
+            UProbeScope::OneProcess(pid),
+        )?)
     }
 
     pub fn detach_uprobe(&mut self, link: UProbeLinkId) -> Result<()> {

@@ -58,8 +58,6 @@ const DIRECT: u64 = 1000;
 const CPUTIME: u64 = 700;
 const GETCPU: u64 = 300;
 const MONOTONIC: u64 = 20_000;
-/// What TCG adds to a sampled estimate's error (see check_arm64).
-const TCG_SAMPLING_SKEW: f64 = 0.3;
 
 pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
     setup::debian_packages(&PACKAGES)?;
@@ -87,6 +85,9 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
                 lines.extend(check_arm64(&guest)?);
                 if mode == "auto" {
                     lines.extend(check_auto(&guest)?);
+                }
+                if mode == "raw-tracepoint" {
+                    lines.extend(check_exact(&guest)?);
                 }
                 Ok(lines)
             });
@@ -216,21 +217,27 @@ fn check_arm64(guest: &Guest) -> Result<Vec<String>> {
         .sum();
     let uncertainty = hot["vdso_uncertainty"].as_f64().unwrap_or(0.0);
     let error = estimate / calls - 1.0;
-    // Twice the stated 95% half-width (a check that fails for a biased
-    // estimate, not for a 1-in-20 draw) and TCG's skew: the emulator takes
-    // the timer interrupt only between translated blocks, which puts samples
-    // on the vDSO's entry more often than time spent there does (measured:
-    // +18% and +22% in two boots; the x86 hosts' bench shows no such bias).
+    let unattributed = guest.json("TOP")?["observer"]["lost"]["vdso_samples_unattributed"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    // Every sample in the vDSO is charged to a function (arm64's table, and
+    // the link register for leaf helpers), and the estimate is of the right
+    // size. Not within its stated interval: under TCG the emulator takes the
+    // timer interrupt only between translated blocks, and a vCPU the host
+    // descheduled resumes with its samples due at once, inside the loop it
+    // left; both put more samples in the vDSO than time spent there (measured:
+    // +15% to +22% on a quiet host, +57% beside a CI run). A real attribution
+    // error is off by far more (no samples, or another function's).
     ensure(
-        error.abs() <= 2.0 * uncertainty + TCG_SAMPLING_SKEW,
+        unattributed == 0 && (-0.5..=1.0).contains(&error),
         format!(
-            "hot loop: {calls} calls in {seconds} s, sampler estimated {estimate:.0} ({:+.1}%, stated ±{:.1}%)",
+            "hot loop: {calls} calls in {seconds} s, sampler estimated {estimate:.0} ({:+.1}%, stated ±{:.1}%), {unattributed} samples unattributed",
             error * 100.0,
             uncertainty * 100.0
         ),
     )?;
     lines.push(format!(
-        "hot vDSO loop, {seconds:.1} s: {calls:.0} calls, sampled estimate {estimate:.0} ({:+.1}%, stated ±{:.1}%)",
+        "hot vDSO loop, {seconds:.1} s: {calls:.0} calls, sampled estimate {estimate:.0} ({:+.1}%, stated ±{:.1}%; TCG skews it), 0 samples unattributed",
         error * 100.0,
         uncertainty * 100.0
     ));
@@ -261,6 +268,51 @@ fn check_auto(guest: &Guest) -> Result<Vec<String>> {
         lines.push(format!("auto's note: {note}"));
     }
     Ok(lines)
+}
+
+/// `--exact-pid`: a uprobe at the static workload's own clock_gettime
+/// (glibc's aarch64 entry point) counts every one of its vDSO calls.
+fn check_exact(guest: &Guest) -> Result<Vec<String>> {
+    const CALLS: u64 = 5000;
+    let pid: u64 = guest
+        .line("PID-EXACT")
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VMTEST-PID-EXACT line"))?;
+    let report = guest.json("EXACT")?;
+    let row = report["processes"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["pid"] == pid).cloned())
+        .ok_or_else(|| anyhow!("no row for the exact workload (pid {pid}) in {report}"))?;
+    let exact: Vec<(String, String, u64)> = row["vdso_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["provenance"] != "sampled")
+        .map(|c| {
+            (
+                c["call"].as_str().unwrap_or("").to_owned(),
+                format!(
+                    "{}:{}",
+                    c["provenance"].as_str().unwrap_or(""),
+                    c["clock"].as_str().unwrap_or("")
+                ),
+                c["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let expected = vec![(
+        "clock_gettime".to_owned(),
+        "uprobe:CLOCK_MONOTONIC".to_owned(),
+        CALLS,
+    )];
+    ensure(
+        exact == expected,
+        format!("--exact-pid: {exact:?}, expected {expected:?} ({row})"),
+    )?;
+    Ok(vec![format!(
+        "--exact-pid, {CALLS} glibc clock_gettime: {CALLS} counted by a uprobe at {}",
+        row["exact"]["entry_points"]
+    )])
 }
 
 fn abi_of(row: &Value) -> Vec<String> {
