@@ -18,6 +18,8 @@ echo "VMTEST-CLOCKSOURCE $(cat $clocksource)"
 
 # Starts `vdso-observer ARGS` in the background, waits until it observes.
 observe() {
+    # Emptied first: the last observer's "observing" line must not count.
+    : > /tmp/err.txt
     /vdso-observer "$@" > /tmp/out.json 2> /tmp/err.txt &
     observer=$!
     i=0
@@ -33,6 +35,16 @@ observe() {
 
 stop() {
     kill -INT $observer 2>/dev/null
+    # A window ends at SIGINT: a guest waiting forever says so instead.
+    i=0
+    while kill -0 $observer 2>/dev/null && [ $i -lt 240 ]; do
+        sleep 0.5
+        i=$((i + 1))
+    done
+    if kill -0 $observer 2>/dev/null; then
+        echo "VMTEST-ERROR the observer did not exit within 120 s of SIGINT: $(tail -5 /tmp/err.txt | tr '\n' ' ')"
+        kill -KILL $observer
+    fi
     wait $observer
     echo "VMTEST-OBSERVER-EXIT $?"
     sed 's/^/VMTEST-STDERR /' /tmp/err.txt
