@@ -162,7 +162,11 @@ pub fn render(d: &Diagnosis) -> String {
             );
         }
     }
-    let _ = writeln!(out, "vsyscall         {}", d.vsyscall.name());
+    if cfg!(target_arch = "x86_64") {
+        let _ = writeln!(out, "vsyscall         {}", d.vsyscall.name());
+    } else {
+        let _ = writeln!(out, "vsyscall         (x86 only: no legacy page here)");
+    }
     let _ = writeln!(
         out,
         "boot settings    {}",
