@@ -121,6 +121,38 @@ fn exact_pid_counts_glibc_clock_gettime_with_a_uprobe() {
     assert!((share - 1.0 / (N as f64 + 1.0)).abs() < 1e-9, "{share}");
 }
 
+/// The shipped static binary (stripped, musl: no libc symbol of its own to
+/// name) measures a uprobe's cost at its own clock_gettime found by address,
+/// and counts exactly.
+#[test]
+fn the_shipped_static_binary_counts_exactly() {
+    require_root();
+    let _serial = serial();
+    const N: u64 = 2000;
+    let dist = std::env::var_os("VDSO_OBSERVER_DIST")
+        .map(std::path::PathBuf::from)
+        .expect("VDSO_OBSERVER_DIST names target/dist: run the tests with `cargo xtask test`");
+    let workload = build_workload("time_calls", "vt-exact-dist", &[]);
+    let mut held = Held::start(&workload, &["monotonic", &N.to_string()]);
+    let mut command = std::process::Command::new(dist.join("vdso-observer"));
+    command
+        .args(["top", "--once", "-d", "120", "--json", "--no-governor"])
+        .args(["--exact-pid", &held.pid().to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let observer = ObserverRun::spawn(command);
+    held.release();
+    let pid = held.pid();
+    held.wait();
+    let row = row(&observer.finish(), pid);
+    assert_eq!(
+        exact_rows(&row),
+        [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
+        "{row:#}"
+    );
+}
+
 #[test]
 fn exact_pid_counts_gettimeofday_with_a_hardware_breakpoint() {
     require_root();
