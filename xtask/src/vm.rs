@@ -510,33 +510,39 @@ fn run_x86_64(root: &Path, selected: &[&str]) -> Result<Vec<(String, bool)>> {
             let result = boot(&kernel, &initramfs, &dir, &scenario, mode).and_then(|guest| {
                 let mut lines = check_attach_mode(&guest, mode)?;
                 lines.extend((scenario.check)(&guest)?);
-                Ok((lines, guest.ns_per_call()))
+                if let Some(ns) = guest.ns_per_call() {
+                    lines.push(format!(
+                        "vDSO clock_gettime loop in the guest: {ns:.0} ns/call"
+                    ));
+                }
+                Ok(lines)
             });
-            match result {
-                Ok((lines, ns)) => {
-                    results.push((id.clone(), true));
-                    println!(
-                        "vm-test {id}: ok ({:.0} s)",
-                        started.elapsed().as_secs_f64()
-                    );
-                    for line in lines {
-                        println!("    {line}");
-                    }
-                    if let Some(ns) = ns {
-                        println!("    vDSO clock_gettime loop in the guest: {ns:.0} ns/call");
-                    }
-                }
-                Err(err) => {
-                    results.push((id.clone(), false));
-                    println!(
-                        "vm-test {id}: FAILED: {err:#} (serial log: target/vm/{}-{mode}.log)",
-                        scenario.name
-                    );
-                }
-            }
+            let log = format!("target/vm/{}-{mode}.log", scenario.name);
+            results.push(report(&id, started, result, &log));
         }
     }
     Ok(results)
+}
+
+/// Prints one boot's outcome (its lines, or why it failed and where its
+/// serial log is) and returns it for the tally.
+fn report(id: &str, started: Instant, result: Result<Vec<String>>, log: &str) -> (String, bool) {
+    match result {
+        Ok(lines) => {
+            println!(
+                "vm-test {id}: ok ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+            for line in lines {
+                println!("    {line}");
+            }
+            (id.to_owned(), true)
+        }
+        Err(err) => {
+            println!("vm-test {id}: FAILED: {err:#} (serial log: {log})");
+            (id.to_owned(), false)
+        }
+    }
 }
 
 /// `cargo xtask bench guest`: one guest boot that times getppid (no time call)

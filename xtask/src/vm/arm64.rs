@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{
     Guest, Machine, Scenario, boot_machine, check_attach_mode, count, ensure, ensure_doctor_exit,
-    flags, pack_initramfs, row_of,
+    flags, pack_initramfs, report, row_of,
 };
 use crate::{
     dist::{self, Arch},
@@ -91,24 +91,8 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
                 }
                 Ok(lines)
             });
-        match result {
-            Ok(lines) => {
-                results.push((id.clone(), true));
-                println!(
-                    "vm-test {id}: ok ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                for line in lines {
-                    println!("    {line}");
-                }
-            }
-            Err(err) => {
-                results.push((id.clone(), false));
-                println!(
-                    "vm-test {id}: FAILED: {err:#} (serial log: target/vm/aarch64/{SCENARIO}-{mode}.log)"
-                );
-            }
-        }
+        let log = format!("target/vm/aarch64/{SCENARIO}-{mode}.log");
+        results.push(report(&id, started, result, &log));
     }
     Ok(results)
 }
