@@ -283,6 +283,16 @@ pub struct KernelOffsets {
     pub regs_bx: u32,
     /// `task_struct.tgid` (read directly: a helper call costs more)
     pub task_tgid: u32,
+    /// `cgroup.root`: the hierarchy a cgroup belongs to
+    pub cgroup_root: u32,
+    /// `cgroup_root.hierarchy_id`: 0 for the unified (v2) hierarchy; kernfs
+    /// ids are per hierarchy, so only its cgroups are recorded
+    pub cgroup_root_hierarchy_id: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `signal_struct.live`: threads of the group not yet exited (0 at the
+    /// last thread's `sched_process_exit`)
+    pub signal_live: u32,
 }
 
 impl KernelOffsets {
@@ -303,6 +313,10 @@ impl KernelOffsets {
         task_tgid: 0,
         cgroup_kn: 0,
         kernfs_node_id: 0,
+        cgroup_root: 0,
+        cgroup_root_hierarchy_id: 0,
+        task_signal: 0,
+        signal_live: 0,
     };
 }
 
@@ -406,8 +420,9 @@ pub struct ProcessInfo {
     pub time_keys: u32,
     /// Keys this process created in [`VDSO_CALLS_MAP`].
     pub vdso_keys: u32,
-    /// Always 0.
-    pub _pad: u32,
+    /// A [`ProcessEnd`], set by the kernel when the image exits or execs: the
+    /// image's lifetime, from where it ends rather than from a look at /proc.
+    pub ended: u32,
     /// Calls and samples of this process not counted because a map was full.
     pub lost: u64,
     /// Its cgroup v2 id at first sight (the inode of its cgroup directory): a
@@ -422,12 +437,38 @@ impl ProcessInfo {
             uid,
             time_keys: 0,
             vdso_keys: 0,
-            _pad: 0,
+            ended: ProcessEnd::Running as u32,
             lost: 0,
             cgroup_id,
         }
     }
 }
+
+/// How a process image ended, as the kernel marked it in [`ProcessInfo::ended`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessEnd {
+    Running = 0,
+    /// Its last thread exited (`sched_process_exit` with no thread left).
+    Exited = 1,
+    /// It called execve: the pid lives on as a new image (a new key).
+    Execed = 2,
+}
+
+impl ProcessEnd {
+    pub const fn from_u32(value: u32) -> ProcessEnd {
+        match value {
+            1 => ProcessEnd::Exited,
+            2 => ProcessEnd::Execed,
+            _ => ProcessEnd::Running,
+        }
+    }
+}
+
+/// Program that marks a process image ended when its last thread exits.
+pub const PROCESS_EXIT_PROGRAM: &str = "process_exited";
+/// Program that marks a process image ended when it execs.
+pub const PROCESS_EXEC_PROGRAM: &str = "process_execed";
 
 /// How a vDSO call was seen.
 #[repr(u8)]
@@ -856,10 +897,23 @@ pub const fn origin_of(ip: u64, vdso_start: u64, vdso_len: u64) -> Origin {
     }
 }
 
-/// `start < addr <= start + len`: an address just after an instruction of the vDSO.
+/// `start < addr <= start + len`: an address just after an instruction of the
+/// vDSO (a syscall's `ip`, a return address).
 #[inline(always)]
 pub const fn inside_vdso(addr: u64, vdso_start: u64, vdso_len: u64) -> bool {
     addr > vdso_start && addr <= vdso_start.wrapping_add(vdso_len)
+}
+
+/// The offset in the vDSO text of an instruction at `ip` (a sample's or a
+/// breakpoint's: the instruction itself, `start <= ip < start + len`); None
+/// outside it, or when the task has no vDSO.
+#[inline(always)]
+pub const fn vdso_instruction_offset(ip: u64, vdso_start: u64, vdso_len: u64) -> Option<u64> {
+    if vdso_start != 0 && ip >= vdso_start && ip - vdso_start < vdso_len {
+        Some(ip - vdso_start)
+    } else {
+        None
+    }
 }
 
 #[cfg(feature = "user")]
@@ -944,6 +998,21 @@ mod tests {
         // ip can never equal start (it points after an instruction).
         assert_eq!(origin_of(start, start, len), Origin::Direct);
         assert_eq!(origin_of(start + 8, 0, 0), Origin::NoVdso);
+    }
+
+    #[test]
+    fn an_instruction_is_in_the_vdso_from_its_first_byte_to_before_its_end() {
+        let (start, len) = (0x7fff_0000, 0x2000);
+        assert_eq!(vdso_instruction_offset(start, start, len), Some(0));
+        assert_eq!(
+            vdso_instruction_offset(start + len - 1, start, len),
+            Some(len - 1)
+        );
+        assert_eq!(vdso_instruction_offset(start + len, start, len), None);
+        assert_eq!(vdso_instruction_offset(start - 1, start, len), None);
+        assert_eq!(vdso_instruction_offset(8, 0, 0), None);
+        // A return address just past the end is still the vDSO's (the other rule).
+        assert!(inside_vdso(start + len, start, len));
     }
 
     #[test]

@@ -110,9 +110,7 @@ impl UserRegs {
     #[inline(always)]
     pub fn first_argument(&self) -> Result<i32, i32> {
         match self.abi {
-            SyscallAbi::I386 => {
-                Ok(unsafe { bpf_probe_read_user((self.sp + 4) as *const u32) }? as i32)
-            }
+            SyscallAbi::I386 => Ok(read_user::<u32>(self.sp + 4).ok_or(-14)? as i32),
             SyscallAbi::X86_64 | SyscallAbi::Arm64 => Ok(self.arg0 as i32),
         }
     }
@@ -141,5 +139,6 @@ impl UserRegs {
 
 #[inline(always)]
 fn read_user<T>(address: u64) -> Option<T> {
+    // SAFETY: the helper checks the user address and fails instead of faulting.
     unsafe { bpf_probe_read_user(address as *const T) }.ok()
 }

@@ -97,7 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let options = session::SessionOptions::new(&settings, Default::default());
             runtime()?.block_on(async {
-                let _floor = kernel::loader::attach_floor(&options.load)?;
+                let _floor = kernel::object::attach_floor(&options.load)?;
                 eprintln!("vdso-observer: observing every process (empty sys_enter program only)");
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

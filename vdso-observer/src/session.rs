@@ -87,6 +87,8 @@ pub struct Session {
     fill_after_drain: f64,
     /// The 64-bit vDSO image, for calibrating again after a clocksource change.
     image: Option<VdsoImage>,
+    /// Retired keys the kernel refused to delete: tried again.
+    unforgotten: Retired,
 }
 
 impl Session {
@@ -110,7 +112,11 @@ impl Session {
         let tables = VdsoTables::of(image.as_ref(), image32.as_ref());
         // Before anything is attached: a sys_enter program slows every syscall.
         let path_costs = calibrate::path_costs(image.as_ref());
-        let mut observer = Observer::start(load, &tables)?;
+        let mut observer = Observer::start(
+            load,
+            &tables,
+            &mut crate::measure::attach_choice::MeasuredJudge::default(),
+        )?;
         let (vdso, vdso_check) = match image.clone() {
             Some(image) => {
                 let (model, check) = calibrate::calibrate(&mut observer, image);
@@ -120,11 +126,11 @@ impl Session {
         };
         let estimator = estimator_of(vdso.as_ref());
         let health = ObserverHealthInput {
-            attach_mode: observer.attach_mode,
-            probes: observer.probes.clone(),
-            time_call_capacity: observer.options.time_call_entries,
+            attach_mode: observer.attach_mode(),
+            probes: observer.probes().to_vec(),
+            time_call_capacity: observer.options().time_call_entries,
             vdso_costs: vdso.as_ref().map(|m| m.costs.clone()).unwrap_or_default(),
-            run_stats: observer.run_stats.clone(),
+            run_stats: observer.run_stats().clone(),
             path_costs,
         };
         let mut aggregator = Aggregator::new(estimator);
@@ -172,6 +178,7 @@ impl Session {
             hostname,
             fill_after_drain: 0.0,
             image,
+            unforgotten: Retired::default(),
         })
     }
 
@@ -216,7 +223,7 @@ impl Session {
         if fill < DRAIN_AT || fill < self.fill_after_drain + DRAIN_GROWTH {
             return Ok(());
         }
-        let liveness = LivenessBefore::check(self.observer.process_keys()?);
+        let liveness = self.liveness();
         if liveness.gone() == 0 {
             self.fill_after_drain = fill;
             return Ok(());
@@ -224,14 +231,13 @@ impl Session {
         let snapshot = self.observer.snapshot()?;
         self.record_cgroups();
         let retired = self.aggregator.drain(&snapshot, &liveness);
-        self.observer
-            .forget(&retired.processes, &retired.keys, &retired.vdso_keys)
-            .context("dropping the counters of exited processes")?;
+        let drained = retired.processes.len();
+        self.forget(retired);
         self.fill_after_drain = self.observer.fill()?;
         log::debug!(
             "maps {:.0}% full: drained {} exited processes, now {:.0}%",
             fill * 100.0,
-            retired.processes.len(),
+            drained,
             self.fill_after_drain * 100.0
         );
         if self.fill_after_drain >= 0.9 {
@@ -263,11 +269,44 @@ impl Session {
         }
     }
 
+    /// Which processes are gone, decided before the counters are read: by the
+    /// kernel's exit and exec marks, and by /proc only for processes the kernel
+    /// could not mark (no name entry, or the lifetime probes not attached).
+    fn liveness(&self) -> LivenessBefore {
+        LivenessBefore::check(
+            self.observer.process_lifetimes(),
+            self.observer.marks_lifetimes(),
+        )
+    }
+
+    /// Deletes what is retired from the maps, with what earlier tries left; what
+    /// cannot be deleted now is tried again after the next window, and held out
+    /// of the counts meanwhile (its counters would come back counted twice).
+    fn forget(&mut self, retired: Retired) {
+        let mut all = std::mem::take(&mut self.unforgotten);
+        all.extend(retired);
+        if all.is_empty() {
+            return;
+        }
+        let left = self.observer.forget(&all);
+        if !left.is_empty() {
+            log::warn!(
+                "{} keys of {} exited processes could not be deleted from the maps: \
+                 trying again after the next window",
+                left.keys.len() + left.vdso_keys.len(),
+                left.processes.len()
+            );
+        }
+        self.aggregator.hold_back(&left);
+        self.unforgotten = left;
+    }
+
     /// Ends the current window: its report, and what was dropped from the maps
-    /// because the processes are gone (after this, their last report).
+    /// because the processes are gone (after this, their last report). A
+    /// failed deletion does not lose the window: it is tried again.
     pub fn next_window(&mut self) -> Result<(Report, Retired)> {
         self.observer.flush_logs();
-        let liveness = LivenessBefore::check(self.observer.process_keys()?);
+        let liveness = self.liveness();
         let snapshot = self.observer.snapshot()?;
         self.record_cgroups();
         let window = self.window_start.elapsed();
@@ -275,9 +314,12 @@ impl Session {
         let (mut report, retired) =
             self.aggregator
                 .window(&snapshot, window, self.health.clone(), &liveness);
-        self.observer
-            .forget(&retired.processes, &retired.keys, &retired.vdso_keys)
-            .context("dropping the counters of exited processes")?;
+        let retired_processes = retired.processes.clone();
+        self.forget(retired);
+        let retired = Retired {
+            processes: retired_processes,
+            ..Retired::default()
+        };
         report.system = Some(self.system_report());
         if let Some(tracer) = &mut self.exact {
             // The state the window's counts were made under, then the changes.

@@ -61,7 +61,7 @@ impl Default for ObserverSettings {
         ObserverSettings {
             btf: PathBuf::from(VMLINUX_BTF),
             map_entries: vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES,
-            sample_hz: crate::kernel::loader::DEFAULT_SAMPLE_HZ,
+            sample_hz: crate::kernel::object::DEFAULT_SAMPLE_HZ,
             exact: false,
             exact_pids: Vec::new(),
             exact_budget_percent: 2.0,

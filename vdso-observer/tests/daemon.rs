@@ -572,8 +572,22 @@ fn after_attaching_the_daemon_keeps_no_capability_and_still_counts() {
     let none = "0000000000000000".to_owned();
     assert_eq!(
         capabilities_of(daemon.pid()),
-        (none.clone(), none.clone(), none)
+        (none.clone(), none.clone(), none.clone())
     );
+    // Nothing it execs can regain one: an empty bounding set and
+    // no_new_privs (and SECBIT_NOROOT, which /proc does not show). Before, a
+    // child exec'd by the daemon as uid 0 got every capability back.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("CapBnd:"), none, "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
     let workload = build_workload("time_calls", "vt-dropped", &[]);
     let pid = run_workload(&workload, &["direct", "123"]);
     let metrics = wait_for("the workload's calls", TIMEOUT, || {

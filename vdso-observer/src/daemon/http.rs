@@ -1,5 +1,10 @@
 //! A small HTTP/1.1 endpoint for direct scraping: `GET /metrics` and `GET /healthz`.
 //! One request per connection; anything else gets 404 or 405.
+//!
+//! Any local user can connect, so no client may hold the daemon: at most
+//! [`MAX_CONNECTIONS`] at once (a further one waits in the kernel's accept
+//! queue), each with one deadline for reading the request *and* writing the
+//! answer, and every `/metrics` answer shares the one published body.
 
 use std::{
     sync::{Arc, Mutex},
@@ -11,10 +16,17 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// From accept to the last byte written: a client that does not read its
+/// answer is dropped then.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What the endpoint serves, updated by the daemon after every window.
 #[derive(Debug)]
 pub struct Published {
-    pub metrics: String,
+    /// Shared by every answer in flight: a slow client holds a reference, not a copy.
+    pub metrics: Arc<str>,
     pub last_collection: Option<Instant>,
     /// A collection older than this is unhealthy.
     pub stale_after: Duration,
@@ -25,20 +37,58 @@ pub type Shared = Arc<Mutex<Published>>;
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn serve(listener: TcpListener, shared: Shared) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_errors = AcceptErrors::default();
     loop {
+        // A slot first: past the cap, clients wait in the accept queue.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = handle(stream, shared).await {
-                        log::debug!("http: {err}");
+                    let answered =
+                        tokio::time::timeout(CONNECTION_DEADLINE, handle(stream, shared)).await;
+                    match answered {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => log::debug!("http: {err}"),
+                        Err(_) => {
+                            log::debug!("http: a client took over {CONNECTION_DEADLINE:?}: dropped")
+                        }
                     }
+                    drop(slot);
                 });
             }
             Err(err) => {
-                log::warn!("http: accept failed: {err}");
+                accept_errors.note(&err);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// Accept failures (out of descriptors, say) are logged once a minute with
+/// how many there were, not every 100 ms.
+#[derive(Default)]
+struct AcceptErrors {
+    since_said: u64,
+    said: Option<Instant>,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, err: &std::io::Error) {
+        self.since_said += 1;
+        if self
+            .said
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            log::warn!(
+                "http: accept failed {} times since last said: {err}",
+                self.since_said
+            );
+            self.since_said = 0;
+            self.said = Some(Instant::now());
         }
     }
 }
@@ -46,7 +96,7 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
 async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    let head_complete = tokio::time::timeout(Duration::from_secs(10), async {
+    let head_complete = tokio::time::timeout(CONNECTION_DEADLINE, async {
         loop {
             let n = stream.read(&mut buf).await?;
             if n == 0 {
@@ -69,7 +119,7 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
     let mut words = line.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
+    let (status, content_type, body): (_, _, Arc<str>) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
             let published = shared.lock().expect("published state");
             ("200 OK", METRICS_CONTENT_TYPE, published.metrics.clone())
@@ -78,30 +128,39 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
             let published = shared.lock().expect("published state");
             match published.last_collection {
                 Some(at) if at.elapsed() <= published.stale_after => {
-                    ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned())
+                    ("200 OK", "text/plain; charset=utf-8", Arc::from("ok\n"))
                 }
                 Some(at) => (
                     "503 Service Unavailable",
                     "text/plain; charset=utf-8",
-                    format!("stale: last collection {:.0} s ago\n", at.elapsed().as_secs_f64()),
+                    Arc::from(format!(
+                        "stale: last collection {:.0} s ago\n",
+                        at.elapsed().as_secs_f64()
+                    )),
                 ),
                 None => (
                     "503 Service Unavailable",
                     "text/plain; charset=utf-8",
-                    "starting: no collection yet\n".to_owned(),
+                    Arc::from("starting: no collection yet\n"),
                 ),
             }
         }
         ("GET" | "HEAD", "/") => (
             "200 OK",
             "text/html; charset=utf-8",
-            "<html><body><h1>vdso-observer</h1><p><a href=\"/metrics\">/metrics</a> <a href=\"/healthz\">/healthz</a></p></body></html>\n".to_owned(),
+            Arc::from(
+                "<html><body><h1>vdso-observer</h1><p><a href=\"/metrics\">/metrics</a> <a href=\"/healthz\">/healthz</a></p></body></html>\n",
+            ),
         ),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_owned()),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            Arc::from("not found\n"),
+        ),
         _ => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",
-            "only GET and HEAD\n".to_owned(),
+            Arc::from("only GET and HEAD\n"),
         ),
     };
     let head = format!(

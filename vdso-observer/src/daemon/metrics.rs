@@ -605,13 +605,29 @@ impl Exporter {
             "counter",
             "The same, for the processes with pid series.",
         );
-        for (id, series) in &self.processes {
+        for (id, series) in self.labelled_processes() {
             let pid = id.tgid.to_string();
             out.sample(
                 &[("pid", &pid), ("comm", &series.comm)],
                 series.counts.excess_seconds,
             );
         }
+    }
+
+    /// The pid series to show: of two images of one pid with one comm (an
+    /// exec of itself, a reused pid within the grace period) only the newest,
+    /// so no two series of a family share a label set.
+    fn labelled_processes(&self) -> impl Iterator<Item = (&ProcessKey, &ProcessSeries)> {
+        let mut newest: BTreeMap<(u32, &str), (&ProcessKey, &ProcessSeries)> = BTreeMap::new();
+        for (id, series) in &self.processes {
+            let slot = newest
+                .entry((id.tgid, series.comm.as_str()))
+                .or_insert((id, series));
+            if (id.start_boottime_ns, id.exec_id) > (slot.0.start_boottime_ns, slot.0.exec_id) {
+                *slot = (id, series);
+            }
+        }
+        newest.into_values()
     }
 
     /// The six count families: kernel entries and vDSO-answered calls, per comm
@@ -633,7 +649,7 @@ impl Exporter {
             "counter",
             "Time calls that entered the kernel, for the top processes of a window and every flagged one (kept until a grace period after exit).",
         );
-        for (id, series) in &self.processes {
+        for (id, series) in self.labelled_processes() {
             let pid = id.tgid.to_string();
             for (labels, count) in &series.counts.kernel {
                 out.sample_parts(
@@ -678,7 +694,7 @@ impl Exporter {
             "counter",
             "Time calls the vDSO answered, for the processes with pid series.",
         );
-        for (id, series) in &self.processes {
+        for (id, series) in self.labelled_processes() {
             let pid = id.tgid.to_string();
             for (labels, calls) in &series.counts.vdso {
                 out.sample_parts(
@@ -1021,6 +1037,39 @@ mod tests {
                 "d".repeat(64)
             )),
             "{text}"
+        );
+    }
+
+    /// A process that execs itself is two images of one pid and comm: one
+    /// series (the newest), never two with one label set.
+    #[test]
+    fn two_images_of_one_pid_never_share_a_label_set() {
+        let mut aggregator = Aggregator::new(None);
+        let mut exporter = Exporter::new();
+        let mut report = report_of(
+            &mut aggregator,
+            &[(7, b"loop", TimeCall::ClockGettime, 1, Origin::Direct, 5)],
+            true,
+        );
+        let mut next = report.processes[0].clone();
+        next.exec_id += 1;
+        report.processes.push(next);
+        exporter.update(&report, &[], &SeriesLimits::default(), Instant::now());
+        assert_eq!(exporter.tracked_processes(), 2);
+        let text = exporter.render(&facts());
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0)
+            .collect();
+        let unique: BTreeSet<&str> = samples.iter().copied().collect();
+        assert_eq!(unique.len(), samples.len(), "{text}");
+        assert_eq!(
+            samples
+                .iter()
+                .filter(|l| l.starts_with("vdso_observer_process_kernel_time_calls_total{"))
+                .count(),
+            1
         );
     }
 

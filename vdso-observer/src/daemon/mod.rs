@@ -61,7 +61,7 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
 
     let mut session = Session::start(SessionOptions::new(&config.observer, config.thresholds))?;
     let shared: Shared = Arc::new(Mutex::new(Published {
-        metrics: String::new(),
+        metrics: Arc::from(""),
         last_collection: None,
         stale_after: config.interval * 3,
     }));
@@ -233,7 +233,7 @@ impl Collector {
             }
         }
         let mut published = shared.lock().expect("published");
-        published.metrics = text;
+        published.metrics = Arc::from(text);
         published.last_collection = Some(Instant::now());
         debug!(
             "collected {} processes in {:.1} ms",

@@ -5,30 +5,54 @@ use crate::{
     model::{ClockEvent, ClockEventKind},
 };
 
-/// What a kernel log line says about clocksources, if anything.
+/// What a kernel log line says about clocksources, if anything. Only the
+/// kernel's own lines of the clock subsystems count: the message must begin
+/// with the subsystem's prefix, and a line about a user process (`comm[pid]:
+/// …`, e.g. a segfault, whose comm and file name the user picks) never does.
 pub fn clock_event_kind(message: &str) -> Option<ClockEventKind> {
-    if message.contains("Switched to clocksource") {
-        Some(ClockEventKind::Switched)
-    } else if message.contains("Marking clocksource 'tsc' as unstable")
-        || message.contains("Marking TSC unstable")
-        || message.contains("TSC found unstable")
-    {
-        Some(ClockEventKind::TscUnstable)
-    } else if message.contains("arch_timer")
-        && (message.contains("workaround")
-            || message.contains("erratum")
-            || message.contains("Trapping CNTVCT"))
-    {
+    if names_a_process(message) {
+        return None;
+    }
+    if let Some(rest) = message.strip_prefix("clocksource: ") {
+        if rest.starts_with("Switched to clocksource ") {
+            Some(ClockEventKind::Switched)
+        } else if rest.contains("Marking clocksource 'tsc' as unstable") {
+            Some(ClockEventKind::TscUnstable)
+        } else if rest.starts_with("timekeeping watchdog")
+            || rest.starts_with("Long readout interval")
+            || rest.contains("clocksource watchdog")
+        {
+            Some(ClockEventKind::Watchdog)
+        } else {
+            None
+        }
+    } else if let Some(rest) = message.strip_prefix("tsc: ") {
+        (rest.starts_with("Marking TSC unstable") || rest.starts_with("TSC found unstable"))
+            .then_some(ClockEventKind::TscUnstable)
+    } else if let Some(rest) = message.strip_prefix("arch_timer: ") {
         // arm64: "arch_timer: Enabling global workaround for ARM erratum 858921".
-        Some(ClockEventKind::TimerErratum)
-    } else if message.contains("clocksource watchdog")
-        || message.contains("timekeeping watchdog")
-        || message.contains("clocksource: Long readout interval")
-    {
-        Some(ClockEventKind::Watchdog)
+        (rest.contains("workaround")
+            || rest.contains("erratum")
+            || rest.contains("Trapping CNTVCT"))
+        .then_some(ClockEventKind::TimerErratum)
     } else {
         None
     }
+}
+
+/// Whether a kernel line is about a user process: `comm[pid]: …` with a comm
+/// of at most 15 bytes (`TASK_COMM_LEN`). The kernel's clock lines never are.
+fn names_a_process(message: &str) -> bool {
+    let head = &message.as_bytes()[..message.len().min(40)];
+    head.iter().enumerate().any(|(at, &byte)| {
+        byte == b'[' && at <= 15 && {
+            let digits = head[at + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            digits > 0 && head[at + 1 + digits..].starts_with(b"]:")
+        }
+    })
 }
 
 /// Follows the clocksource in sysfs and clock lines of the kernel log
@@ -132,12 +156,19 @@ impl ClockWatch {
     }
 }
 
-/// `PRI,SEQ,USEC,FLAGS;message` -> an event when the message is about clocks.
+/// `PRI,SEQ,USEC,FLAGS;message` -> an event when the kernel itself says
+/// something about clocks. Lines written to /dev/kmsg from user space carry
+/// a facility other than the kernel's (0), whatever they say.
 pub fn parse_kmsg_record(record: &str, boot_unix: f64) -> Option<ClockEvent> {
     let (head, message) = record.split_once(';')?;
+    let mut fields = head.split(',');
+    let priority: u32 = fields.next()?.parse().ok()?;
+    if priority >> 3 != 0 {
+        return None;
+    }
     let message = message.lines().next()?.trim().to_owned();
     let kind = clock_event_kind(&message)?;
-    let usec: f64 = head.split(',').nth(2)?.parse().ok()?;
+    let usec: f64 = fields.nth(1)?.parse().ok()?;
     Some(ClockEvent {
         at_unix: boot_unix + usec / 1e6,
         kind,
@@ -204,6 +235,58 @@ mod watch_tests {
             None
         );
         assert!(parse_kmsg_record("garbage", 0.0).is_none());
+    }
+
+    /// What an unprivileged user can put in the kernel log: a crashing
+    /// program named like the kernel's clocksource line (the kernel quotes its
+    /// comm and file name), or a line written to /dev/kmsg (user facility).
+    /// Before, the first made a `switched` event, a recalibration and an alert.
+    #[test]
+    fn a_user_cannot_forge_a_clock_line() {
+        for forged in [
+            "6,900,5000,-;Switched to clo[4242]: segfault at 0 ip 0000000000401000 sp \
+             00007ffd0 error 4 in Switched to clocksource hpet[401000+1000]",
+            "6,901,5000,-;clocksource: Sw[4242]: segfault at 0 ip 0 sp 0 error 4 in \
+             Switched to clocksource hpet[401000+1000]",
+            "6,902,5000,-;clocksource: xx[77]: segfault at 0 in timekeeping watchdog[1+2]",
+            "6,903,5000,-;tsc: Marking[9]: trap invalid opcode in tsc: Marking TSC unstable",
+            // user space writing to /dev/kmsg gets facility LOG_USER (1): 14 = 1 << 3 | 6
+            "14,904,5000,-;clocksource: Switched to clocksource hpet",
+            "12,905,5000,-;tsc: Marking TSC unstable due to clocksource watchdog",
+        ] {
+            assert!(parse_kmsg_record(forged, 0.0).is_none(), "{forged}");
+        }
+        assert_eq!(
+            clock_event_kind("Switched to clocksource hpet"),
+            None,
+            "not at the start of a kernel line"
+        );
+        // The kernel's own lines still count.
+        for (line, kind) in [
+            (
+                "4,1,2,-;clocksource: timekeeping watchdog on CPU1: Marking clocksource 'tsc' \
+                 as unstable because the skew is too large:",
+                ClockEventKind::TscUnstable,
+            ),
+            (
+                "4,1,2,-;clocksource: Long readout interval, skipping watchdog check",
+                ClockEventKind::Watchdog,
+            ),
+            (
+                "6,1,2,-;tsc: Marking TSC unstable due to clocksource watchdog",
+                ClockEventKind::TscUnstable,
+            ),
+            (
+                "6,1,2,-;clocksource: Switched to clocksource hpet",
+                ClockEventKind::Switched,
+            ),
+        ] {
+            assert_eq!(
+                parse_kmsg_record(line, 0.0).map(|e| e.kind),
+                Some(kind),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -9,29 +9,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use vdso_observer_common::{ProcessKey, proc_stat};
+use vdso_observer_common::{ProcessEnd, ProcessKey, proc_stat};
 
 use crate::model::ProcessLookup;
 
-/// Whether the process image a key names is still running: the pid exists and
-/// was started at the same instant (a reused pid was not).
+/// Whether the process a key names is still running, as far as /proc can
+/// say: false only when the pid is gone or was started at another instant (a
+/// reused pid); a read that fails for another reason (out of descriptors, a
+/// hidepid mount) is never taken for an exit. /proc cannot see an exec: the
+/// kernel's marks ([`LivenessBefore`]) do.
 pub fn is_running(key: &ProcessKey) -> bool {
-    match start_ticks(key.tgid) {
-        Some(ticks) => ticks == boottime_ns_to_ticks(key.start_boottime_ns),
-        None => false,
-    }
-}
-
-/// Real uid of a running process (first field of `Uid:` in /proc/PID/status).
-pub fn uid_of(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    has_exited(key.tgid, boottime_ns_to_ticks(key.start_boottime_ns)) != Some(true)
 }
 
 /// Field 22 of /proc/PID/stat: start time after boot in clock ticks; None when
@@ -118,8 +106,9 @@ pub fn raise_open_file_limit() -> u64 {
 pub fn is_32bit_elf(path: &Path) -> bool {
     use std::io::Read as _;
     let mut header = [0u8; 5];
-    fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
+    open_regular(path)
+        .map_err(std::io::Error::other)
+        .and_then(|(mut file, _)| file.read_exact(&mut header))
         .is_ok()
         && header[..4] == *b"\x7fELF"
         && header[4] == 1
@@ -171,12 +160,6 @@ pub fn cpu_share(pid: u32) -> Option<f64> {
     Some(ticks / ticks_per_second / age)
 }
 
-/// The raw comm of a running process (/proc/PID/comm without its newline).
-pub fn comm_of(pid: u32) -> Option<Vec<u8>> {
-    let comm = fs::read(format!("/proc/{pid}/comm")).ok()?;
-    Some(comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec())
-}
-
 /// What uname(2) says: the kernel release (as the process's personality
 /// shows it: `setarch --uname-2.6` makes a 6.x kernel say 2.6) and the host name.
 pub struct Uname {
@@ -223,21 +206,71 @@ pub fn effective_capabilities(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
-/// What exact counting needs to know of a process's files.
+/// What exact counting needs to know of a process's files. Each is opened
+/// through the kernel's own handle on what the process maps
+/// (`/proc/PID/map_files/…`, `/proc/PID/exe`), never by a path the process
+/// could swap for a FIFO, a device or a link (its own view of the
+/// filesystem, a deleted file's name).
 pub struct ProcessFiles {
-    /// Files mapped executable, in the process's own view of the filesystem.
+    /// Files mapped executable, as the process's maps name them.
     pub executable_mappings: Vec<PathBuf>,
-    /// /proc/PID/exe, in the process's view.
+    /// `/proc/PID/map_files/START-END` of each, by its name.
+    mapped_at: std::collections::HashMap<PathBuf, PathBuf>,
+    /// `/proc/PID/exe`: the executable the process runs.
     pub exe: PathBuf,
-    /// /proc/PID/root: where the process's view starts from here (containers).
-    pub root: PathBuf,
 }
 
 impl ProcessFiles {
-    /// A path of the process's view, as seen from here.
-    pub fn in_root(&self, path: &Path) -> PathBuf {
-        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    /// Where a mapped file is opened from here (a path no file has when the
+    /// name is not mapped: opening it fails, and says so).
+    pub fn open_path(&self, mapped: &Path) -> PathBuf {
+        self.mapped_at
+            .get(mapped)
+            .cloned()
+            .unwrap_or_else(|| Path::new("/nonexistent-mapping").join(mapped))
     }
+}
+
+/// Files a process's executable memory maps are read in whole by nobody: at
+/// most this large, and read lazily (what ELF parsing touches).
+pub const LARGEST_BINARY: u64 = 1 << 30;
+
+/// Opens a file of another process for reading: non-blocking (a FIFO or a
+/// device never hangs the open), no controlling terminal, and only if it is a
+/// regular file of at most [`LARGEST_BINARY`] bytes. Returns it with its size.
+pub fn open_regular(path: &Path) -> anyhow::Result<(fs::File, u64)> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+
+    use anyhow::{Context as _, bail};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("fstat {}", path.display()))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        bail!("{} is {what}: not read", path.display());
+    }
+    if meta.len() > LARGEST_BINARY {
+        bail!(
+            "{} is {} bytes, more than the {LARGEST_BINARY} read for symbols",
+            path.display(),
+            meta.len()
+        );
+    }
+    Ok((file, meta.len()))
 }
 
 /// The executable mappings and the executable of a process.
@@ -271,42 +304,119 @@ pub fn process_files(pid: u32) -> anyhow::Result<ProcessFiles> {
     use anyhow::Context as _;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("reading /proc/{pid}/exe"))?;
+    let mapped = mapped_files(&maps);
     Ok(ProcessFiles {
-        executable_mappings: mapped_files(&maps),
-        exe,
-        root: PathBuf::from(format!("/proc/{pid}/root")),
+        executable_mappings: mapped.iter().map(|(path, _)| path.clone()).collect(),
+        mapped_at: mapped
+            .into_iter()
+            .map(|(path, range)| {
+                (
+                    path,
+                    PathBuf::from(format!("/proc/{pid}/map_files/{range}")),
+                )
+            })
+            .collect(),
+        exe: PathBuf::from(format!("/proc/{pid}/exe")),
     })
 }
 
-/// Executable file mappings of a /proc/PID/maps text, each once.
-pub fn mapped_files(maps: &str) -> Vec<PathBuf> {
-    let mut files = Vec::new();
+/// Executable file mappings of a /proc/PID/maps text, each once, with the
+/// address range (`START-END`, as map_files names it) of its first one.
+pub fn mapped_files(maps: &str) -> Vec<(PathBuf, String)> {
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
-        let perms = fields.nth(1).unwrap_or("");
-        let path = fields.nth(3).unwrap_or("");
+        let range = fields.next().unwrap_or("");
+        let perms = fields.next().unwrap_or("");
+        // A name with spaces (" (deleted)" too) is the rest of the line.
+        let path = line
+            .splitn(6, char::is_whitespace)
+            .nth(5)
+            .map(str::trim_start)
+            .unwrap_or("");
         if perms.contains('x') && path.starts_with('/') {
             let path = PathBuf::from(path);
-            if !files.contains(&path) {
-                files.push(path);
+            if !files.iter().any(|(known, _)| *known == path) {
+                files.push((path, range.to_owned()));
             }
         }
     }
     files
 }
 
-/// A path without its /proc/PID/root prefix: `/proc/7/root/usr/lib/x` -> `/usr/lib/x`.
+/// A file as its process names it: `/proc/7/root/usr/lib/x` -> `/usr/lib/x`;
+/// `/proc/7/map_files/…` and `/proc/7/exe` -> where they lead.
 pub fn display_path(path: &Path) -> String {
-    // /proc/PID/root/usr/lib/... -> /usr/lib/...
     let text = path.display().to_string();
+    if (text.contains("/map_files/") || text.ends_with("/exe"))
+        && let Ok(target) = fs::read_link(path)
+    {
+        return target.display().to_string();
+    }
+    // /proc/PID/root/usr/lib/... -> /usr/lib/...
     match text.strip_prefix("/proc/") {
         Some(rest) => rest
             .split_once("/root")
             .map_or(text.clone(), |(_, p)| p.to_owned()),
         None => text,
     }
+}
+
+/// The comm and real uid of the process a key names, read through one
+/// descriptor of its /proc directory after checking its start time there: a
+/// pid reused since is another directory, so it cannot lend its name.
+pub fn comm_and_uid_of(key: &ProcessKey) -> Option<(Vec<u8>, Option<u32>)> {
+    use std::{io::Read as _, os::fd::FromRawFd as _};
+    let dir = std::ffi::CString::new(format!("/proc/{}", key.tgid)).ok()?;
+    // SAFETY: a valid C string; the descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            dir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor this function just opened and nothing else owns.
+    let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let read_at = |name: &std::ffi::CStr| -> Option<String> {
+        // SAFETY: a valid directory descriptor and a relative C string name.
+        let fd = unsafe {
+            libc::openat(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        let mut file = unsafe { fs::File::from_raw_fd(fd) };
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let stat = read_at(c"stat")?;
+    if proc_stat::start_ticks(&stat)? != boottime_ns_to_ticks(key.start_boottime_ns) {
+        return None;
+    }
+    // comm sits between the first '(' and the last ')' of stat.
+    let comm = stat
+        .get(stat.find('(')? + 1..stat.rfind(')')?)?
+        .as_bytes()
+        .to_vec();
+    let uid = read_at(c"status").and_then(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    Some((comm, uid))
 }
 
 /// Who processes are, from /proc and NSS: what the aggregation asks of the host.
@@ -317,8 +427,8 @@ impl ProcessLookup for HostLookup {
         is_running(process)
     }
 
-    fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)> {
-        Some((comm_of(pid)?, uid_of(pid)))
+    fn comm_and_uid(&self, process: &ProcessKey) -> Option<(Vec<u8>, Option<u32>)> {
+        comm_and_uid_of(process)
     }
 
     fn user_name(&self, uid: u32) -> String {
@@ -339,9 +449,20 @@ pub struct LivenessBefore {
 }
 
 impl LivenessBefore {
-    pub fn check(processes: impl IntoIterator<Item = ProcessKey>) -> LivenessBefore {
+    /// From the kernel's marks (`Some(end)`: the process has a name entry the
+    /// lifetime programs mark at exit and exec, when `marked` says they are
+    /// attached), and from /proc for the rest.
+    pub fn check(
+        processes: impl IntoIterator<Item = (ProcessKey, Option<ProcessEnd>)>,
+        marked: bool,
+    ) -> LivenessBefore {
+        let gone = processes.into_iter().filter(|(process, end)| match end {
+            Some(ProcessEnd::Exited | ProcessEnd::Execed) => true,
+            Some(ProcessEnd::Running) if marked => false,
+            _ => !is_running(process),
+        });
         LivenessBefore {
-            gone: processes.into_iter().filter(|p| !is_running(p)).collect(),
+            gone: gone.map(|(process, _)| process).collect(),
         }
     }
 
@@ -355,8 +476,8 @@ impl ProcessLookup for LivenessBefore {
         !self.gone.contains(process)
     }
 
-    fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)> {
-        HostLookup.comm_and_uid(pid)
+    fn comm_and_uid(&self, process: &ProcessKey) -> Option<(Vec<u8>, Option<u32>)> {
+        HostLookup.comm_and_uid(process)
     }
 
     fn user_name(&self, uid: u32) -> String {
@@ -410,11 +531,98 @@ mod tests {
             tgid: u32::MAX,
             ..me
         };
-        let liveness = LivenessBefore::check([gone]);
+        let liveness = LivenessBefore::check([(gone, None)], true);
         assert_eq!(liveness.gone(), 1);
         assert!(!liveness.is_running(&gone));
         // Not checked: appeared after the check, so it runs.
         assert!(liveness.is_running(&me));
+    }
+
+    #[test]
+    fn the_kernels_marks_decide_where_there_are_marks() {
+        let me = own_key();
+        let execed = ProcessKey {
+            exec_id: me.exec_id + 1,
+            ..me
+        };
+        // An image that exec'd has a live pid and its start time: only the
+        // kernel's mark retires it.
+        let liveness = LivenessBefore::check(
+            [
+                (me, Some(ProcessEnd::Execed)),
+                (execed, Some(ProcessEnd::Running)),
+            ],
+            true,
+        );
+        assert!(!liveness.is_running(&me));
+        assert!(liveness.is_running(&execed));
+        // A gone pid marked running while the marks are trusted stays (its
+        // exit mark comes with the next look); without marks /proc decides.
+        let gone = ProcessKey {
+            tgid: u32::MAX,
+            ..me
+        };
+        let marked = LivenessBefore::check([(gone, Some(ProcessEnd::Running))], true);
+        assert!(marked.is_running(&gone));
+        let unmarked = LivenessBefore::check([(gone, Some(ProcessEnd::Running))], false);
+        assert!(!unmarked.is_running(&gone));
+    }
+
+    /// Out of descriptors, /proc cannot be read: that is no exit. (Before,
+    /// any error was taken for "gone": live processes were retired and their
+    /// series restarted from 0.)
+    #[test]
+    fn a_proc_read_that_fails_with_emfile_is_not_an_exit() {
+        let me = own_key();
+        let child = std::process::Command::new("/bin/sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let ticks = start_ticks(child.id()).expect("the child's stat");
+        let child_key = ProcessKey {
+            tgid: child.id(),
+            exec_id: 0,
+            start_boottime_ns: ticks * 1_000_000_000 / clock_ticks_per_second(),
+        };
+        // Take every free descriptor, then ask.
+        let mut held = Vec::new();
+        while let Ok(file) = fs::File::open("/dev/null") {
+            held.push(file);
+        }
+        let running = is_running(&child_key);
+        let liveness = LivenessBefore::check([(child_key, None), (me, None)], false);
+        let named = comm_and_uid_of(&child_key);
+        drop(held);
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(running, "EMFILE was taken for an exit");
+        assert_eq!(liveness.gone(), 0);
+        assert_eq!(named, None, "nothing read, nothing named");
+        assert!(comm_and_uid_of(&me).is_some());
+    }
+
+    #[test]
+    fn a_reused_pid_lends_no_name() {
+        let me = own_key();
+        let (comm, uid) = comm_and_uid_of(&me).expect("own comm");
+        assert!(!comm.is_empty());
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(uid, Some(unsafe { libc::getuid() }));
+        let reused = ProcessKey {
+            start_boottime_ns: me.start_boottime_ns + 1_000_000_000,
+            ..me
+        };
+        assert_eq!(comm_and_uid_of(&reused), None);
+    }
+
+    fn own_key() -> ProcessKey {
+        ProcessKey {
+            tgid: std::process::id(),
+            exec_id: 0,
+            start_boottime_ns: start_ticks(std::process::id()).unwrap() * 1_000_000_000
+                / clock_ticks_per_second(),
+        }
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         regs_sp: at("pt_regs", &["sp"], &[8])?,
         cgroup_kn: at("cgroup", &["kn"], &[8])?,
         kernfs_node_id: at("kernfs_node", &["id"], &[8])?,
+        cgroup_root: at("cgroup", &["root"], &[8])?,
+        cgroup_root_hierarchy_id: at("cgroup_root", &["hierarchy_id"], &[4])?,
+        task_signal: at("task_struct", &["signal"], &[8])?,
+        signal_live: at("signal_struct", &["live"], &[4])?,
         ..KernelOffsets::ZERO
     };
     arch_offsets(common, at)

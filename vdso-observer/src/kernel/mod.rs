@@ -1,9 +1,16 @@
 //! The kernel side seen from user space: BTF offsets, privileges and kernel
-//! floors, and the loader that loads, attaches, reads the maps and forgets.
+//! floors; the object and its maps (`object`), attaching (`attach`), the
+//! observer that holds them (`observer`), reading and forgetting
+//! (`map_reads`), and exact counting's links (`exact_links`).
 
-pub mod attach_choice;
+pub mod attach;
 pub mod btf_offsets;
-pub mod loader;
+mod exact_links;
+mod map_reads;
+pub mod object;
+pub mod observer;
 pub mod privileges;
 
-pub use loader::{LoadOptions, Observer, VdsoTables};
+pub use attach::{KprobeJudge, KprobeTrial, KprobeVerdict};
+pub use object::{LoadOptions, VdsoTables};
+pub use observer::Observer;

@@ -122,8 +122,54 @@ pub fn drop_capabilities(needs: LaterNeeds) -> Result<Vec<&'static str>> {
             std::io::Error::last_os_error()
         );
     }
+    lock_privileges(keep);
     set_capabilities(keep)?;
+    // Nothing it execs (the calibration children) can gain a privilege back:
+    // not through setuid or file capabilities, not by being uid 0.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        bail!("setting no_new_privs: {}", std::io::Error::last_os_error());
+    }
     Ok(wanted.into_iter().map(|(_, name)| name).collect())
+}
+
+/// Before the capset: empties the bounding set of what is not kept and sets
+/// the securebits that stop uid 0 from meaning every capability in a child
+/// (`SECBIT_NOROOT`, `SECBIT_NO_SETUID_FIXUP`, each locked, and keep-caps
+/// locked off). Both need CAP_SETPCAP; without it (a container granted only
+/// CAP_BPF and CAP_PERFMON) there is nothing to regain anyway, and
+/// no_new_privs still holds.
+fn lock_privileges(keep: u64) {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    let mut refused = 0;
+    for cap in (0..=last).filter(|cap| keep & (1u64 << cap) == 0) {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            refused += 1;
+        }
+    }
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED;
+    // SAFETY: prctl with integer arguments only.
+    let secured = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } == 0;
+    if refused > 0 || !secured {
+        log::debug!(
+            "bounding set and securebits left as they were ({refused} capabilities not \
+             dropped from the bounding set; securebits {}): CAP_SETPCAP not held",
+            if secured { "set" } else { "not set" }
+        );
+    }
 }
 
 /// capset(2) of this thread: `mask` effective and permitted, nothing inheritable.

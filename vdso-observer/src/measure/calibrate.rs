@@ -19,13 +19,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use log::warn;
-use vdso_observer_common::{CallKey, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey};
+use vdso_observer_common::{ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey};
 
 use crate::{
     host::{vdso_image::VdsoImage, vdso32::Vdso32Child},
     kernel::Observer,
     model::{
-        MapSnapshot, VdsoCheck,
+        MapSnapshot, Retired, VdsoCheck,
         costs::{MIN_NS, PathCost, PathCosts, VdsoCosts},
     },
 };
@@ -316,7 +316,7 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
     let mut model = VdsoModel {
         image,
         costs,
-        sample_period_ns: observer.sample_period_ns,
+        sample_period_ns: observer.sample_period_ns(),
     };
     match run_child(observer, false) {
         Ok((check, sampled, gettime_samples)) => {
@@ -421,7 +421,7 @@ fn run_child(
         .collect();
     let mut sampled = BTreeMap::new();
     let mut gettime_samples = 0;
-    if let Some(period_ns) = observer.sample_period_ns
+    if let Some(period_ns) = observer.sample_period_ns()
         && !quick
     {
         for (call, calls) in calls {
@@ -490,27 +490,52 @@ fn calibrate_i386(
     Ok(Some((ns32 / ns64, samples)))
 }
 
-/// Deletes what the maps hold of a calibration child, which nobody asked about.
+/// Deletes what the maps hold of a calibration child, which nobody asked
+/// about: the images of `pid` that started first (the child, reaped by now:
+/// a process that reused its pid since started later and keeps its counts).
 fn forget_pid(observer: &mut Observer, snapshot: &MapSnapshot, pid: u32) -> Result<()> {
-    let vdso_keys: Vec<VdsoKey> = snapshot
-        .vdso
-        .keys()
-        .filter(|key| key.process.tgid == pid)
-        .copied()
-        .collect();
-    let keys: Vec<CallKey> = snapshot
+    let child_start = snapshot
         .calls
         .keys()
-        .filter(|key| key.process.tgid == pid)
-        .copied()
-        .collect();
-    let processes: Vec<ProcessKey> = snapshot
-        .names
-        .keys()
-        .filter(|key| key.tgid == pid)
-        .copied()
-        .collect();
-    observer.forget(&processes, &keys, &vdso_keys)
+        .map(|key| key.process)
+        .chain(snapshot.vdso.keys().map(|key| key.process))
+        .chain(snapshot.names.keys().copied())
+        .filter(|process| process.tgid == pid)
+        .map(|process| process.start_boottime_ns)
+        .min();
+    let Some(child_start) = child_start else {
+        return Ok(());
+    };
+    let child =
+        |process: &ProcessKey| process.tgid == pid && process.start_boottime_ns == child_start;
+    let retired = Retired {
+        processes: snapshot
+            .names
+            .keys()
+            .filter(|p| child(p))
+            .copied()
+            .collect(),
+        keys: snapshot
+            .calls
+            .keys()
+            .filter(|key| child(&key.process))
+            .copied()
+            .collect(),
+        vdso_keys: snapshot
+            .vdso
+            .keys()
+            .filter(|key| child(&key.process))
+            .copied()
+            .collect(),
+    };
+    let left = observer.forget(&retired);
+    if !left.is_empty() {
+        bail!(
+            "{} keys of the calibration child (pid {pid}) could not be deleted",
+            left.keys.len() + left.vdso_keys.len() + left.processes.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -49,7 +49,11 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
             Err(err) => format!("{err:#}"),
         },
     });
-    let mut observer = Observer::start(options, &tables);
+    let mut observer = Observer::start(
+        options,
+        &tables,
+        &mut super::attach_choice::MeasuredJudge::default(),
+    );
     let vdso_check = match (&mut observer, image.clone()) {
         (Ok(observer), Some(image)) => calibrate::calibrate(observer, image).1,
         _ => None,
@@ -57,12 +61,12 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     // What the programs cost while the calibration ran (every syscall of the
     // machine passes sys_enter meanwhile).
     let (run_stats, programs) = match &observer {
-        Ok(observer) => (Some(observer.run_stats.clone()), observer.program_runs()),
+        Ok(observer) => (Some(observer.run_stats().clone()), observer.program_runs()),
         Err(_) => (None, Vec::new()),
     };
     match &observer {
         Ok(observer) => {
-            for probe in &observer.probes {
+            for probe in observer.probes() {
                 features.push(Feature {
                     name: probe.attach_point,
                     available: probe.attached,

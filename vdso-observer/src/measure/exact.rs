@@ -27,7 +27,6 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::{perf_event::PerfEventLinkId, uprobe::UProbeLinkId};
 use log::{info, warn};
-use object::{Object as _, ObjectSymbol as _};
 use serde::Serialize;
 use vdso_observer_common::{
     COVERAGE_PROCESS, ExactCoverage, Provenance, SyscallAbi, TimeCall, UprobeCookie, VdsoKey,
@@ -407,7 +406,9 @@ impl ExactTracer {
             last_look: Instant::now(),
         };
         for (file, symbol, cookie) in &points.uprobes {
-            match observer.attach_uprobe(file, symbol, pid, *cookie) {
+            let attached = symbol_offset(file, symbol)
+                .and_then(|offset| observer.attach_uprobe_at_offset(file, offset, pid, *cookie));
+            match attached {
                 Ok(link) => {
                     traced.uprobes.push(link);
                     traced.uprobe_calls |= 1 << cookie.call as u32;
@@ -584,7 +585,7 @@ pub struct EntryPoints {
 /// Decides the entry points from a process's maps and executable.
 pub fn entry_points(pid: u32) -> Result<EntryPoints> {
     let files = procfs::process_files(pid)?;
-    let exe = files.in_root(&files.exe);
+    let exe = files.exe.clone();
     let exe_symbols = elf_symbols(&exe).unwrap_or_default();
     let abi = if cfg!(target_arch = "x86_64") && procfs::is_32bit_elf(&exe) {
         SyscallAbi::I386
@@ -592,7 +593,7 @@ pub fn entry_points(pid: u32) -> Result<EntryPoints> {
         SyscallAbi::NATIVE
     };
     let mut points = choose_entry_points(&files.executable_mappings, &exe, &exe_symbols, |path| {
-        files.in_root(path)
+        files.open_path(path)
     });
     points.abi = abi;
     if abi == SyscallAbi::I386 {
@@ -736,19 +737,52 @@ pub fn choose_entry_points(
     points
 }
 
-/// Files mapped executable, from a maps text.
 /// Names defined in .symtab and .dynsym of an ELF file (not the imports: a
 /// dynamic binary "has" clock_gettime only as an undefined symbol).
 fn elf_symbols(path: &Path) -> Result<HashSet<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file =
-        object::File::parse(&*bytes).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.is_definition())
-        .filter_map(|s| s.name().ok().map(str::to_owned))
-        .collect())
+    Ok(elf_symbol_offsets(path)?.into_keys().collect())
+}
+
+/// Each defined symbol of an ELF file with its file offset (where a uprobe
+/// goes). The file is opened as [`procfs::open_regular`] allows and read
+/// lazily: only the headers and symbol tables parsing touches.
+fn elf_symbol_offsets(path: &Path) -> Result<HashMap<String, u64>> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    let (file, _) = procfs::open_regular(path)?;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).with_context(|| format!("parsing {}", path.display()))?;
+    let mut offsets = HashMap::new();
+    for symbol in elf.symbols().chain(elf.dynamic_symbols()) {
+        if !symbol.is_definition() {
+            continue;
+        }
+        let (Ok(name), Some(index)) = (symbol.name(), symbol.section_index()) else {
+            continue;
+        };
+        let Ok(section) = elf.section_by_index(index) else {
+            continue;
+        };
+        let Some((section_offset, _)) = section.file_range() else {
+            continue;
+        };
+        if let Some(offset) = symbol
+            .address()
+            .checked_sub(section.address())
+            .and_then(|within| within.checked_add(section_offset))
+        {
+            offsets.entry(name.to_owned()).or_insert(offset);
+        }
+    }
+    Ok(offsets)
+}
+
+/// The file offset of `symbol` in `path`, for a uprobe (aya would read the
+/// whole file to find it).
+fn symbol_offset(path: &Path, symbol: &str) -> Result<u64> {
+    elf_symbol_offsets(path)?
+        .remove(symbol)
+        .ok_or_else(|| anyhow!("no symbol {symbol} defined in {}", path.display()))
 }
 
 /// What one uprobe hit and one breakpoint hit cost on this machine: the
@@ -780,7 +814,9 @@ fn measure_hit_costs(observer: &mut Observer, image: &VdsoImage) -> Result<HitCo
         .iter()
         .find(|(_, symbol, _)| symbol == "clock_gettime")
     {
-        Some((libc, symbol, cookie)) => observer.attach_uprobe(libc, symbol, own, *cookie)?,
+        Some((libc, symbol, cookie)) => {
+            observer.attach_uprobe_at_offset(libc, symbol_offset(libc, symbol)?, own, *cookie)?
+        }
         // The static release binary is stripped: its own clock_gettime, by address.
         None => {
             let (file, offset) = procfs::own_code_location(libc::clock_gettime as *const () as u64)
@@ -950,12 +986,14 @@ mod tests {
         let maps = "55-56 r--p 0 fe:00 1 /usr/bin/app\n\
                     56-57 r-xp 0 fe:00 1 /usr/bin/app\n\
                     7f-80 r-xp 0 fe:00 2 /usr/lib/libc.so.6\n\
-                    81-82 r-xp 0 00:00 0 [vdso]\n";
+                    81-82 r-xp 0 00:00 0 [vdso]\n\
+                    90-91 r-xp 0 fe:00 3                          /tmp/my app (deleted)\n";
         assert_eq!(
             procfs::mapped_files(maps),
             [
-                PathBuf::from("/usr/bin/app"),
-                PathBuf::from("/usr/lib/libc.so.6")
+                (PathBuf::from("/usr/bin/app"), "56-57".to_owned()),
+                (PathBuf::from("/usr/lib/libc.so.6"), "7f-80".to_owned()),
+                (PathBuf::from("/tmp/my app (deleted)"), "90-91".to_owned()),
             ]
         );
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Measurements that need the loaded programs: the calibration of vDSO costs
 //! and capability (both ends of its child process), and exact counting with its
-//! governor.
+//! governor, and `auto`'s choice between kprobes and the raw tracepoint.
 
+pub mod attach_choice;
 pub mod calibrate;
 pub mod diagnose;
 pub mod exact;

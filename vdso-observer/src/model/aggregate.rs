@@ -54,6 +54,9 @@ pub struct Aggregator {
     drained: BTreeMap<ProcessKey, Deltas>,
     estimator: Option<VdsoEstimator>,
     thresholds: Thresholds,
+    /// Processes retired and reported whose keys the kernel did not let user
+    /// space delete yet: what the maps still hold of them was counted already.
+    held_back: BTreeSet<ProcessKey>,
 }
 
 /// What the aggregation asks the host about processes (the host module reads
@@ -61,9 +64,10 @@ pub struct Aggregator {
 pub trait ProcessLookup {
     /// Whether the process image a key names still runs.
     fn is_running(&self, process: &ProcessKey) -> bool;
-    /// The raw comm and real uid of a running pid (for processes the kernel's
-    /// name map had no room for).
-    fn comm_and_uid(&self, pid: u32) -> Option<(Vec<u8>, Option<u32>)>;
+    /// The raw comm and real uid of a running process (for processes the
+    /// kernel's name map had no room for); None when the pid now names
+    /// another process.
+    fn comm_and_uid(&self, process: &ProcessKey) -> Option<(Vec<u8>, Option<u32>)>;
     /// The user name of a uid (the uid as text when there is none).
     fn user_name(&self, uid: u32) -> String;
     /// The cgroup v2 path of a cgroup id (None: unknown, or removed since).
@@ -79,6 +83,17 @@ pub struct Retired {
 }
 
 impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty() && self.keys.is_empty() && self.vdso_keys.is_empty()
+    }
+
+    /// Adds what `other` retires.
+    pub fn extend(&mut self, other: Retired) {
+        self.processes.extend(other.processes);
+        self.keys.extend(other.keys);
+        self.vdso_keys.extend(other.vdso_keys);
+    }
+
     /// A gone process and every key it had.
     fn add(&mut self, process: ProcessKey, deltas: &Deltas) {
         self.processes.push(process);
@@ -120,6 +135,18 @@ impl Aggregator {
 
     pub fn set_thresholds(&mut self, thresholds: Thresholds) {
         self.thresholds = thresholds;
+    }
+
+    /// The retired processes whose keys are still in the maps (their deletion
+    /// failed and is tried again): left out of every count until they are gone.
+    pub fn hold_back(&mut self, left: &Retired) {
+        self.held_back = left
+            .processes
+            .iter()
+            .copied()
+            .chain(left.keys.iter().map(|key| key.process))
+            .chain(left.vdso_keys.iter().map(|key| key.process))
+            .collect();
     }
 
     /// The report of the window that ends with `snapshot`, and what can now be
@@ -252,7 +279,8 @@ impl Aggregator {
     /// their keys may need deleting).
     fn deltas(&self, snapshot: &MapSnapshot) -> BTreeMap<ProcessKey, Deltas> {
         let mut per_process: BTreeMap<ProcessKey, Deltas> = BTreeMap::new();
-        for (key, &total) in &snapshot.calls {
+        let held = |process: &ProcessKey| self.held_back.contains(process);
+        for (key, &total) in snapshot.calls.iter().filter(|(key, _)| !held(&key.process)) {
             let delta = total.saturating_sub(self.previous.get(key).copied().unwrap_or(0));
             per_process
                 .entry(key.process)
@@ -260,7 +288,7 @@ impl Aggregator {
                 .calls
                 .push((*key, delta));
         }
-        for (key, &total) in &snapshot.vdso {
+        for (key, &total) in snapshot.vdso.iter().filter(|(key, _)| !held(&key.process)) {
             let delta = total.saturating_sub(self.previous_vdso.get(key).copied().unwrap_or(0));
             per_process
                 .entry(key.process)
@@ -268,7 +296,7 @@ impl Aggregator {
                 .vdso
                 .push((*key, delta));
         }
-        for (process, info) in &snapshot.names {
+        for (process, info) in snapshot.names.iter().filter(|(process, _)| !held(process)) {
             let before = self.previous_lost.get(process).copied().unwrap_or(0);
             if info.lost > before {
                 per_process.entry(*process).or_default().lost = info.lost - before;
@@ -316,7 +344,7 @@ impl Aggregator {
         }
         // The name map was full when the process first appeared: ask the host
         // while it still runs.
-        if running && let Some((comm, uid)) = lookup.comm_and_uid(process.tgid) {
+        if running && let Some((comm, uid)) = lookup.comm_and_uid(process) {
             let identity = Identity {
                 comm: display_comm(&comm),
                 uid,
@@ -572,7 +600,7 @@ pub mod testing {
             self.running
         }
 
-        fn comm_and_uid(&self, _: u32) -> Option<(Vec<u8>, Option<u32>)> {
+        fn comm_and_uid(&self, _: &ProcessKey) -> Option<(Vec<u8>, Option<u32>)> {
             None
         }
 

@@ -56,22 +56,43 @@ pub struct Container {
 impl Container {
     /// The container of a cgroup v2 path (`/system.slice/docker-<id>.scope`);
     /// None for a path of no container (a user session, a system service).
+    ///
+    /// Only where a runtime makes its cgroups: directly under its own parent
+    /// at the top of the hierarchy (`system.slice`, `machine.slice` and its
+    /// podman pod slices, `docker`, `libpod_parent`) or directly under a pod
+    /// of a top-level `kubepods`. A user's delegated subtree
+    /// (`user.slice/…/user@UID.service/…`) or a delegated service can make
+    /// directories of any name: a `docker-<id>.scope` there names nothing.
     pub fn from_cgroup_path(path: &str) -> Option<Container> {
-        let mut container = None;
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let in_kubepods = matches!(parts.first(), Some(&("kubepods" | "kubepods.slice")));
         let mut pod_uid = None;
         let mut qos = None;
-        let in_kubepods = path
-            .split('/')
-            .any(|p| p == "kubepods" || p == "kubepods.slice");
-        for part in path.split('/').filter(|p| !p.is_empty()) {
+        let mut container = None;
+        for (depth, part) in parts.iter().enumerate() {
             if in_kubepods {
                 if let Some(uid) = pod_of(part) {
                     pod_uid = Some(uid);
                 }
                 qos = qos.or(qos_of(part));
             }
-            if let Some(found) = container_of(part, in_kubepods) {
+            let owned_parent =
+                match depth {
+                    0 => false,
+                    1 => matches!(
+                        parts[0],
+                        "system.slice" | "machine.slice" | "docker" | "libpod_parent"
+                    ),
+                    // A podman pod's slice (systemd driver) or directory (cgroupfs).
+                    2 => {
+                        (parts[0] == "machine.slice" && parts[1].starts_with("machine-libpod_pod_"))
+                            || (parts[0] == "libpod_parent" && is_container_id(parts[1]))
+                    }
+                    _ => false,
+                } || (depth > 0 && in_kubepods && pod_of(parts[depth - 1]).is_some());
+            if owned_parent && let Some(found) = container_of(part, parts[0], in_kubepods) {
                 container = Some(found);
+                break;
             }
         }
         let (id, runtime) = container?;
@@ -108,8 +129,8 @@ fn is_container_id(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// One path component naming a container.
-fn container_of(part: &str, in_kubepods: bool) -> Option<(String, Runtime)> {
+/// One path component naming a container, under the top-level `root`.
+fn container_of(part: &str, root: &str, in_kubepods: bool) -> Option<(String, Runtime)> {
     let part_id = part.strip_suffix(".scope").unwrap_or(part);
     for (prefix, runtime) in [
         ("docker-", Runtime::Docker),
@@ -127,7 +148,14 @@ fn container_of(part: &str, in_kubepods: bool) -> Option<(String, Runtime)> {
         .strip_prefix("systemd-nspawn@")
         .and_then(|p| p.strip_suffix(".service"))
     {
-        return Some((name.replace("\\x2d", "-"), Runtime::SystemdNspawn));
+        // A machine name is a host name: anything else (escape bytes for a
+        // terminal, say) is no machine systemd would have started.
+        let name = name.replace("\\x2d", "-");
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        return (root == "machine.slice" && plain).then_some((name, Runtime::SystemdNspawn));
     }
     // cgroupfs drivers: the bare id (docker's /docker/<id>, kubelet's pod<uid>/<id>).
     if is_container_id(part) {
@@ -232,6 +260,28 @@ mod tests {
         assert_eq!(besteffort.id, ID);
         let guaranteed = parse(&format!("/kubepods/pod{UID}/{ID}"));
         assert_eq!(guaranteed.qos, Some(QosClass::Guaranteed));
+    }
+
+    /// Names a tenant can give its own cgroups do not make it a container,
+    /// nor another container. (Before, any path component matched.)
+    #[test]
+    fn a_user_cannot_frame_a_container() {
+        for path in [
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope"),
+            format!("/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{ID}"),
+            format!("/system.slice/ci-runner.service/docker-{ID}.scope"),
+            format!("/system.slice/ci-runner.service/kubepods.slice/cri-containerd-{ID}.scope"),
+            "/user.slice/machine.slice/systemd-nspawn@web.service".to_owned(),
+            "/machine.slice/systemd-nspawn@evil\x1b[2J.service".to_owned(),
+            format!("/{ID}"),
+            format!("/vo-collide/libpod-{ID}"),
+        ] {
+            assert_eq!(Container::from_cgroup_path(&path), None, "{path}");
+        }
+        // What runtimes make stays a container: podman pods, nested cgroups.
+        let pod = format!("/machine.slice/machine-libpod_pod_{ID}.slice/libpod-{ID}.scope");
+        assert_eq!(parse(&pod).runtime, Runtime::Podman);
+        assert_eq!(parse(&format!("/docker/{ID}/sub")).id, ID);
     }
 
     #[test]

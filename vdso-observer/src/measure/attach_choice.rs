@@ -6,7 +6,14 @@
 //! bare and under each (its own calls are not counted), and the kernel's run
 //! counts give the machine's syscall and time-call rates over half a second.
 
-use std::{hint::black_box, time::Instant};
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::kernel::{KprobeJudge, KprobeTrial, KprobeVerdict};
 
 /// Calls per timed loop, and loops per figure (the best is kept).
 const LOOP_CALLS: u32 = 20_000;
@@ -61,6 +68,66 @@ impl SyscallMix {
             self.raw_cost() / 1e6,
         )
     }
+}
+
+/// `auto`'s judge: this process's own loops bare (before the kprobes), under
+/// the kprobes and under the empty sys_enter program, and the machine's rates.
+#[derive(Default)]
+pub struct MeasuredJudge {
+    bare: Option<LoopCosts>,
+}
+
+impl KprobeJudge for MeasuredJudge {
+    fn before_kprobes(&mut self) {
+        self.bare = Some(LoopCosts::measure());
+    }
+
+    fn judge(&mut self, trial: &mut KprobeTrial<'_>) -> Result<KprobeVerdict> {
+        let bare = self.bare.unwrap_or_else(LoopCosts::measure);
+        let mix = measure_mix(trial, bare)?;
+        Ok(if mix.prefers_raw_tracepoint() {
+            KprobeVerdict::RawTracepointIsCheaper(mix.note())
+        } else {
+            KprobeVerdict::Keep(mix.note())
+        })
+    }
+}
+
+/// With the kprobes attached: what they add to a time call, what a
+/// sys_enter program's traced path adds to every syscall (the empty program,
+/// attached for the measurement only: it counts nothing), what the counting
+/// program takes, and the machine's syscall and time-call rates over half a
+/// second (the empty program's and the kprobes' run counts).
+fn measure_mix(trial: &mut KprobeTrial<'_>, bare: LoopCosts) -> Result<SyscallMix> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (run counts)")?;
+    let (runs0, ns0) = trial.runs(false);
+    let under_kprobes = LoopCosts::measure();
+    let (runs1, ns1) = trial.runs(false);
+    let program_ns = if runs1 > runs0 {
+        (ns1 - ns0) as f64 / (runs1 - runs0) as f64
+    } else {
+        0.0
+    };
+    trial.attach_floor()?;
+    let under_floor = LoopCosts::measure();
+    let (time0, _) = trial.runs(false);
+    let (all0, _) = trial.runs(true);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let (time1, _) = trial.runs(false);
+    let (all1, _) = trial.runs(true);
+    let seconds = started.elapsed().as_secs_f64();
+    trial.detach_floor()?;
+    Ok(SyscallMix {
+        kprobe_ns_per_time_call: (under_kprobes.direct_clock_gettime_ns
+            - bare.direct_clock_gettime_ns)
+            .max(0.0),
+        floor_ns_per_syscall: (under_floor.getppid_ns - bare.getppid_ns).max(0.0),
+        program_ns_per_time_call: program_ns,
+        syscalls_per_sec: all1.saturating_sub(all0) as f64 / seconds,
+        time_calls_per_sec: time1.saturating_sub(time0) as f64 / seconds,
+    })
 }
 
 /// ns per getppid and per direct `syscall(SYS_clock_gettime)` in this

@@ -1,0 +1,54 @@
+//! Every map of the object, with the sizes the object carries; the loader
+//! resizes the counter maps (`--map-entries`) before load. Names are the
+//! common crate's `*_MAP` constants.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
+};
+use vdso_observer_common::{
+    CGROUP_PATH_ENTRIES, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
+    DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_ENTRIES, ExactCoverage, ObserverStat, ProcessInfo,
+    ProcessKey, RecentTimeCall, VdsoKey,
+};
+
+#[map]
+pub static VDSO_CALLS: PerCpuHashMap<VdsoKey, u64> =
+    PerCpuHashMap::with_max_entries(DEFAULT_VDSO_CALL_ENTRIES, 0);
+
+/// The counter slot of each key (see `TIME_CALLS_MAP`).
+#[map]
+pub static TIME_CALLS: HashMap<CallKey, u32> =
+    HashMap::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+
+#[map]
+pub static TIME_CALL_COUNTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+
+#[map]
+pub static FREE_TIME_CALL_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+
+#[map]
+pub static RECENT_TIME_CALL: PerCpuArray<RecentTimeCall> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static SLOT_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static PROCESSES: HashMap<ProcessKey, ProcessInfo> =
+    HashMap::with_max_entries(DEFAULT_PROCESS_ENTRIES, 0);
+
+#[map]
+pub static EXACT_COVERAGE: HashMap<u32, ExactCoverage> =
+    HashMap::with_max_entries(EXACT_COVERAGE_ENTRIES, 0);
+
+#[map]
+pub static CGROUP_PATHS: LruHashMap<u64, CgroupPath> =
+    LruHashMap::with_max_entries(CGROUP_PATH_ENTRIES, 0);
+
+/// One [`CgroupPath`] per CPU to read a path into: too large for the stack.
+#[map]
+pub static CGROUP_PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static OBSERVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserverStat::COUNT, 0);

@@ -1,0 +1,68 @@
+//! The programs' counts of themselves (`OBSERVER_STATS`): keys made, maps
+//! found full, reads that failed. The first event of a kind on a CPU is also
+//! said once through aya-log.
+
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_log_ebpf::debug;
+use vdso_observer_common::ObserverStat;
+
+use crate::maps::OBSERVER_STATS;
+
+/// Counts a self-statistic that is not an event to log.
+#[inline(always)]
+pub fn add_stat(stat: ObserverStat) {
+    if let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: this CPU's entry of a per-CPU array; a lost increment under
+        // preemption (fentry) costs a statistic, never a count.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Counts a self-statistic; the first time on this CPU, says so in the log
+/// (aya-log, forwarded by user space at debug level).
+#[inline(always)]
+pub fn bump(stat: ObserverStat) {
+    if let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: as in add_stat.
+        let first = unsafe { *value } == 0;
+        // SAFETY: as in add_stat.
+        unsafe { *value += 1 };
+        if first {
+            say_first(stat);
+        }
+    }
+}
+
+/// The one line of a rare event, out of line so the counting path stays short.
+#[inline(never)]
+fn say_first(stat: ObserverStat) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match stat {
+        ObserverStat::TimeCallsMapFull => debug!(
+            &(),
+            "time-call counter map full: a new key of pid {} was not counted", tgid
+        ),
+        ObserverStat::ProcessesMapFull => {
+            debug!(&(), "process-name map full: pid {} stays unnamed", tgid)
+        }
+        ObserverStat::ReadFailed => {
+            debug!(
+                &(),
+                "a memory read failed: a call of pid {} was not counted", tgid
+            )
+        }
+        ObserverStat::VdsoCallsMapFull => debug!(
+            &(),
+            "vDSO-call map full: a new key of pid {} was not counted", tgid
+        ),
+        ObserverStat::ProcessKeyCap => debug!(
+            &(),
+            "pid {} reached its key cap: its new clocks are counted in its overflow key", tgid
+        ),
+        // Counted, not events.
+        ObserverStat::TimeKeysCreated
+        | ObserverStat::VdsoKeysCreated
+        | ObserverStat::ProcessesCreated
+        | ObserverStat::VdsoSampleUnattributed => {}
+    }
+}

@@ -1,0 +1,248 @@
+//! The eBPF object: loaded once with the running kernel's offsets, the vDSO
+//! images' function tables and the map sizes, and its maps taken out as typed
+//! handles, so nothing looks a map up by name again.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, Queue},
+    programs::{ProgramError, RawTracePoint},
+};
+use vdso_observer_common::{
+    CGROUP_PATHS_MAP, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
+    DEFAULT_VDSO_CALL_ENTRIES, EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP, ExactCoverage,
+    FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL,
+    ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP,
+    TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO32_FUNCTIONS_GLOBAL,
+    VdsoFunctionTable, VdsoKey,
+};
+
+use super::{
+    btf_offsets,
+    privileges::{
+        KERNEL_FLOOR, check_kernel_floor, check_pid_namespace, check_privileges,
+        raise_memlock_limit,
+    },
+};
+use crate::host::{procfs::uname, vdso_image::VdsoImage};
+
+/// The eBPF object built by build.rs (aya-build).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vdso-observer"));
+
+/// Default sampling rate per CPU: about ±10% on a process spending 5% of a CPU
+/// in the vDSO over 3 s, for well under 1% of a CPU.
+pub const DEFAULT_SAMPLE_HZ: u64 = 499;
+
+/// Where the time functions lie in each vDSO image (empty: that image is
+/// unknown, and its samples count as no time call).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VdsoTables {
+    pub x86_64: VdsoFunctionTable,
+    pub i386: VdsoFunctionTable,
+}
+
+impl VdsoTables {
+    /// The tables of the images this boot maps (None: unknown).
+    pub fn of(x86_64: Option<&VdsoImage>, i386: Option<&VdsoImage>) -> VdsoTables {
+        VdsoTables {
+            x86_64: x86_64.map_or(VdsoFunctionTable::EMPTY, VdsoImage::table),
+            i386: i386.map_or(VdsoFunctionTable::EMPTY, VdsoImage::table),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub btf_path: PathBuf,
+    /// Capacity of the per-(process, call, clock, origin) counter map.
+    pub time_call_entries: u32,
+    /// Capacity of the process-name map.
+    pub process_entries: u32,
+    /// Capacity of the vDSO call map.
+    pub vdso_call_entries: u32,
+    /// cpu-clock samples a second on each CPU for the vDSO estimate; 0 turns it off.
+    pub sample_hz: u64,
+    /// Where time syscalls are counted.
+    pub attach: crate::model::AttachMode,
+    /// Have the kernel measure each program's runs and run time (costs every
+    /// run two clock reads).
+    pub bpf_stats: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            btf_path: PathBuf::from(btf_offsets::VMLINUX_BTF),
+            time_call_entries: DEFAULT_TIME_CALL_ENTRIES,
+            process_entries: DEFAULT_PROCESS_ENTRIES,
+            vdso_call_entries: DEFAULT_VDSO_CALL_ENTRIES,
+            sample_hz: DEFAULT_SAMPLE_HZ,
+            attach: crate::model::AttachMode::Auto,
+            bpf_stats: false,
+        }
+    }
+}
+
+/// The object's maps, taken out of it once after load.
+pub struct Maps {
+    pub time_calls: HashMap<MapData, CallKey, u32>,
+    pub time_call_counts: PerCpuArray<MapData, u64>,
+    pub free_time_call_slots: Queue<MapData, u32>,
+    pub slot_generation: Array<MapData, u32>,
+    pub processes: HashMap<MapData, ProcessKey, ProcessInfo>,
+    pub vdso_calls: PerCpuHashMap<MapData, VdsoKey, u64>,
+    pub exact_coverage: HashMap<MapData, u32, ExactCoverage>,
+    pub cgroup_paths: HashMap<MapData, u64, CgroupPath>,
+    pub observer_stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+            T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+        }
+        Ok(Maps {
+            time_calls: take(ebpf, TIME_CALLS_MAP)?,
+            time_call_counts: take(ebpf, TIME_CALL_COUNTS_MAP)?,
+            free_time_call_slots: take(ebpf, FREE_TIME_CALL_SLOTS_MAP)?,
+            slot_generation: take(ebpf, SLOT_GENERATION_MAP)?,
+            processes: take(ebpf, PROCESSES_MAP)?,
+            vdso_calls: take(ebpf, VDSO_CALLS_MAP)?,
+            exact_coverage: take(ebpf, EXACT_COVERAGE_MAP)?,
+            cgroup_paths: take(ebpf, CGROUP_PATHS_MAP)?,
+            observer_stats: take(ebpf, OBSERVER_STATS_MAP)?,
+        })
+    }
+
+    /// Hands the programs every time-call counter slot, before anything runs.
+    fn fill_free_slots(&mut self, slots: u32) -> Result<()> {
+        for slot in 0..slots {
+            self.free_time_call_slots
+                .push(slot, 0)
+                .with_context(|| format!("filling {FREE_TIME_CALL_SLOTS_MAP} (slot {slot})"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything before attaching, shared by the observer and the bench floor: a
+/// kernel new enough, the privileges, the running kernel's offsets handed to
+/// the programs with the vDSO table and map sizes, and the load; then the
+/// maps taken out, the free slots filled.
+pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps)> {
+    check_kernel_floor(
+        &uname().release,
+        KERNEL_FLOOR,
+        "vdso-observer (bpf_get_current_task_btf)",
+    )?;
+    check_privileges()?;
+    check_pid_namespace()?;
+    raise_memlock_limit();
+    let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
+    log::debug!(
+        "kernel offsets from {}: {offsets:?}",
+        options.btf_path.display()
+    );
+    let config = ProgramConfig {
+        offsets,
+        observer_tgid: std::process::id(),
+        vdso_len: vdso_len_for_programs(),
+        ..ProgramConfig::ZERO
+    };
+    // The programs log only what this process would print (off below debug).
+    let log_level = log::max_level() as u8;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
+        .override_global(VDSO_FUNCTIONS_GLOBAL, &tables.x86_64, true)
+        .override_global(VDSO32_FUNCTIONS_GLOBAL, &tables.i386, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .map_max_entries(TIME_CALLS_MAP, options.time_call_entries)
+        .map_max_entries(TIME_CALL_COUNTS_MAP, options.time_call_entries)
+        .map_max_entries(FREE_TIME_CALL_SLOTS_MAP, options.time_call_entries)
+        .map_max_entries(PROCESSES_MAP, options.process_entries)
+        .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
+        .load(EBPF_OBJECT)
+        .map_err(|err| explain_load_error(anyhow!(err)))
+        .context("loading the eBPF object (maps and programs)")?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    maps.fill_free_slots(options.time_call_entries)?;
+    Ok((ebpf, maps))
+}
+
+/// arm64's mm does not point at its vDSO image: every 64-bit task maps the
+/// one this process maps, so its length is handed over (0: x86 reads each
+/// task's own, or no vDSO here, and the programs then see none anywhere).
+fn vdso_len_for_programs() -> u32 {
+    if cfg!(target_arch = "x86_64") {
+        return 0;
+    }
+    match VdsoImage::current() {
+        Ok(image) => image.len as u32,
+        Err(err) => {
+            log::warn!("{err:#}: every kernel entry is taken for a direct one");
+            0
+        }
+    }
+}
+
+/// Attaches only the empty `sys_enter` program (the benchmark's floor) and
+/// returns what keeps it attached.
+pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
+    let (mut ebpf, _maps) = load(options, &VdsoTables::default())?;
+    attach_raw_tracepoint(&mut ebpf, EMPTY_SYS_ENTER_PROGRAM, "sys_enter")?;
+    Ok(ebpf)
+}
+
+/// A program of the object by name and type.
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Loads a raw tracepoint program and attaches it.
+pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, program_name: &str, tracepoint: &str) -> Result<()> {
+    let prog: &mut RawTracePoint = program(ebpf, program_name)?;
+    prog.load()
+        .map_err(|err| explain_load_error(verifier_error(err)))
+        .with_context(|| format!("loading program {program_name}"))?;
+    prog.attach(tracepoint)
+        .with_context(|| format!("attaching {program_name} to raw tracepoint {tracepoint}"))?;
+    Ok(())
+}
+
+/// Keeps the verifier log, which is what a developer needs when a load fails.
+pub fn verifier_error(err: ProgramError) -> anyhow::Error {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow!("BPF_PROG_LOAD failed: {io_error}\nverifier log:\n{verifier_log}"),
+        other => anyhow!(other),
+    }
+}
+
+pub fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context(
+            "the kernel refused to load BPF: run as root, or with CAP_BPF and CAP_PERFMON; on \
+             kernels before 5.11 also raise the locked-memory limit (ulimit -l unlimited, or \
+             LimitMEMLOCK=infinity in a systemd unit)",
+        )
+    } else {
+        err
+    }
+}

@@ -1,0 +1,149 @@
+//! The loaded and attached programs of one observer: started from the load
+//! options and the vDSO images' function tables; dropping it detaches them.
+//! Reading the maps is in `map_reads`, exact-counting links in `exact_links`.
+
+use anyhow::Result;
+use aya::Ebpf;
+use vdso_observer_common::{
+    SYSCALL_ENTRIES, VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM, VdsoFunctionTable,
+};
+
+use super::{
+    attach::{KprobeJudge, attach_optional_probes, attach_time_calls, enable_run_stats},
+    object::{self, LoadOptions, Maps, VdsoTables},
+};
+use crate::model::{AttachMode, KeysCreated, ProbeStatus, ProgramRuns, RunStats};
+
+pub struct Observer {
+    pub(super) ebpf: Ebpf,
+    pub(super) maps: Maps,
+    /// The programs' rare events (aya-log), read at each window; None when the
+    /// object has no log map.
+    logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    probes: Vec<ProbeStatus>,
+    options: LoadOptions,
+    /// Time one cpu-clock sample stands for; None when sampling is off or failed.
+    sample_period_ns: Option<u64>,
+    pub(super) exact_loaded: bool,
+    /// Keys and process entries this process deleted, per map: with what the
+    /// programs created, how full the maps are.
+    pub(super) deleted: KeysCreated,
+    /// Where time syscalls are counted (what `auto` chose).
+    attach_mode: AttachMode,
+    /// Whether the kernel measures the programs' run time.
+    run_stats: RunStats,
+    /// Held while the observer runs: the kernel measures runs while it is open.
+    _run_stats_fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Observer {
+    /// Loads the object with the running kernel's offsets and the vDSO images'
+    /// function tables (no 64-bit table: no sampler), and attaches what counts;
+    /// `judge` decides between kprobes and the raw tracepoint under `auto`.
+    pub fn start(
+        options: LoadOptions,
+        tables: &VdsoTables,
+        judge: &mut dyn KprobeJudge,
+    ) -> Result<Observer> {
+        let (mut ebpf, maps) = object::load(&options, tables)?;
+        let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logs) => Some(logs),
+            Err(err) => {
+                log::warn!("the programs' own log is not read: {err}");
+                None
+            }
+        };
+        let (attach_mode, time_calls) =
+            attach_time_calls(&mut ebpf, options.attach, &options.btf_path, judge)?;
+        let sample_hz = (options.sample_hz > 0 && tables.x86_64 != VdsoFunctionTable::EMPTY)
+            .then_some(options.sample_hz);
+        let (optional, sample_period_ns) = attach_optional_probes(&mut ebpf, sample_hz);
+        let probes: Vec<ProbeStatus> = [time_calls].into_iter().chain(optional).collect();
+        log::info!(
+            "attached {} of {} probes",
+            probes.iter().filter(|p| p.attached).count(),
+            probes.len()
+        );
+        let (run_stats, run_stats_fd) = enable_run_stats(options.bpf_stats);
+        if let RunStats::Unavailable(note) = &run_stats {
+            log::info!("the programs' own run time is not measured: {note}");
+        }
+        Ok(Observer {
+            attach_mode,
+            run_stats,
+            _run_stats_fd: run_stats_fd,
+            ebpf,
+            maps,
+            logs,
+            probes,
+            options,
+            sample_period_ns,
+            exact_loaded: false,
+            deleted: KeysCreated::default(),
+        })
+    }
+
+    /// Forwards what the programs logged since the last call to the log.
+    pub fn flush_logs(&mut self) {
+        if let Some(logs) = &mut self.logs {
+            logs.flush();
+        }
+    }
+
+    /// Every probe tried, attached or not, with why.
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Time one cpu-clock sample stands for; None when sampling is off or failed.
+    pub fn sample_period_ns(&self) -> Option<u64> {
+        self.sample_period_ns
+    }
+
+    pub fn attach_mode(&self) -> AttachMode {
+        self.attach_mode
+    }
+
+    pub fn run_stats(&self) -> &RunStats {
+        &self.run_stats
+    }
+
+    /// Runs and run time of every attached program (and of the exact-counting
+    /// ones once loaded), as the kernel measured them; empty when it does not.
+    pub fn program_runs(&self) -> Vec<ProgramRuns> {
+        if matches!(self.run_stats, RunStats::Unavailable(_) | RunStats::Off) {
+            return Vec::new();
+        }
+        let mut names: Vec<&'static str> = self
+            .probes
+            .iter()
+            .filter(|p| p.attached)
+            .map(|p| p.program)
+            .collect();
+        // fentry and kprobe modes: one program per kernel function (those not
+        // loaded have no info and are left out below).
+        match self.attach_mode {
+            AttachMode::Fentry => names.extend(SYSCALL_ENTRIES.iter().map(|e| e.fentry_program)),
+            AttachMode::Kprobe => names.extend(SYSCALL_ENTRIES.iter().map(|e| e.kprobe_program)),
+            _ => {}
+        }
+        if self.exact_loaded {
+            names.extend([VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM]);
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramRuns {
+                    program: name,
+                    runs: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+}
