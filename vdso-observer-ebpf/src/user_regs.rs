@@ -117,21 +117,23 @@ impl UserRegs {
 
     /// Where the return address of a leaf function stopped in may be: on x86
     /// at the top of the stack or above the frame pointer; on arm64 in the
-    /// link register or above the frame pointer. Unreadable ones are None.
+    /// link register or above the frame pointer. Unreadable ones are 0 (no
+    /// vDSO lies there): plain words, since the verifier refuses to copy the
+    /// undefined payload of a `None`.
     #[inline(always)]
-    pub fn return_addresses(&self) -> [Option<u64>; 2] {
+    pub fn return_addresses(&self) -> [u64; 2] {
         match self.abi {
             SyscallAbi::X86_64 => [
-                read_user::<u64>(self.sp),
-                read_user::<u64>(self.frame.wrapping_add(8)),
+                read_user::<u64>(self.sp).unwrap_or(0),
+                read_user::<u64>(self.frame.wrapping_add(8)).unwrap_or(0),
             ],
             SyscallAbi::I386 => [
-                read_user::<u32>(self.sp).map(u64::from),
-                read_user::<u32>(self.frame.wrapping_add(4)).map(u64::from),
+                read_user::<u32>(self.sp).map_or(0, u64::from),
+                read_user::<u32>(self.frame.wrapping_add(4)).map_or(0, u64::from),
             ],
             SyscallAbi::Arm64 => [
-                Some(self.link),
-                read_user::<u64>(self.frame.wrapping_add(8)),
+                self.link,
+                read_user::<u64>(self.frame.wrapping_add(8)).unwrap_or(0),
             ],
         }
     }

@@ -94,7 +94,7 @@ fn sampled_call(task: *const u8, regs: &UserRegs) -> Option<(u8, u64)> {
     let table = function_table(regs.abi);
     let mut call = table.call_at(offset);
     if call == VDSO_OTHER_CODE {
-        for ret in regs.return_addresses().into_iter().flatten() {
+        for ret in regs.return_addresses() {
             // A return address points after the call: its byte before is the caller's.
             if inside_vdso(ret, start, len) {
                 call = table.call_at(ret - 1 - start);

@@ -684,3 +684,186 @@ fn with_exact_counting_the_daemon_keeps_what_attaching_probes_needs() {
         (calls == 3000.0).then_some(())
     });
 }
+
+/// `--exact` reads the executables of other users' processes. A user deletes
+/// a running program's file and puts a FIFO where `/proc/PID/exe` now points
+/// by name (`PATH (deleted)`), and for another a link to /dev/zero: before,
+/// the daemon opened that path, hung on the FIFO (or read /dev/zero without
+/// end) and stopped collecting. Now it opens what the process maps, through
+/// /proc, non-blocking and regular files only: it keeps collecting, answers
+/// /healthz, and counts both processes exactly.
+#[test]
+fn hostile_executable_paths_cannot_hang_exact_counting() {
+    require_root();
+    let dir = world_writable_dir("hostile-exe");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let workload = build_workload("time_calls", "vt-hostile", &[]);
+    let mut planted = Vec::new();
+    let mut children = Vec::new();
+    for (name, plant) in [("vt-fifo-exe", "fifo"), ("vt-zero-exe", "zero")] {
+        let exe = dir.join(name);
+        std::fs::copy(&workload, &exe).unwrap();
+        let child = Command::new(&exe)
+            .args(["steady", "2000", "30"])
+            .spawn()
+            .unwrap();
+        std::fs::remove_file(&exe).unwrap();
+        let deleted = dir.join(format!("{name} (deleted)"));
+        match plant {
+            "fifo" => {
+                let path = std::ffi::CString::new(deleted.to_str().unwrap()).unwrap();
+                // SAFETY: a valid path.
+                assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0);
+            }
+            _ => std::os::unix::fs::symlink("/dev/zero", &deleted).unwrap(),
+        }
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap(),
+            deleted
+        );
+        planted.push(deleted);
+        children.push(child);
+    }
+    let daemon = DaemonRun::start(
+        &dir,
+        &["--listen", &listen, "--interval", "1s", "--exact"],
+    );
+    let collections = |metrics: &str| sample(metrics, "vdso_observer_collections_total ");
+    let (_, _, first) = wait_for("a first collection", TIMEOUT, || http_get(port, "/metrics"));
+    let start = collections(&first).unwrap_or(0.0);
+    let metrics = wait_for("three more collections", TIMEOUT, || {
+        let (status, _, _) = http_get(port, "/healthz")?;
+        assert_eq!(status, 200, "healthz: {}", daemon.log());
+        let (_, _, metrics) = http_get(port, "/metrics")?;
+        (collections(&metrics)? >= start + 3.0).then_some(metrics)
+    });
+    for (child, name) in children.iter().zip(["vt-fifo-exe", "vt-zero-exe"]) {
+        assert!(
+            metrics.contains(&format!("pid=\"{}\",comm=\"{name}\"", child.id())),
+            "{name} not followed: {}",
+            daemon.log()
+        );
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for path in planted {
+        let _ = std::fs::remove_file(path);
+    }
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+/// 2 000 local clients ask for /metrics and never read, with socket buffers
+/// far smaller than the body (a network namespace of the test's own with
+/// 4 KiB TCP buffers). Before, each held a task and a copy of the body for
+/// ever. Now at most 128 connections live (a new one evicts the oldest), each
+/// for at most 10 s, all sharing one body: a normal scrape is answered within
+/// a second and the daemon's memory stays bounded.
+#[test]
+fn clients_that_never_read_cannot_hold_the_endpoint() {
+    require_root();
+    let dir = world_writable_dir("slow-clients");
+    let port = free_port();
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--net", "--", "sh", "-c"]).arg(
+        "ip link set lo up && sysctl -qw net.ipv4.tcp_wmem='4096 4096 4096' \
+         net.ipv4.tcp_rmem='4096 4096 4096' && exec \"$0\" \"$@\"",
+    );
+    unshare.arg(OBSERVER);
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = DaemonRun::start_with(unshare, &dir, &["--listen", &listen, "--interval", "1s"]);
+    // unshare and sh exec'd the observer: one pid.
+    let observer_pid = daemon.pid();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{observer_pid}/comm"))
+            .unwrap()
+            .trim(),
+        "vdso-observer"
+    );
+    let netns = std::fs::File::open(format!("/proc/{observer_pid}/ns/net")).unwrap();
+    // This thread joins the daemon's network namespace (netns is per thread).
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: a namespace descriptor; only this thread moves.
+                assert_eq!(
+                    unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0
+                );
+                raise_open_file_limit(4096);
+                let body = wait_for("a first collection", TIMEOUT, || {
+                    let (status, _, body) = http_get(port, "/metrics")?;
+                    (status == 200).then_some(body)
+                });
+                assert!(body.len() > 32 * 1024, "the body must outgrow the buffers");
+                let rss_before = rss_kib(observer_pid);
+                let mut clients = Vec::new();
+                for _ in 0..2000 {
+                    let Ok(client) = std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                        Duration::from_secs(2),
+                    ) else {
+                        continue;
+                    };
+                    set_receive_buffer(&client, 1024);
+                    use std::io::Write as _;
+                    let _ = (&client).write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                    clients.push(client);
+                }
+                assert!(clients.len() >= 1900, "{} clients connected", clients.len());
+                std::thread::sleep(Duration::from_millis(500));
+                let asked = std::time::Instant::now();
+                let (status, _, scraped) = http_get(port, "/metrics").expect("a scrape");
+                let took = asked.elapsed();
+                let rss_after = rss_kib(observer_pid);
+                drop(clients);
+                (status, scraped.len(), took, rss_before, rss_after)
+            })
+            .join()
+            .unwrap()
+    });
+    let (status, scraped, took, rss_before, rss_after) = result;
+    assert_eq!(status, 200);
+    assert!(scraped > 32 * 1024);
+    assert!(took < Duration::from_secs(1), "a scrape took {took:?}");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn set_receive_buffer(socket: &std::net::TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and an int option.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+fn raise_open_file_limit(to: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: to,
+        rlim_max: to.max(4096),
+    };
+    // SAFETY: a valid rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+}

@@ -2,9 +2,11 @@
 //! One request per connection; anything else gets 404 or 405.
 //!
 //! Any local user can connect, so no client may hold the daemon: at most
-//! [`MAX_CONNECTIONS`] at once (a further one waits in the kernel's accept
-//! queue), each with one deadline for reading the request *and* writing the
-//! answer, and every `/metrics` answer shares the one published body.
+//! [`MAX_CONNECTIONS`] at once (a new one evicts the oldest, which has waited
+//! longest: a client that does not read its answer), each with one deadline
+//! for reading the request *and* writing the answer, and every `/metrics`
+//! answer shares the one published body. A scrape is accepted at once
+//! however many clients hang.
 
 use std::{
     sync::{Arc, Mutex},
@@ -16,8 +18,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// Connections served at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once; a new one evicts the oldest.
+pub const MAX_CONNECTIONS: usize = 128;
 /// From accept to the last byte written: a client that does not read its
 /// answer is dropped then.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
@@ -37,28 +39,37 @@ pub type Shared = Arc<Mutex<Published>>;
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn serve(listener: TcpListener, shared: Shared) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut live: std::collections::VecDeque<tokio::task::JoinHandle<()>> = Default::default();
+    let mut evicted = 0u64;
     let mut accept_errors = AcceptErrors::default();
     loop {
-        // A slot first: past the cap, clients wait in the accept queue.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, _)) => {
+                live.retain(|task| !task.is_finished());
+                if live.len() >= MAX_CONNECTIONS
+                    && let Some(oldest) = live.pop_front()
+                {
+                    oldest.abort();
+                    evicted += 1;
+                    if evicted.is_power_of_two() {
+                        log::info!(
+                            "http: {evicted} connections evicted so far: more than \
+                             {MAX_CONNECTIONS} clients at once, the oldest not reading"
+                        );
+                    }
+                }
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                live.push_back(tokio::spawn(async move {
                     let answered =
                         tokio::time::timeout(CONNECTION_DEADLINE, handle(stream, shared)).await;
                     match answered {
                         Ok(Ok(())) => {}
                         Ok(Err(err)) => log::debug!("http: {err}"),
-                        Err(_) => {
-                            log::debug!("http: a client took over {CONNECTION_DEADLINE:?}: dropped")
-                        }
+                        Err(_) => log::debug!(
+                            "http: a client took over {CONNECTION_DEADLINE:?}: dropped"
+                        ),
                     }
-                    drop(slot);
-                });
+                }));
             }
             Err(err) => {
                 accept_errors.note(&err);

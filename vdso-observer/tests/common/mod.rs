@@ -418,3 +418,72 @@ fn parse_labels(text: &str) -> Option<(Vec<(String, String)>, &str)> {
         }
     }
 }
+
+/// A cgroup made in the real unified hierarchy for a test, removed on drop.
+pub struct TestCgroup {
+    root: std::path::PathBuf,
+    /// The directories made, deepest last.
+    made: Vec<std::path::PathBuf>,
+}
+
+impl TestCgroup {
+    pub fn create(relative: &str) -> TestCgroup {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|root| root.join("cgroup.controllers").exists())
+            .expect("a cgroup v2 hierarchy (the development machines have one)");
+        let mut made = Vec::new();
+        let mut dir = root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+                made.push(dir.clone());
+            }
+        }
+        TestCgroup { root, made }
+    }
+
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.made.last().unwrap().join("cgroup.procs")
+    }
+
+    /// Runs the workload from inside the cgroup (it moves itself there before
+    /// exec, so even its first call is made inside) and returns its pid.
+    pub fn run(&self, workload: &std::path::Path, args: &[&str]) -> u32 {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(self.procs().to_str().unwrap()).unwrap();
+        let mut command = std::process::Command::new(workload);
+        command.args(args);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                // "0" moves the writer itself.
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success());
+        pid
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in pids.lines() {
+                    let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

@@ -378,6 +378,21 @@ int main(int argc, char **argv) {
         struct timeval tv;
         for (long i = 0; i < n; i++)
             gettimeofday(&tv, NULL);
+    } else if (!strcmp(mode, "execloop")) {
+        /* One direct call per image, then the next image of the same pid:
+           N images, N calls, as a hostile tenant that re-execs itself. */
+        direct_calls(1);
+        if (n > 1) {
+            char next[32];
+            snprintf(next, sizeof next, "%ld", n - 1);
+            execl("/proc/self/exe", argv[0], "execloop", next, (char *)NULL);
+            perror("execl");
+            return 6;
+        }
+    } else if (!strcmp(mode, "crash")) {
+        /* The kernel logs "comm[pid]: segfault ... in FILE": both the user's. */
+        direct_calls(n);
+        *(volatile int *)0 = 0;
     } else if (!strcmp(mode, "rename")) {
         prctl(PR_SET_NAME, arg, 0, 0, 0);
         direct_calls(n);
