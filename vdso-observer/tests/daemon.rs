@@ -293,8 +293,9 @@ fn an_unwritable_directory_is_logged_and_the_last_good_file_stays() {
         log.contains("the previous file is kept, retrying next interval"),
         "{log}"
     );
+    // The temporary file is named at random (another user cannot plant it).
     assert!(
-        log.contains(&format!(".vdso_observer.prom.{}.tmp", daemon.pid())),
+        log.contains(&format!("{}/.vdso_observer.prom.", dir.display())) && log.contains(".tmp:"),
         "{log}"
     );
     let status = Command::new("umount").arg(path).status().unwrap();
@@ -331,11 +332,11 @@ fn sigterm_writes_a_final_file_and_sigkill_leaves_nothing_attached() {
     // kill -9: the kernel must drop every program and link when the fds close.
     let killed = DaemonRun::start(&dir, &["--textfile", textfile.to_str().unwrap()]);
     let (programs, links) = bpf_objects_of(killed.pid());
-    // sys_enter, emulate_vsyscall, cgroup_mkdir and the vDSO sampler; links for
-    // the three raw tracepoints (and the sampler's, per CPU, where the kernel
-    // links them).
-    assert_eq!(programs.len(), 4, "four programs: {programs:?}");
-    assert!(links.len() >= 3, "links: {links:?}");
+    // sys_enter, emulate_vsyscall, cgroup_mkdir, sched_process_exit and _exec,
+    // and the vDSO sampler; links for the five raw tracepoints (and the
+    // sampler's, per CPU, where the kernel links them).
+    assert_eq!(programs.len(), 6, "six programs: {programs:?}");
+    assert!(links.len() >= 5, "links: {links:?}");
     killed.signal(libc::SIGKILL);
     drop(killed);
     for (kind, ids) in [("prog", &programs), ("link", &links)] {
@@ -725,10 +726,7 @@ fn hostile_executable_paths_cannot_hang_exact_counting() {
         planted.push(deleted);
         children.push(child);
     }
-    let daemon = DaemonRun::start(
-        &dir,
-        &["--listen", &listen, "--interval", "1s", "--exact"],
-    );
+    let daemon = DaemonRun::start(&dir, &["--listen", &listen, "--interval", "1s", "--exact"]);
     let collections = |metrics: &str| sample(metrics, "vdso_observer_collections_total ");
     let (_, _, first) = wait_for("a first collection", TIMEOUT, || http_get(port, "/metrics"));
     let start = collections(&first).unwrap_or(0.0);
@@ -782,6 +780,11 @@ fn clients_that_never_read_cannot_hold_the_endpoint() {
             .trim(),
         "vdso-observer"
     );
+    // 150 comms with time calls: a body of a busy node's size (~60 KB).
+    let workload = build_workload("time_calls", "vt-many", &[]);
+    for n in 0..150 {
+        run_workload(&workload, &["rename", "20", &format!("vt-many-{n}")]);
+    }
     let netns = std::fs::File::open(format!("/proc/{observer_pid}/ns/net")).unwrap();
     // This thread joins the daemon's network namespace (netns is per thread).
     let result = std::thread::scope(|scope| {
@@ -794,11 +797,10 @@ fn clients_that_never_read_cannot_hold_the_endpoint() {
                     0
                 );
                 raise_open_file_limit(4096);
-                let body = wait_for("a first collection", TIMEOUT, || {
-                    let (status, _, body) = http_get(port, "/metrics")?;
-                    (status == 200).then_some(body)
+                wait_for("a body larger than the buffers", TIMEOUT, || {
+                    let (_, _, body) = http_get(port, "/metrics")?;
+                    (body.len() > 32 * 1024).then_some(())
                 });
-                assert!(body.len() > 32 * 1024, "the body must outgrow the buffers");
                 let rss_before = rss_kib(observer_pid);
                 let mut clients = Vec::new();
                 for _ in 0..2000 {
@@ -826,6 +828,9 @@ fn clients_that_never_read_cannot_hold_the_endpoint() {
             .unwrap()
     });
     let (status, scraped, took, rss_before, rss_after) = result;
+    eprintln!(
+        "a {scraped}-byte scrape beside 2 000 stalled clients took {took:?}; RSS {rss_before} -> {rss_after} KiB"
+    );
     assert_eq!(status, 200);
     assert!(scraped > 32 * 1024);
     assert!(took < Duration::from_secs(1), "a scrape took {took:?}");

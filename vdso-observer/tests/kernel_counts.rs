@@ -452,7 +452,6 @@ fn thousands_of_short_processes_lose_nothing() {
     );
 }
 
-
 #[test]
 fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
     require_root();

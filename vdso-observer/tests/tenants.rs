@@ -282,12 +282,16 @@ fn a_program_named_like_the_kernels_clock_line_makes_no_clock_event() {
 
 /// The kernel log's line containing `text`, waiting for it to be written.
 fn wait_for_kernel_log(text: &str) -> String {
-    wait_for("the kernel to log the crash", Duration::from_secs(10), || {
-        let dmesg = Command::new("dmesg").output().ok()?;
-        String::from_utf8_lossy(&dmesg.stdout)
-            .lines()
-            .rev()
-            .find(|line| line.contains(text))
-            .map(str::to_owned)
-    })
+    wait_for(
+        "the kernel to log the crash",
+        Duration::from_secs(10),
+        || {
+            let dmesg = Command::new("dmesg").output().ok()?;
+            String::from_utf8_lossy(&dmesg.stdout)
+                .lines()
+                .rev()
+                .find(|line| line.contains(text))
+                .map(str::to_owned)
+        },
+    )
 }

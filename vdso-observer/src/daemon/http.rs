@@ -65,9 +65,9 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
                     match answered {
                         Ok(Ok(())) => {}
                         Ok(Err(err)) => log::debug!("http: {err}"),
-                        Err(_) => log::debug!(
-                            "http: a client took over {CONNECTION_DEADLINE:?}: dropped"
-                        ),
+                        Err(_) => {
+                            log::debug!("http: a client took over {CONNECTION_DEADLINE:?}: dropped")
+                        }
                     }
                 }));
             }
