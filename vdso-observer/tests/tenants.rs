@@ -166,7 +166,7 @@ fn a_v1_cgroup_with_a_containers_id_does_not_rename_it() {
         std::fs::create_dir(&probe).unwrap();
         let unified_next = std::fs::metadata(&probe).unwrap().ino() + unified_step;
         std::fs::remove_dir(&probe).unwrap();
-        if unified_next <= v1_next || (unified_next - v1_next) % v1_step != 0 {
+        if unified_next <= v1_next || !(unified_next - v1_next).is_multiple_of(v1_step) {
             continue;
         }
         let id = format!("{tag}{attempt:056x}");
