@@ -51,4 +51,5 @@ pub static CGROUP_PATHS: LruHashMap<u64, CgroupPath> =
 pub static CGROUP_PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static OBSERVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserverStat::COUNT, 0);
+pub static OBSERVER_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(ObserverStat::COUNT as u32, 0);

@@ -439,8 +439,8 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
         }
         let samples = count.saturating_sub(before.get(&key).copied().unwrap_or(0));
         *rates.entry(key.process.tgid).or_default() += estimator.calls(
-            SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::NATIVE),
-            TimeCall::from_u8(key.call),
+            SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
+            TimeCall::from_repr(key.call),
             samples,
         ) / PROBE.as_secs_f64();
     }

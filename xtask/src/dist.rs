@@ -28,10 +28,6 @@ use crate::{
     setup,
 };
 
-/// The Rust target of the static binary.
-pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
-/// The Rust target of the arm64 static binary.
-pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-musl";
 /// The image's name in podman's store.
 pub const IMAGE: &str = "localhost/vdso-observer";
 
@@ -46,8 +42,8 @@ pub enum Arch {
 impl Arch {
     pub fn rust_target(self) -> &'static str {
         match self {
-            Arch::X86_64 => STATIC_TARGET,
-            Arch::Aarch64 => AARCH64_TARGET,
+            Arch::X86_64 => setup::STATIC_TARGET,
+            Arch::Aarch64 => setup::AARCH64_TARGET,
         }
     }
 

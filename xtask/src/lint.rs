@@ -40,7 +40,7 @@ pub fn run() -> Result<()> {
                 "--package",
                 "vdso-observer-common",
                 "--target",
-                crate::dist::AARCH64_TARGET,
+                crate::setup::AARCH64_TARGET,
                 "--all-targets",
                 "--",
                 "-D",

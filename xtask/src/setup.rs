@@ -6,6 +6,11 @@ use anyhow::{Result, bail};
 
 use crate::exec::{self, probe, quiet, step};
 
+/// The Rust target of the static binary (installed here, built by `dist`).
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The Rust target of the arm64 static binary.
+pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-musl";
+
 /// LLVM major that rustc's nightly uses here; bpf-linker must link the same one.
 const LLVM_MAJOR: &str = "22";
 /// bpf-linker release known to build against Debian's llvm-22-dev.
@@ -47,8 +52,8 @@ pub const DIST_PACKAGES: [&str; 3] = ["dpkg", "binutils", "podman"];
 
 pub fn run(for_tests: bool) -> Result<()> {
     nightly_rust_src()?;
-    rust_target(crate::dist::STATIC_TARGET)?;
-    rust_target(crate::dist::AARCH64_TARGET)?;
+    rust_target(STATIC_TARGET)?;
+    rust_target(AARCH64_TARGET)?;
     let mut packages = BUILD_PACKAGES.to_vec();
     if for_tests {
         packages.extend_from_slice(TEST_PACKAGES);

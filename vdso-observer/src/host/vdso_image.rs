@@ -4,7 +4,7 @@
 //! observer's own (`getauxval(AT_SYSINFO_EHDR)`) tells the offsets for all of
 //! them; a process's own base comes from its `/proc/PID/maps`. 32-bit
 //! processes map another image (vdso32), read from a 32-bit child
-//! ([`super::vdso32`]).
+//! (host::vdso32).
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};

@@ -104,7 +104,10 @@ impl Observer {
             processes.insert(key.process, None);
         }
         for (key, info) in self.maps.processes.iter().filter_map(Result::ok) {
-            processes.insert(key, Some(ProcessEnd::from_u32(info.ended)));
+            processes.insert(
+                key,
+                Some(ProcessEnd::from_repr(info.ended).unwrap_or(ProcessEnd::Running)),
+            );
         }
         processes
     }

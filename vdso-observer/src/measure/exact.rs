@@ -271,7 +271,7 @@ impl ExactTracer {
         let mut hits: HashMap<u32, (u64, u64)> = HashMap::new();
         for (key, count) in vdso {
             let entry = hits.entry(key.process.tgid).or_default();
-            match Provenance::from_u8(key.provenance) {
+            match Provenance::from_repr(key.provenance) {
                 Some(Provenance::Uprobe) => entry.0 += count,
                 Some(Provenance::Breakpoint) => entry.1 += count,
                 _ => {}

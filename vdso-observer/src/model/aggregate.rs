@@ -188,7 +188,9 @@ impl Aggregator {
             let mut report =
                 process_report(process, identity, user, !running, &deltas.calls, seconds);
             report.lost_calls = deltas.lost;
-            report.excess_cpu_seconds = health.path_costs.excess_cpu_seconds(&report.calls);
+            report.excess_cpu_seconds = health
+                .path_costs
+                .excess_cpu_seconds(report.calls.iter().map(|c| (c.call, c.reason, c.count)));
             add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
             self.thresholds.apply(&mut report);
             processes.push(report);
@@ -396,9 +398,9 @@ fn process_report(
     let mut rows = Vec::new();
     for &(key, count) in calls {
         let (Some(call), Some(origin), Some(abi)) = (
-            TimeCall::from_u8(key.call),
-            Origin::from_u8(key.origin),
-            SyscallAbi::from_u8(key.abi),
+            TimeCall::from_repr(key.call),
+            Origin::from_repr(key.origin),
+            SyscallAbi::from_repr(key.abi),
         ) else {
             log::warn!("pid {}: unknown counter key {key:?} ignored", process.tgid);
             continue;
@@ -493,17 +495,17 @@ fn add_vdso_calls(
     let mut samples_used = 0u64;
     let mut i386_sampled = false;
     for &(key, count) in deltas {
-        let Some(provenance) = Provenance::from_u8(key.provenance) else {
+        let Some(provenance) = Provenance::from_repr(key.provenance) else {
             continue;
         };
-        let call = TimeCall::from_u8(key.call);
+        let call = TimeCall::from_repr(key.call);
         let function = call.map_or(VdsoFunction::Other, VdsoFunction::Call);
         let clock = (key.clock_id != NO_CLOCK).then(|| clock_name(key.clock_id));
         if provenance == Provenance::Sampled {
             // The sampler leaves out what exact counting covered (thread,
             // call, image): samples and exact hits of one call add up.
             let Some(estimator) = estimator else { continue };
-            let abi = SyscallAbi::from_u8(key.abi).unwrap_or(SyscallAbi::NATIVE);
+            let abi = SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE);
             let calls = estimator.calls(abi, call, count);
             samples_used += count;
             i386_sampled |= abi == SyscallAbi::I386;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use vdso_observer_common::{SyscallAbi, TimeCall};
 
-use super::{reason::FallbackReason, report::CallCount};
+use super::reason::FallbackReason;
 
 /// No vDSO function returns faster than this: a floor against timer noise.
 pub const MIN_NS: f64 = 1.0;
@@ -68,15 +68,19 @@ impl PathCosts {
     /// cannot read, direct syscalls, no vDSO, the legacy page); None when
     /// nothing was measured. CPU-time clocks and getrandom cost nothing extra:
     /// the vDSO never answers them. i386 entries are priced as 64-bit ones.
-    pub fn excess_cpu_seconds(&self, calls: &[CallCount]) -> Option<f64> {
+    /// `entries`: (call, reason, count) of a process's kernel entries.
+    pub fn excess_cpu_seconds(
+        &self,
+        entries: impl IntoIterator<Item = (TimeCall, Option<FallbackReason>, u64)>,
+    ) -> Option<f64> {
         if self.calls.is_empty() {
             return None;
         }
         Some(
-            calls
-                .iter()
-                .filter(|c| c.reason.is_some_and(FallbackReason::is_fault))
-                .filter_map(|c| Some(c.count as f64 * self.excess_ns(c.call)?))
+            entries
+                .into_iter()
+                .filter(|(_, reason, _)| reason.is_some_and(FallbackReason::is_fault))
+                .filter_map(|(call, _, count)| Some(count as f64 * self.excess_ns(call)?))
                 .fold(0.0, |sum, ns| sum + ns)
                 / 1e9,
         )
@@ -192,8 +196,6 @@ mod tests {
 
     #[test]
     fn excess_cpu_prices_only_fault_entries_over_a_vdso_answer() {
-        use vdso_observer_common::Origin;
-
         use crate::model::reason::FallbackReason;
         let costs = PathCosts {
             calls: vec![
@@ -212,35 +214,25 @@ mod tests {
                 },
             ],
         };
-        let row = |call, reason, count| CallCount {
-            call,
-            abi: SyscallAbi::X86_64,
-            clock: None,
-            clock_id: None,
-            origin: Origin::Direct,
-            reason,
-            count,
-            per_sec: 0.0,
-        };
         let calls = [
-            row(
+            (
                 TimeCall::ClockGettime,
                 Some(FallbackReason::Clocksource),
                 1_000_000,
             ),
-            row(TimeCall::Time, Some(FallbackReason::DirectSyscall), 2_000),
+            (TimeCall::Time, Some(FallbackReason::DirectSyscall), 2_000),
             // Never answered by the vDSO: no excess.
-            row(
+            (
                 TimeCall::ClockGettime,
                 Some(FallbackReason::UnsupportedClock),
                 5_000,
             ),
-            row(TimeCall::Getrandom, None, 7),
+            (TimeCall::Getrandom, None, 7),
         ];
-        let seconds = costs.excess_cpu_seconds(&calls).unwrap();
+        let seconds = costs.excess_cpu_seconds(calls).unwrap();
         // 1e6 x 980 ns + 2e3 x 145 ns
         assert!((seconds - 0.98029).abs() < 1e-9, "{seconds}");
-        assert_eq!(costs.excess_cpu_seconds(&calls[2..]), Some(0.0));
-        assert_eq!(PathCosts::default().excess_cpu_seconds(&calls), None);
+        assert_eq!(costs.excess_cpu_seconds(calls[2..].to_vec()), Some(0.0));
+        assert_eq!(PathCosts::default().excess_cpu_seconds(calls), None);
     }
 }

@@ -1,0 +1,154 @@
+//! Map keys and values of the counters and processes, and the programs'
+//! own statistics.
+
+use crate::wire_enum;
+
+/// One process image: a pid is reused and a process changes at exec, so the
+/// pid alone does not name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    /// Process id (thread group id) in the initial pid namespace.
+    pub tgid: u32,
+    /// `task_struct.self_exec_id` (low 32 bits): grows by one at every exec.
+    pub exec_id: u32,
+    /// Start of the thread group leader, ns since boot (`/proc/PID/stat` field 22
+    /// holds the same instant in clock ticks).
+    pub start_boottime_ns: u64,
+}
+
+/// What one counter of [`TIME_CALLS_MAP`] counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey {
+    pub process: ProcessKey,
+    /// [`clock_key`] of the clock of clock_gettime / clock_getres; [`NO_CLOCK`]
+    /// for the other calls; [`CLOCK_OVERFLOW`] past the process's key cap.
+    pub clock_id: i32,
+    /// A [`TimeCall`].
+    pub call: u8,
+    /// An [`Origin`].
+    pub origin: u8,
+    /// A [`SyscallAbi`].
+    pub abi: u8,
+    /// Always 0: keys are compared as bytes.
+    pub _pad: u8,
+}
+
+impl CallKey {
+    /// The key as three words: compared in three loads, with no memcmp call.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 3] {
+        // SAFETY: 24 bytes of plain integers without padding, 8-aligned.
+        unsafe { core::mem::transmute::<CallKey, [u64; 3]>(*self) }
+    }
+}
+
+/// The key a CPU counted last, with its counter's slot: a hot loop of one
+/// process counts without a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentTimeCall {
+    /// The key as the program built it (before any overflow to the process's
+    /// overflow key: the slot may be that key's).
+    pub key: CallKey,
+    /// Index into [`TIME_CALL_COUNTS_MAP`].
+    pub slot: u32,
+    /// [`SLOT_GENERATION_MAP`] when the slot was found: stale once it changed.
+    pub generation: u32,
+}
+
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+
+/// What user space needs to name a process that may be gone by the time it
+/// reads, and what the programs keep per process: how many counters it made
+/// and how many of its calls found no room.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The thread group leader's `comm`, NUL-padded, any bytes.
+    pub comm: [u8; COMM_LEN],
+    /// Real uid of the calling task when the entry was made.
+    pub uid: u32,
+    /// Keys this process created in [`TIME_CALLS_MAP`] (capped, see
+    /// [`ProgramConfig::process_key_cap`]).
+    pub time_keys: u32,
+    /// Keys this process created in [`VDSO_CALLS_MAP`].
+    pub vdso_keys: u32,
+    /// A [`ProcessEnd`], set by the kernel when the image exits or execs: the
+    /// image's lifetime, from where it ends rather than from a look at /proc.
+    pub ended: u32,
+    /// Calls and samples of this process not counted because a map was full.
+    pub lost: u64,
+    /// Its cgroup v2 id at first sight (the inode of its cgroup directory): a
+    /// process that lives 5 ms keeps its container.
+    pub cgroup_id: u64,
+}
+
+impl ProcessInfo {
+    pub const fn new(comm: [u8; COMM_LEN], uid: u32, cgroup_id: u64) -> ProcessInfo {
+        ProcessInfo {
+            comm,
+            uid,
+            time_keys: 0,
+            vdso_keys: 0,
+            ended: ProcessEnd::Running as u32,
+            lost: 0,
+            cgroup_id,
+        }
+    }
+}
+
+wire_enum! {
+    /// How a process image ended, as the kernel marked it in [`ProcessInfo::ended`].
+    pub enum ProcessEnd: u32 {
+        Running = 0 => "running",
+        /// Its last thread exited (`sched_process_exit` with no thread left).
+        Exited = 1 => "exited",
+        /// It called execve: the pid lives on as a new image (a new key).
+        Execed = 2 => "execed",
+    }
+}
+
+/// What one counter of [`VDSO_CALLS_MAP`] counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VdsoKey {
+    pub process: ProcessKey,
+    /// Clock id when the probe could read it; [`NO_CLOCK`] otherwise.
+    pub clock_id: i32,
+    /// A [`TimeCall`], or [`VDSO_OTHER_CODE`].
+    pub call: u8,
+    /// A [`Provenance`].
+    pub provenance: u8,
+    /// The [`SyscallAbi`] of the code that ran: which image.
+    pub abi: u8,
+    pub _pad: u8,
+}
+
+wire_enum! {
+    /// Indexes of [`OBSERVER_STATS_MAP`](crate::OBSERVER_STATS_MAP).
+    pub enum ObserverStat: u32 {
+        /// A new [`CallKey`] could not be stored: its calls were not counted.
+        TimeCallsMapFull = 0 => "time_calls_map_full",
+        /// A new [`ProcessKey`] could not be stored: the process shows without a name.
+        ProcessesMapFull = 1 => "processes_map_full",
+        /// A kernel or user memory read failed: that call was not counted.
+        ReadFailed = 2 => "read_failed",
+        /// A new [`VdsoKey`] could not be stored: vDSO calls or samples were lost.
+        VdsoCallsMapFull = 3 => "vdso_calls_map_full",
+        /// Keys created in the time-call map: with user space's deletions, how
+        /// full it is (a per-CPU hash map cannot say).
+        TimeKeysCreated = 4 => "time_keys_created",
+        /// Keys created in the vDSO-call map.
+        VdsoKeysCreated = 5 => "vdso_keys_created",
+        /// A process reached its key cap: further new keys went to its overflow key.
+        ProcessKeyCap = 6 => "process_key_cap",
+        /// A sample in vDSO code that no time call claims (not even through the
+        /// return address of a helper): counted nowhere else.
+        VdsoSampleUnattributed = 7 => "vdso_sample_unattributed",
+        /// Entries created in the process map.
+        ProcessesCreated = 8 => "processes_created",
+    }
+}
