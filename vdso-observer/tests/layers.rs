@@ -117,3 +117,67 @@ fn the_parser_sees_nested_imports() {
     let names: Vec<String> = uses(text).into_iter().collect();
     assert_eq!(names, ["host", "model", "ui"]);
 }
+
+/// The sibling modules a file of `folder` names: `super::NAME` (and the
+/// first segments inside `super::{...}`) and `crate::FOLDER::NAME`, for the
+/// names that are modules of that folder. Test modules (after `#[cfg(test)]`)
+/// are left out: they may use anything.
+fn sibling_uses(text: &str, folder: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+    let mut names = BTreeSet::new();
+    for prefix in ["super::".to_owned(), format!("crate::{folder}::")] {
+        let mut rest = text;
+        while let Some(at) = rest.find(&prefix) {
+            rest = &rest[at + prefix.len()..];
+            let found: BTreeSet<String> = if rest.starts_with('{') {
+                uses(&format!("crate::{rest}"))
+            } else {
+                [first_segment(rest)].into_iter().collect()
+            };
+            names.extend(found.into_iter().filter(|n| siblings.contains(n)));
+        }
+    }
+    names
+}
+
+/// No module imports one that imports it back, within any folder of the
+/// source (the layer rule above covers the folders themselves).
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut edges: Vec<(String, String)> = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let Some(folder) = relative.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        let name = relative.file_stem().unwrap().to_string_lossy().into_owned();
+        if name == "mod" {
+            continue; // the folder's index re-exports its modules
+        }
+        let siblings: BTreeSet<String> = std::fs::read_dir(src.join(folder))
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let stem = path.file_stem()?.to_string_lossy().into_owned();
+                (stem != "mod").then_some(stem)
+            })
+            .collect();
+        let folder = folder.to_string_lossy().replace('/', "::");
+        let text = std::fs::read_to_string(file).unwrap();
+        for used in sibling_uses(&text, &folder, &siblings) {
+            if used != name {
+                edges.push((format!("{folder}::{name}"), format!("{folder}::{used}")));
+            }
+        }
+    }
+    for (from, to) in &edges {
+        assert!(
+            !edges.contains(&(to.clone(), from.clone())),
+            "{from} and {to} import each other"
+        );
+    }
+    assert!(edges.len() > 10, "only {} edges seen", edges.len());
+}
