@@ -5,4 +5,6 @@
 pub mod attach_choice;
 pub mod calibrate;
 pub mod diagnose;
+pub mod entry_points;
 pub mod exact;
+pub mod hit_costs;

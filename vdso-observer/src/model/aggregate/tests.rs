@@ -1,0 +1,252 @@
+//! Tests of the aggregation: deltas, retirement, names, estimates, thresholds.
+
+use super::*;
+use vdso_observer_common::ProcessInfo;
+
+fn key(tgid: u32, call: TimeCall, clock_id: i32, origin: Origin) -> CallKey {
+    CallKey {
+        process: ProcessKey {
+            tgid,
+            exec_id: 1,
+            start_boottime_ns: 5_000_000_000,
+        },
+        clock_id,
+        call: call as u8,
+        origin: origin as u8,
+        abi: SyscallAbi::X86_64 as u8,
+        _pad: 0,
+    }
+}
+
+fn health() -> ObserverHealthInput {
+    ObserverHealthInput {
+        probes: Vec::new(),
+        time_call_capacity: 100,
+        vdso_costs: Default::default(),
+        run_stats: RunStats::AlreadyOn,
+        path_costs: Default::default(),
+        attach_mode: AttachMode::RawTracepoint,
+    }
+}
+
+fn snapshot(counts: &[(CallKey, u64)]) -> MapSnapshot {
+    let mut snapshot = MapSnapshot::default();
+    for &(key, count) in counts {
+        snapshot.calls.insert(key, count);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"work");
+        snapshot
+            .names
+            .insert(key.process, ProcessInfo::new(comm, 0, 0));
+    }
+    snapshot
+}
+
+#[test]
+fn windows_report_deltas_grouped_per_process_and_sorted() {
+    let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
+    let cpu = key(10, TimeCall::ClockGettime, 2, Origin::VdsoFallback);
+    let other = key(20, TimeCall::Time, NO_CLOCK, Origin::Direct);
+    let mut aggregator = Aggregator::new(None);
+    let first = snapshot(&[(direct, 100), (cpu, 50), (other, 1)]);
+    let (report, retired) = aggregator.window(
+        &first,
+        Duration::from_secs(2),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    assert!(retired.processes.is_empty());
+    assert_eq!(report.processes.len(), 2);
+    let top = &report.processes[0];
+    assert_eq!((top.pid, top.kernel_entries), (10, 150));
+    assert_eq!(top.kernel_entries_per_sec, 75.0);
+    assert_eq!(top.by_origin.direct, 100);
+    assert_eq!(top.by_origin.vdso_fallback, 50);
+    assert_eq!(top.clocks, ["CLOCK_MONOTONIC", "CLOCK_PROCESS_CPUTIME_ID"]);
+    assert_eq!(
+        top.reasons,
+        [
+            FallbackReason::DirectSyscall,
+            FallbackReason::UnsupportedClock
+        ]
+    );
+    assert_eq!(top.flag_words(), ["direct"]);
+    assert_eq!(top.comm, "work");
+
+    // Second window: only what grew is reported; pid 20 made no new calls.
+    let second = snapshot(&[(direct, 130), (cpu, 50), (other, 1)]);
+    let (report, _) = aggregator.window(
+        &second,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    assert_eq!(report.processes.len(), 1);
+    assert_eq!(report.processes[0].kernel_entries, 30);
+    assert_eq!(report.processes[0].calls.len(), 1);
+}
+
+#[test]
+fn a_process_carries_the_container_of_its_first_cgroup() {
+    let inside = key(40, TimeCall::ClockGettime, 1, Origin::Direct);
+    let outside = key(41, TimeCall::ClockGettime, 1, Origin::Direct);
+    let mut snap = snapshot(&[(inside, 3), (outside, 4)]);
+    snap.names.get_mut(&inside.process).unwrap().cgroup_id = 7;
+    let mut aggregator = Aggregator::new(None);
+    let (report, _) = aggregator.window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    let row = |pid| report.processes.iter().find(|p| p.pid == pid).unwrap();
+    let container = row(40).container.as_ref().expect("podman container");
+    assert_eq!(container.id, "ab".repeat(32));
+    assert_eq!(container.runtime, super::super::container::Runtime::Podman);
+    assert!(
+        row(40)
+            .cgroup
+            .as_deref()
+            .unwrap()
+            .starts_with("/libpod_parent/")
+    );
+    assert_eq!((&row(41).container, &row(41).cgroup), (&None, &None));
+}
+
+#[test]
+fn exited_processes_report_their_last_counts_once_then_retire() {
+    let direct = key(30, TimeCall::Gettimeofday, NO_CLOCK, Origin::Direct);
+    let mut aggregator = Aggregator::new(None);
+    let snap = snapshot(&[(direct, 7)]);
+    let (report, retired) = aggregator.window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    assert_eq!(report.processes[0].kernel_entries, 7);
+    assert!(report.processes[0].exited);
+    assert_eq!(retired.processes, [direct.process]);
+    assert_eq!(retired.keys, [direct]);
+    // Once forgotten, a key that shows again (pid and start reused can't
+    // collide: start differs) counts from zero.
+    let (report, _) = aggregator.window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    assert_eq!(report.processes[0].kernel_entries, 7);
+}
+
+#[test]
+fn thresholds_decide_which_faults_are_flags() {
+    let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
+    let mut aggregator = Aggregator::new(None);
+    aggregator.set_thresholds(Thresholds {
+        min_rate_per_sec: 10.0,
+        min_kernel_share: 0.0,
+    });
+    let (report, _) = aggregator.window(
+        &snapshot(&[(direct, 5)]),
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    let process = &report.processes[0];
+    assert_eq!(
+        process.reasons,
+        [FallbackReason::DirectSyscall],
+        "the cause is still said"
+    );
+    assert!(process.flags.is_empty(), "5/s is under the 10/s threshold");
+    let (report, _) = aggregator.window(
+        &snapshot(&[(direct, 25)]),
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    assert_eq!(report.processes[0].flag_words(), ["direct"]);
+}
+
+#[test]
+fn getrandom_counts_in_no_share_and_marks_rows_that_only_made_it() {
+    let seed = key(40, TimeCall::Getrandom, NO_CLOCK, Origin::Direct);
+    let direct = key(41, TimeCall::ClockGettime, 1, Origin::Direct);
+    let seed_of_41 = key(41, TimeCall::Getrandom, NO_CLOCK, Origin::Direct);
+    let estimator = VdsoEstimator {
+        costs: VdsoCosts::default(),
+        sample_period_ns: 1_000_000,
+    };
+    let (report, _) = Aggregator::new(Some(estimator)).window(
+        &snapshot(&[(seed, 1), (direct, 3), (seed_of_41, 1)]),
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    let only = report.processes.iter().find(|p| p.pid == 40).unwrap();
+    assert!(only.only_getrandom);
+    assert_eq!(only.kernel_entries, 1, "JSON keeps every count");
+    assert_eq!(only.kernel_share, None, "getrandom is no time call");
+    let mixed = report.processes.iter().find(|p| p.pid == 41).unwrap();
+    assert!(!mixed.only_getrandom);
+    assert_eq!((mixed.kernel_entries, mixed.time_kernel_entries()), (4, 3));
+    assert_eq!(mixed.kernel_share, Some(1.0));
+    let totals = report.totals();
+    assert_eq!(totals.kernel_per_sec, 5.0);
+    assert_eq!(totals.time_kernel_per_sec, 3.0);
+    assert_eq!(totals.kernel_share(), Some(1.0));
+}
+
+#[test]
+fn json_field_names_are_stable() {
+    let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
+    let (report, _) = Aggregator::new(None).window(
+        &snapshot(&[(direct, 4)]),
+        Duration::from_secs(2),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    for field in [
+        "schema_version",
+        "window_seconds",
+        "timestamp_unix",
+        "observer",
+        "processes",
+    ] {
+        assert!(json.get(field).is_some(), "{field} missing: {json}");
+    }
+    let process = &json["processes"][0];
+    for field in [
+        "pid",
+        "comm",
+        "exec_id",
+        "start_boottime_ns",
+        "exited",
+        "kernel_entries",
+        "kernel_entries_per_sec",
+        "by_origin",
+        "calls",
+        "clocks",
+        "reasons",
+        "flags",
+    ] {
+        assert!(process.get(field).is_some(), "{field} missing: {process}");
+    }
+    assert_eq!(process["by_origin"]["direct"], 4);
+    assert_eq!(process["by_origin"]["vdso_fallback"], 0);
+    let call = &process["calls"][0];
+    assert_eq!(call["call"], "clock_gettime");
+    assert_eq!(call["clock"], "CLOCK_MONOTONIC");
+    assert_eq!(call["clock_id"], 1);
+    assert_eq!(call["origin"], "direct");
+    assert_eq!(call["reason"], "direct_syscall");
+    assert_eq!(call["abi"], "x86_64");
+    assert_eq!(call["count"], 4);
+    assert_eq!(call["per_sec"], 2.0);
+    assert_eq!(process["reasons"][0], "direct_syscall");
+    assert_eq!(process["flags"][0], "direct");
+    let lost = &json["observer"]["lost"];
+    assert_eq!(lost["time_calls_map_full"], 0);
+}
