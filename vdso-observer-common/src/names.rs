@@ -69,13 +69,14 @@ pub const CGROUP_PATH_ENTRIES: u32 = 4_096;
 /// Bytes of a recorded path: a kubepods systemd-driver path is about 190.
 pub const CGROUP_PATH_LEN: usize = 256;
 
-/// Default capacity of [`VDSO_CALLS_MAP`].
-pub const DEFAULT_VDSO_CALL_ENTRIES: u32 = 16_384;
+/// Default capacity of [`VDSO_CALLS_MAP`] (the loader sizes all three
+/// counter maps alike, from `--map-entries`).
+pub const DEFAULT_VDSO_CALL_ENTRIES: u32 = DEFAULT_TIME_CALL_ENTRIES;
 
 /// Default capacity of [`TIME_CALLS_MAP`]; the loader may change it.
 pub const DEFAULT_TIME_CALL_ENTRIES: u32 = 16_384;
 /// Default capacity of [`PROCESSES_MAP`]; the loader may change it.
-pub const DEFAULT_PROCESS_ENTRIES: u32 = 8_192;
+pub const DEFAULT_PROCESS_ENTRIES: u32 = DEFAULT_TIME_CALL_ENTRIES;
 
 /// Program that marks a process image ended when its last thread exits.
 pub const PROCESS_EXIT_PROGRAM: &str = "process_exited";

@@ -6,9 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::settings::{
-    AttachMode, ObserverOverrides, ObserverValues, check_interval, parse_attach_mode,
-};
+use crate::settings::{AttachMode, ObserverOverrides, check_interval, parse_attach_mode};
 
 #[derive(Parser)]
 #[command(
@@ -27,77 +25,6 @@ use crate::settings::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// What the observer loads and counts. Every value given here wins over the
-/// daemon's file; the defaults apply when neither sets it.
-#[derive(Args, Clone)]
-pub struct LoadArgs {
-    /// Kernel BTF to read structure offsets from [default: /sys/kernel/btf/vmlinux].
-    #[arg(long)]
-    pub btf: Option<PathBuf>,
-    /// Capacity of the kernel counter map (one entry per process, call, clock and
-    /// origin). When it is full, further new entries are counted as lost and
-    /// reported [default: 16384].
-    #[arg(long)]
-    pub map_entries: Option<u32>,
-    /// cpu-clock samples a second on each CPU for the estimate of vDSO-answered
-    /// calls; 0 turns the estimate off [default: 499].
-    #[arg(long)]
-    pub sample_hz: Option<u64>,
-    /// Count vDSO-answered calls exactly in every process (uprobes on libc/Go entry
-    /// points, hardware breakpoints for the rest); costs microseconds a call.
-    #[arg(long)]
-    pub exact: bool,
-    /// Count exactly only in these processes (repeatable).
-    #[arg(long = "exact-pid", value_name = "PID")]
-    pub exact_pids: Vec<u32>,
-    /// Largest share of a process's CPU time exact counting may cost before the
-    /// governor detaches it (percent) [default: 2].
-    #[arg(long)]
-    pub exact_budget: Option<f64>,
-    /// Never detach exact counting, whatever it costs.
-    #[arg(long)]
-    pub no_governor: bool,
-    /// Where time syscalls are counted: fentry on their kernel functions (no
-    /// other syscall pays), kprobes there, or the raw tracepoint sys_enter
-    /// (works everywhere; every syscall pays); auto takes the first that
-    /// attaches [default: auto].
-    #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
-    pub attach: Option<AttachMode>,
-    /// Have the kernel measure the observer's own programs (runs, run time:
-    /// vdso_observer_bpf_run_seconds_total); costs every run of every program
-    /// two clock reads, on every syscall in raw-tracepoint mode.
-    #[arg(long)]
-    pub bpf_stats: bool,
-    /// Flag a fault only from this many kernel entries a second for it [default: 0].
-    #[arg(long)]
-    pub min_rate: Option<f64>,
-    /// Flag a fault only when at least this share (percent) of the process's time
-    /// calls entered the kernel (when vDSO calls are known) [default: 0].
-    #[arg(long)]
-    pub min_kernel_share: Option<f64>,
-}
-
-impl LoadArgs {
-    /// What the command line said, and only that.
-    pub fn overrides(&self) -> ObserverOverrides {
-        ObserverOverrides {
-            observer: ObserverValues {
-                btf: self.btf.clone(),
-                map_entries: self.map_entries,
-                sample_hz: self.sample_hz,
-                exact: self.exact.then_some(true),
-                exact_pids: (!self.exact_pids.is_empty()).then(|| self.exact_pids.clone()),
-                exact_budget_percent: self.exact_budget,
-                governor: self.no_governor.then_some(false),
-                attach: self.attach,
-                bpf_stats: self.bpf_stats.then_some(true),
-            },
-            min_rate_per_sec: self.min_rate,
-            min_kernel_share_percent: self.min_kernel_share,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -161,7 +88,7 @@ pub const SECCOMP_PROFILE: &str = include_str!("../../deploy/seccomp/vdso-observ
 #[derive(Args, Clone)]
 pub struct DaemonArgs {
     #[command(flatten)]
-    pub load: LoadArgs,
+    pub load: ObserverOverrides,
     /// TOML configuration file, re-read on SIGHUP (see packaging/vdso-observer.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -188,7 +115,7 @@ pub struct DaemonArgs {
 #[derive(Args, Clone)]
 pub struct TopArgs {
     #[command(flatten)]
-    pub load: LoadArgs,
+    pub load: ObserverOverrides,
     /// One frame, then exit (same as -b -n 1). Without --once, -b or --json, and
     /// on a terminal, top is interactive (h for keys).
     #[arg(long)]

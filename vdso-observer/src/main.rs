@@ -117,7 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     listen: args.listen,
                     top_processes: args.top_processes,
                     exited_grace: args.exited_grace,
-                    observer: args.load.overrides(),
+                    observer: args.load,
                 },
             };
             if args.check_config {
@@ -131,10 +131,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The command line over the defaults (top has no file).
-fn settings_of(load: &cli::LoadArgs) -> Result<(settings::ObserverSettings, model::Thresholds)> {
+fn settings_of(
+    load: &settings::ObserverOverrides,
+) -> Result<(settings::ObserverSettings, model::Thresholds)> {
     let mut settings = settings::ObserverSettings::default();
     let mut thresholds = model::Thresholds::default();
-    load.overrides().apply(&mut settings, &mut thresholds);
+    load.apply(&mut settings, &mut thresholds);
     settings.validate()?;
     Ok((settings, thresholds))
 }

@@ -39,7 +39,7 @@ const DRAIN_AT: f64 = 0.4;
 const DRAIN_GROWTH: f64 = 0.1;
 
 /// What a session loads and counts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub load: LoadOptions,
     pub exact: ExactOptions,

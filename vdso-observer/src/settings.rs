@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 pub use crate::model::AttachMode;
-use crate::{kernel::btf_offsets::VMLINUX_BTF, model::Thresholds};
+use crate::model::Thresholds;
 
 /// The shortest window or interval: shorter says nothing the 50 ms governor
 /// tick and the counters' read cost would not swamp.
@@ -34,11 +34,27 @@ pub fn parse_attach_mode(text: &str) -> Result<AttachMode, String> {
     })
 }
 
-/// What the observer loads and counts.
+/// Every default of what the observer loads and counts, in one place: the
+/// settings, the command line's help and the shipped config file print these.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const BTF: &str = crate::kernel::btf_offsets::VMLINUX_BTF;
+    /// Entries of each counter map (time calls, processes, vDSO calls).
+    pub const MAP_ENTRIES: u32 = vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES;
+    pub const SAMPLE_HZ: u64 = crate::kernel::object::DEFAULT_SAMPLE_HZ;
+    pub const EXACT_BUDGET_PERCENT: f64 = 2.0;
+    pub const MIN_RATE_PER_SEC: f64 = 0.0;
+    pub const MIN_KERNEL_SHARE_PERCENT: f64 = 0.0;
+    /// The daemon's window.
+    pub const INTERVAL: Duration = Duration::from_secs(15);
+}
+
+/// What the observer loads and counts, every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObserverSettings {
     pub btf: PathBuf,
-    /// Capacity of the kernel counter map.
+    /// Capacity of each kernel counter map.
     pub map_entries: u32,
     /// cpu-clock samples a second on each CPU; 0 turns the estimate off.
     pub sample_hz: u64,
@@ -59,12 +75,12 @@ pub struct ObserverSettings {
 impl Default for ObserverSettings {
     fn default() -> Self {
         ObserverSettings {
-            btf: PathBuf::from(VMLINUX_BTF),
-            map_entries: vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES,
-            sample_hz: crate::kernel::object::DEFAULT_SAMPLE_HZ,
+            btf: PathBuf::from(defaults::BTF),
+            map_entries: defaults::MAP_ENTRIES,
+            sample_hz: defaults::SAMPLE_HZ,
             exact: false,
             exact_pids: Vec::new(),
-            exact_budget_percent: 2.0,
+            exact_budget_percent: defaults::EXACT_BUDGET_PERCENT,
             governor: true,
             attach: AttachMode::Auto,
             bpf_stats: false,
@@ -84,19 +100,53 @@ impl ObserverSettings {
     }
 }
 
-/// Observer settings someone gave (the command line, the daemon's `[observer]`
-/// section); None where they said nothing.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+/// The observer options `top`, `daemon` and the daemon's `[observer]` section
+/// share, declared once: the same fields are the command line (clap) and the
+/// file (serde). None where nobody said anything; [`ObserverValues::apply`] is
+/// the one merge rule (a value given wins, field by field).
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObserverValues {
+    #[arg(long, help = format!("Kernel BTF to read structure offsets from [default: {}]", defaults::BTF))]
     pub btf: Option<PathBuf>,
+    #[arg(long, help = format!(
+        "Capacity of each kernel counter map (entries per process, call, clock and origin); \
+         when one is full, further new entries are counted as lost and reported [default: {}]",
+        defaults::MAP_ENTRIES
+    ))]
     pub map_entries: Option<u32>,
+    #[arg(long, help = format!(
+        "cpu-clock samples a second on each CPU for the estimate of vDSO-answered calls; \
+         0 turns the estimate off [default: {}]",
+        defaults::SAMPLE_HZ
+    ))]
     pub sample_hz: Option<u64>,
+    /// Count vDSO-answered calls exactly in every process (uprobes on libc/Go entry
+    /// points, hardware breakpoints for the rest); costs microseconds a call.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub exact: Option<bool>,
+    /// Count exactly only in these processes (repeatable).
+    #[arg(long = "exact-pid", value_name = "PID")]
     pub exact_pids: Option<Vec<u32>>,
+    #[arg(long = "exact-budget", value_name = "PERCENT", help = format!(
+        "Largest share of a process's CPU time exact counting may cost before the \
+         governor detaches it, in percent [default: {}]",
+        defaults::EXACT_BUDGET_PERCENT
+    ))]
     pub exact_budget_percent: Option<f64>,
+    /// Never detach exact counting, whatever it costs.
+    #[arg(long = "no-governor", num_args = 0, default_missing_value = "false")]
     pub governor: Option<bool>,
+    /// Where time syscalls are counted: fentry on their kernel functions (no
+    /// other syscall pays), kprobes there, or the raw tracepoint sys_enter
+    /// (works everywhere; every syscall pays); auto takes fentry where it
+    /// attaches, else measures kprobes against the raw tracepoint [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
     pub attach: Option<AttachMode>,
+    /// Have the kernel measure the observer's own programs (runs, run time:
+    /// vdso_observer_bpf_run_seconds_total); costs every run of every program
+    /// two clock reads, on every syscall in raw-tracepoint mode.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub bpf_stats: Option<bool>,
 }
 
@@ -148,23 +198,58 @@ impl ObserverValues {
     }
 }
 
-/// Values given on the command line; None where it said nothing.
-#[derive(Debug, Clone, Default)]
-pub struct ObserverOverrides {
-    pub observer: ObserverValues,
+/// When a fault becomes a flag, as given on the command line or in the
+/// daemon's `[thresholds]` section: one declaration for both, like
+/// [`ObserverValues`].
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdValues {
+    #[arg(long = "min-rate", value_name = "PER_SEC", help = format!(
+        "Flag a fault only from this many kernel entries a second for it [default: {}]",
+        defaults::MIN_RATE_PER_SEC
+    ))]
     pub min_rate_per_sec: Option<f64>,
+    #[arg(long = "min-kernel-share", value_name = "PERCENT", help = format!(
+        "Flag a fault only when at least this share (percent) of the process's time calls \
+         entered the kernel (when vDSO calls are known) [default: {}]",
+        defaults::MIN_KERNEL_SHARE_PERCENT
+    ))]
     pub min_kernel_share_percent: Option<f64>,
 }
 
-impl ObserverOverrides {
-    /// The command line over `settings` and `thresholds`, field by field.
-    pub fn apply(&self, settings: &mut ObserverSettings, thresholds: &mut Thresholds) {
-        self.observer.apply(settings);
+impl ThresholdValues {
+    /// Each threshold given over `thresholds`, on its own.
+    pub fn apply(&self, thresholds: &mut Thresholds) {
         if let Some(rate) = self.min_rate_per_sec {
             thresholds.min_rate_per_sec = rate;
         }
         if let Some(share) = self.min_kernel_share_percent {
             thresholds.min_kernel_share = share / 100.0;
         }
+    }
+
+    pub fn of(thresholds: &Thresholds) -> ThresholdValues {
+        ThresholdValues {
+            min_rate_per_sec: Some(thresholds.min_rate_per_sec),
+            min_kernel_share_percent: Some(thresholds.min_kernel_share * 100.0),
+        }
+    }
+}
+
+/// What `top` and `daemon` take on the command line for the observer and its
+/// thresholds; None where it said nothing.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ObserverOverrides {
+    #[command(flatten)]
+    pub observer: ObserverValues,
+    #[command(flatten)]
+    pub thresholds: ThresholdValues,
+}
+
+impl ObserverOverrides {
+    /// The command line over `settings` and `thresholds`, field by field.
+    pub fn apply(&self, settings: &mut ObserverSettings, thresholds: &mut Thresholds) {
+        self.observer.apply(settings);
+        self.thresholds.apply(thresholds);
     }
 }

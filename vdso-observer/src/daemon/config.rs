@@ -12,7 +12,9 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Thresholds;
-pub use crate::settings::{ObserverOverrides, ObserverSettings, ObserverValues, check_interval};
+pub use crate::settings::{
+    ObserverOverrides, ObserverSettings, ObserverValues, ThresholdValues, check_interval, defaults,
+};
 
 /// Everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +58,7 @@ pub struct SeriesLimits {
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
-            interval: Duration::from_secs(15),
+            interval: defaults::INTERVAL,
             textfile: None,
             listen: None,
             series: SeriesLimits::default(),
@@ -95,18 +97,9 @@ struct ConfigFile {
     #[serde(default)]
     series: SeriesFile,
     #[serde(default)]
-    thresholds: ThresholdsFile,
+    thresholds: ThresholdValues,
     #[serde(default)]
     observer: ObserverValues,
-}
-
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct ThresholdsFile {
-    /// Kernel entries a second for a fault before it is a flag.
-    min_rate_per_sec: Option<f64>,
-    /// Percent of a process's time calls in the kernel before it is flagged.
-    min_kernel_share_percent: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -184,12 +177,7 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
         );
     }
     // Each threshold on its own: a file that sets one keeps the other as it was.
-    if let Some(rate) = file.thresholds.min_rate_per_sec {
-        config.thresholds.min_rate_per_sec = rate;
-    }
-    if let Some(share) = file.thresholds.min_kernel_share_percent {
-        config.thresholds.min_kernel_share = share / 100.0;
-    }
+    file.thresholds.apply(&mut config.thresholds);
     let series = &mut config.series;
     if let Some(top) = file.series.top_processes {
         series.top_processes = top;
@@ -257,10 +245,7 @@ impl DaemonConfig {
                 idle_container_retire: Some(duration(self.series.idle_container_retire)),
                 getrandom_only_processes: Some(self.series.getrandom_only_processes),
             },
-            thresholds: ThresholdsFile {
-                min_rate_per_sec: Some(self.thresholds.min_rate_per_sec),
-                min_kernel_share_percent: Some(self.thresholds.min_kernel_share * 100.0),
-            },
+            thresholds: ThresholdValues::of(&self.thresholds),
             observer: ObserverValues::of(&self.observer),
         };
         toml::to_string(&file).expect("the configuration serializes")
@@ -326,12 +311,14 @@ mod tests {
         .unwrap();
         let overrides = Overrides {
             observer: ObserverOverrides {
-                min_kernel_share_percent: Some(5.0),
+                thresholds: ThresholdValues {
+                    min_kernel_share_percent: Some(5.0),
+                    ..Default::default()
+                },
                 observer: ObserverValues {
                     sample_hz: Some(199),
                     ..Default::default()
                 },
-                ..Default::default()
             },
             ..Default::default()
         };

@@ -11,12 +11,11 @@ use aya::{
     programs::{ProgramError, RawTracePoint},
 };
 use vdso_observer_common::{
-    CGROUP_PATHS_MAP, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
-    DEFAULT_VDSO_CALL_ENTRIES, EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP, ExactCoverage,
-    FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL,
-    ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP,
-    TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO32_FUNCTIONS_GLOBAL,
-    VdsoFunctionTable, VdsoKey,
+    CGROUP_PATHS_MAP, CallKey, CgroupPath, EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP,
+    ExactCoverage, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, PROCESSES_MAP,
+    PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP,
+    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
+    VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -53,6 +52,8 @@ impl VdsoTables {
     }
 }
 
+/// What one load takes: made from the settings by the session (defaults
+/// live in `settings::defaults`, nowhere else).
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub btf_path: PathBuf,
@@ -69,20 +70,6 @@ pub struct LoadOptions {
     /// Have the kernel measure each program's runs and run time (costs every
     /// run two clock reads).
     pub bpf_stats: bool,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            btf_path: PathBuf::from(btf_offsets::VMLINUX_BTF),
-            time_call_entries: DEFAULT_TIME_CALL_ENTRIES,
-            process_entries: DEFAULT_PROCESS_ENTRIES,
-            vdso_call_entries: DEFAULT_VDSO_CALL_ENTRIES,
-            sample_hz: DEFAULT_SAMPLE_HZ,
-            attach: crate::model::AttachMode::Auto,
-            bpf_stats: false,
-        }
-    }
 }
 
 /// The object's maps, taken out of it once after load.
