@@ -30,6 +30,7 @@ use crate::{
 };
 
 mod arm64;
+mod systemd;
 
 const INIT: &str = include_str!("../vm/init.sh");
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -55,7 +56,14 @@ const ATTACH_MODES: [&str; 3] = ["raw-tracepoint", "fentry", "kprobe"];
 
 /// The scenarios' names, in the order they run: the x86_64 guest's, then
 /// the arm64 guest's.
-pub const SCENARIO_NAMES: [&str; 5] = ["default", "hpet", "switch", "vdso0", arm64::SCENARIO];
+pub const SCENARIO_NAMES: [&str; 6] = [
+    "default",
+    "hpet",
+    "switch",
+    "vdso0",
+    systemd::SCENARIO,
+    arm64::SCENARIO,
+];
 
 /// The scenarios of one guest architecture (`vm-test --arch`).
 pub fn scenarios_of(arch: crate::dist::Arch) -> Vec<&'static str> {
@@ -485,6 +493,9 @@ pub fn run(root: &Path, selected: &[&str]) -> Result<Vec<(String, bool)>> {
     if SCENARIOS.iter().any(|s| selected.contains(&s.name)) {
         results.extend(run_x86_64(root, selected)?);
     }
+    if selected.contains(&systemd::SCENARIO) {
+        results.extend(systemd::run(root)?);
+    }
     if selected.contains(&arm64::SCENARIO) {
         results.extend(arm64::run(root)?);
     }
@@ -744,12 +755,15 @@ struct Machine {
     args: &'static [&'static str],
     /// The serial console's device name on the kernel command line.
     console: &'static str,
+    /// RAM, MiB.
+    memory: &'static str,
 }
 
 const X86_64: Machine = Machine {
     qemu: "qemu-system-x86_64",
     args: &[],
     console: "ttyS0",
+    memory: "1024",
 };
 
 fn boot(
@@ -775,7 +789,7 @@ fn boot_machine(
     let accel = std::env::var("VM_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
     let mut child = Command::new(machine.qemu)
         .args(machine.args)
-        .args(["-accel", &accel, "-m", "1024", "-smp", "1"])
+        .args(["-accel", &accel, "-m", machine.memory, "-smp", "1"])
         .args([
             "-display",
             "none",

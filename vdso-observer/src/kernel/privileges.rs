@@ -90,6 +90,17 @@ pub struct LaterNeeds {
 pub fn drop_capabilities(needs: LaterNeeds) -> Result<Vec<&'static str>> {
     let held = procfs::own_effective_capabilities()?;
     let mut wanted: Vec<(u32, &'static str)> = Vec::new();
+    let release = procfs::uname().release;
+    let unprivileged_bpf =
+        std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
+    if map_reads_need_cap_bpf(&release, &unprivileged_bpf) {
+        log::info!(
+            "keeping CAP_BPF: kernel {release} (before 5.19) checks it on every bpf() command, \
+             reads of maps already open included, while kernel.unprivileged_bpf_disabled is {}",
+            unprivileged_bpf.trim()
+        );
+        wanted.push((CAP_BPF, "CAP_BPF"));
+    }
     if needs.exact {
         // CAP_SYS_ADMIN too: a uprobe perf event for another process was refused
         // (EACCES) with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE alone (6.18).
@@ -104,6 +115,8 @@ pub fn drop_capabilities(needs: LaterNeeds) -> Result<Vec<&'static str>> {
     if needs.textfile {
         wanted.push((CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"));
     }
+    wanted.sort_unstable();
+    wanted.dedup();
     wanted.retain(|(bit, _)| held & (1u64 << bit) != 0);
     let keep = wanted.iter().fold(0u64, |mask, (bit, _)| mask | (1 << bit));
     // SAFETY: prctl with integer arguments only.
@@ -207,6 +220,16 @@ fn set_capabilities(mask: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether reading the maps after the capability drop needs CAP_BPF: kernels
+/// before 5.19 check it (or CAP_SYS_ADMIN) on every `bpf()` command while
+/// `kernel.unprivileged_bpf_disabled` is set (Ubuntu 22.04's 5.15 defaults
+/// it to 2), lookups on descriptors already held included; 5.19 kept the
+/// check for creating maps and loading programs only.
+pub fn map_reads_need_cap_bpf(release: &str, unprivileged_bpf_disabled: &str) -> bool {
+    let before_5_19 = parse_release(release).is_none_or(|version| version < (5, 19));
+    before_5_19 && unprivileged_bpf_disabled.trim() != "0"
+}
+
 /// Fails early, with what to do, when the process cannot load tracing BPF.
 pub fn check_privileges() -> Result<()> {
     let effective = procfs::own_effective_capabilities()?;
@@ -246,6 +269,22 @@ pub fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_reads_keep_cap_bpf_only_where_the_kernel_checks_it() {
+        // Ubuntu 22.04: 5.15 with the sysctl at 2.
+        assert!(map_reads_need_cap_bpf("5.15.0-91-generic", "2\n"));
+        assert!(map_reads_need_cap_bpf("5.18.19", "1"));
+        assert!(!map_reads_need_cap_bpf("5.15.0-91-generic", "0\n"));
+        // 5.19 and later check only creation and loading.
+        assert!(!map_reads_need_cap_bpf("5.19.0", "2"));
+        assert!(!map_reads_need_cap_bpf("6.1.0-27-amd64", "2"));
+        assert!(!map_reads_need_cap_bpf("6.18.44-fc-v1272", "1"));
+        // A release that cannot be read is taken for an old one.
+        assert!(map_reads_need_cap_bpf("weird", "2"));
+        // The sysctl unreadable (empty) on an old kernel: kept, to be safe.
+        assert!(map_reads_need_cap_bpf("5.15.0", ""));
+    }
 
     #[test]
     fn kernel_floors_are_checked_by_version() {

@@ -455,7 +455,7 @@ fn calibrate_i386(
     let child = match Vdso32Child::start() {
         Ok(child) => child,
         Err(err) => {
-            log::debug!("no 32-bit calibration: {err:#}");
+            log::info!("32-bit vDSO calls are priced as 64-bit ones: {err:#}");
             return Ok(None);
         }
     };
@@ -483,7 +483,8 @@ fn calibrate_i386(
         bail!("{samples} samples of the 32-bit calibration loop ({calls} calls in {elapsed:?})");
     }
     let ns32 = samples as f64 * period_ns as f64 / f64::from(calls);
-    log::debug!(
+    // Said once at start: that the 32-bit vDSO was read and calibrated.
+    log::info!(
         "32-bit vDSO clock_gettime: {ns32:.1} ns per call as sampled ({samples} samples), \
          64-bit {ns64:.1}"
     );

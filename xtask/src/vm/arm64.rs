@@ -31,6 +31,7 @@ const AARCH64: Machine = Machine {
     // architected pointer authentication.
     args: &["-M", "virt", "-cpu", "max,pauth-impdef=on"],
     console: "ttyAMA0",
+    memory: "1024",
 };
 
 /// The scenario's name (`vm-test::arm64`).
