@@ -163,20 +163,24 @@ impl Vdso32Child {
         Ok(elapsed)
     }
 
-    /// Waits until the child runs the program (its maps show the memfd), and
-    /// returns its vDSO range.
+    /// Waits until the child runs the program (its maps show the memfd and
+    /// the vDSO: exec maps the program first and the vDSO after it, so a look
+    /// in between sees only the memfd — on a slow guest, often), and returns
+    /// its vDSO range.
     fn wait_for_exec(&self) -> Result<(u64, u64)> {
         let pid = self.pid();
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
                 .with_context(|| format!("reading /proc/{pid}/maps of the 32-bit probe"))?;
-            if maps.contains(MEMFD_NAME.to_str().unwrap_or_default()) {
-                return vdso_range_in_maps(&maps).ok_or_else(|| {
-                    anyhow!("the 32-bit probe (pid {pid}) has no vDSO (vdso32=0?)")
-                });
+            let running = maps.contains(MEMFD_NAME.to_str().unwrap_or_default());
+            if running && let Some(range) = vdso_range_in_maps(&maps) {
+                return Ok(range);
             }
             if Instant::now() > deadline {
+                if running {
+                    bail!("the 32-bit probe (pid {pid}) has no vDSO (vdso32=0?)");
+                }
                 bail!("the 32-bit probe (pid {pid}) did not start within 2 s");
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -204,7 +208,13 @@ pub fn image() -> Result<VdsoImage> {
 /// without IA32 emulation no 32-bit process runs.
 pub fn image_if_any() -> Option<VdsoImage> {
     match image() {
-        Ok(image) => Some(image),
+        Ok(image) => {
+            log::info!(
+                "32-bit vDSO read ({} bytes): 32-bit processes' calls are attributed",
+                image.len
+            );
+            Some(image)
+        }
         Err(err) => {
             log::info!("32-bit processes' vDSO calls are not followed: {err:#}");
             None

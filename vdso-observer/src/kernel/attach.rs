@@ -405,9 +405,30 @@ fn attach_sampler(ebpf: &mut Ebpf, hz: u64) -> Result<u64> {
                 SamplePolicy::Period(period_ns),
                 false,
             )
+            .map_err(|err| explain_perf_error(anyhow!(err)))
             .with_context(|| format!("cpu-clock sampler on CPU {cpu}"))?;
     }
     Ok(period_ns)
+}
+
+/// Debian's kernels add `kernel.perf_event_paranoid=3` (their default), under
+/// which perf_event_open needs CAP_SYS_ADMIN, not CAP_PERFMON: the shipped
+/// unit grants only the latter. Said with what to do.
+fn explain_perf_error(err: anyhow::Error) -> anyhow::Error {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .unwrap_or_default()
+        .trim()
+        .parse::<i32>()
+        .unwrap_or(0);
+    if paranoid >= 3 && format!("{err:#}").contains("Permission denied") {
+        err.context(format!(
+            "kernel.perf_event_paranoid is {paranoid} (Debian's default): perf events then need \
+             CAP_SYS_ADMIN, not CAP_PERFMON; `sysctl kernel.perf_event_paranoid=2` lets \
+             CAP_PERFMON do"
+        ))
+    } else {
+        err
+    }
 }
 
 /// Turns on the kernel's per-program run statistics (BPF_ENABLE_STATS) for as
