@@ -59,7 +59,7 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
         name: SCENARIO,
         // One CPU keeps tsc (the script switches to hpet itself); systemd as init.
         cmdline: "rdinit=/lib/systemd/systemd systemd.unit=multi-user.target",
-        check: check,
+        check,
     };
     let result = boot_machine(&GUEST, &kernel, &initramfs, &dir, &scenario, "auto")
         .and_then(|guest| check(&guest));
