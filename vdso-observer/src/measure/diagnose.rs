@@ -49,6 +49,27 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
             Err(err) => format!("{err:#}"),
         },
     });
+    // What the daemon keeps after its capability drop, and why.
+    let release = crate::host::procfs::uname().release;
+    let unprivileged_bpf =
+        std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
+    let keeps_bpf =
+        crate::kernel::privileges::map_reads_need_cap_bpf(&release, &unprivileged_bpf);
+    features.push(Feature {
+        name: "map reads without capabilities",
+        available: !keeps_bpf,
+        detail: if keeps_bpf {
+            format!(
+                "kernel {release} (before 5.19) checks CAP_BPF on every map read while \
+                 kernel.unprivileged_bpf_disabled is {}: the daemon keeps CAP_BPF after its drop",
+                unprivileged_bpf.trim()
+            )
+        } else {
+            "the daemon drops every capability once attached: this kernel checks none on \
+             reads of maps already open"
+                .to_owned()
+        },
+    });
     let mut observer = Observer::start(
         options,
         &tables,
