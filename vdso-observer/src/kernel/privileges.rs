@@ -93,14 +93,7 @@ pub fn drop_capabilities(needs: LaterNeeds) -> Result<Vec<&'static str>> {
     let release = procfs::uname().release;
     let unprivileged_bpf =
         std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
-    if map_reads_need_cap_bpf(&release, &unprivileged_bpf) {
-        log::info!(
-            "keeping CAP_BPF: kernel {release} (before 5.19) checks it on every bpf() command, \
-             reads of maps already open included, while kernel.unprivileged_bpf_disabled is {}",
-            unprivileged_bpf.trim()
-        );
-        wanted.push((CAP_BPF, "CAP_BPF"));
-    }
+    let reads_need_bpf = map_reads_need_cap_bpf(&release, &unprivileged_bpf);
     if needs.exact {
         // CAP_SYS_ADMIN too: a uprobe perf event for another process was refused
         // (EACCES) with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE alone (6.18).
@@ -115,8 +108,16 @@ pub fn drop_capabilities(needs: LaterNeeds) -> Result<Vec<&'static str>> {
     if needs.textfile {
         wanted.push((CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"));
     }
-    wanted.sort_unstable();
-    wanted.dedup();
+    if reads_need_bpf {
+        log::info!(
+            "keeping CAP_BPF: kernel {release} (before 5.19) checks it on every bpf() command, \
+             reads of maps already open included, while kernel.unprivileged_bpf_disabled is {}",
+            unprivileged_bpf.trim()
+        );
+        if !wanted.iter().any(|(bit, _)| *bit == CAP_BPF) {
+            wanted.push((CAP_BPF, "CAP_BPF"));
+        }
+    }
     wanted.retain(|(bit, _)| held & (1u64 << bit) != 0);
     let keep = wanted.iter().fold(0u64, |mask, (bit, _)| mask | (1 << bit));
     // SAFETY: prctl with integer arguments only.
