@@ -53,8 +53,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     let release = crate::host::procfs::uname().release;
     let unprivileged_bpf =
         std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
-    let keeps_bpf =
-        crate::kernel::privileges::map_reads_need_cap_bpf(&release, &unprivileged_bpf);
+    let keeps_bpf = crate::kernel::privileges::map_reads_need_cap_bpf(&release, &unprivileged_bpf);
     features.push(Feature {
         name: "map reads without capabilities",
         available: !keeps_bpf,
