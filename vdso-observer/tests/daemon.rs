@@ -397,15 +397,7 @@ fn runs_as_an_unprivileged_user_with_only_cap_bpf_and_cap_perfmon() {
         &dir,
         &["--textfile", textfile.to_str().unwrap(), "--interval", "1s"],
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
+    let field = |name: &str| status_field(daemon.pid(), name);
     assert_eq!(field("Uid:").split_whitespace().next(), Some("65534"));
     // Started with CAP_PERFMON (38) and CAP_BPF (39) only, and dropped both
     // once its programs were attached.
@@ -541,17 +533,20 @@ fn systemd_hears_readiness_watchdog_and_priorities_and_a_fork_storm_is_one_line(
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
+/// One field of /proc/PID/status (`name` with its colon), trimmed.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
 /// The capability sets of a running process: (effective, permitted, ambient).
 fn capabilities_of(pid: u32) -> (String, String, String) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
+    let field = |name: &str| status_field(pid, name);
     (field("CapEff:"), field("CapPrm:"), field("CapAmb:"))
 }
 
@@ -578,17 +573,8 @@ fn after_attaching_the_daemon_keeps_no_capability_and_still_counts() {
     // Nothing it execs can regain one: an empty bounding set and
     // no_new_privs (and SECBIT_NOROOT, which /proc does not show). Before, a
     // child exec'd by the daemon as uid 0 got every capability back.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    assert_eq!(field("CapBnd:"), none, "{status}");
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(status_field(daemon.pid(), "CapBnd:"), none);
+    assert_eq!(status_field(daemon.pid(), "NoNewPrivs:"), "1");
     let workload = build_workload("time_calls", "vt-dropped", &[]);
     let pid = run_workload(&workload, &["direct", "123"]);
     let metrics = wait_for("the workload's calls", TIMEOUT, || {

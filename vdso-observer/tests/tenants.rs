@@ -195,8 +195,7 @@ fn a_v1_cgroup_with_a_containers_id_does_not_rename_it() {
     }
     let v1_dir = collided.expect("a v1 cgroup with the container's id");
 
-    let cgroup = TestCgroupAt(dir.clone());
-    let pid = cgroup.run(&workload, &["direct", "3000"]);
+    let pid = run_in_cgroup(&dir, &workload, &["direct", "3000"]);
     let report = observer.finish();
     drop(made);
     let row = &rows_of_pid(&report, pid)[0];
@@ -218,32 +217,6 @@ fn a_v1_cgroup_with_a_containers_id_does_not_rename_it() {
     );
     assert_eq!(row["container"]["id"], id.as_str(), "{row:#}");
     assert_eq!(row["container"]["runtime"], "podman", "{row:#}");
-}
-
-/// A process run from inside an existing cgroup directory.
-struct TestCgroupAt(PathBuf);
-
-impl TestCgroupAt {
-    fn run(&self, workload: &Path, args: &[&str]) -> u32 {
-        let procs = std::ffi::CString::new(self.0.join("cgroup.procs").to_str().unwrap()).unwrap();
-        let mut command = Command::new(workload);
-        command.args(args);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().unwrap();
-        let pid = child.id();
-        assert!(child.wait().unwrap().success());
-        pid
-    }
 }
 
 /// Any user can put words in the kernel log: a program that crashes is

@@ -51,33 +51,25 @@ impl Observer {
         pid: u32,
         cookie: UprobeCookie,
     ) -> Result<UProbeLinkId> {
-        self.attach_uprobe_at(target, offset, pid, cookie)
-            .with_context(|| {
-                format!(
-                    "uprobe at offset {offset:#x} of {} for pid {pid}",
-                    target.display()
-                )
-            })
-    }
-
-    fn attach_uprobe_at(
-        &mut self,
-        target: &Path,
-        offset: u64,
-        pid: u32,
-        cookie: UprobeCookie,
-    ) -> Result<UProbeLinkId> {
+        let what = || {
+            format!(
+                "uprobe at offset {offset:#x} of {} for pid {pid}",
+                target.display()
+            )
+        };
         self.load_exact()?;
         let uprobe: &mut UProbe = program(&mut self.ebpf, VDSO_UPROBE_PROGRAM)?;
         let pid = std::num::NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0"))?;
-        Ok(uprobe.attach(
-            UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(cookie.encode()),
-            },
-            target,
-            UProbeScope::OneProcess(pid),
-        )?)
+        uprobe
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: Some(cookie.encode()),
+                },
+                target,
+                UProbeScope::OneProcess(pid),
+            )
+            .with_context(what)
     }
 
     pub fn detach_uprobe(&mut self, link: UProbeLinkId) -> Result<()> {

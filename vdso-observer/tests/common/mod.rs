@@ -452,27 +452,33 @@ impl TestCgroup {
     /// Runs the workload from inside the cgroup (it moves itself there before
     /// exec, so even its first call is made inside) and returns its pid.
     pub fn run(&self, workload: &std::path::Path, args: &[&str]) -> u32 {
-        use std::os::unix::process::CommandExt as _;
-        let procs = std::ffi::CString::new(self.procs().to_str().unwrap()).unwrap();
-        let mut command = std::process::Command::new(workload);
-        command.args(args);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                // "0" moves the writer itself.
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().unwrap();
-        let pid = child.id();
-        assert!(child.wait().unwrap().success());
-        pid
+        run_in_cgroup(self.made.last().unwrap(), workload, args)
     }
+}
+
+/// Runs `workload` to its end from inside the cgroup directory `dir` (it moves
+/// itself there before exec) and returns its pid.
+pub fn run_in_cgroup(dir: &std::path::Path, workload: &std::path::Path, args: &[&str]) -> u32 {
+    use std::os::unix::process::CommandExt as _;
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap();
+    let mut command = std::process::Command::new(workload);
+    command.args(args);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            // "0" moves the writer itself.
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    pid
 }
 
 impl Drop for TestCgroup {
