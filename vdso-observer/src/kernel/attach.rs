@@ -367,25 +367,29 @@ fn status_of(probe: &OptionalProbe, attached: Result<()>) -> ProbeStatus {
     }
 }
 
-/// Attaches the optional probes (the sampler at `sample_hz` when given): their
-/// statuses, and the sample period in ns.
-pub fn attach_optional_probes(
-    ebpf: &mut Ebpf,
-    sample_hz: Option<u64>,
-) -> (Vec<ProbeStatus>, Option<u64>) {
-    let mut statuses = Vec::new();
+/// Attaches the optional raw-tracepoint probes: their statuses. Called before
+/// anything counts, so that every process entry the counting makes has its
+/// exit and exec marked (an image that ended between the two would otherwise
+/// look alive for ever).
+pub fn attach_tracepoint_probes(ebpf: &mut Ebpf) -> Vec<ProbeStatus> {
     // The legacy vsyscall page is x86's alone: elsewhere nothing to watch.
     let vsyscall = cfg!(target_arch = "x86_64").then_some(&LEGACY_VSYSCALL);
-    for probe in vsyscall.into_iter().chain(&TRACEPOINT_PROBES) {
-        let attached = attach_raw_tracepoint(ebpf, probe.program, probe.tracepoint);
-        statuses.push(status_of(probe, attached));
-    }
+    vsyscall
+        .into_iter()
+        .chain(&TRACEPOINT_PROBES)
+        .map(|probe| {
+            let attached = attach_raw_tracepoint(ebpf, probe.program, probe.tracepoint);
+            status_of(probe, attached)
+        })
+        .collect()
+}
+
+/// Attaches the cpu-clock sampler at `hz`: its status, and the sample period
+/// in ns when it attached.
+pub fn attach_sampler_probe(ebpf: &mut Ebpf, hz: u64) -> (ProbeStatus, Option<u64>) {
     let mut sample_period_ns = None;
-    if let Some(hz) = sample_hz {
-        let attached = attach_sampler(ebpf, hz).map(|period| sample_period_ns = Some(period));
-        statuses.push(status_of(&SAMPLER, attached));
-    }
-    (statuses, sample_period_ns)
+    let attached = attach_sampler(ebpf, hz).map(|period| sample_period_ns = Some(period));
+    (status_of(&SAMPLER, attached), sample_period_ns)
 }
 
 /// A cpu-clock sampler on every online CPU; returns the sample period in ns.

@@ -9,7 +9,10 @@ use vdso_observer_common::{
 };
 
 use super::{
-    attach::{KprobeJudge, attach_optional_probes, attach_time_calls, enable_run_stats},
+    attach::{
+        KprobeJudge, attach_sampler_probe, attach_time_calls, attach_tracepoint_probes,
+        enable_run_stats,
+    },
     object::{self, LoadOptions, Maps, VdsoTables},
 };
 use crate::model::{AttachMode, KeysCreated, ProbeStatus, ProgramRuns, RunStats};
@@ -53,12 +56,17 @@ impl Observer {
                 None
             }
         };
+        // Lifetimes (and cgroups, the legacy page) first: see attach_tracepoint_probes.
+        let tracepoints = attach_tracepoint_probes(&mut ebpf);
         let (attach_mode, time_calls) =
             attach_time_calls(&mut ebpf, options.attach, &options.btf_path, judge)?;
-        let sample_hz = (options.sample_hz > 0 && tables.x86_64 != VdsoFunctionTable::EMPTY)
-            .then_some(options.sample_hz);
-        let (optional, sample_period_ns) = attach_optional_probes(&mut ebpf, sample_hz);
-        let probes: Vec<ProbeStatus> = [time_calls].into_iter().chain(optional).collect();
+        let mut probes: Vec<ProbeStatus> = [time_calls].into_iter().chain(tracepoints).collect();
+        let mut sample_period_ns = None;
+        if options.sample_hz > 0 && tables.x86_64 != VdsoFunctionTable::EMPTY {
+            let (sampler, period) = attach_sampler_probe(&mut ebpf, options.sample_hz);
+            probes.push(sampler);
+            sample_period_ns = period;
+        }
         log::info!(
             "attached {} of {} probes",
             probes.iter().filter(|p| p.attached).count(),
