@@ -59,6 +59,11 @@ macro_rules! wire_enum {
                     $( $name::$variant => $text, )*
                 }
             }
+
+            /// The variant spelled `name`; None for a name no variant has.
+            pub fn from_name(name: &str) -> Option<$name> {
+                Self::ALL.into_iter().find(|v| v.name() == name)
+            }
         }
     };
 }
@@ -273,10 +278,12 @@ mod tests {
     }
 }
 
-/// The domain enums serialize as their `name()`: the one spelling JSON, metric
-/// labels and tables share.
+/// The domain enums serialize as their `name()`, the one spelling JSON, metric
+/// labels and tables share, and read back from it.
 #[cfg(feature = "user")]
 mod serialize_by_name {
+    extern crate alloc;
+
     use super::{Origin, Provenance, SyscallAbi, TimeCall};
 
     macro_rules! by_name {
@@ -284,6 +291,18 @@ mod serialize_by_name {
             impl serde::Serialize for $type {
                 fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                     serializer.serialize_str(self.name())
+                }
+            }
+
+            impl<'de> serde::Deserialize<'de> for $type {
+                fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let name = <alloc::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                    <$type>::from_name(&name).ok_or_else(|| {
+                        serde::de::Error::invalid_value(
+                            serde::de::Unexpected::Str(&name),
+                            &concat!("a name of ", stringify!($type)),
+                        )
+                    })
                 }
             }
         )*};

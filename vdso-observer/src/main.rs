@@ -12,12 +12,15 @@ mod host;
 mod kernel;
 mod logging;
 mod measure;
-mod model;
 mod session;
 mod settings;
 mod ui;
 
 use std::process::ExitCode;
+
+// The domain and the metric families come from the library target, which
+// tests and tools read too.
+use vdso_observer::{metric_families, model};
 
 use anyhow::Result;
 use clap::Parser as _;

@@ -5,6 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use vdso_observer::model::{VsyscallMode, diagnosis::Decision};
 
 #[test]
 fn once_prints_one_table_with_the_workload_row() {
@@ -80,14 +81,14 @@ fn batch_frames_and_json_lines() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let frames: Vec<serde_json::Value> = text
+    let frames: Vec<Report> = text
         .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON document a line"))
+        .map(|l| parse_report(l).expect("one JSON report a line"))
         .collect();
     assert_eq!(frames.len(), 2);
     for frame in &frames {
-        assert_eq!(frame["schema_version"], 1);
-        let window = frame["window_seconds"].as_f64().unwrap();
+        assert_eq!(frame.schema_version, 1);
+        let window = frame.window_seconds;
         assert!((0.25..1.0).contains(&window), "{window}");
     }
 }
@@ -101,27 +102,21 @@ fn filters_keep_only_what_was_asked() {
     let a = run_workload(&workload, &["direct", "10"]);
     let b = run_workload(&other, &["cputime", "10"]);
     let report = observer.finish();
-    let pids: Vec<u64> = processes(&report)
-        .iter()
-        .map(|p| p["pid"].as_u64().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{report:#}");
-    assert!(pids.contains(&u64::from(a)) && pids.contains(&u64::from(b)));
+    let pids: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids.len(), 2, "{report:#?}");
+    assert!(pids.contains(&a) && pids.contains(&b));
 
     let observer = ObserverRun::start(&["--comm", "vt-filter-", "--flagged-only"]);
     let a = run_workload(&workload, &["direct", "10"]);
     run_workload(&other, &["cputime", "10"]);
     let report = observer.finish();
-    let pids: Vec<u64> = processes(&report)
-        .iter()
-        .map(|p| p["pid"].as_u64().unwrap())
-        .collect();
-    assert_eq!(pids, [u64::from(a)], "the CPU-time clock is not a fault");
+    let pids: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [a], "the CPU-time clock is not a fault");
 
     let observer = ObserverRun::start(&["--pid", "1"]);
     run_workload(&workload, &["direct", "10"]);
     let report = observer.finish();
-    assert!(processes(&report).iter().all(|p| p["pid"] == 1));
+    assert!(report.processes.iter().all(|p| p.pid == 1));
 }
 
 #[test]
@@ -136,22 +131,17 @@ fn doctor_measures_this_machine() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let diagnosis: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diagnosis = parse_diagnosis(&out.stdout);
     // The development machines run tsc or kvm-clock, both vDSO-capable.
-    assert_eq!(diagnosis["decided_by"], "measured", "{diagnosis:#}");
-    assert_eq!(diagnosis["vdso_capable"], true, "{diagnosis:#}");
-    let check = &diagnosis["vdso_check"];
-    assert!(check["calls"].as_u64().unwrap() > 100_000, "{check}");
-    assert_eq!(check["kernel_entries"], 0, "{check}");
-    let gettime = &diagnosis["costs"][0];
-    assert_eq!(gettime["call"], "clock_gettime");
-    assert!(gettime["vdso_ns"].as_f64().unwrap() < gettime["syscall_ns"].as_f64().unwrap());
-    assert!(
-        diagnosis["advice"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("nothing to do")
-    );
+    assert_eq!(diagnosis.decided_by, Decision::Measured, "{diagnosis:#?}");
+    assert_eq!(diagnosis.vdso_capable, Some(true), "{diagnosis:#?}");
+    let check = diagnosis.vdso_check.unwrap();
+    assert!(check.calls > 100_000, "{check:?}");
+    assert_eq!(check.kernel_entries, 0, "{check:?}");
+    let gettime = &diagnosis.costs[0];
+    assert_eq!(gettime.call, TimeCall::ClockGettime);
+    assert!(gettime.vdso_ns.unwrap() < gettime.syscall_ns.unwrap());
+    assert!(diagnosis.advice[0].starts_with("nothing to do"));
 
     let text = Command::new(OBSERVER).arg("doctor").output().unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
@@ -164,10 +154,11 @@ fn reports_carry_the_system_state() {
     let observer = ObserverRun::start(&[]);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let report = observer.finish();
-    let system = &report["system"];
-    assert_eq!(system["vdso_capable"], true, "{system:#}");
-    assert!(system["clocksource"]["current"].is_string());
-    assert!(system["vsyscall"].is_string());
+    let system = report.system.expect("the session adds the system state");
+    assert_eq!(system.vdso_capable, Some(true), "{system:#?}");
+    let clocksource = system.clocksource.expect("a clocksource");
+    assert!(clocksource.available.contains(&clocksource.current));
+    assert_ne!(system.vsyscall, VsyscallMode::Unknown);
 }
 
 #[test]
@@ -188,9 +179,9 @@ fn processes_that_only_seed_malloc_are_hidden_but_counted_in_json() {
     let pid = run_workload(&workload, &["seed", "1"]);
     let report = observer.finish();
     let row = rows_of_pid(&report, pid).pop().expect("JSON keeps the row");
-    assert_eq!(row["only_getrandom"], true, "{row:#}");
-    assert!(row["getrandom_entries"].as_u64().unwrap() >= 1, "{row:#}");
-    assert_eq!(row["kernel_share"], serde_json::Value::Null, "{row:#}");
+    assert!(row.only_getrandom, "{row:#?}");
+    assert!(row.getrandom_entries >= 1, "{row:#?}");
+    assert_eq!(row.kernel_share, None, "{row:#?}");
 
     let observer = ObserverRun::start_with(&[
         "top",
@@ -243,7 +234,7 @@ fn user_names_come_from_nss() {
     let row = rows_of_comm(&report, "vt-nss")
         .pop()
         .expect("the workload's row");
-    assert_eq!(row["uid"], 4242, "{row:#}");
-    assert_eq!(row["user"], "ldap-alice", "{row:#}");
+    assert_eq!(row.uid, Some(4242), "{row:#?}");
+    assert_eq!(row.user.as_deref(), Some("ldap-alice"), "{row:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,7 @@ use std::{
 
 use common::*;
 use serde_json::Value;
+use vdso_observer::model::Runtime;
 
 /// podman with runc and ulimits this host's runtime may set.
 fn podman_run() -> Command {
@@ -92,10 +93,12 @@ fn tempfile_path(what: &str) -> PathBuf {
 
 /// The rows of the workload inside container `id` (runc's init ran in that
 /// container before exec'ing it, under the same pid: another row).
-fn rows_in(report: &Value, id: &str) -> Vec<Value> {
-    processes(report)
-        .into_iter()
-        .filter(|p| p["container"]["id"] == id && p["comm"] == "vt-ctr")
+fn rows_in(report: &Report, id: &str) -> Vec<ProcessReport> {
+    report
+        .processes
+        .iter()
+        .filter(|p| p.container.as_ref().is_some_and(|c| c.id == id) && p.comm == "vt-ctr")
+        .cloned()
         .collect()
 }
 
@@ -111,7 +114,7 @@ fn rows_carry_their_podman_container_and_count_exactly() {
     let report = observer.finish();
 
     let in_direct = rows_in(&report, &direct);
-    assert_eq!(in_direct.len(), 1, "{report:#}");
+    assert_eq!(in_direct.len(), 1, "{report:#?}");
     assert_eq!(
         counts(&in_direct[0]),
         [expect(
@@ -122,20 +125,21 @@ fn rows_carry_their_podman_container_and_count_exactly() {
             300
         )]
     );
-    let container = &in_direct[0]["container"];
-    assert_eq!(container["runtime"], "podman", "{container:#}");
-    assert_eq!(container["pod_uid"], Value::Null);
+    let container = in_direct[0].container.as_ref().unwrap();
+    assert_eq!(container.runtime, Runtime::Podman, "{container:#?}");
+    assert_eq!(container.pod_uid, None);
     assert!(
-        in_direct[0]["cgroup"]
-            .as_str()
+        in_direct[0]
+            .cgroup
+            .as_ref()
             .unwrap()
             .contains(&format!("libpod-{direct}")),
-        "{:#}",
+        "{:#?}",
         in_direct[0]
     );
 
     let in_cputime = rows_in(&report, &cputime);
-    assert_eq!(in_cputime.len(), 1, "{report:#}");
+    assert_eq!(in_cputime.len(), 1, "{report:#?}");
     assert_eq!(
         counts(&in_cputime[0]),
         [expect(
@@ -147,9 +151,9 @@ fn rows_carry_their_podman_container_and_count_exactly() {
         )]
     );
 
-    let on_host: Vec<Value> = rows_of_pid(&report, host);
-    assert_eq!(on_host.len(), 1, "{report:#}");
-    assert_eq!(on_host[0]["container"], Value::Null);
+    let on_host = rows_of_pid(&report, host);
+    assert_eq!(on_host.len(), 1, "{report:#?}");
+    assert_eq!(on_host[0].container, None);
     assert_eq!(
         counts(&on_host[0]),
         [expect(
@@ -206,7 +210,7 @@ fn the_observer_image_with_host_pid_counts_a_workload_container_exactly() {
     let direct = run_container(&["direct", "250"]);
     let report = observer.finish();
     let rows = rows_in(&report, &direct);
-    assert_eq!(rows.len(), 1, "{report:#}");
+    assert_eq!(rows.len(), 1, "{report:#?}");
     assert_eq!(
         counts(&rows[0]),
         [expect(
@@ -217,7 +221,10 @@ fn the_observer_image_with_host_pid_counts_a_workload_container_exactly() {
             250
         )]
     );
-    assert_eq!(rows[0]["container"]["runtime"], "podman");
+    assert_eq!(
+        rows[0].container.as_ref().map(|c| c.runtime),
+        Some(Runtime::Podman)
+    );
 }
 
 #[test]

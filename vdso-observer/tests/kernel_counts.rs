@@ -4,10 +4,11 @@
 mod common;
 
 use common::*;
+use vdso_observer::model::{Runtime, container::QosClass};
 
 const N: u64 = 1000;
 
-fn single_row(report: &serde_json::Value, pid: u32) -> serde_json::Value {
+fn single_row(report: &Report, pid: u32) -> ProcessReport {
     let rows = rows_of_pid(report, pid);
     assert_eq!(rows.len(), 1, "pid {pid}: {rows:#?}");
     rows.into_iter().next().unwrap()
@@ -31,9 +32,9 @@ fn direct_syscalls_are_counted_as_direct() {
             N
         )]
     );
-    assert_eq!(row["comm"], "vt-direct");
-    assert_eq!(row["exited"], true);
-    assert_eq!(row["flags"], serde_json::json!(["direct"]));
+    assert_eq!(row.comm, "vt-direct");
+    assert!(row.exited);
+    assert_eq!(flags(&row), ["direct"]);
 }
 
 #[test]
@@ -55,8 +56,8 @@ fn cpu_time_clocks_fall_back_inside_the_vdso() {
         )]
     );
     // Expected fallback: informational, not a fault.
-    assert_eq!(row["flags"], serde_json::json!([]));
-    assert_eq!(row["reasons"], serde_json::json!(["unsupported_clock"]));
+    assert!(row.flags.is_empty(), "{row:#?}");
+    assert_eq!(reasons(&row), ["unsupported_clock"]);
 }
 
 #[test]
@@ -97,7 +98,7 @@ fn legacy_vsyscall_calls_are_counted() {
         counts(&row),
         [expect("gettimeofday", "", "legacy_vsyscall", "x86_64", N)]
     );
-    assert_eq!(row["flags"], serde_json::json!(["vsyscall"]));
+    assert_eq!(flags(&row), ["vsyscall"]);
 }
 
 #[test]
@@ -134,7 +135,7 @@ fn short_lived_children_each_report_their_counts() {
     let report = observer.finish();
     let children: Vec<_> = rows_of_comm(&report, "vt-children")
         .into_iter()
-        .filter(|row| row["pid"] != parent)
+        .filter(|row| row.pid != parent)
         .collect();
     assert_eq!(children.len(), CHILDREN, "{children:#?}");
     for child in &children {
@@ -147,13 +148,13 @@ fn short_lived_children_each_report_their_counts() {
                 "x86_64",
                 K
             )],
-            "{child:#}"
+            "{child:#?}"
         );
-        assert_eq!(child["exited"], true);
+        assert!(child.exited);
     }
     // The parent only forks and waits.
     for row in rows_of_pid(&report, parent) {
-        assert!(counts(&row).is_empty(), "{row:#}");
+        assert!(counts(&row).is_empty(), "{row:#?}");
     }
 }
 
@@ -166,14 +167,11 @@ fn exec_starts_a_new_row_with_the_new_name() {
     let pid = run_workload(&before, &["exec", "300", after.to_str().unwrap()]);
     let report = observer.finish();
     let mut rows = rows_of_pid(&report, pid);
-    rows.sort_by_key(|row| row["exec_id"].as_u64());
+    rows.sort_by_key(|row| row.exec_id);
     assert_eq!(rows.len(), 2, "{rows:#?}");
-    assert_eq!(rows[0]["comm"], "vt-before-exec");
-    assert_eq!(rows[1]["comm"], "vt-after-exec");
-    assert_eq!(
-        rows[1]["exec_id"].as_u64().unwrap(),
-        rows[0]["exec_id"].as_u64().unwrap() + 1
-    );
+    assert_eq!(rows[0].comm, "vt-before-exec");
+    assert_eq!(rows[1].comm, "vt-after-exec");
+    assert_eq!(rows[1].exec_id, rows[0].exec_id + 1);
     for row in &rows {
         assert_eq!(
             counts(row),
@@ -243,12 +241,12 @@ fn the_untyped_sys_enter_program_counts_the_same() {
     let cputime = run_workload(&workload, &["cputime", "700"]);
     let cputime32 = run_workload(&workload32, &["cputime", "300"]);
     let report = observer.finish();
-    let programs: Vec<&str> = report["observer"]["probes"]
-        .as_array()
-        .unwrap()
+    let programs: Vec<&str> = report
+        .observer
+        .probes
         .iter()
-        .filter(|p| p["attached"] == true)
-        .filter_map(|p| p["program"].as_str())
+        .filter(|p| p.attached)
+        .map(|p| p.program.as_ref())
         .collect();
     assert!(
         programs.contains(&"time_syscall_enter_raw") && !programs.contains(&"time_syscall_enter"),
@@ -313,7 +311,7 @@ fn renamed_processes_keep_odd_names_readable() {
     let pid = run_workload(&workload, &["rename", "10", "a\"b\\c\nd\u{7f}e"]);
     let report = observer.finish();
     let row = single_row(&report, pid);
-    assert_eq!(row["comm"], "a\"b\\\\c\\x0ad\\x7fe");
+    assert_eq!(row.comm, "a\"b\\\\c\\x0ad\\x7fe");
 }
 
 #[test]
@@ -327,22 +325,20 @@ fn a_full_counter_map_is_reported_not_silent() {
     );
     let pid = run_workload(&workload, &["clocks", "12"]);
     let (stdout, stderr) = observer.finish_text();
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let report = parse_report(stdout.trim()).unwrap();
     // The program says so itself, once per CPU, through aya-log.
     assert!(
         stderr.contains("time-call counter map full: a new key of pid"),
         "{stderr}"
     );
-    let lost = report["observer"]["lost"]["time_calls_map_full"]
-        .as_u64()
-        .unwrap();
+    let lost = report.observer.lost.time_calls_map_full;
     let counted: u64 = rows_of_pid(&report, pid)
         .iter()
-        .map(|row| row["kernel_entries"].as_u64().unwrap())
+        .map(|row| row.kernel_entries)
         .sum();
-    assert!(lost >= 12 - 4, "lost {lost}: {report:#}");
+    assert!(lost >= 12 - 4, "lost {lost}: {report:#?}");
     assert!(counted <= 4, "counted {counted}");
-    assert_eq!(report["observer"]["time_call_capacity"], 4);
+    assert_eq!(report.observer.time_call_capacity, 4);
 }
 
 #[test]
@@ -382,8 +378,8 @@ fn dynamic_clock_ids_cannot_crowd_out_other_processes() {
             777
         )]
     );
-    assert_eq!(report["observer"]["lost"]["time_calls_map_full"], 0);
-    assert_eq!(single_row(&report, hog_pid)["lost_calls"], 0);
+    assert_eq!(report.observer.lost.time_calls_map_full, 0);
+    assert_eq!(single_row(&report, hog_pid).lost_calls, 0);
 }
 
 #[test]
@@ -398,17 +394,17 @@ fn a_process_past_its_key_cap_counts_in_its_overflow_rows() {
     let rows = counts(&row);
     let (overflow, itemized): (Vec<_>, Vec<_>) =
         rows.iter().partition(|(_, clock, ..)| clock == "OVERFLOW");
-    assert_eq!(itemized.len(), 64, "{row:#}");
-    assert!(itemized.iter().all(|row| row.4 == 100), "{row:#}");
+    assert_eq!(itemized.len(), 64, "{row:#?}");
+    assert!(itemized.iter().all(|row| row.4 == 100), "{row:#?}");
     // The last six of the round's first pass went to the overflow rows, and
     // still count: nothing is lost.
     assert_eq!(
         overflow.iter().map(|row| row.4).sum::<u64>(),
         600,
-        "{row:#}"
+        "{row:#?}"
     );
-    assert_eq!(row["kernel_entries"], 7000);
-    assert_eq!(row["lost_calls"], 0);
+    assert_eq!(row.kernel_entries, 7000);
+    assert_eq!(row.lost_calls, 0);
 }
 
 #[test]
@@ -420,14 +416,14 @@ fn thousands_of_short_processes_lose_nothing() {
     let observer = ObserverRun::start_logging(&["top", "--once", "-d", "120", "--json"], "debug");
     let parent = run_workload(&workload, &["churn", "5", "30000"]);
     let (stdout, stderr) = observer.finish_text();
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let lost = &report["observer"]["lost"];
+    let report = parse_report(stdout.trim()).unwrap();
+    let lost = &report.observer.lost;
     let drains: Vec<&str> = stderr.lines().filter(|l| l.contains("drained")).collect();
-    assert_eq!(lost["time_calls_map_full"], 0, "{lost}: {drains:#?}");
-    assert_eq!(lost["processes_map_full"], 0, "{lost}: {drains:#?}");
+    assert_eq!(lost.time_calls_map_full, 0, "{lost:?}: {drains:#?}");
+    assert_eq!(lost.processes_map_full, 0, "{lost:?}: {drains:#?}");
     let children: Vec<_> = rows_of_comm(&report, "vt-churn")
         .into_iter()
-        .filter(|row| row["pid"] != parent)
+        .filter(|row| row.pid != parent)
         .collect();
     assert_eq!(children.len(), 30_000);
     for row in &children {
@@ -441,11 +437,8 @@ fn thousands_of_short_processes_lose_nothing() {
                 5
             )]
         );
-        assert_eq!(row["exited"], true);
+        assert!(row.exited);
     }
-    let lost = &report["observer"]["lost"];
-    assert_eq!(lost["time_calls_map_full"], 0, "{lost}");
-    assert_eq!(lost["processes_map_full"], 0, "{lost}");
     assert!(
         stderr.contains("exited processes, now"),
         "no drain: {stderr}"
@@ -472,8 +465,20 @@ fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
     let outside = run_workload(&workload, &["direct", "100"]);
     let report = observer.finish();
     for (pid, calls, id, runtime, qos) in [
-        (in_systemd, 300, &systemd_id, "containerd", "burstable"),
-        (in_cgroupfs, 200, &cgroupfs_id, "unknown", "best_effort"),
+        (
+            in_systemd,
+            300,
+            &systemd_id,
+            Runtime::Containerd,
+            QosClass::Burstable,
+        ),
+        (
+            in_cgroupfs,
+            200,
+            &cgroupfs_id,
+            Runtime::Unknown,
+            QosClass::BestEffort,
+        ),
     ] {
         let row = single_row(&report, pid);
         assert_eq!(
@@ -486,17 +491,14 @@ fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
                 calls
             )]
         );
-        let container = &row["container"];
-        assert_eq!(container["id"], id.as_str(), "{row:#}");
-        assert_eq!(container["runtime"], runtime, "{row:#}");
-        assert_eq!(container["pod_uid"], uid.as_str(), "{row:#}");
-        assert_eq!(container["qos"], qos, "{row:#}");
-        assert!(row["cgroup"].as_str().unwrap().starts_with("/kubepods"));
+        let container = row.container.as_ref().expect("a container");
+        assert_eq!(container.id, *id, "{row:#?}");
+        assert_eq!(container.runtime, runtime, "{row:#?}");
+        assert_eq!(container.pod_uid.as_ref(), Some(&uid), "{row:#?}");
+        assert_eq!(container.qos, Some(qos), "{row:#?}");
+        assert!(row.cgroup.as_ref().unwrap().starts_with("/kubepods"));
     }
-    assert_eq!(
-        single_row(&report, outside)["container"],
-        serde_json::Value::Null
-    );
+    assert_eq!(single_row(&report, outside).container, None);
 }
 
 #[test]
@@ -507,21 +509,21 @@ fn excess_cpu_prices_fault_entries_with_this_machines_measured_costs() {
     let direct = run_workload(&workload, &["direct", "50000"]);
     let cputime = run_workload(&workload, &["cputime", "5000"]);
     let report = observer.finish();
-    let costs = report["observer"]["path_costs"]["calls"]
-        .as_array()
-        .expect("path costs measured at start")
+    let costs = report
+        .observer
+        .path_costs
+        .calls
         .iter()
-        .find(|c| c["call"] == "clock_gettime")
-        .unwrap()
-        .clone();
-    let syscall_ns = costs["syscall_ns"].as_f64().unwrap();
-    let answered_ns = costs["answered_ns"].as_f64().unwrap();
+        .find(|c| c.call == TimeCall::ClockGettime)
+        .expect("path costs measured at start");
+    let syscall_ns = costs.syscall_ns.unwrap();
+    let answered_ns = costs.answered_ns.unwrap();
     // Measured here, not constants: a syscall costs more than a vDSO answer.
-    assert!(syscall_ns > answered_ns && answered_ns > 0.0, "{costs}");
+    assert!(syscall_ns > answered_ns && answered_ns > 0.0, "{costs:?}");
     let row = single_row(&report, direct);
-    let excess = row["excess_cpu_seconds"].as_f64().unwrap();
+    let excess = row.excess_cpu_seconds.unwrap();
     let expected = 50_000.0 * (syscall_ns - answered_ns) / 1e9;
     assert!((excess - expected).abs() < 1e-9, "{excess} != {expected}");
     // CPU-time clocks: the vDSO never answers them, nothing is excess.
-    assert_eq!(single_row(&report, cputime)["excess_cpu_seconds"], 0.0);
+    assert_eq!(single_row(&report, cputime).excess_cpu_seconds, Some(0.0));
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::*;
+use vdso_observer::model::{ClockEventKind, Runtime};
 
 /// A copy of a workload that user 65534 can run (the checkout may not be
 /// reachable for it).
@@ -24,7 +25,7 @@ fn runnable_by_anyone(binary: &Path, what: &str) -> PathBuf {
     copy
 }
 
-fn direct_total(rows: &[serde_json::Value]) -> u64 {
+fn direct_total(rows: &[ProcessReport]) -> u64 {
     rows.iter()
         .flat_map(counts)
         .filter(|(call, _, origin, _, _)| call == "clock_gettime" && origin == "direct")
@@ -82,9 +83,9 @@ fn an_exec_loop_cannot_blind_the_observer() {
         "every image's call, {} rows",
         loop_rows.len()
     );
-    let lost = &report["observer"]["lost"];
-    assert_eq!(lost["time_calls_map_full"], 0, "{lost:#}");
-    assert_eq!(lost["processes_map_full"], 0, "{lost:#}");
+    let lost = &report.observer.lost;
+    assert_eq!(lost.time_calls_map_full, 0, "{lost:#?}");
+    assert_eq!(lost.processes_map_full, 0, "{lost:#?}");
 }
 
 /// The inode number the next directory made in `dir`'s hierarchy gets, and
@@ -210,13 +211,14 @@ fn a_v1_cgroup_with_a_containers_id_does_not_rename_it() {
         )]
     );
     assert_eq!(
-        row["cgroup"],
-        format!("/libpod_parent/libpod-{id}"),
-        "v1 {} has id {ino} too: {row:#}",
+        row.cgroup,
+        Some(format!("/libpod_parent/libpod-{id}")),
+        "v1 {} has id {ino} too: {row:#?}",
         v1_dir.display()
     );
-    assert_eq!(row["container"]["id"], id.as_str(), "{row:#}");
-    assert_eq!(row["container"]["runtime"], "podman", "{row:#}");
+    let container = row.container.as_ref().expect("a container");
+    assert_eq!(container.id, id, "{row:#?}");
+    assert_eq!(container.runtime, Runtime::Podman, "{row:#?}");
 }
 
 /// Any user can put words in the kernel log: a program that crashes is
@@ -246,9 +248,9 @@ fn a_program_named_like_the_kernels_clock_line_makes_no_clock_event() {
     let quoted = wait_for_kernel_log("in Switched to clocksource hpet");
     std::thread::sleep(Duration::from_millis(300));
     let report = observer.finish();
-    let events = report["system"]["events"].as_array().unwrap();
+    let events = report.system.expect("the system state").events;
     assert!(
-        events.iter().all(|e| e["kind"] != "switched"),
+        events.iter().all(|e| e.kind != ClockEventKind::Switched),
         "kernel log: {quoted}\nevents: {events:#?}"
     );
 }

@@ -11,7 +11,8 @@ use std::{
 };
 
 use common::*;
-use serde_json::Value;
+use vdso_observer::model::ExactStatus;
+use vdso_observer_common::Provenance;
 
 /// These tests measure rates and CPU time: one at a time, so they do not
 /// slow each other down on a 2-core machine.
@@ -60,28 +61,33 @@ impl Held {
     }
 }
 
-fn row(report: &Value, pid: u32) -> Value {
+fn row(report: &Report, pid: u32) -> ProcessReport {
     let rows = rows_of_pid(report, pid);
-    assert_eq!(rows.len(), 1, "pid {pid}: {report:#}");
+    assert_eq!(rows.len(), 1, "pid {pid}: {report:#?}");
     rows.into_iter().next().unwrap()
 }
 
 /// (call, clock, provenance, count) of the exact vDSO rows.
-fn exact_rows(row: &Value) -> Vec<(String, String, String, u64)> {
-    row["vdso_calls"]
-        .as_array()
-        .unwrap()
+fn exact_rows(row: &ProcessReport) -> Vec<(String, String, String, u64)> {
+    row.vdso_calls
         .iter()
-        .filter(|c| c["provenance"] != "sampled")
+        .filter(|c| c.provenance != Provenance::Sampled)
         .map(|c| {
             (
-                c["call"].as_str().unwrap().to_owned(),
-                c["clock"].as_str().unwrap_or("").to_owned(),
-                c["provenance"].as_str().unwrap().to_owned(),
-                c["count"].as_u64().unwrap(),
+                c.call.name().to_owned(),
+                c.clock.clone().unwrap_or_default(),
+                c.provenance.name().to_owned(),
+                c.count.expect("an exact row has a count"),
             )
         })
         .collect()
+}
+
+/// The exact entry points of a row, as JSON spells them, one line.
+fn entry_points(row: &ProcessReport) -> String {
+    let exact = row.exact.as_ref().expect("exact counting asked");
+    let points: Vec<String> = exact.entry_points.iter().map(|e| e.to_string()).collect();
+    points.join(" ")
 }
 
 fn exact_row(
@@ -103,21 +109,20 @@ fn exact_pid_counts_glibc_clock_gettime_with_a_uprobe() {
     assert_eq!(
         exact_rows(&row),
         [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
-        "{row:#}"
+        "{row:#?}"
     );
-    assert_eq!(row["vdso_estimated"], false);
-    let exact = &row["exact"];
-    assert_eq!(exact["state"], "traced");
+    assert!(!row.vdso_estimated);
+    let exact = row.exact.as_ref().unwrap();
+    assert_eq!(exact.state, ExactStatus::Traced);
     assert!(
-        exact["entry_points"]
-            .as_array()
-            .unwrap()
+        exact
+            .entry_points
             .iter()
-            .any(|e| e.as_str().unwrap().ends_with("libc.so.6:clock_gettime")),
-        "{exact}"
+            .any(|e| e.to_string().ends_with("libc.so.6:clock_gettime")),
+        "{exact:?}"
     );
     // The workload's one direct marker call entered the kernel: share = 1/(N+1).
-    let share = row["kernel_share"].as_f64().unwrap();
+    let share = row.kernel_share.unwrap();
     assert!((share - 1.0 / (N as f64 + 1.0)).abs() < 1e-9, "{share}");
 }
 
@@ -149,7 +154,7 @@ fn the_shipped_static_binary_counts_exactly() {
     assert_eq!(
         exact_rows(&row),
         [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
-        "{row:#}"
+        "{row:#?}"
     );
 }
 
@@ -163,10 +168,10 @@ fn exact_pid_counts_gettimeofday_with_a_hardware_breakpoint() {
     assert_eq!(
         exact_rows(&row),
         [exact_row("gettimeofday", "", "breakpoint", N)],
-        "{row:#}"
+        "{row:#?}"
     );
     assert_eq!(
-        row["comm"], "vt-exact-bp",
+        row.comm, "vt-exact-bp",
         "named though it never entered the kernel"
     );
 }
@@ -200,9 +205,9 @@ fn exact_counts_a_static_binary_through_its_own_clock_gettime() {
     assert_eq!(
         exact_rows(&row),
         [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
-        "{row:#}"
+        "{row:#?}"
     );
-    let entry_points = row["exact"]["entry_points"].to_string();
+    let entry_points = entry_points(&row);
     assert!(
         entry_points.contains("vt-exact-static:clock_gettime"),
         "the binary's own clock_gettime, no libc: {entry_points}"
@@ -234,9 +239,9 @@ fn exact_counts_musl_through_its_clock_gettime_gettimeofday_included() {
     assert_eq!(
         exact_rows(&row_a),
         [exact_row("clock_gettime", "CLOCK_MONOTONIC", "uprobe", N)],
-        "{row_a:#}"
+        "{row_a:#?}"
     );
-    let entry_points = row_a["exact"]["entry_points"].to_string();
+    let entry_points = entry_points(&row_a);
     assert!(
         entry_points.contains("musl"),
         "musl's own clock_gettime: {entry_points}"
@@ -293,13 +298,13 @@ fn exact_counts_go_through_its_runtime() {
         .iter()
         .find(|r| r.1 == "CLOCK_REALTIME")
         .expect("REALTIME row");
-    assert_eq!((realtime.2.as_str(), realtime.3), ("uprobe", N), "{row:#}");
+    assert_eq!((realtime.2.as_str(), realtime.3), ("uprobe", N), "{row:#?}");
     let monotonic = rows
         .iter()
         .find(|r| r.1 == "CLOCK_MONOTONIC")
         .expect("MONOTONIC row");
-    assert!(monotonic.3 >= N, "{row:#}");
-    let entry_points = row["exact"]["entry_points"].to_string();
+    assert!(monotonic.3 >= N, "{row:#?}");
+    let entry_points = entry_points(&row);
     assert!(
         entry_points.contains("nanotime1") && entry_points.contains("time.now"),
         "{entry_points}"
@@ -325,13 +330,13 @@ fn default_sampling_estimates_a_hot_loop_within_half() {
     let hot_row = rows_of_comm(&report, "vt-est-hot")
         .pop()
         .expect("hot loop row");
-    assert_eq!(hot_row["vdso_estimated"], true);
+    assert!(hot_row.vdso_estimated);
     let error = estimate_error(truth, &hot_row, &report);
     let estimate = truth * (1.0 + error);
     eprintln!(
         "hot loop: {truth} calls, estimated {estimate:.0} ({:+.1}%), {} samples",
         error * 100.0,
-        hot_row["vdso_calls"][0]["samples"]
+        hot_row.vdso_calls[0].samples.unwrap_or_default()
     );
     // A gross-error check, not an accuracy claim: calibrated once at start, the
     // sampled cost of a call moves with what else runs (a build beside the test
@@ -340,17 +345,17 @@ fn default_sampling_estimates_a_hot_loop_within_half() {
     // `cargo xtask bench`; calibration that follows the load is issue 12's.
     assert!(
         error.abs() <= 0.6,
-        "estimate {estimate:.0} vs {truth}: {hot_row:#}"
+        "estimate {estimate:.0} vs {truth}: {hot_row:#?}"
     );
     // A 95% interval (the samples' and the calibration's Poisson error).
-    let uncertainty = hot_row["vdso_uncertainty"].as_f64().unwrap();
+    let uncertainty = hot_row.vdso_uncertainty.unwrap();
     assert!((0.05..0.5).contains(&uncertainty), "{uncertainty}");
 
     let quiet_row = rows_of_comm(&report, "vt-est-none")
         .pop()
         .expect("direct row");
-    assert_eq!(quiet_row["vdso_calls_per_sec"], 0.0, "{quiet_row:#}");
-    assert_eq!(quiet_row["kernel_share"], 1.0);
+    assert_eq!(quiet_row.vdso_calls_per_sec, Some(0.0), "{quiet_row:#?}");
+    assert_eq!(quiet_row.kernel_share, Some(1.0));
 }
 
 /// Median calls per CPU-second of a `hotlog` workload over its 0.25 s log
@@ -413,28 +418,23 @@ fn the_governor_keeps_a_hot_process_within_budget() {
     let slowdown = 1.0 - observed / base;
     let row = row(&report, pid);
     eprintln!(
-        "governor: {base:.0} calls/CPU-s before, {observed:.0} during ({:+.2}% slowdown); state {}",
+        "governor: {base:.0} calls/CPU-s before, {observed:.0} during ({:+.2}% slowdown); state {:?}",
         slowdown * 100.0,
-        row["exact"]
+        row.exact
     );
-    assert_eq!(row["exact"]["state"], "over_budget", "{row:#}");
-    assert!(row["exact"]["note"].as_str().unwrap().contains("budget 2%"));
-    assert_eq!(row["vdso_estimated"], true, "falls back to the estimate");
+    let exact = row.exact.as_ref().unwrap();
+    assert_eq!(exact.state, ExactStatus::OverBudget, "{row:#?}");
+    assert!(exact.note.as_ref().unwrap().contains("budget 2%"));
+    assert!(row.vdso_estimated, "falls back to the estimate");
     // What the probes cost, from the observer's own count of trapped calls: even
     // at 50 µs a hit (5–20 µs measured here) within the 2% budget of the CPU time
     // the loop used meanwhile. (Its wall-clock slowdown, printed above, is noise
     // of the machine as much as of the observer: `cargo xtask bench` measures it.)
-    let trapped: u64 = row["vdso_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["provenance"] != "sampled")
-        .map(|c| c["count"].as_u64().unwrap())
-        .sum();
+    let trapped: u64 = exact_rows(&row).iter().map(|r| r.3).sum();
     let cpu_seconds = (during.last().unwrap().1 - during[0].1) as f64 / 1e9;
     assert!(
         trapped as f64 * 50e-6 <= 0.02 * cpu_seconds,
-        "{trapped} trapped calls in {cpu_seconds:.2} CPU-s: {row:#}"
+        "{trapped} trapped calls in {cpu_seconds:.2} CPU-s: {row:#?}"
     );
 }
 
@@ -451,25 +451,19 @@ fn the_governor_detaches_a_process_that_turns_hot() {
     let truth: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
     let report = observer.finish();
     let row = row(&report, pid);
-    let exact = &row["exact"];
-    assert_eq!(exact["state"], "over_budget", "{row:#}");
+    let exact = row.exact.as_ref().unwrap();
+    assert_eq!(exact.state, ExactStatus::OverBudget, "{row:#?}");
     assert!(
-        exact["note"].as_str().unwrap().starts_with("detached"),
-        "{exact}"
+        exact.note.as_ref().unwrap().starts_with("detached"),
+        "{exact:?}"
     );
-    assert!(exact["overhead"].as_f64().unwrap() > 0.02);
+    assert!(exact.overhead.unwrap() > 0.02);
     // The window was exact until the governor detached, sampled after: both
     // parts, each with its provenance, add up to the calls made.
-    let parts: Vec<(String, f64)> = row["vdso_calls"]
-        .as_array()
-        .unwrap()
+    let parts: Vec<(String, f64)> = row
+        .vdso_calls
         .iter()
-        .map(|c| {
-            (
-                c["provenance"].as_str().unwrap().to_owned(),
-                c["calls"].as_f64().unwrap(),
-            )
-        })
+        .map(|c| (c.provenance.name().to_owned(), c.calls))
         .collect();
     assert!(
         parts.iter().any(|(p, calls)| p == "uprobe" && *calls > 0.0),
@@ -543,7 +537,7 @@ fn run_hot(workload: &std::path::Path, rate: &str, seconds: &str) -> f64 {
 }
 
 /// The hot loop under a fresh observer: (truth, the workload's row, the report).
-fn estimate_hot_loop(workload: &std::path::Path, comm: &str) -> (f64, Value, Value) {
+fn estimate_hot_loop(workload: &std::path::Path, comm: &str) -> (f64, ProcessReport, Report) {
     let observer = ObserverRun::start(&[]);
     let truth = run_hot_loop(workload);
     let report = observer.finish();
@@ -551,20 +545,14 @@ fn estimate_hot_loop(workload: &std::path::Path, comm: &str) -> (f64, Value, Val
     (truth, row, report)
 }
 
-fn estimate_error(truth: f64, row: &Value, report: &Value) -> f64 {
-    let estimate =
-        row["vdso_calls_per_sec"].as_f64().unwrap() * report["window_seconds"].as_f64().unwrap();
+fn estimate_error(truth: f64, row: &ProcessReport, report: &Report) -> f64 {
+    let estimate = row.vdso_calls_per_sec.unwrap() * report.window_seconds;
     (estimate - truth) / truth
 }
 
 /// Every vDSO row of a process is a time call: no "other" code is priced.
-fn vdso_functions(row: &Value) -> Vec<String> {
-    row["vdso_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["call"].as_str().unwrap().to_owned())
-        .collect()
+fn vdso_functions(row: &ProcessReport) -> Vec<&'static str> {
+    row.vdso_calls.iter().map(|c| c.call.name()).collect()
 }
 
 #[test]
@@ -584,16 +572,14 @@ fn kvm_clock_pvclock_samples_are_charged_to_clock_gettime() {
         .expect("hot loop row");
     let error = estimate_error(truth, &row, &report);
     eprintln!(
-        "kvm-clock hot loop: {truth} calls, error {:+.1}%, {row}",
+        "kvm-clock hot loop: {truth} calls, error {:+.1}%, {row:?}",
         error * 100.0
     );
-    assert_eq!(vdso_functions(&row), ["clock_gettime"], "{row:#}");
+    assert_eq!(vdso_functions(&row), ["clock_gettime"], "{row:#?}");
     // Before, helper samples were priced as extra calls: +415% and more.
-    assert!(error.abs() <= 0.6, "{error}: {row:#}");
-    let unattributed = report["observer"]["lost"]["vdso_samples_unattributed"]
-        .as_u64()
-        .unwrap();
-    let samples = row["vdso_calls"][0]["samples"].as_u64().unwrap();
+    assert!(error.abs() <= 0.6, "{error}: {row:#?}");
+    let unattributed = report.observer.lost.vdso_samples_unattributed;
+    let samples = row.vdso_calls[0].samples.unwrap();
     assert!(unattributed * 100 <= samples, "{unattributed} of {samples}");
 }
 
@@ -607,8 +593,8 @@ fn i386_syscalls_through_kernel_vsyscall_are_not_vdso_calls() {
     let pid = run_workload(&workload, &["bench", "6000000", "getppid"]);
     let report = observer.finish();
     for row in rows_of_pid(&report, pid) {
-        assert_eq!(row["vdso_calls"], serde_json::json!([]), "{row:#}");
-        assert_eq!(row["vdso_calls_per_sec"], 0.0, "{row:#}");
+        assert!(row.vdso_calls.is_empty(), "{row:#?}");
+        assert_eq!(row.vdso_calls_per_sec, Some(0.0), "{row:#?}");
     }
 }
 
@@ -620,21 +606,17 @@ fn i386_hot_loop_is_estimated_from_the_32_bit_image() {
     let (truth, row, report) = estimate_hot_loop(&hot, "vt-hot32");
     let error = estimate_error(truth, &row, &report);
     eprintln!(
-        "i386 hot loop: {truth} calls, error {:+.1}%, i386 cost ratio {}",
+        "i386 hot loop: {truth} calls, error {:+.1}%, i386 cost ratio {:?}",
         error * 100.0,
-        report["observer"]["vdso_costs"]["i386_ratio"]
+        report.observer.vdso_costs.i386_ratio
     );
-    assert_eq!(vdso_functions(&row), ["clock_gettime"], "{row:#}");
-    assert!(error.abs() <= 0.6, "{error}: {row:#}");
-    assert!(
-        report["observer"]["vdso_costs"]["i386_ratio"]
-            .as_f64()
-            .is_some()
-    );
+    assert_eq!(vdso_functions(&row), ["clock_gettime"], "{row:#?}");
+    assert!(error.abs() <= 0.6, "{error}: {row:#?}");
+    assert!(report.observer.vdso_costs.i386_ratio.is_some());
 }
 
 /// Runs a held workload under `--exact-pid` (no governor) and returns its row.
-fn exact_run(workload: &std::path::Path, args: &[&str]) -> Value {
+fn exact_run(workload: &std::path::Path, args: &[&str]) -> ProcessReport {
     let mut held = Held::start(workload, args);
     let observer = ObserverRun::start(&["--exact-pid", &held.pid().to_string(), "--no-governor"]);
     held.release();
@@ -660,15 +642,13 @@ fn exact_counts_i386_processes_from_their_own_image() {
             "uprobe",
             5000
         )],
-        "{row:#}"
+        "{row:#?}"
     );
     assert!(
-        row["exact"]["entry_points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e.as_str().unwrap().ends_with("libc.so.6:__clock_gettime64")),
-        "{row:#}"
+        entry_points(&row)
+            .split(' ')
+            .any(|e| e.ends_with("libc.so.6:__clock_gettime64")),
+        "{row:#?}"
     );
     // CPU time: the vDSO passes it to the kernel; none answered in user space.
     let row = exact_run(&workload, &["cputime", "3000"]);
@@ -680,7 +660,7 @@ fn exact_counts_i386_processes_from_their_own_image() {
             "uprobe",
             0
         )],
-        "{row:#}"
+        "{row:#?}"
     );
     assert_eq!(
         counts(&row),
@@ -701,7 +681,7 @@ fn exact_counts_i386_processes_from_their_own_image() {
             "uprobe",
             1000
         )],
-        "{row:#}"
+        "{row:#?}"
     );
 }
 
@@ -716,9 +696,9 @@ fn exact_counts_getcpu_with_glibc_and_musl() {
         assert_eq!(
             exact_rows(&row),
             [exact_row("getcpu", "", "breakpoint", 1500)],
-            "{row:#}"
+            "{row:#?}"
         );
-        assert_eq!(row["kernel_entries"], 0, "{row:#}");
+        assert_eq!(row.kernel_entries, 0, "{row:#?}");
     }
 }
 
@@ -754,11 +734,12 @@ fn the_governor_judges_a_new_image_by_its_own_hits_after_exec() {
     let rows = rows_of_pid(&report, pid);
     assert_eq!(rows.len(), 2, "two images: {rows:#?}");
     for row in &rows {
-        assert_eq!(row["exact"]["state"], "traced", "{row:#}");
-        assert!(row["exact"]["overhead"].as_f64().unwrap() < 0.5, "{row:#}");
+        let exact = row.exact.as_ref().unwrap();
+        assert_eq!(exact.state, ExactStatus::Traced, "{row:#?}");
+        assert!(exact.overhead.unwrap() < 0.5, "{row:#?}");
     }
     // The first image was exact from its first call.
-    let first = rows.iter().min_by_key(|r| r["exec_id"].as_u64()).unwrap();
+    let first = rows.iter().min_by_key(|r| r.exec_id).unwrap();
     assert_eq!(
         exact_rows(first),
         [exact_row(
@@ -795,17 +776,18 @@ fn exact_counting_stays_within_its_open_file_limit() {
     observer.wait_log(&format!("pid {pid}: "));
     held.wait();
     let (stdout, stderr) = observer.finish_text();
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let report = parse_report(stdout.trim()).unwrap();
     let row = row(&report, pid);
-    assert_eq!(row["exact"]["state"], "traced", "{row:#}");
-    let note = row["exact"]["note"].as_str().unwrap_or_default();
+    let exact = row.exact.as_ref().unwrap();
+    assert_eq!(exact.state, ExactStatus::Traced, "{row:#?}");
+    let note = exact.note.as_deref().unwrap_or_default();
     assert!(note.contains("open-file limit"), "{note}: {stderr}");
     assert!(stderr.contains("threads not armed"), "{stderr}");
     // The armed threads are exact (a thread armed when others ended and freed
     // their descriptors may be armed in the middle of its 100 calls); never all
     // 400 threads' 40 000.
     let exact: u64 = exact_rows(&row).iter().map(|r| r.3).sum();
-    assert!(exact > 0 && exact < 400 * 100, "{exact}: {row:#}");
+    assert!(exact > 0 && exact < 400 * 100, "{exact}: {row:#?}");
 }
 
 #[test]
@@ -818,26 +800,22 @@ fn a_clocksource_change_is_calibrated_again() {
     observer.wait_log("calibrated again for the new clocksource");
     let truth = run_hot_loop(&hot);
     let (stdout, _) = observer.finish_text();
-    let reports: Vec<Value> = stdout
+    let reports: Vec<Report> = stdout
         .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| parse_report(line).unwrap())
         .collect();
     // The costs in force: tsc's in the first window, kvm-clock's in the last.
-    let cost = |report: &Value| {
-        report["observer"]["vdso_costs"]["ns_per_call"]["clock_gettime"]
-            .as_f64()
-            .unwrap()
-    };
+    let cost = |report: &Report| report.observer.vdso_costs.ns_per_call[&TimeCall::ClockGettime];
     let (before, after) = (cost(&reports[0]), cost(reports.last().unwrap()));
     eprintln!("clock_gettime: {before:.2} ns on tsc, {after:.2} ns on kvm-clock");
     assert_ne!(before, after, "the costs were not measured again");
     let estimate: f64 = reports
         .iter()
         .flat_map(|report| {
-            let seconds = report["window_seconds"].as_f64().unwrap();
+            let seconds = report.window_seconds;
             rows_of_comm(report, "vt-recalibrate")
                 .into_iter()
-                .map(move |row| row["vdso_calls_per_sec"].as_f64().unwrap_or(0.0) * seconds)
+                .map(move |row| row.vdso_calls_per_sec.unwrap_or(0.0) * seconds)
         })
         .sum();
     let error = (estimate - truth) / truth;
@@ -880,5 +858,5 @@ fn breakpoints_of_ended_threads_are_released() {
     // At most two rounds of 20 threads armed at once (3 each), plus slack.
     assert!(most < before + 200, "{most} descriptors, {before} at start");
     let exact: u64 = exact_rows(&row).iter().map(|r| r.3).sum();
-    assert!(exact > 0, "{row:#}");
+    assert!(exact > 0, "{row:#?}");
 }

@@ -34,7 +34,8 @@ pub struct Options {
 
 /// One test executable cargo built.
 struct TestBinary {
-    /// `tui`, `kernel_counts`, or the crate name for unit tests.
+    /// `tui`, `kernel_counts`, or the crate name for unit tests: `NAME (unit)`
+    /// for a binary's, `NAME (lib unit)` for a library's.
     name: String,
     executable: PathBuf,
     /// The package directory: cargo runs tests there.
@@ -208,10 +209,10 @@ fn build() -> Result<Vec<TestBinary>> {
         let target = &message["target"];
         let kind = target["kind"][0].as_str().unwrap_or("");
         let target_name = target["name"].as_str().unwrap_or("?");
-        let name = if kind == "test" {
-            target_name.to_owned()
-        } else {
-            format!("{target_name} (unit)")
+        let name = match kind {
+            "test" => target_name.to_owned(),
+            "lib" => format!("{target_name} (lib unit)"),
+            _ => format!("{target_name} (unit)"),
         };
         let manifest = PathBuf::from(message["manifest_path"].as_str().unwrap_or("."));
         binaries.push(TestBinary {
@@ -223,7 +224,7 @@ fn build() -> Result<Vec<TestBinary>> {
         });
     }
     // Unit tests first: they are quick and say most about a broken build.
-    binaries.sort_by_key(|b| !b.name.ends_with("(unit)"));
+    binaries.sort_by_key(|b| !b.name.ends_with("unit)"));
     Ok(binaries)
 }
 

@@ -23,6 +23,7 @@ use self::{
     series::{ContainerLabels, Counts, GroupSeries, ProcessSeries},
 };
 use super::config::SeriesLimits;
+use crate::metric_families as families;
 use crate::model::{
     ClockEventKind, ClocksourceState, ObserverStats, ProbeStatus, ProcessReport, ProgramRuns,
     Report, RunStats, VdsoCapability, VsyscallMode,
@@ -231,21 +232,13 @@ impl Exporter {
     /// The machine's time set-up: clocksource, vDSO capability, clock events,
     /// vsyscall mode, boot parameters, kernel log.
     fn render_machine(&self, out: &mut Exposition, facts: &Facts) {
-        out.family(
-            "vdso_observer_vdso_call_cost_seconds",
-            "gauge",
-            "Time one call stands for when samples are turned into calls, calibrated at start.",
-        );
+        out.family(&families::VDSO_CALL_COST_SECONDS);
         for (call, ns) in &facts.vdso_costs {
             out.sample(&[("call", call.name())], ns / 1e9);
         }
 
         if let Some(clocksource) = &facts.clocksource {
-            out.family(
-                "vdso_observer_clocksource_info",
-                "gauge",
-                "Current clocksource and whether the vDSO can read it (yes, no, conditional, unknown).",
-            );
+            out.family(&families::CLOCKSOURCE_INFO);
             let capability = match clocksource.vdso_capability {
                 VdsoCapability::Yes => "yes",
                 VdsoCapability::No => "no",
@@ -259,60 +252,32 @@ impl Exporter {
                 ],
                 1.0,
             );
-            out.family(
-                "vdso_observer_clocksource_vdso_capable",
-                "gauge",
-                "1 when the vDSO answers clock_gettime in user space (measured by the observer's own calls), 0 when every high-resolution clock read enters the kernel.",
-            );
+            out.family(&families::CLOCKSOURCE_VDSO_CAPABLE);
             if let Some(capable) = facts.vdso_capable {
                 out.sample(&[], if capable { 1.0 } else { 0.0 });
             }
             // Available clocksources: node_exporter's
             // node_time_clocksource_available_info says it already.
         }
-        out.family(
-            "vdso_observer_clocksource_changes_total",
-            "counter",
-            "Changes of the current clocksource seen since the observer started.",
-        );
+        out.family(&families::CLOCKSOURCE_CHANGES_TOTAL);
         out.sample(&[], self.clocksource_changes as f64);
-        out.family(
-            "vdso_observer_clock_events_total",
-            "counter",
-            "Clock events seen since start: kernel log lines (switched, tsc_unstable, watchdog) and sysfs changes.",
-        );
+        out.family(&families::CLOCK_EVENTS_TOTAL);
         for kind in ClockEventKind::ALL {
             out.sample(
                 &[("kind", kind.name())],
                 self.clock_events.get(&kind).copied().unwrap_or(0) as f64,
             );
         }
-        out.family(
-            "vdso_observer_kernel_log_readable",
-            "gauge",
-            "1 when the kernel log (/dev/kmsg) is readable; 0 means clock events such as TSC marked unstable go unseen (give CAP_SYSLOG and /dev/kmsg).",
-        );
+        out.family(&families::KERNEL_LOG_READABLE);
         out.sample(&[], if facts.kernel_log_readable { 1.0 } else { 0.0 });
-        out.family(
-            "vdso_observer_vsyscall_mode_info",
-            "gauge",
-            "Legacy vsyscall page mode: xonly, emulate or none.",
-        );
+        out.family(&families::VSYSCALL_MODE_INFO);
         out.sample(&[("mode", facts.vsyscall.name())], 1.0);
 
-        out.family(
-            "vdso_observer_boot_parameter_info",
-            "gauge",
-            "Kernel command-line parameters that decide time calls (clocksource=, tsc=, vdso=, vsyscall=, notsc, ...).",
-        );
+        out.family(&families::BOOT_PARAMETER_INFO);
         for parameter in &facts.boot_settings {
             out.sample(&[("parameter", parameter)], 1.0);
         }
-        out.family(
-            "vdso_observer_build_info",
-            "gauge",
-            "Version of vdso-observer and the kernel it runs on.",
-        );
+        out.family(&families::BUILD_INFO);
         out.sample(
             &[
                 ("version", env!("CARGO_PKG_VERSION")),
@@ -324,22 +289,14 @@ impl Exporter {
 
     /// The observer's own health: probes, losses, map use, series, collections.
     fn render_observer(&self, out: &mut Exposition, facts: &Facts) {
-        out.family(
-            "vdso_observer_probe_attached",
-            "gauge",
-            "1 when the probe is attached; 0 when attaching it failed (its calls are not counted).",
-        );
+        out.family(&families::PROBE_ATTACHED);
         for probe in &facts.probes {
             out.sample(
-                &[("probe", probe.attach_point)],
+                &[("probe", &probe.attach_point)],
                 if probe.attached { 1.0 } else { 0.0 },
             );
         }
-        out.family(
-            "vdso_observer_bpf_run_stats_enabled",
-            "gauge",
-            "1 when the kernel measures the observer's programs (--bpf-stats, or kernel.bpf_stats_enabled=1); 0 when off or refused (no CAP_SYS_ADMIN).",
-        );
+        out.family(&families::BPF_RUN_STATS_ENABLED);
         out.sample(
             &[],
             if matches!(facts.run_stats, RunStats::Unavailable(_) | RunStats::Off) {
@@ -348,30 +305,18 @@ impl Exporter {
                 1.0
             },
         );
-        out.family(
-            "vdso_observer_bpf_run_seconds_total",
-            "counter",
-            "Time the kernel spent running each of the observer's programs since load, summed over CPUs: the observer's own cost.",
-        );
+        out.family(&families::BPF_RUN_SECONDS_TOTAL);
         for program in &facts.programs {
             out.sample(
-                &[("program", program.program)],
+                &[("program", &program.program)],
                 program.run_time_ns as f64 / 1e9,
             );
         }
-        out.family(
-            "vdso_observer_bpf_runs_total",
-            "counter",
-            "Runs of each of the observer's programs since load (sys_enter: every syscall on the machine).",
-        );
+        out.family(&families::BPF_RUNS_TOTAL);
         for program in &facts.programs {
-            out.sample(&[("program", program.program)], program.runs as f64);
+            out.sample(&[("program", &program.program)], program.runs as f64);
         }
-        out.family(
-            "vdso_observer_lost_time_calls_total",
-            "counter",
-            "Kernel-entering time calls the observer could not count, by cause.",
-        );
+        out.family(&families::LOST_TIME_CALLS_TOTAL);
         out.sample(
             &[("cause", "map_full")],
             self.lost.time_calls_map_full as f64,
@@ -381,47 +326,19 @@ impl Exporter {
             &[("cause", "vdso_map_full")],
             self.lost.vdso_calls_map_full as f64,
         );
-        out.family(
-            "vdso_observer_unattributed_vdso_samples_total",
-            "counter",
-            "Samples in vDSO code no time call claims (not even through a helper's return address): in no estimate.",
-        );
+        out.family(&families::UNATTRIBUTED_VDSO_SAMPLES_TOTAL);
         out.sample(&[], self.lost.vdso_samples_unattributed as f64);
-        out.family(
-            "vdso_observer_unnamed_processes_total",
-            "counter",
-            "Processes whose name could not be stored because the name map was full.",
-        );
+        out.family(&families::UNNAMED_PROCESSES_TOTAL);
         out.sample(&[], self.lost.processes_map_full as f64);
-        out.family(
-            "vdso_observer_map_entries",
-            "gauge",
-            "Entries in use in the kernel counter map.",
-        );
+        out.family(&families::MAP_ENTRIES);
         out.sample(&[("map", "time_calls")], facts.map_entries as f64);
-        out.family(
-            "vdso_observer_map_capacity",
-            "gauge",
-            "Capacity of the kernel counter map.",
-        );
+        out.family(&families::MAP_CAPACITY);
         out.sample(&[("map", "time_calls")], f64::from(facts.map_capacity));
-        out.family(
-            "vdso_observer_tracked_processes",
-            "gauge",
-            "Processes with their own pid-labelled series.",
-        );
+        out.family(&families::TRACKED_PROCESSES);
         out.sample(&[], self.processes.len() as f64);
-        out.family(
-            "vdso_observer_untracked_processes_total",
-            "counter",
-            "Times a process deserved a pid-labelled series but the cap (series.max_processes) was reached.",
-        );
+        out.family(&families::UNTRACKED_PROCESSES_TOTAL);
         out.sample(&[], self.processes_not_tracked as f64);
-        out.family(
-            "vdso_observer_tracked_containers",
-            "gauge",
-            "Containers with their own container_id series (at most series.max_containers; the rest as (other)).",
-        );
+        out.family(&families::TRACKED_CONTAINERS);
         out.sample(
             &[],
             self.containers
@@ -429,48 +346,24 @@ impl Exporter {
                 .filter(|c| c.id != OTHER_CONTAINER)
                 .count() as f64,
         );
-        out.family(
-            "vdso_observer_collections_total",
-            "counter",
-            "Windows collected since start.",
-        );
+        out.family(&families::COLLECTIONS_TOTAL);
         out.sample(&[], self.collections as f64);
-        out.family(
-            "vdso_observer_collection_duration_seconds",
-            "gauge",
-            "Time the last collection took (reading maps, /proc, rendering).",
-        );
+        out.family(&families::COLLECTION_DURATION_SECONDS);
         out.sample(&[], self.last_collection_seconds);
-        out.family(
-            "vdso_observer_textfile_write_errors_total",
-            "counter",
-            "Failed writes of the node_exporter textfile (the previous file stays).",
-        );
+        out.family(&families::TEXTFILE_WRITE_ERRORS_TOTAL);
         out.sample(&[], self.textfile_write_errors as f64);
     }
     /// The excess CPU families, per comm, container and pid.
     fn render_excess(&self, out: &mut Exposition) {
-        out.family(
-            "vdso_observer_excess_cpu_seconds_total",
-            "counter",
-            "CPU time spent because time calls entered the kernel where the vDSO could have answered (kernel entries x (syscall cost - vDSO cost), both measured here at start), per comm.",
-        );
+        out.family(&families::EXCESS_CPU_SECONDS_TOTAL);
         for (comm, series) in &self.comms {
             out.sample(&[("comm", comm)], series.counts.excess_seconds);
         }
-        out.family(
-            "vdso_observer_container_excess_cpu_seconds_total",
-            "counter",
-            "The same, per container.",
-        );
+        out.family(&families::CONTAINER_EXCESS_CPU_SECONDS_TOTAL);
         for (container, series) in &self.containers {
             out.sample(&container.pairs(), series.counts.excess_seconds);
         }
-        out.family(
-            "vdso_observer_process_excess_cpu_seconds_total",
-            "counter",
-            "The same, for the processes with pid series.",
-        );
+        out.family(&families::PROCESS_EXCESS_CPU_SECONDS_TOTAL);
         for (id, series) in self.labelled_processes() {
             let pid = id.tgid.to_string();
             out.sample(
@@ -500,21 +393,13 @@ impl Exporter {
     /// (complete), per container (every containerised process) and per pid (the
     /// few that earned a series).
     fn render_counts(&self, out: &mut Exposition) {
-        out.family(
-            "vdso_observer_kernel_time_calls_total",
-            "counter",
-            "Time calls that entered the kernel, all processes, summed per comm (names beyond the cap as (other)).",
-        );
+        out.family(&families::KERNEL_TIME_CALLS_TOTAL);
         for (comm, series) in &self.comms {
             for (labels, count) in &series.counts.kernel {
                 out.sample_parts(&[("comm", comm)], &labels.pairs(), *count as f64);
             }
         }
-        out.family(
-            "vdso_observer_process_kernel_time_calls_total",
-            "counter",
-            "Time calls that entered the kernel, for the top processes of a window and every flagged one (kept until a grace period after exit).",
-        );
+        out.family(&families::PROCESS_KERNEL_TIME_CALLS_TOTAL);
         for (id, series) in self.labelled_processes() {
             let pid = id.tgid.to_string();
             for (labels, count) in &series.counts.kernel {
@@ -525,41 +410,25 @@ impl Exporter {
                 );
             }
         }
-        out.family(
-            "vdso_observer_container_kernel_time_calls_total",
-            "counter",
-            "Time calls that entered the kernel, processes in containers, summed per container (runtime id; pod UID under kubepods; containers beyond the cap as (other)).",
-        );
+        out.family(&families::CONTAINER_KERNEL_TIME_CALLS_TOTAL);
         for (container, series) in &self.containers {
             for (labels, count) in &series.counts.kernel {
                 out.sample_parts(&container.pairs(), &labels.pairs(), *count as f64);
             }
         }
-        out.family(
-            "vdso_observer_vdso_time_calls_total",
-            "counter",
-            "Time calls the vDSO answered in user space, per comm; provenance sampled is an estimate from cpu-clock samples, uprobe and breakpoint are exact.",
-        );
+        out.family(&families::VDSO_TIME_CALLS_TOTAL);
         for (comm, series) in &self.comms {
             for (labels, calls) in &series.counts.vdso {
                 out.sample_parts(&[("comm", comm)], &labels.pairs(), *calls);
             }
         }
-        out.family(
-            "vdso_observer_container_vdso_time_calls_total",
-            "counter",
-            "Time calls the vDSO answered in user space, per container (provenance as in vdso_observer_vdso_time_calls_total).",
-        );
+        out.family(&families::CONTAINER_VDSO_TIME_CALLS_TOTAL);
         for (container, series) in &self.containers {
             for (labels, calls) in &series.counts.vdso {
                 out.sample_parts(&container.pairs(), &labels.pairs(), *calls);
             }
         }
-        out.family(
-            "vdso_observer_process_vdso_time_calls_total",
-            "counter",
-            "Time calls the vDSO answered, for the processes with pid series.",
-        );
+        out.family(&families::PROCESS_VDSO_TIME_CALLS_TOTAL);
         for (id, series) in self.labelled_processes() {
             let pid = id.tgid.to_string();
             for (labels, calls) in &series.counts.vdso {

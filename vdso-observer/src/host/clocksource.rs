@@ -24,7 +24,7 @@ pub fn clocksource_at(dir: &Path) -> Option<ClocksourceState> {
         current,
         available,
         vdso_capability,
-        why,
+        why: why.into(),
     })
 }
 

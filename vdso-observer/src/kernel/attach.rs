@@ -98,8 +98,8 @@ pub fn attach_time_calls(
         Ok((
             AttachMode::RawTracepoint,
             ProbeStatus {
-                program,
-                attach_point: "raw_tracepoint:sys_enter",
+                program: program.into(),
+                attach_point: "raw_tracepoint:sys_enter".into(),
                 attached: true,
                 note,
             },
@@ -264,8 +264,8 @@ fn attach_entries(ebpf: &mut Ebpf, mode: AttachMode, btf_path: &Path) -> Result<
         ));
     }
     Ok(ProbeStatus {
-        program,
-        attach_point,
+        program: program.into(),
+        attach_point: attach_point.into(),
         attached: true,
         note: Some(note),
     })
@@ -360,8 +360,8 @@ fn status_of(probe: &OptionalProbe, attached: Result<()>) -> ProbeStatus {
         note
     });
     ProbeStatus {
-        program: probe.program,
-        attach_point: probe.attach_point,
+        program: probe.program.into(),
+        attach_point: probe.attach_point.into(),
         attached: note.is_none(),
         note,
     }

@@ -2,6 +2,8 @@
 //! options and the vDSO images' function tables; dropping it detaches them.
 //! Reading the maps is in `map_reads`, exact-counting links in `exact_links`.
 
+use std::borrow::Cow;
+
 use anyhow::Result;
 use aya::Ebpf;
 use vdso_observer_common::{
@@ -126,26 +128,30 @@ impl Observer {
         if matches!(self.run_stats, RunStats::Unavailable(_) | RunStats::Off) {
             return Vec::new();
         }
-        let mut names: Vec<&'static str> = self
+        let mut names: Vec<Cow<'static, str>> = self
             .probes
             .iter()
             .filter(|p| p.attached)
-            .map(|p| p.program)
+            .map(|p| p.program.clone())
             .collect();
         // fentry and kprobe modes: one program per kernel function (those not
         // loaded have no info and are left out below).
         match self.attach_mode {
-            AttachMode::Fentry => names.extend(SYSCALL_ENTRIES.iter().map(|e| e.fentry_program)),
-            AttachMode::Kprobe => names.extend(SYSCALL_ENTRIES.iter().map(|e| e.kprobe_program)),
+            AttachMode::Fentry => {
+                names.extend(SYSCALL_ENTRIES.iter().map(|e| e.fentry_program.into()))
+            }
+            AttachMode::Kprobe => {
+                names.extend(SYSCALL_ENTRIES.iter().map(|e| e.kprobe_program.into()))
+            }
             _ => {}
         }
         if self.exact_loaded {
-            names.extend([VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM]);
+            names.extend([VDSO_BREAKPOINT_PROGRAM.into(), VDSO_UPROBE_PROGRAM.into()]);
         }
         names
             .into_iter()
             .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
+                let info = self.ebpf.program(&name)?.info().ok()?;
                 Some(ProgramRuns {
                     program: name,
                     runs: info.run_count(),

@@ -22,7 +22,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     let mut features = Vec::new();
     let btf = Path::new(&options.btf_path).exists();
     features.push(Feature {
-        name: "BTF",
+        name: "BTF".into(),
         available: btf,
         detail: options.btf_path.display().to_string(),
     });
@@ -31,7 +31,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     // Only x86 runs i386 tasks that this observer follows.
     if cfg!(target_arch = "x86_64") {
         features.push(Feature {
-            name: "vdso32",
+            name: "vdso32".into(),
             available: image32.is_ok(),
             detail: match &image32 {
                 Ok(_) => "32-bit processes' vDSO calls are attributed and estimated".to_owned(),
@@ -42,7 +42,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     let tables = VdsoTables::of(image.as_ref(), image32.as_ref().ok());
     let namespace = crate::kernel::privileges::check_pid_namespace();
     features.push(Feature {
-        name: "host PID namespace",
+        name: "host PID namespace".into(),
         available: namespace.is_ok(),
         detail: match &namespace {
             Ok(()) => "pids the kernel reports are this /proc's".to_owned(),
@@ -55,7 +55,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
     let keeps_bpf = crate::kernel::privileges::map_reads_need_cap_bpf(&release, &unprivileged_bpf);
     features.push(Feature {
-        name: "map reads without capabilities",
+        name: "map reads without capabilities".into(),
         available: !keeps_bpf,
         detail: if keeps_bpf {
             format!(
@@ -88,14 +88,14 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         Ok(observer) => {
             for probe in observer.probes() {
                 features.push(Feature {
-                    name: probe.attach_point,
+                    name: probe.attach_point.clone(),
                     available: probe.attached,
                     detail: probe.note.clone().unwrap_or_else(|| "attached".into()),
                 });
             }
         }
         Err(err) => features.push(Feature {
-            name: "eBPF programs",
+            name: "eBPF programs".into(),
             available: false,
             detail: format!("{err:#}"),
         }),
@@ -104,13 +104,13 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     drop(observer);
     let uprobes = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
     features.push(Feature {
-        name: "uprobes",
+        name: "uprobes".into(),
         available: uprobes,
         detail: "exact counting at libc and Go entry points (--exact)".into(),
     });
     let breakpoints = Path::new("/sys/bus/event_source/devices/breakpoint/type").exists();
     features.push(Feature {
-        name: "hardware breakpoints",
+        name: "hardware breakpoints".into(),
         available: breakpoints,
         detail: "exact counting of calls that bypass libc (--exact)".into(),
     });

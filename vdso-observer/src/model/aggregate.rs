@@ -553,7 +553,8 @@ fn add_vdso_calls(
     report.vdso_calls = rows;
 }
 
-#[cfg(test)]
+/// Reports made from plain rows, for the front ends' unit tests.
+#[doc(hidden)]
 pub mod testing;
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 //! (systemd: `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/…`,
 //! cgroupfs: `kubepods/besteffort/pod<uid>/…`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What started the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     Docker,
@@ -34,7 +34,7 @@ impl Runtime {
 }
 
 /// Kubernetes QoS class of a pod, from its cgroup parent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QosClass {
     Guaranteed,
@@ -42,7 +42,7 @@ pub enum QosClass {
     BestEffort,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     /// The runtime's container id (64 hex for docker, containerd, CRI-O and
     /// podman; the machine name for systemd-nspawn).

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vdso_observer_common::{SyscallAbi, TimeCall};
 
 use super::reason::FallbackReason;
@@ -13,26 +13,26 @@ use super::reason::FallbackReason;
 pub const MIN_NS: f64 = 1.0;
 
 /// ns spent inside the vDSO per call, per function.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VdsoCosts {
     /// Of the 64-bit image.
     pub ns_per_call: BTreeMap<TimeCall, f64>,
     /// What a call of the 32-bit image costs over the same call of the 64-bit
     /// one, as sampled (None: not measured, taken as 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub i386_ratio: Option<f64>,
     /// Samples behind the calibrated clock_gettime cost (0: stopwatch only):
     /// its own error, ~1/√samples, is part of every estimate's.
     pub calibration_samples: u64,
     /// The same for `i386_ratio`.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub i386_calibration_samples: u64,
 }
 
 /// A time call's cost through each path on this machine and clocksource,
 /// measured together (stopwatch, nothing attached): the doctor's table and the
 /// excess CPU of kernel entries come from this one measurement.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PathCost {
     pub call: TimeCall,
     /// The vDSO function, whatever it does here (a fallback costs a syscall).
@@ -53,7 +53,7 @@ impl PathCost {
 }
 
 /// [`PathCost`] of every call measured.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PathCosts {
     pub calls: Vec<PathCost>,
 }

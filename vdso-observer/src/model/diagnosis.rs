@@ -1,6 +1,8 @@
 //! What `doctor` finds about this machine, and the verdict scripts gate on.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     costs::PathCost,
@@ -10,7 +12,7 @@ use super::{
 
 /// How the capability was decided: the observer's own calls counted in the
 /// kernel, the clocksource table, or the cost of a vDSO call against a syscall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Measured,
@@ -29,7 +31,7 @@ impl Decision {
 }
 
 /// What `doctor` exits with, so scripts and Ansible can gate on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// 0: the vDSO answers time calls in user space here.
@@ -53,7 +55,7 @@ impl Verdict {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Diagnosis {
     pub kernel: String,
     /// Whether this process has a vDSO (AT_SYSINFO_EHDR), as every process here would.
@@ -83,9 +85,9 @@ pub struct Diagnosis {
     pub advice: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Feature {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub available: bool,
     pub detail: String,
 }

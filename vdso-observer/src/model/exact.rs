@@ -1,9 +1,9 @@
 //! The state of exact vDSO-call counting for one process, as reports show it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vdso_observer_common::TimeCall;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExactStatus {
     /// Probes are attached and count every call.
@@ -40,7 +40,34 @@ impl Serialize for EntryPoint {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+impl<'de> Deserialize<'de> for EntryPoint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        EntryPoint::parse(&text).ok_or_else(|| {
+            serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(&text),
+                &"uprobe:FILE:SYMBOL or breakpoint:CALL",
+            )
+        })
+    }
+}
+
+impl EntryPoint {
+    /// The entry point a [`Display`](std::fmt::Display) string names (a file
+    /// name may hold `:`; a symbol does not).
+    pub fn parse(text: &str) -> Option<EntryPoint> {
+        if let Some(call) = text.strip_prefix("breakpoint:") {
+            return TimeCall::from_name(call).map(EntryPoint::Breakpoint);
+        }
+        let (file, symbol) = text.strip_prefix("uprobe:")?.rsplit_once(':')?;
+        Some(EntryPoint::Uprobe {
+            file: file.into(),
+            symbol: symbol.into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExactState {
     pub state: ExactStatus,
     pub entry_points: Vec<EntryPoint>,

@@ -1,16 +1,16 @@
 //! What the observer reports about itself: its probes, what it lost, what its
 //! maps held at one instant, and its measured check of the vDSO.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vdso_observer_common::{CallKey, ProcessInfo, ProcessKey, VdsoKey};
 
 /// One attach point and whether it is live.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeStatus {
-    pub program: &'static str,
-    pub attach_point: &'static str,
+    pub program: Cow<'static, str>,
+    pub attach_point: Cow<'static, str>,
     pub attached: bool,
     /// Why it is not attached and what is lost, when it is not.
     pub note: Option<String>,
@@ -57,9 +57,9 @@ impl AttachMode {
 
 /// What the kernel measured of one of the observer's programs since it was
 /// loaded (BPF_ENABLE_STATS): the observer's own cost, per program.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramRuns {
-    pub program: &'static str,
+    pub program: Cow<'static, str>,
     /// Runs of the program (every syscall for sys_enter, every sample, ...).
     pub runs: u64,
     /// Time spent in it, summed over CPUs.
@@ -74,7 +74,7 @@ impl ProgramRuns {
 }
 
 /// Whether the kernel measures the programs' run time, and why not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "note", rename_all = "snake_case")]
 pub enum RunStats {
     /// Not asked for (`--bpf-stats` turns them on): measuring costs every run
@@ -89,7 +89,7 @@ pub enum RunStats {
 }
 
 /// Counters the programs keep about themselves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObserverStats {
     /// Calls not counted because the counter map was full.
     pub time_calls_map_full: u64,
@@ -133,7 +133,7 @@ pub struct KeysCreated {
 /// The calibration child's clock_gettime(CLOCK_MONOTONIC) calls through the
 /// vDSO, and how many of them entered the kernel: the measured answer to "can
 /// the vDSO read this clocksource".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VdsoCheck {
     pub calls: u64,
     pub kernel_entries: u64,

@@ -1,12 +1,12 @@
 //! Why a time call entered the kernel, and which of those reasons are faults.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vdso_observer_common::{Origin, SyscallAbi, TimeCall};
 
 use crate::model::clocks::vdso_can_serve;
 
 /// The cause of a kernel entry for a time call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackReason {
     /// The vDSO itself entered the kernel for a clock it normally serves: the
@@ -28,6 +28,20 @@ pub enum FallbackReason {
 }
 
 impl FallbackReason {
+    pub const ALL: [FallbackReason; 6] = [
+        FallbackReason::Clocksource,
+        FallbackReason::DirectSyscall,
+        FallbackReason::NoVdso,
+        FallbackReason::LegacyVsyscall,
+        FallbackReason::UnsupportedClock,
+        FallbackReason::NoVdsoFunction,
+    ];
+
+    /// The reason a FLAG word stands for.
+    pub fn from_flag(word: &str) -> Option<FallbackReason> {
+        FallbackReason::ALL.into_iter().find(|r| r.flag() == word)
+    }
+
     /// Whether the reason is a fault worth flagging (costs time the vDSO would save).
     pub fn is_fault(self) -> bool {
         !matches!(

@@ -3,7 +3,7 @@
 //! machine's time set-up and the observer's own health. Plain data: everything
 //! turns into text only at the edges (tables, JSON, metric labels).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::container::Container;
 use vdso_observer_common::{Origin, Provenance, SyscallAbi, TimeCall};
@@ -21,7 +21,7 @@ use super::{
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
 /// One window, every process that entered the kernel for time during it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub schema_version: u32,
     /// Length of the window the counts cover.
@@ -83,7 +83,7 @@ impl Report {
 }
 
 /// What decides whether time calls stay in user space on this machine.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SystemReport {
     pub hostname: String,
     /// The kernel release.
@@ -102,7 +102,7 @@ pub struct SystemReport {
     pub kernel_log_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObserverHealth {
     /// Where time syscalls are counted (what `--attach auto` chose).
     pub attach_mode: AttachMode,
@@ -125,7 +125,7 @@ pub struct ObserverHealth {
     pub path_costs: PathCosts,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessReport {
     pub pid: u32,
     /// Escaped as by [`procfs::display_comm`]; "?" when the name was never recorded.
@@ -180,7 +180,7 @@ pub struct ProcessReport {
     pub reasons: Vec<FallbackReason>,
     /// The faults among `reasons`, over the thresholds; JSON has their short
     /// words (`fallback`, `direct`, `vsyscall`, `no-vdso`).
-    #[serde(serialize_with = "flag_words")]
+    #[serde(serialize_with = "flag_words", deserialize_with = "from_flag_words")]
     pub flags: Vec<FallbackReason>,
 }
 
@@ -191,7 +191,7 @@ impl ProcessReport {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginCounts {
     pub vdso_fallback: u64,
     pub direct: u64,
@@ -210,7 +210,7 @@ impl OriginCounts {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallCount {
     pub call: TimeCall,
     pub abi: SyscallAbi,
@@ -224,7 +224,7 @@ pub struct CallCount {
 }
 
 /// One row of vDSO-answered calls of a process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VdsoCallCount {
     pub call: VdsoFunction,
     /// Clock name when the probe could read it.
@@ -297,6 +297,23 @@ impl Serialize for VdsoFunction {
     }
 }
 
+impl<'de> Deserialize<'de> for VdsoFunction {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "other" => Ok(VdsoFunction::Other),
+            _ => TimeCall::from_name(&name)
+                .map(VdsoFunction::Call)
+                .ok_or_else(|| {
+                    serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Str(&name),
+                        &"a time call or other",
+                    )
+                }),
+        }
+    }
+}
+
 impl ProcessReport {
     /// The FLAG words of the faults, in order.
     pub fn flag_words(&self) -> Vec<&'static str> {
@@ -309,4 +326,17 @@ fn flag_words<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(flags.iter().map(|r| r.flag()))
+}
+
+fn from_flag_words<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<FallbackReason>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|word| {
+            FallbackReason::from_flag(word).ok_or_else(|| {
+                serde::de::Error::invalid_value(serde::de::Unexpected::Str(word), &"a FLAG word")
+            })
+        })
+        .collect()
 }

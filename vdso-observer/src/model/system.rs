@@ -1,10 +1,12 @@
 //! The machine's time set-up as reports carry it: the clocksource and whether
 //! the vDSO can read it, the legacy vsyscall mode, and clock events.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 /// Whether the vDSO can read a clocksource from user space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VdsoCapability {
     /// It has a vDSO clock mode: high-resolution clocks stay in user space.
@@ -45,16 +47,16 @@ pub fn clocksource_vdso_capability(name: &str) -> (VdsoCapability, &'static str)
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClocksourceState {
     pub current: String,
     pub available: Vec<String>,
     pub vdso_capability: VdsoCapability,
-    pub why: &'static str,
+    pub why: Cow<'static, str>,
 }
 
 /// How the kernel treats calls into the legacy vsyscall page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VsyscallMode {
     /// Execute-only page; calls are emulated (the default since 5.3).
@@ -78,7 +80,7 @@ impl VsyscallMode {
 }
 
 /// A change in the machine's time set-up, with when it happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClockEvent {
     /// Unix seconds (from the kernel log's boot-time stamp, or when seen in sysfs).
     pub at_unix: f64,
@@ -87,7 +89,7 @@ pub struct ClockEvent {
 }
 
 /// What a clock event was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockEventKind {
     /// The kernel log: `clocksource: Switched to clocksource X`.

@@ -281,7 +281,7 @@ mod tests {
                 current: current.into(),
                 available: vec!["tsc".into(), "hpet".into(), "acpi_pm".into()],
                 vdso_capability: clocksource_vdso_capability(current).0,
-                why: "",
+                why: "".into(),
             }),
             vdso_check: None,
             vdso_capable: capable,

@@ -13,7 +13,11 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use vdso_observer::model::{
+    CallCount, ProcessReport, Report, diagnosis::Diagnosis, report::VdsoCallCount,
+};
+pub use vdso_observer_common::TimeCall;
 
 pub const OBSERVER: &str = env!("CARGO_BIN_EXE_vdso-observer");
 
@@ -172,11 +176,10 @@ impl ObserverRun {
         (String::from_utf8(out.stdout).unwrap(), stderr)
     }
 
-    /// Ends the window and parses the JSON report.
-    pub fn finish(self) -> Value {
+    /// Ends the window and reads the JSON report.
+    pub fn finish(self) -> Report {
         let (stdout, stderr) = self.finish_text();
-        serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|err| panic!("report is not JSON ({err}): {stdout}\nstderr: {stderr}"))
+        parse_report(stdout.trim()).unwrap_or_else(|err| panic!("{err}\nstderr: {stderr}"))
     }
 }
 
@@ -193,48 +196,67 @@ fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
     receiver
 }
 
+/// The one place a JSON report (`top --json`, one line of `--batch`, the
+/// daemon's `/report`) becomes data: the crate's own `Report`, so a renamed or
+/// retyped field fails here, by name, rather than reading as null.
+pub fn parse_report(json: &str) -> Result<Report, String> {
+    serde_json::from_str(json).map_err(|err| format!("not a report ({err}): {json}"))
+}
+
+/// The same for `doctor --json`.
+pub fn parse_diagnosis(json: &[u8]) -> Diagnosis {
+    serde_json::from_slice(json)
+        .unwrap_or_else(|err| panic!("not a diagnosis ({err}): {}", String::from_utf8_lossy(json)))
+}
+
 /// The report rows of a pid (one per exec image).
-pub fn rows_of_pid(report: &Value, pid: u32) -> Vec<Value> {
-    processes(report)
-        .into_iter()
-        .filter(|p| p["pid"] == pid)
+pub fn rows_of_pid(report: &Report, pid: u32) -> Vec<ProcessReport> {
+    report
+        .processes
+        .iter()
+        .filter(|p| p.pid == pid)
+        .cloned()
         .collect()
 }
 
-pub fn rows_of_comm(report: &Value, comm: &str) -> Vec<Value> {
-    processes(report)
-        .into_iter()
-        .filter(|p| p["comm"] == comm)
+pub fn rows_of_comm(report: &Report, comm: &str) -> Vec<ProcessReport> {
+    report
+        .processes
+        .iter()
+        .filter(|p| p.comm == comm)
+        .cloned()
         .collect()
-}
-
-pub fn processes(report: &Value) -> Vec<Value> {
-    report["processes"]
-        .as_array()
-        .expect("processes array")
-        .clone()
 }
 
 /// (call, clock, origin, abi) -> count of a row, getrandom left out: glibc's own
 /// start-up (malloc, threads) may call it, and it is never judged.
-pub fn counts(row: &Value) -> Vec<(String, String, String, String, u64)> {
-    let mut counts: Vec<_> = row["calls"]
-        .as_array()
-        .unwrap()
+pub fn counts(row: &ProcessReport) -> Vec<(String, String, String, String, u64)> {
+    let mut counts: Vec<_> = row
+        .calls
         .iter()
-        .filter(|c| c["call"] != "getrandom")
+        .filter(|c| c.call != TimeCall::Getrandom)
         .map(|c| {
             (
-                c["call"].as_str().unwrap().to_owned(),
-                c["clock"].as_str().unwrap_or("").to_owned(),
-                c["origin"].as_str().unwrap().to_owned(),
-                c["abi"].as_str().unwrap().to_owned(),
-                c["count"].as_u64().unwrap(),
+                c.call.name().to_owned(),
+                c.clock.clone().unwrap_or_default(),
+                c.origin.name().to_owned(),
+                c.abi.name().to_owned(),
+                c.count,
             )
         })
         .collect();
     counts.sort();
     counts
+}
+
+/// The FLAG words of a row, as JSON spells them.
+pub fn flags(row: &ProcessReport) -> Vec<&'static str> {
+    row.flag_words()
+}
+
+/// The reasons of a row, as JSON spells them.
+pub fn reasons(row: &ProcessReport) -> Vec<&'static str> {
+    row.reasons.iter().map(|r| r.name()).collect()
 }
 
 pub fn expect(

@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeSet, fmt::Write as _};
 
+use crate::metric_families::MetricFamily;
+
 /// Text exposition format 0.0.4 builder: HELP and TYPE once per family.
 #[derive(Default)]
 pub(super) struct Exposition {
@@ -11,11 +13,12 @@ pub(super) struct Exposition {
 }
 
 impl Exposition {
-    pub(super) fn family(&mut self, name: &'static str, kind: &str, help: &str) {
+    pub(super) fn family(&mut self, family: &MetricFamily) {
+        let name = family.name;
         debug_assert!(self.seen.insert(name), "family {name} twice");
         self.family = name;
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(family.help));
+        let _ = writeln!(self.text, "# TYPE {name} {}", family.kind.name());
     }
 
     pub(super) fn sample(&mut self, labels: &[(&str, &str)], value: f64) {

@@ -19,7 +19,7 @@ fn facts() -> Facts {
             current: "hpet".into(),
             available: vec!["tsc".into(), "hpet".into()],
             vdso_capability: VdsoCapability::No,
-            why: "",
+            why: "".into(),
         }),
         vdso_capable: Some(false),
         vsyscall: VsyscallMode::Xonly,
@@ -32,7 +32,7 @@ fn facts() -> Facts {
         vdso_costs: BTreeMap::new(),
         run_stats: RunStats::Enabled,
         programs: vec![ProgramRuns {
-            program: "time_syscall_enter",
+            program: "time_syscall_enter".into(),
             runs: 2_000_000,
             run_time_ns: 90_000_000,
         }],

@@ -22,7 +22,7 @@ pub fn system(capable: bool, measured: bool) -> SystemReport {
             current: current.into(),
             available: vec!["tsc".into(), "hpet".into()],
             vdso_capability: clocksource_vdso_capability(current).0,
-            why: "",
+            why: "".into(),
         }),
         vdso_check: measured.then_some(VdsoCheck {
             calls: 100,

@@ -3,6 +3,8 @@
 use super::*;
 use vdso_observer_common::ProcessInfo;
 
+use crate::model::{EntryPoint, ExactState, ExactStatus, Thresholds};
+
 fn key(tgid: u32, call: TimeCall, clock_id: i32, origin: Origin) -> CallKey {
     CallKey {
         process: ProcessKey {
@@ -249,4 +251,40 @@ fn json_field_names_are_stable() {
     assert_eq!(process["flags"][0], "direct");
     let lost = &json["observer"]["lost"];
     assert_eq!(lost["time_calls_map_full"], 0);
+}
+
+/// What the tests and `cargo xtask` read back is what was written: every
+/// field, the by-name enums, FLAG words and entry points included.
+#[test]
+fn a_report_reads_back_as_it_was_written() {
+    let direct = key(10, TimeCall::ClockGettime, 1, Origin::Direct);
+    let fallback = key(10, TimeCall::Gettimeofday, NO_CLOCK, Origin::VdsoFallback);
+    let (mut report, _) = Aggregator::new(None).window(
+        &snapshot(&[(direct, 4), (fallback, 9)]),
+        Duration::from_secs(2),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    report.system = Some(testing::system(false, true));
+    let process = &mut report.processes[0];
+    process.container = Container::from_cgroup_path(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12345678_1111_2222_3333_444455556666.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+    );
+    process.exact = Some(ExactState {
+        state: ExactStatus::Traced,
+        entry_points: vec![
+            EntryPoint::Uprobe {
+                file: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+                symbol: "clock_gettime".into(),
+            },
+            EntryPoint::Breakpoint(TimeCall::Getcpu),
+        ],
+        overhead: Some(0.01),
+        note: None,
+    });
+    Thresholds::default().apply(process);
+    assert!(!process.flags.is_empty() && process.container.is_some());
+    let written = serde_json::to_value(&report).unwrap();
+    let read: Report = serde_json::from_value(written.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&read).unwrap(), written);
 }
