@@ -1,9 +1,14 @@
-use anyhow::{Context as _, anyhow};
-use aya_build::Toolchain;
-
 /// Builds the eBPF object with nightly (`-Z build-std=core`) and bpf-linker; the
-/// user-space binary embeds it from OUT_DIR.
+/// user-space binary embeds it from OUT_DIR. Without the `ebpf` feature (the
+/// library alone, as `cargo xtask` uses it) there is nothing to build.
+#[cfg(not(feature = "ebpf"))]
+fn main() {}
+
+#[cfg(feature = "ebpf")]
 fn main() -> anyhow::Result<()> {
+    use anyhow::{Context as _, anyhow};
+    use aya_build::Toolchain;
+
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

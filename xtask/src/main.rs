@@ -10,6 +10,7 @@ mod dist;
 mod exec;
 mod lint;
 mod observer;
+mod report;
 mod setup;
 mod test;
 mod vm;

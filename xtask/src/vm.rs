@@ -21,12 +21,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use serde_json::Value;
+use vdso_observer::model::diagnosis::Decision;
+use vdso_observer_common::{Origin, SyscallAbi, TimeCall};
 
 use crate::{
     bench::interval::{interval, mean},
     exec::{self, quiet, step},
-    observer, setup,
+    observer,
+    report::{self, Diagnosis, FallbackReason, ProcessReport, Report, count, flagged, row_of_pid},
+    setup,
 };
 
 mod arm64;
@@ -119,14 +122,21 @@ impl Guest {
             .collect()
     }
 
-    fn json(&self, tag: &str) -> Result<Value> {
-        let text = self
-            .line(tag)
-            .ok_or_else(|| anyhow!("the guest printed no VMTEST-{tag} line"))?;
-        serde_json::from_str(text).with_context(|| format!("VMTEST-{tag} is not JSON: {text}"))
+    fn text(&self, tag: &str) -> Result<&str> {
+        self.line(tag)
+            .ok_or_else(|| anyhow!("the guest printed no VMTEST-{tag} line"))
     }
 
-    fn pid(&self) -> Result<u64> {
+    /// The report a VMTEST-TAG line carries.
+    fn report(&self, tag: &str) -> Result<Report> {
+        report::parse_report(self.text(tag)?).with_context(|| format!("VMTEST-{tag}"))
+    }
+
+    fn diagnosis(&self) -> Result<Diagnosis> {
+        report::parse_diagnosis(self.text("DOCTOR")?).context("VMTEST-DOCTOR")
+    }
+
+    fn pid(&self) -> Result<u32> {
         self.line("PID")
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| anyhow!("no VMTEST-PID line"))
@@ -140,43 +150,18 @@ impl Guest {
         Some(seconds * 1e9 / calls)
     }
 
-    fn workload_row(&self) -> Result<Value> {
+    fn workload_row(&self) -> Result<ProcessReport> {
         let pid = self.pid()?;
-        let top = self.json("TOP")?;
-        top["processes"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["pid"] == pid).cloned())
-            .ok_or_else(|| anyhow!("no row for the workload (pid {pid}) in {top}"))
+        let top = self.report("TOP")?;
+        row_of_pid(&top, pid)
+            .cloned()
+            .ok_or_else(|| anyhow!("no row for the workload (pid {pid}) in {top:?}"))
     }
 }
 
-/// Count of one (call, clock, origin) of a report row.
-fn count(row: &Value, call: &str, clock: Option<&str>, origin: &str) -> u64 {
-    row["calls"]
-        .as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .filter(|c| {
-                    c["call"] == call
-                        && c["origin"] == origin
-                        && clock.is_none_or(|clock| c["clock"] == clock)
-                })
-                .filter_map(|c| c["count"].as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn flags(row: &Value) -> Vec<String> {
-    row["flags"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Kernel entries of clock_gettime(CLOCK_MONOTONIC) from `origin`.
+fn monotonic(row: &ProcessReport, origin: Origin) -> u64 {
+    count(row, TimeCall::ClockGettime, Some("CLOCK_MONOTONIC"), origin)
 }
 
 fn ensure(condition: bool, what: String) -> Result<()> {
@@ -195,51 +180,44 @@ fn ensure_doctor_exit(guest: &Guest, expected: &str) -> Result<()> {
 
 /// The report says the mode asked for is the one in use.
 fn check_attach_mode(guest: &Guest, mode: &str) -> Result<Vec<String>> {
-    let report = match guest.json("TOP") {
+    let report = match guest.report("TOP") {
         Ok(top) => top,
         // The switch scenario prints frames instead.
         Err(_) => guest
             .lines("FRAME")
             .first()
-            .and_then(|l| serde_json::from_str(l).ok())
+            .and_then(|l| report::parse_report(l).ok())
             .ok_or_else(|| anyhow!("no report from the observer"))?,
     };
-    let observer = &report["observer"];
+    let observer = &report.observer;
     ensure(
-        observer["attach_mode"] == mode,
+        observer.attach_mode.name() == mode,
         format!(
             "asked for --attach {mode}, the report says {}",
-            observer["attach_mode"]
+            observer.attach_mode.name()
         ),
     )?;
-    let note = observer["probes"][0]["note"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let probe = observer
+        .probes
+        .first()
+        .ok_or_else(|| anyhow!("the report lists no probe"))?;
     Ok(vec![format!(
         "attached at {} ({})",
-        observer["probes"][0]["attach_point"]
-            .as_str()
-            .unwrap_or("?"),
-        if note.is_empty() {
-            "no note"
-        } else {
-            note.as_str()
-        }
+        probe.attach_point,
+        probe.note.as_deref().unwrap_or("no note")
     )])
 }
 
-/// Count of the row of the pid a VMTEST-TAG line names.
-fn row_of(guest: &Guest, tag: &str) -> Result<Value> {
-    let pid: u64 = guest
+/// The row of the pid a VMTEST-TAG line names.
+fn row_of(guest: &Guest, tag: &str) -> Result<ProcessReport> {
+    let pid: u32 = guest
         .line(tag)
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| anyhow!("no VMTEST-{tag} line"))?;
-    let top = guest.json("TOP")?;
-    top["processes"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["pid"] == pid).cloned())
-        .ok_or_else(|| anyhow!("no row for pid {pid} ({tag}) in {top}"))
+    let top = guest.report("TOP")?;
+    row_of_pid(&top, pid)
+        .cloned()
+        .ok_or_else(|| anyhow!("no row for pid {pid} ({tag}) in {top:?}"))
 }
 
 /// The getppid tax while observed, as a ratio to bare in the same guest.
@@ -251,69 +229,61 @@ fn getppid_ratio(guest: &Guest) -> Option<(f64, f64, f64)> {
 
 fn check_default(guest: &Guest) -> Result<Vec<String>> {
     ensure_doctor_exit(guest, "0")?;
-    let doctor = guest.json("DOCTOR")?;
+    let doctor = guest.diagnosis()?;
     ensure(
-        doctor["vdso_capable"] == true,
+        doctor.vdso_capable == Some(true),
         format!(
-            "doctor says the vDSO cannot read {}: {doctor}",
-            doctor["clocksource"]["current"]
+            "doctor says the vDSO cannot read {:?}: {doctor:?}",
+            doctor.clocksource.as_ref().map(|c| &c.current)
         ),
     )?;
     let row = guest.workload_row()?;
-    let fallback = count(
-        &row,
-        "clock_gettime",
-        Some("CLOCK_MONOTONIC"),
-        "vdso_fallback",
-    );
+    let fallback = monotonic(&row, Origin::VdsoFallback);
     ensure(
         fallback == 0,
-        format!("{fallback} fallbacks on a vDSO-capable clocksource: {row}"),
+        format!("{fallback} fallbacks on a vDSO-capable clocksource: {row:?}"),
     )?;
     ensure(
-        !flags(&row).contains(&"fallback".to_owned()),
-        format!("flagged fallback: {row}"),
+        !flagged(&row, FallbackReason::Clocksource),
+        format!("flagged fallback: {row:?}"),
     )?;
     // Emulated legacy vsyscalls: counted once, as such (not also as direct).
     let vsyscall = row_of(guest, "PID-VSYSCALL")?;
-    let legacy = count(&vsyscall, "gettimeofday", None, "legacy_vsyscall");
-    let other: u64 = ["direct", "vdso_fallback", "no_vdso"]
-        .iter()
-        .map(|origin| count(&vsyscall, "gettimeofday", None, origin))
+    let gettimeofday = |origin| count(&vsyscall, TimeCall::Gettimeofday, None, origin);
+    let legacy = gettimeofday(Origin::LegacyVsyscall);
+    let other: u64 = [Origin::Direct, Origin::VdsoFallback, Origin::NoVdso]
+        .into_iter()
+        .map(gettimeofday)
         .sum();
     ensure(
         legacy == 300 && other == 0,
-        format!("300 legacy gettimeofday: {legacy} legacy_vsyscall, {other} other: {vsyscall}"),
+        format!("300 legacy gettimeofday: {legacy} legacy_vsyscall, {other} other: {vsyscall:?}"),
     )?;
     // A 32-bit process's direct syscalls, with the i386 ABI.
     let i386 = row_of(guest, "PID-I386")?;
-    let direct32: u64 = i386["calls"]
-        .as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .filter(|c| {
-                    c["call"] == "clock_gettime"
-                        && c["origin"] == "direct"
-                        && c["abi"] == "i386"
-                        && c["clock"] == "CLOCK_MONOTONIC"
-                })
-                .filter_map(|c| c["count"].as_u64())
-                .sum()
+    let direct32: u64 = i386
+        .calls
+        .iter()
+        .filter(|c| {
+            c.call == TimeCall::ClockGettime
+                && c.origin == Origin::Direct
+                && c.abi == SyscallAbi::I386
+                && c.clock.as_deref() == Some("CLOCK_MONOTONIC")
         })
-        .unwrap_or(0);
+        .map(|c| c.count)
+        .sum();
     // A static i386 glibc makes a start-up call of its own, as the 64-bit one does.
     ensure(
         direct32 == 400 + I386_STATIC_STARTUP_CALLS,
         format!(
-            "expected 400 + {I386_STATIC_STARTUP_CALLS} i386 direct clock_gettime, got {direct32}: {i386}"
+            "expected 400 + {I386_STATIC_STARTUP_CALLS} i386 direct clock_gettime, got {direct32}: {i386:?}"
         ),
     )?;
     let mut lines = vec![
         format!(
             "clocksource {}, doctor: vDSO-capable ({})",
             guest.line("CLOCKSOURCE").unwrap_or("?"),
-            doctor["decided_by"]
+            doctor.decided_by.name()
         ),
         format!("300 legacy vsyscall gettimeofday: {legacy} legacy_vsyscall, {other} other"),
         format!(
@@ -325,14 +295,11 @@ fn check_default(guest: &Guest) -> Result<Vec<String>> {
             "getppid in the guest: bare {bare:.0} ns, observed {observed:.0} ns: {ratio:.2}x"
         ));
     }
-    Ok([
-        lines,
-        vec![format!(
-            "{CALLS} clock_gettime(CLOCK_MONOTONIC): 0 entered the kernel; flags {:?}",
-            flags(&row)
-        )],
-    ]
-    .concat())
+    lines.push(format!(
+        "{CALLS} clock_gettime(CLOCK_MONOTONIC): 0 entered the kernel; flags {:?}",
+        row.flag_words()
+    ));
+    Ok(lines)
 }
 
 fn check_hpet(guest: &Guest) -> Result<Vec<String>> {
@@ -341,49 +308,47 @@ fn check_hpet(guest: &Guest) -> Result<Vec<String>> {
         format!("the guest runs {:?}, not hpet", guest.line("CLOCKSOURCE")),
     )?;
     ensure_doctor_exit(guest, "2")?;
-    let doctor = guest.json("DOCTOR")?;
+    let doctor = guest.diagnosis()?;
     ensure(
-        doctor["vdso_capable"] == false && doctor["decided_by"] == "measured",
-        format!("doctor should measure hpet as not vDSO-capable: {doctor}"),
+        doctor.vdso_capable == Some(false) && doctor.decided_by == Decision::Measured,
+        format!("doctor should measure hpet as not vDSO-capable: {doctor:?}"),
     )?;
     let row = guest.workload_row()?;
-    let fallback = count(
-        &row,
-        "clock_gettime",
-        Some("CLOCK_MONOTONIC"),
-        "vdso_fallback",
-    );
+    let fallback = monotonic(&row, Origin::VdsoFallback);
     ensure(
         fallback == CALLS,
         format!(
-            "expected {CALLS} vdso_fallback clock_gettime(CLOCK_MONOTONIC), got {fallback}: {row}"
+            "expected {CALLS} vdso_fallback clock_gettime(CLOCK_MONOTONIC), got {fallback}: {row:?}"
         ),
     )?;
     ensure(
-        flags(&row).contains(&"fallback".to_owned())
-            && row["reasons"].to_string().contains("clocksource"),
-        format!("not flagged fallback/clocksource: {row}"),
+        flagged(&row, FallbackReason::Clocksource)
+            && row.reasons.contains(&FallbackReason::Clocksource),
+        format!("not flagged fallback/clocksource: {row:?}"),
     )?;
     // Start-up calls and the workload's direct marker come from its own text.
-    let direct = count(&row, "clock_gettime", Some("CLOCK_MONOTONIC"), "direct");
+    let direct = monotonic(&row, Origin::Direct);
     ensure(
         direct == STATIC_STARTUP_CALLS + 1,
         format!(
-            "expected {} direct entries, got {direct}: {row}",
+            "expected {} direct entries, got {direct}: {row:?}",
             STATIC_STARTUP_CALLS + 1
         ),
     )?;
+    let check = doctor
+        .vdso_check
+        .ok_or_else(|| anyhow!("the doctor measured nothing: {doctor:?}"))?;
+    let reasons: Vec<&str> = row.reasons.iter().map(|r| r.name()).collect();
     Ok(vec![
         format!(
             "doctor: vDSO-capable false (measured: {} of {} calls entered the kernel); advice: {}",
-            doctor["vdso_check"]["kernel_entries"],
-            doctor["vdso_check"]["calls"],
-            doctor["advice"][0]
+            check.kernel_entries,
+            check.calls,
+            doctor.advice.first().map_or("none", String::as_str)
         ),
         format!(
-            "{CALLS} clock_gettime(CLOCK_MONOTONIC): {fallback} vdso_fallback, {direct} direct (start-up + marker), flags {:?}, reasons {}",
-            flags(&row),
-            row["reasons"]
+            "{CALLS} clock_gettime(CLOCK_MONOTONIC): {fallback} vdso_fallback, {direct} direct (start-up + marker), flags {:?}, reasons {reasons:?}",
+            row.flag_words(),
         ),
     ])
 }
@@ -397,33 +362,25 @@ fn check_switch(guest: &Guest) -> Result<Vec<String>> {
         ),
     )?;
     let pid = guest.pid()?;
-    let frames: Vec<Value> = guest
+    let frames: Vec<Report> = guest
         .lines("FRAME")
         .into_iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+        .map(report::parse_report)
+        .collect::<Result<_>>()?;
     ensure(frames.len() >= 4, format!("only {} frames", frames.len()))?;
+    let events_of = |frame: &Report| {
+        frame
+            .system
+            .as_ref()
+            .map(|s| s.events.clone())
+            .unwrap_or_default()
+    };
     let event_at = frames
         .iter()
-        .position(|f| {
-            f["system"]["events"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["message"].to_string().contains("hpet")))
-        })
+        .position(|f| events_of(f).iter().any(|e| e.message.contains("hpet")))
         .ok_or_else(|| anyhow!("no frame reports the switch to hpet"))?;
-    let fallback_in = |frame: &Value| -> u64 {
-        frame["processes"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["pid"] == pid))
-            .map(|row| {
-                count(
-                    row,
-                    "clock_gettime",
-                    Some("CLOCK_MONOTONIC"),
-                    "vdso_fallback",
-                )
-            })
-            .unwrap_or(0)
+    let fallback_in = |frame: &Report| -> u64 {
+        row_of_pid(frame, pid).map_or(0, |row| monotonic(row, Origin::VdsoFallback))
     };
     let before: u64 = frames[..event_at].iter().map(fallback_in).sum();
     let after: u64 = frames[event_at..].iter().map(fallback_in).sum();
@@ -432,30 +389,17 @@ fn check_switch(guest: &Guest) -> Result<Vec<String>> {
         after > 1000,
         format!("only {after} fallbacks after the switch"),
     )?;
-    let flagged_after = frames[event_at..].iter().any(|f| {
-        f["processes"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["pid"] == pid))
-            .is_some_and(|row| flags(row).contains(&"fallback".to_owned()))
-    });
+    let flagged_after = frames[event_at..]
+        .iter()
+        .any(|f| row_of_pid(f, pid).is_some_and(|row| flagged(row, FallbackReason::Clocksource)));
     ensure(
         flagged_after,
         "no frame after the switch flags the workload".into(),
     )?;
-    let events: Vec<String> = frames[event_at]["system"]["events"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .map(|e| {
-                    format!(
-                        "[{}] {}",
-                        e["kind"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let events: Vec<String> = events_of(&frames[event_at])
+        .iter()
+        .map(|e| format!("[{}] {}", e.kind.name(), e.message))
+        .collect();
     Ok(vec![
         format!(
             "frame {event_at} of {} reports: {}",
@@ -469,20 +413,20 @@ fn check_switch(guest: &Guest) -> Result<Vec<String>> {
 fn check_vdso0(guest: &Guest) -> Result<Vec<String>> {
     ensure_doctor_exit(guest, "3")?;
     let row = guest.workload_row()?;
-    let no_vdso = count(&row, "clock_gettime", Some("CLOCK_MONOTONIC"), "no_vdso");
+    let no_vdso = monotonic(&row, Origin::NoVdso);
     // N libc calls, static glibc's start-up calls and the direct marker call.
     let expected = CALLS + STATIC_STARTUP_CALLS + 1;
     ensure(
         no_vdso == expected,
-        format!("expected {expected} no_vdso entries, got {no_vdso}: {row}"),
+        format!("expected {expected} no_vdso entries, got {no_vdso}: {row:?}"),
     )?;
     ensure(
-        flags(&row).contains(&"no-vdso".to_owned()),
-        format!("not flagged no-vdso: {row}"),
+        flagged(&row, FallbackReason::NoVdso),
+        format!("not flagged no-vdso: {row:?}"),
     )?;
     Ok(vec![format!(
         "{CALLS} libc + {STATIC_STARTUP_CALLS} start-up + 1 direct clock_gettime(CLOCK_MONOTONIC): {no_vdso} no_vdso, flags {:?}",
-        flags(&row)
+        row.flag_words()
     )])
 }
 
@@ -560,7 +504,7 @@ fn report(id: &str, started: Instant, result: Result<Vec<String>>, log: &str) ->
 /// and direct clock_gettime bare and under the raw-tracepoint and fentry modes,
 /// alternating in five rounds; medians per mode and each mode's tax over bare.
 /// TCG makes absolute times meaningless: compare the ratios.
-pub fn bench(root: &Path) -> Result<Value> {
+pub fn bench(root: &Path) -> Result<serde_json::Value> {
     setup::debian_packages(&["qemu-system-x86", "busybox-static", "cpio"])?;
     let dir = root.join("target/vm");
     fs::create_dir_all(&dir)?;
@@ -631,7 +575,7 @@ pub fn bench(root: &Path) -> Result<Value> {
             }),
         );
     }
-    Ok(Value::Object(result))
+    Ok(serde_json::Value::Object(result))
 }
 
 /// Debian's current kernel image, unpacked under target/vm/kernel.

@@ -16,10 +16,13 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
+use vdso_observer_common::{Origin, TimeCall};
 
 use crate::{
     exec::{self, step},
-    observer, setup,
+    observer,
+    report::{self, Report, count},
+    setup,
 };
 
 mod churn;
@@ -497,17 +500,12 @@ impl Bench {
                 Ok(String::new())
             })?
             .0;
-        Ok(report["processes"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .filter(|r| r["comm"] == comm)
-                    .flat_map(|r| r["calls"].as_array().cloned().unwrap_or_default())
-                    .filter(|c| c["call"] == "clock_gettime" && c["origin"] == "direct")
-                    .filter_map(|c| c["count"].as_u64())
-                    .sum()
-            })
-            .unwrap_or(0))
+        Ok(report
+            .processes
+            .iter()
+            .filter(|r| r.comm == comm)
+            .map(|r| count(r, TimeCall::ClockGettime, None, Origin::Direct))
+            .sum())
     }
 
     fn estimate(&self, rate: u64) -> Result<(f64, f64)> {
@@ -535,18 +533,18 @@ impl Bench {
             .next()
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| anyhow!("the hot loop printed no count"))?;
-        let window = report["window_seconds"].as_f64().unwrap_or(0.0);
-        let row = report["processes"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["comm"] == comm).cloned())
+        let row = report
+            .processes
+            .iter()
+            .find(|r| r.comm == comm)
             .ok_or_else(|| anyhow!("no row for {comm}"))?;
-        let estimate = row["vdso_calls_per_sec"].as_f64().unwrap_or(0.0) * window;
-        let uncertainty = row["vdso_uncertainty"].as_f64().unwrap_or(0.0);
+        let estimate = row.vdso_calls_per_sec.unwrap_or(0.0) * report.window_seconds;
+        let uncertainty = row.vdso_uncertainty.unwrap_or(0.0);
         Ok((truth, estimate, uncertainty))
     }
 
     /// Runs `work` inside one `top --once --json` window.
-    fn observe(&self, work: impl FnOnce() -> Result<String>) -> Result<(Value, String)> {
+    fn observe(&self, work: impl FnOnce() -> Result<String>) -> Result<(Report, String)> {
         self.observe_with(&[], work)
     }
 
@@ -555,7 +553,7 @@ impl Bench {
         &self,
         extra: &[&str],
         work: impl FnOnce() -> Result<String>,
-    ) -> Result<(Value, String)> {
+    ) -> Result<(Report, String)> {
         let mut top = Command::new(&self.observer)
             .args(["top", "--once", "-d", "600", "--json", "--comm", "vt-bench"])
             .args(extra)
@@ -571,12 +569,8 @@ impl Bench {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(top.id() as i32, libc::SIGINT) };
         let out = top.wait_with_output()?;
-        let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "top printed no JSON: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })?;
+        let report = report::parse_report(String::from_utf8_lossy(&out.stdout).trim())
+            .context("top --once --json")?;
         Ok((report, result?))
     }
 }

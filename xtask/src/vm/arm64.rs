@@ -13,15 +13,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use serde_json::Value;
+use vdso_observer::model::VdsoFunction;
+use vdso_observer_common::{Origin, Provenance, SyscallAbi, TimeCall};
 
 use super::{
-    Guest, Machine, Scenario, boot_machine, check_attach_mode, count, ensure, ensure_doctor_exit,
-    flags, pack_initramfs, report, row_of,
+    Guest, Machine, Scenario, boot_machine, check_attach_mode, ensure, ensure_doctor_exit,
+    pack_initramfs, report, row_of,
 };
 use crate::{
     dist::{self, Arch},
     exec::{self, quiet, step},
+    report::{FallbackReason, ProcessReport, count, row_of_pid},
     setup,
 };
 
@@ -103,29 +105,34 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
 fn check_arm64(guest: &Guest) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     ensure_doctor_exit(guest, "0")?;
-    let doctor = guest.json("DOCTOR")?;
-    let clocksource = &doctor["clocksource"]["current"];
+    let doctor = guest.diagnosis()?;
+    let clocksource = doctor.clocksource.as_ref().map(|c| c.current.as_str());
     ensure(
-        clocksource == "arch_sys_counter" && doctor["vdso_capable"] == true,
+        clocksource == Some("arch_sys_counter") && doctor.vdso_capable == Some(true),
         format!(
-            "doctor: clocksource {clocksource}, vDSO-capable {}",
-            doctor["vdso_capable"]
+            "doctor: clocksource {clocksource:?}, vDSO-capable {:?}",
+            doctor.vdso_capable
         ),
     )?;
     lines.push(format!(
-        "doctor: clocksource arch_sys_counter, vDSO-capable, verdict {} (measured {})",
-        doctor["verdict"], doctor["vdso_check"]
+        "doctor: clocksource arch_sys_counter, vDSO-capable, verdict {:?} (measured {:?})",
+        doctor.verdict, doctor.vdso_check
     ));
 
     let direct = row_of(guest, "PID-DIRECT")?;
-    let got = count(&direct, "clock_gettime", Some("CLOCK_MONOTONIC"), "direct");
+    let got = count(
+        &direct,
+        TimeCall::ClockGettime,
+        Some("CLOCK_MONOTONIC"),
+        Origin::Direct,
+    );
     ensure(
-        got == DIRECT && abi_of(&direct) == ["arm64"],
-        format!("{DIRECT} direct calls: counted {got} ({direct})"),
+        got == DIRECT && abi_of(&direct) == [SyscallAbi::Arm64],
+        format!("{DIRECT} direct calls: counted {got} ({direct:?})"),
     )?;
     ensure(
-        flags(&direct) == ["direct"],
-        format!("direct: flags {:?}", flags(&direct)),
+        direct.flag_words() == ["direct"],
+        format!("direct: flags {:?}", direct.flag_words()),
     )?;
     lines.push(format!(
         "{DIRECT} syscall(SYS_clock_gettime): {got} direct (abi arm64), flags [\"direct\"]"
@@ -134,49 +141,43 @@ fn check_arm64(guest: &Guest) -> Result<Vec<String>> {
     let cputime = row_of(guest, "PID-CPUTIME")?;
     let got = count(
         &cputime,
-        "clock_gettime",
+        TimeCall::ClockGettime,
         Some("CLOCK_PROCESS_CPUTIME_ID"),
-        "vdso_fallback",
+        Origin::VdsoFallback,
     );
     ensure(
-        got == CPUTIME && flags(&cputime).is_empty(),
-        format!("{CPUTIME} CPU-clock calls: {got} vdso_fallback ({cputime})"),
+        got == CPUTIME && cputime.flags.is_empty(),
+        format!("{CPUTIME} CPU-clock calls: {got} vdso_fallback ({cputime:?})"),
     )?;
     lines.push(format!(
         "{CPUTIME} clock_gettime(CLOCK_PROCESS_CPUTIME_ID): {got} vdso_fallback, reason unsupported_clock, no flag"
     ));
 
     let getcpu = row_of(guest, "PID-GETCPU")?;
-    let got = count(&getcpu, "getcpu", None, "direct");
-    let reasons = &getcpu["reasons"];
+    let got = count(&getcpu, TimeCall::Getcpu, None, Origin::Direct);
+    let reasons = &getcpu.reasons;
     ensure(
-        got == GETCPU
-            && *reasons == serde_json::json!(["no_vdso_function"])
-            && flags(&getcpu).is_empty(),
-        format!("{GETCPU} getcpu: {got} direct, reasons {reasons} ({getcpu})"),
+        got == GETCPU && *reasons == [FallbackReason::NoVdsoFunction] && getcpu.flags.is_empty(),
+        format!("{GETCPU} getcpu: {got} direct, reasons {reasons:?} ({getcpu:?})"),
     )?;
     lines.push(format!(
         "{GETCPU} getcpu(): {got} entered the kernel, reason no_vdso_function (arm64's vDSO has none), no flag"
     ));
 
     let monotonic = row_of(guest, "PID-MONOTONIC")?;
-    let entered: u64 = monotonic["kernel_entries"].as_u64().unwrap_or(u64::MAX);
-    let marker = count(
-        &monotonic,
-        "clock_gettime",
-        Some("CLOCK_MONOTONIC"),
-        "direct",
-    );
+    let entered = monotonic.kernel_entries;
+    let of_origin = |origin| {
+        count(
+            &monotonic,
+            TimeCall::ClockGettime,
+            Some("CLOCK_MONOTONIC"),
+            origin,
+        )
+    };
     // glibc's start-up getrandom and the workload's one direct marker call.
     ensure(
-        marker == 1
-            && count(
-                &monotonic,
-                "clock_gettime",
-                Some("CLOCK_MONOTONIC"),
-                "vdso_fallback",
-            ) == 0,
-        format!("{MONOTONIC} vDSO calls: {entered} kernel entries ({monotonic})"),
+        of_origin(Origin::Direct) == 1 && of_origin(Origin::VdsoFallback) == 0,
+        format!("{MONOTONIC} vDSO calls: {entered} kernel entries ({monotonic:?})"),
     )?;
     lines.push(format!(
         "{MONOTONIC} clock_gettime(CLOCK_MONOTONIC) via glibc: 0 entered the kernel (1 direct marker)"
@@ -193,18 +194,15 @@ fn check_arm64(guest: &Guest) -> Result<Vec<String>> {
             ))
         })
         .ok_or_else(|| anyhow!("no VMTEST-HOT line"))?;
-    let estimate: f64 = hot["vdso_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["call"] == "clock_gettime")
-        .filter_map(|c| c["calls"].as_f64())
+    let estimate: f64 = hot
+        .vdso_calls
+        .iter()
+        .filter(|c| c.call == VdsoFunction::Call(TimeCall::ClockGettime))
+        .map(|c| c.calls)
         .sum();
-    let uncertainty = hot["vdso_uncertainty"].as_f64().unwrap_or(0.0);
+    let uncertainty = hot.vdso_uncertainty.unwrap_or(0.0);
     let error = estimate / calls - 1.0;
-    let unattributed = guest.json("TOP")?["observer"]["lost"]["vdso_samples_unattributed"]
-        .as_u64()
-        .unwrap_or(u64::MAX);
+    let unattributed = guest.report("TOP")?.observer.lost.vdso_samples_unattributed;
     // Every sample in the vDSO is charged to a function (arm64's table, and
     // the link register for leaf helpers), and the estimate is of the right
     // size. Not within its stated interval: under TCG the emulator takes the
@@ -232,8 +230,13 @@ fn check_arm64(guest: &Guest) -> Result<Vec<String>> {
 /// `auto` says why it did not take fentry, and `--attach fentry` by name
 /// fails with the reason and the way out.
 fn check_auto(guest: &Guest) -> Result<Vec<String>> {
-    let top = guest.json("TOP")?;
-    let note = top["observer"]["probes"][0]["note"].as_str().unwrap_or("");
+    let top = guest.report("TOP")?;
+    let note = top
+        .observer
+        .probes
+        .first()
+        .and_then(|p| p.note.as_deref())
+        .unwrap_or("");
     let fentry = guest.line("FENTRY").unwrap_or("");
     ensure(
         fentry.contains("fentry") && fentry.contains("--attach raw-tracepoint"),
@@ -259,29 +262,26 @@ fn check_auto(guest: &Guest) -> Result<Vec<String>> {
 /// (glibc's aarch64 entry point) counts every one of its vDSO calls.
 fn check_exact(guest: &Guest) -> Result<Vec<String>> {
     const CALLS: u64 = 5000;
-    let pid: u64 = guest
+    let pid: u32 = guest
         .line("PID-EXACT")
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| anyhow!("no VMTEST-PID-EXACT line"))?;
-    let report = guest.json("EXACT")?;
-    let row = report["processes"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["pid"] == pid).cloned())
-        .ok_or_else(|| anyhow!("no row for the exact workload (pid {pid}) in {report}"))?;
-    let exact: Vec<(String, String, u64)> = row["vdso_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["provenance"] != "sampled")
+    let report = guest.report("EXACT")?;
+    let row = row_of_pid(&report, pid)
+        .ok_or_else(|| anyhow!("no row for the exact workload (pid {pid}) in {report:?}"))?;
+    let exact: Vec<(String, String, u64)> = row
+        .vdso_calls
+        .iter()
+        .filter(|c| c.provenance != Provenance::Sampled)
         .map(|c| {
             (
-                c["call"].as_str().unwrap_or("").to_owned(),
+                c.call.name().to_owned(),
                 format!(
                     "{}:{}",
-                    c["provenance"].as_str().unwrap_or(""),
-                    c["clock"].as_str().unwrap_or("")
+                    c.provenance.name(),
+                    c.clock.as_deref().unwrap_or("")
                 ),
-                c["count"].as_u64().unwrap_or(0),
+                c.count.unwrap_or(0),
             )
         })
         .collect();
@@ -292,21 +292,24 @@ fn check_exact(guest: &Guest) -> Result<Vec<String>> {
     )];
     ensure(
         exact == expected,
-        format!("--exact-pid: {exact:?}, expected {expected:?} ({row})"),
+        format!("--exact-pid: {exact:?}, expected {expected:?} ({row:?})"),
     )?;
+    let entry_points: Vec<String> = row
+        .exact
+        .iter()
+        .flat_map(|e| e.entry_points.iter().map(|p| p.to_string()))
+        .collect();
     Ok(vec![format!(
-        "--exact-pid, {CALLS} glibc clock_gettime: {CALLS} counted by a uprobe at {}",
-        row["exact"]["entry_points"]
+        "--exact-pid, {CALLS} glibc clock_gettime: {CALLS} counted by a uprobe at {entry_points:?}"
     )])
 }
 
-fn abi_of(row: &Value) -> Vec<String> {
-    let mut abis: Vec<String> = row["calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["call"] != "getrandom")
-        .filter_map(|c| c["abi"].as_str().map(str::to_owned))
+fn abi_of(row: &ProcessReport) -> Vec<SyscallAbi> {
+    let mut abis: Vec<SyscallAbi> = row
+        .calls
+        .iter()
+        .filter(|c| c.call != TimeCall::Getrandom)
+        .map(|c| c.abi)
         .collect();
     abis.dedup();
     abis
