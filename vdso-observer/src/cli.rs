@@ -139,9 +139,16 @@ pub struct TopArgs {
     #[arg(long)]
     pub comm: Option<String>,
     /// Only processes of this container: an id prefix (as `docker ps` shows it),
-    /// a pod UID prefix, or `host` for processes outside every container.
+    /// its name, a pod UID prefix, or `host` for processes outside every container.
     #[arg(long, value_name = "ID")]
     pub container: Option<String>,
+    /// Only processes of this pod: its name, or NAMESPACE/NAME (names come
+    /// from the container runtime's files on this node).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+    /// Only processes of pods in this Kubernetes namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
     /// Only processes with a fault flag (fallback, direct, vsyscall, no-vdso).
     #[arg(long)]
     pub flagged_only: bool,

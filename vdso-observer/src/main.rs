@@ -70,6 +70,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     pids: args.pids,
                     comm: args.comm,
                     container: args.container,
+                    pod: args.pod,
+                    namespace: args.namespace,
                     flagged_only: args.flagged_only,
                     show_getrandom_only: args.show_getrandom_only,
                 },

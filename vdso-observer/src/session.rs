@@ -14,6 +14,7 @@ use crate::{
         clock_watch::ClockWatch,
         clocksource,
         procfs::{self, LivenessBefore},
+        runtime_names::RuntimeNames,
         vdso_image::VdsoImage,
         vdso32,
     },
@@ -90,6 +91,8 @@ pub struct Session {
     image: Option<VdsoImage>,
     /// Retired keys the kernel refused to delete: tried again.
     unforgotten: Retired,
+    /// Pod, namespace and container names from the runtimes' files.
+    runtime_names: RuntimeNames,
 }
 
 impl Session {
@@ -180,6 +183,7 @@ impl Session {
             fill_after_drain: 0.0,
             image,
             unforgotten: Retired::default(),
+            runtime_names: RuntimeNames::default(),
         })
     }
 
@@ -322,6 +326,7 @@ impl Session {
             ..Retired::default()
         };
         report.system = Some(self.system_report());
+        self.runtime_names.name_containers(&mut report);
         if let Some(tracer) = &mut self.exact {
             // The state the window's counts were made under, then the changes.
             let states = tracer.states();

@@ -36,26 +36,11 @@ fn workload_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let binary = build_workload("time_calls", "vt-ctr", &["-static"]);
-        let context = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workload-image");
-        std::fs::create_dir_all(&context).unwrap();
-        std::fs::copy(&binary, context.join("vt-ctr")).unwrap();
-        std::fs::write(
-            context.join("Containerfile"),
-            "FROM scratch\nCOPY vt-ctr /vt-ctr\nENTRYPOINT [\"/vt-ctr\"]\n",
+        scratch_image(
+            "localhost/vdso-observer-test-workload:latest",
+            &binary,
+            &["/vt-ctr"],
         )
-        .unwrap();
-        let tag = "localhost/vdso-observer-test-workload:latest";
-        let out = Command::new("podman")
-            .args(["build", "--quiet", "--tag", tag])
-            .arg(&context)
-            .output()
-            .expect("podman runs (installed by `cargo xtask setup --for-tests`)");
-        assert!(
-            out.status.success(),
-            "podman build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tag.to_owned()
     })
 }
 
@@ -100,6 +85,55 @@ fn rows_in(report: &Report, id: &str) -> Vec<ProcessReport> {
         .filter(|p| p.container.as_ref().is_some_and(|c| c.id == id) && p.comm == "vt-ctr")
         .cloned()
         .collect()
+}
+
+/// Outside Kubernetes a podman container shows the name it was given
+/// (containers/storage's own record), in JSON and in `--container`.
+#[test]
+fn a_podman_container_shows_its_own_name() {
+    require_root();
+    workload_image();
+    let name = format!("vt-named-{}", std::process::id());
+    let observer = ObserverRun::start(&[]);
+    let out = podman_run()
+        .args(["-d", "--name", &name, "--network", "none", workload_image()])
+        .args(["hold", "250", "60"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Its calls made (the process is asleep), while it still runs.
+    wait_for("the container's process", Duration::from_secs(30), || {
+        let out = Command::new("podman")
+            .args(["inspect", "--format", "{{.State.Pid}}", &id])
+            .output()
+            .ok()?;
+        let pid = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        state.contains(") S ").then_some(())
+    });
+    let report = observer.finish();
+    let _ = Command::new("podman")
+        .args(["rm", "--force", "--time", "0", &name])
+        .output();
+    let rows = rows_in(&report, &id);
+    assert_eq!(rows.len(), 1, "{report:#?}");
+    assert_eq!(counts(&rows[0]), direct_monotonic(250));
+    let container = rows[0].container.as_ref().unwrap();
+    assert_eq!(
+        container.names.name.as_deref(),
+        Some(name.as_str()),
+        "{container:?}"
+    );
+    assert_eq!(
+        (&container.names.pod, &container.names.namespace),
+        (&None, &None)
+    );
+    assert!(container.is_named_by(&name));
 }
 
 #[test]

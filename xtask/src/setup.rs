@@ -44,6 +44,10 @@ const TEST_PACKAGES: &[&str] = &[
     "libnss-wrapper",
     "podman",
     "runc",
+    // tests/pods.rs: a test-owned containerd with its CRI plugin, and the
+    // protobuf compiler its CRI client's build needs.
+    "containerd",
+    "protobuf-compiler",
 ];
 
 /// Debian packages `cargo xtask dist` uses: dpkg-deb (dpkg) and strip

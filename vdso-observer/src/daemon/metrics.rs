@@ -191,6 +191,20 @@ impl Exporter {
             return;
         };
         let labels = ContainerLabels::of(container);
+        // Names found after the first window: the series carries on under
+        // them (same counts, one label set at a time).
+        if !self.containers.contains_key(&labels) {
+            let unnamed = self
+                .containers
+                .keys()
+                .find(|known| known.same_container(&labels) && known.names.is_empty())
+                .cloned();
+            if let Some(unnamed) = unnamed
+                && let Some(series) = self.containers.remove(&unnamed)
+            {
+                self.containers.insert(labels.clone(), series);
+            }
+        }
         let labels = if self.containers.contains_key(&labels)
             || self.containers.len() < limits.max_containers
         {

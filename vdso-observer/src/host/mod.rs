@@ -6,6 +6,7 @@ pub mod clock_watch;
 pub mod clocksource;
 pub mod process_files;
 pub mod procfs;
+pub mod runtime_names;
 pub mod users;
 pub mod vdso32;
 pub mod vdso_image;

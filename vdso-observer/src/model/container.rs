@@ -51,6 +51,39 @@ pub struct Container {
     /// Under kubepods: the pod's UID (dashes, as the API shows it).
     pub pod_uid: Option<String>,
     pub qos: Option<QosClass>,
+    /// What the runtime calls it, read from its files on this node (null
+    /// until found: a runtime whose files are not read here, or a container
+    /// gone before it was looked up).
+    #[serde(flatten)]
+    pub names: ContainerNames,
+}
+
+/// The names a container runtime gives a container: Kubernetes' pod,
+/// namespace and container names under a CRI runtime, the container's own name
+/// under podman.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContainerNames {
+    /// The container's name (`app` in its pod; `--name` under podman).
+    pub name: Option<String>,
+    /// The pod's name, under Kubernetes.
+    pub pod: Option<String>,
+    /// The pod's namespace, under Kubernetes.
+    pub namespace: Option<String>,
+}
+
+impl ContainerNames {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.pod.is_none() && self.namespace.is_none()
+    }
+
+    /// `namespace/pod`, as kubectl names a pod; None outside Kubernetes.
+    pub fn pod_path(&self) -> Option<String> {
+        let pod = self.pod.as_deref()?;
+        Some(match self.namespace.as_deref() {
+            Some(namespace) => format!("{namespace}/{pod}"),
+            None => pod.to_owned(),
+        })
+    }
 }
 
 impl Container {
@@ -105,6 +138,7 @@ impl Container {
             runtime,
             pod_uid,
             qos,
+            names: ContainerNames::default(),
         })
     }
 
@@ -114,14 +148,24 @@ impl Container {
     }
 
     /// Whether an operator's `--container` text names this container: a prefix
-    /// of its id (as short as `docker` accepts) or of its pod's UID.
+    /// of its id (as short as `docker` accepts) or of its pod's UID, or its name.
     pub fn is_named_by(&self, text: &str) -> bool {
         !text.is_empty()
             && (self.id.starts_with(text)
                 || self
                     .pod_uid
                     .as_deref()
-                    .is_some_and(|uid| uid.starts_with(text)))
+                    .is_some_and(|uid| uid.starts_with(text))
+                || self.names.name.as_deref() == Some(text))
+    }
+
+    /// What the CONTAINER column shows: the runtime's name for it, else the
+    /// short id.
+    pub fn display_name(&self) -> &str {
+        self.names
+            .name
+            .as_deref()
+            .unwrap_or_else(|| self.short_id())
     }
 }
 

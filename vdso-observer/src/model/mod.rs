@@ -16,7 +16,7 @@ pub mod report;
 pub mod system;
 
 pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator};
-pub use container::{Container, Runtime};
+pub use container::{Container, ContainerNames, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
 pub use observer::{
     AttachMode, KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats,

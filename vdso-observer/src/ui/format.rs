@@ -2,10 +2,13 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::model::{ExactStatus, ProcessReport, Report, SystemReport, VdsoCapability};
+use crate::model::{
+    ContainerNames, ExactStatus, ProcessReport, Report, SystemReport, VdsoCapability,
+};
 
-/// Which processes a front end shows: `top`'s -p, --comm, --container,
-/// --flagged-only and --show-getrandom-only, in batch mode and in the TUI alike.
+/// Which processes a front end shows: `top`'s -p, --comm, --container, --pod,
+/// --namespace, --flagged-only and --show-getrandom-only, in batch mode and in
+/// the TUI alike.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     pub pids: Vec<u32>,
@@ -13,6 +16,10 @@ pub struct Selection {
     /// A container id prefix or pod UID prefix; `host` selects processes outside
     /// every container.
     pub container: Option<String>,
+    /// A pod's name, or `namespace/name`.
+    pub pod: Option<String>,
+    /// A Kubernetes namespace.
+    pub namespace: Option<String>,
     pub flagged_only: bool,
     /// Also processes whose only kernel entries were getrandom (glibc's start-up
     /// makes one in every process: on a busy host, hundreds of rows that say nothing).
@@ -30,6 +37,13 @@ impl Selection {
                 .container
                 .as_deref()
                 .is_none_or(|name| container_matches(process, name))
+            && self
+                .pod
+                .as_deref()
+                .is_none_or(|pod| pod_matches(process, pod))
+            && self.namespace.as_deref().is_none_or(|namespace| {
+                names_of(process).and_then(|n| n.namespace.as_deref()) == Some(namespace)
+            })
             && (!self.flagged_only || !process.flags.is_empty())
             && (self.show_getrandom_only || !process.only_getrandom)
     }
@@ -51,15 +65,38 @@ fn container_matches(process: &ProcessReport, name: &str) -> bool {
     }
 }
 
+fn names_of(process: &ProcessReport) -> Option<&ContainerNames> {
+    process.container.as_ref().map(|c| &c.names)
+}
+
+/// `--pod NAME` or `--pod NAMESPACE/NAME`.
+fn pod_matches(process: &ProcessReport, pod: &str) -> bool {
+    let Some(names) = names_of(process) else {
+        return false;
+    };
+    match pod.split_once('/') {
+        Some(_) => names.pod_path().as_deref() == Some(pod),
+        None => names.pod.as_deref() == Some(pod),
+    }
+}
+
 /// What `--container` and the CONTAINER column call "outside every container".
 pub const HOST_CONTAINER: &str = "host";
 
-/// The CONTAINER column: the short id, or `host`.
+/// The CONTAINER column: the runtime's name for it or its short id, or `host`.
 pub fn container_column(process: &ProcessReport) -> &str {
     process
         .container
         .as_ref()
-        .map_or(HOST_CONTAINER, |c| c.short_id())
+        .map_or(HOST_CONTAINER, |c| c.display_name())
+}
+
+/// The POD column: `namespace/pod`, or `-` outside Kubernetes (or before the
+/// runtime's names were found).
+pub fn pod_column(process: &ProcessReport) -> String {
+    names_of(process)
+        .and_then(ContainerNames::pod_path)
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// Whether the vDSO reads the clocksource, in words, and how that was decided.
@@ -231,11 +268,12 @@ pub fn render(report: &Report, hidden: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} FLAG",
+        "{:>7} {:<8} {:<16} {:<16} {:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} FLAG",
         "PID",
         "USER",
         "COMM",
         "CONTAINER",
+        "POD",
         "VDSO/s",
         "KERN/s",
         "FALLBK/s",
@@ -256,11 +294,12 @@ pub fn render(report: &Report, hidden: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:<8} {:<16} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} {}",
+            "{:>7} {:<8} {:<16} {:<16} {:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} {}",
             process.pid,
             process.user.as_deref().unwrap_or("?"),
             comm,
             container_column(process),
+            pod_column(process),
             vdso_column(process),
             rate(process.kernel_entries_per_sec),
             per_sec(process.by_origin.vdso_fallback),
@@ -420,6 +459,15 @@ mod tests {
         assert!(report.processes.iter().all(|p| all.keeps(p)));
     }
 
+    fn kept_pids(report: &Report, selection: Selection) -> Vec<u32> {
+        report
+            .processes
+            .iter()
+            .filter(|p| selection.keeps(p))
+            .map(|p| p.pid)
+            .collect()
+    }
+
     #[test]
     fn the_container_column_and_filter_name_containers_by_id_prefix_or_pod() {
         use crate::model::{Container, Runtime, container::QosClass};
@@ -445,6 +493,7 @@ mod tests {
             runtime: Runtime::Containerd,
             pod_uid: Some("5f1b0c2e-8f7a-4c55-9d1e-0a1b2c3d4e5f".into()),
             qos: Some(QosClass::Burstable),
+            names: Default::default(),
         });
         let text = render(&report, 0);
         let header = text.lines().find(|l| l.contains("PID")).unwrap();
@@ -458,22 +507,54 @@ mod tests {
         };
         assert_eq!(fields("10")[3], "0123456789ab", "{text}");
         assert_eq!(fields("11")[3], "host", "{text}");
-        let kept = |name: &str| -> Vec<u32> {
-            let selection = Selection {
-                container: Some(name.into()),
-                ..Selection::default()
-            };
-            report
-                .processes
-                .iter()
-                .filter(|p| selection.keeps(p))
-                .map(|p| p.pid)
-                .collect()
+        let kept = |name: &str| {
+            kept_pids(
+                &report,
+                Selection {
+                    container: Some(name.into()),
+                    ..Selection::default()
+                },
+            )
         };
         assert_eq!(kept("0123456789ab"), [10]);
         assert_eq!(kept(&"0123456789abcdef".repeat(4)), [10]);
         assert_eq!(kept("5f1b0c2e"), [10], "a pod UID prefix");
         assert_eq!(kept("host"), [11]);
         assert!(kept("fff").is_empty());
+        assert_eq!(fields("10")[4], "-", "no names yet: {text}");
+
+        // With the runtime's names: CONTAINER shows the name, POD the
+        // pod, and --container, --pod, --namespace select by them.
+        let app = report.processes.iter_mut().find(|p| p.pid == 10).unwrap();
+        app.container.as_mut().unwrap().names = ContainerNames {
+            name: Some("app".into()),
+            pod: Some("web-7d4".into()),
+            namespace: Some("shop".into()),
+        };
+        let text = render(&report, 0);
+        let header = text.lines().find(|l| l.contains("PID")).unwrap();
+        assert!(
+            header.contains(" CONTAINER ") && header.contains(" POD "),
+            "{header}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("10"))
+            .unwrap();
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[3..5], ["app", "shop/web-7d4"], "{text}");
+        let kept = |selection: Selection| kept_pids(&report, selection);
+        let by = |container: Option<&str>, pod: Option<&str>, namespace: Option<&str>| Selection {
+            container: container.map(Into::into),
+            pod: pod.map(Into::into),
+            namespace: namespace.map(Into::into),
+            ..Selection::default()
+        };
+        assert_eq!(kept(by(Some("app"), None, None)), [10]);
+        assert_eq!(kept(by(None, Some("web-7d4"), None)), [10]);
+        assert_eq!(kept(by(None, Some("shop/web-7d4"), None)), [10]);
+        assert!(kept(by(None, Some("other/web-7d4"), None)).is_empty());
+        assert_eq!(kept(by(None, None, Some("shop"))), [10]);
+        assert!(kept(by(None, None, Some("kube-system"))).is_empty());
     }
 }

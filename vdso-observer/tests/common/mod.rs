@@ -269,6 +269,18 @@ pub fn expect(
     (call.into(), clock.into(), origin.into(), abi.into(), count)
 }
 
+/// What `counts` gives for N direct clock_gettime(CLOCK_MONOTONIC) of a
+/// 64-bit process and nothing else.
+pub fn direct_monotonic(count: u64) -> [(String, String, String, String, u64); 1] {
+    [expect(
+        "clock_gettime",
+        "CLOCK_MONOTONIC",
+        "direct",
+        "x86_64",
+        count,
+    )]
+}
+
 /// A copy of the binary any user can run, wherever the checkout lives (it may sit
 /// under a home directory other users cannot enter).
 pub fn world_runnable_observer() -> PathBuf {
@@ -514,4 +526,35 @@ impl Drop for TestCgroup {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// Builds a `FROM scratch` image holding `binary` as `entrypoint[0]` (its
+/// comm), with that entrypoint; returns the tag.
+pub fn scratch_image(tag: &str, binary: &Path, entrypoint: &[&str]) -> String {
+    let name = entrypoint[0].trim_start_matches('/');
+    let context = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("images")
+        .join(tag.replace(['/', ':'], "-"));
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::copy(binary, context.join(name)).unwrap();
+    let entrypoint: Vec<String> = entrypoint.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        context.join("Containerfile"),
+        format!(
+            "FROM scratch\nCOPY {name} /{name}\nENTRYPOINT [{}]\n",
+            entrypoint.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = Command::new("podman")
+        .args(["build", "--quiet", "--tag", tag])
+        .arg(&context)
+        .output()
+        .expect("podman runs (installed by `cargo xtask setup --for-tests`)");
+    assert!(
+        out.status.success(),
+        "podman build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tag.to_owned()
 }

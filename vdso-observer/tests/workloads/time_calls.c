@@ -14,6 +14,9 @@
  *   int80       64-bit process, N `int $0x80` clock_gettime64 (i386 number 403): a compat syscall
  *   clocks      one direct clock_gettime for each of the clock ids 0..N-1 (distinct map keys)
  *   rename      prctl(PR_SET_NAME, ARG) then N direct calls
+ *   hold        N direct calls, then sleep ARG seconds or until SIGTERM (a
+ *               container's process that stays up to be named; as PID 1 of a
+ *               pod's sandbox, its pause process)
  *   keys        N rounds of 70 distinct kernel entries (16 clock ids x clock_gettime
  *               and clock_getres, gettimeofday, time, getcpu; each through syscall(2)
  *               and through int $0x80), to pass the per-process key cap
@@ -49,6 +52,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +133,11 @@ static void *own_cpu_clock(void *arg) {
     if (pthread_getcpuclockid(pthread_self(), &clock) == 0)
         clock_gettime(clock, &ts);
     return NULL;
+}
+
+static void leave(int signal_number) {
+    (void)signal_number;
+    _exit(0);
 }
 
 int main(int argc, char **argv) {
@@ -393,6 +402,12 @@ int main(int argc, char **argv) {
         /* The kernel logs "comm[pid]: segfault ... in FILE": both the user's. */
         direct_calls(n);
         *(volatile int *)0 = 0;
+    } else if (!strcmp(mode, "hold")) {
+        /* PID 1 of a container ignores signals it has no handler for. */
+        signal(SIGTERM, leave);
+        signal(SIGINT, leave);
+        direct_calls(n);
+        sleep((unsigned)atol(arg));
     } else if (!strcmp(mode, "rename")) {
         prctl(PR_SET_NAME, arg, 0, 0, 0);
         direct_calls(n);

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, time::Instant};
 
 use vdso_observer_common::{Origin, Provenance, TimeCall};
 
-use crate::model::{CallCount, Container, FallbackReason, ProcessReport, Runtime, VdsoFunction};
+use crate::model::{
+    CallCount, Container, ContainerNames, FallbackReason, ProcessReport, Runtime, VdsoFunction,
+};
 
 /// `container_id` label of the containers beyond `max_containers`.
 pub const OTHER_CONTAINER: &str = "(other)";
@@ -109,6 +111,10 @@ impl GroupSeries {
     }
 }
 
+fn label(name: &Option<String>) -> &str {
+    name.as_deref().unwrap_or("")
+}
+
 /// Who a container's series belong to: its labels, typed until printed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct ContainerLabels {
@@ -117,6 +123,9 @@ pub(super) struct ContainerLabels {
     /// Empty outside kubepods (and for `(other)`).
     pub(super) pod_uid: String,
     pub(super) runtime: Option<Runtime>,
+    /// Kubernetes' `namespace`, `pod` and `container` labels (the runtime's
+    /// name for a podman container); empty until found.
+    pub(super) names: ContainerNames,
 }
 
 impl ContainerLabels {
@@ -125,6 +134,7 @@ impl ContainerLabels {
             id: container.id.clone(),
             pod_uid: container.pod_uid.clone().unwrap_or_default(),
             runtime: Some(container.runtime),
+            names: container.names.clone(),
         }
     }
 
@@ -133,14 +143,24 @@ impl ContainerLabels {
             id: OTHER_CONTAINER.to_owned(),
             pod_uid: String::new(),
             runtime: None,
+            names: ContainerNames::default(),
         }
     }
 
-    pub(super) fn pairs(&self) -> [(&'static str, &str); 3] {
+    /// The same container, whatever names it has (found late, or not at all;
+    /// with them its runtime may be known too).
+    pub(super) fn same_container(&self, other: &ContainerLabels) -> bool {
+        (&self.id, &self.pod_uid) == (&other.id, &other.pod_uid)
+    }
+
+    pub(super) fn pairs(&self) -> [(&'static str, &str); 6] {
         [
             ("container_id", &self.id),
             ("pod_uid", &self.pod_uid),
             ("runtime", self.runtime.map_or("", Runtime::name)),
+            ("namespace", label(&self.names.namespace)),
+            ("pod", label(&self.names.pod)),
+            ("container", label(&self.names.name)),
         ]
     }
 }

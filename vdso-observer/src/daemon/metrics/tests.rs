@@ -9,7 +9,7 @@ use super::{
     *,
 };
 use crate::model::{
-    Aggregator, Container, Runtime,
+    Aggregator, Container, ContainerNames, Runtime,
     aggregate::testing::{self, Row},
 };
 
@@ -184,6 +184,7 @@ fn container_series_sum_per_container_capped_and_retire_when_idle() {
             runtime: Runtime::Containerd,
             pod_uid: (id == "a").then(|| "5f1b0c2e-8f7a-4c55-9d1e-0a1b2c3d4e5f".into()),
             qos: None,
+            names: Default::default(),
         });
     }
     let start = Instant::now();
@@ -212,7 +213,7 @@ fn container_series_sum_per_container_capped_and_retire_when_idle() {
         "{text}"
     );
     let with_labels = format!(
-        "{family}container_id=\"{}\",pod_uid=\"\",runtime=\"containerd\",call=\"clock_gettime\",clock=\"CLOCK_MONOTONIC\",origin=\"direct\",reason=\"direct_syscall\"}} 40",
+        "{family}container_id=\"{}\",pod_uid=\"\",runtime=\"containerd\",namespace=\"\",pod=\"\",container=\"\",call=\"clock_gettime\",clock=\"CLOCK_MONOTONIC\",origin=\"direct\",reason=\"direct_syscall\"}} 40",
         "c".repeat(64)
     );
     assert!(text.contains(&with_labels), "{text}");
@@ -241,6 +242,7 @@ fn excess_cpu_accumulates_per_comm_container_and_pid() {
         runtime: Runtime::Docker,
         pod_uid: None,
         qos: None,
+        names: Default::default(),
     });
     let now = Instant::now();
     exporter.update(&report, &[], &limits, now);
@@ -259,7 +261,7 @@ fn excess_cpu_accumulates_per_comm_container_and_pid() {
     );
     assert!(
         text.contains(&format!(
-            "vdso_observer_container_excess_cpu_seconds_total{{container_id=\"{}\",pod_uid=\"\",runtime=\"docker\"}} 0.5\n",
+            "vdso_observer_container_excess_cpu_seconds_total{{container_id=\"{}\",pod_uid=\"\",runtime=\"docker\",namespace=\"\",pod=\"\",container=\"\"}} 0.5\n",
             "d".repeat(64)
         )),
         "{text}"
@@ -388,4 +390,62 @@ fn escaping() {
     assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     assert_eq!(format_value(3.0), "3");
     assert_eq!(format_value(0.25), "0.25");
+}
+
+/// Names found after a container's first window (its runtime wrote them
+/// late): its series carries on under them, one label set at a time, its
+/// count whole.
+#[test]
+fn a_container_named_late_keeps_one_series_and_its_count() {
+    let mut aggregator = Aggregator::new(None);
+    let mut exporter = Exporter::new();
+    let limits = SeriesLimits::default();
+    let row: Row = (
+        9,
+        &b"app"[..],
+        TimeCall::ClockGettime,
+        1,
+        Origin::Direct,
+        40,
+    );
+    let mut container = Container {
+        id: "e".repeat(64),
+        runtime: Runtime::Unknown,
+        pod_uid: Some("5f1b0c2e-8f7a-4c55-9d1e-0a1b2c3d4e5f".into()),
+        qos: None,
+        names: Default::default(),
+    };
+    let start = Instant::now();
+    let mut report = report_of(&mut aggregator, &[row], true);
+    report.processes[0].container = Some(container.clone());
+    exporter.update(&report, &[], &limits, start);
+    container.runtime = Runtime::Containerd;
+    container.names = ContainerNames {
+        name: Some("app".into()),
+        pod: Some("web-7d4".into()),
+        namespace: Some("shop".into()),
+    };
+    let row: Row = (
+        9,
+        &b"app"[..],
+        TimeCall::ClockGettime,
+        1,
+        Origin::Direct,
+        100,
+    );
+    let mut report = report_of(&mut aggregator, &[row], true);
+    report.processes[0].container = Some(container);
+    exporter.update(&report, &[], &limits, start);
+    let text = exporter.render(&facts());
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("vdso_observer_container_kernel_time_calls_total{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{text}");
+    assert!(
+        series[0].contains(
+            "runtime=\"containerd\",namespace=\"shop\",pod=\"web-7d4\",container=\"app\","
+        ) && series[0].ends_with(" 100"),
+        "{text}"
+    );
 }

@@ -6,7 +6,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{
     model::{ClockEvent, ProcessReport, Report, SystemReport},
-    ui::format::{Selection, container_column},
+    ui::format::{Selection, container_column, pod_column},
 };
 
 /// Columns, in screen order.
@@ -16,6 +16,7 @@ pub enum Column {
     User,
     Comm,
     Container,
+    Pod,
     Vdso,
     Kernel,
     Fallback,
@@ -29,11 +30,12 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 14] = [
+    pub const ALL: [Column; 15] = [
         Column::Pid,
         Column::User,
         Column::Comm,
         Column::Container,
+        Column::Pod,
         Column::Vdso,
         Column::Kernel,
         Column::Fallback,
@@ -52,6 +54,7 @@ impl Column {
             Column::User => "USER",
             Column::Comm => "COMM",
             Column::Container => "CONTAINER",
+            Column::Pod => "POD",
             Column::Vdso => "VDSO/s",
             Column::Kernel => "KERN/s",
             Column::Fallback => "FALLBK/s",
@@ -73,6 +76,7 @@ impl Column {
                 | Column::User
                 | Column::Comm
                 | Column::Container
+                | Column::Pod
                 | Column::Clock
                 | Column::Flag
         )
@@ -85,6 +89,7 @@ impl Column {
             Column::User => a.user.cmp(&b.user),
             Column::Comm => a.comm.cmp(&b.comm),
             Column::Container => container_column(a).cmp(container_column(b)),
+            Column::Pod => pod_column(a).cmp(&pod_column(b)),
             Column::Vdso => a
                 .vdso_calls_per_sec
                 .unwrap_or(-1.0)

@@ -13,7 +13,7 @@ use crate::{
     model::ProcessReport,
     ui::format::{
         capability_words, container_column, empty_window_line, excess_column, flag_column, percent,
-        rate, vdso_column,
+        pod_column, rate, vdso_column,
     },
 };
 
@@ -130,7 +130,7 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
 /// Columns that fit `width`, dropping the least important first.
 pub fn visible_columns(width: u16) -> Vec<Column> {
     // Least important last.
-    const PRIORITY: [Column; 14] = [
+    const PRIORITY: [Column; 15] = [
         Column::Pid,
         Column::Comm,
         Column::Kernel,
@@ -143,6 +143,7 @@ pub fn visible_columns(width: u16) -> Vec<Column> {
         Column::User,
         Column::Container,
         Column::Clock,
+        Column::Pod,
         Column::Vsyscall,
         Column::NoVdso,
     ];
@@ -166,7 +167,8 @@ fn width_of(column: Column) -> u16 {
         Column::Pid => 7,
         Column::User => 8,
         Column::Comm => 16,
-        Column::Container => 12,
+        Column::Container => 16,
+        Column::Pod => 24,
         Column::Clock => 24,
         Column::Flag => 22,
         _ => 9,
@@ -176,7 +178,12 @@ fn width_of(column: Column) -> u16 {
 fn is_numeric(column: Column) -> bool {
     !matches!(
         column,
-        Column::User | Column::Comm | Column::Container | Column::Clock | Column::Flag
+        Column::User
+            | Column::Comm
+            | Column::Container
+            | Column::Pod
+            | Column::Clock
+            | Column::Flag
     )
 }
 
@@ -194,6 +201,7 @@ fn cell(process: &ProcessReport, column: Column, seconds: f64) -> String {
             }
         }
         Column::Container => container_column(process).to_owned(),
+        Column::Pod => pod_column(process),
         Column::Vdso => vdso_column(process),
         Column::Kernel => rate(process.kernel_entries_per_sec),
         Column::Fallback => per_sec(process.by_origin.vdso_fallback),
