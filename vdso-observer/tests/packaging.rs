@@ -294,6 +294,23 @@ fn the_daemonset_asks_for_what_the_observer_needs_and_no_more() {
         assert_eq!(observer[probe]["httpGet"]["port"], "metrics", "{probe}");
     }
     assert_eq!(observer["ports"][0]["containerPort"], 9736);
+    // The runtimes' state, read only, where the host's mount table puts it.
+    for path in ["/run/containerd", "/run/containers/storage"] {
+        let mount = observer["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("{path} not mounted: {observer:#}"));
+        assert_eq!(mount["readOnly"], true, "{mount:#}");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(volume["hostPath"]["path"], path, "{volume:#}");
+    }
     // Every manifest but the PodMonitor alternative is in the kustomization.
     let kustomization = &yaml_documents(&repo("deploy/kubernetes/kustomization.yaml"))[0];
     let mut listed: Vec<&str> = kustomization["resources"]
