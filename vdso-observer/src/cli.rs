@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::settings::{AttachMode, ObserverOverrides, check_interval, parse_attach_mode};
+use crate::settings::{
+    AttachMode, ObserverOverrides, attach_mode_parser, check_interval, parse_listen,
+};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +37,13 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// One screen about this machine: clocksource and whether the vDSO can read it
     /// (measured), costs of each call, kernel features, kernel log, advice.
+    #[command(after_help = "Exit status:\n  \
+        0  the vDSO answers time calls in user space here\n  \
+        1  the doctor itself failed (see the message)\n  \
+        2  usage error (a mistyped flag), as for every command\n  \
+        3  the clocksource is not vDSO-capable: clock reads enter the kernel\n  \
+        4  processes get no vDSO (vdso=0, or none mapped)\n  \
+        5  capability could not be decided")]
     Doctor {
         /// One JSON document instead of text.
         #[arg(long)]
@@ -44,9 +53,12 @@ pub enum Command {
         btf: Option<PathBuf>,
         /// Where time syscalls are counted while it measures (as top's --attach)
         /// [default: auto].
-        #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
+        #[arg(long, value_name = "MODE", value_parser = attach_mode_parser())]
         attach: Option<AttachMode>,
     },
+    /// A completion script for SHELL on stdout, e.g.
+    /// `vdso-observer completions bash > /etc/bash_completion.d/vdso-observer`.
+    Completions { shell: clap_complete::Shell },
     /// Attach only an empty sys_enter program until SIGINT/SIGTERM (the floor
     /// `cargo xtask bench` compares with).
     #[command(hide = true, name = "bench-floor")]
@@ -95,11 +107,13 @@ pub struct DaemonArgs {
     /// node_exporter textfile to write atomically every interval (must end in .prom).
     #[arg(long)]
     pub textfile: Option<PathBuf>,
-    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9736).
-    #[arg(long)]
+    /// Serve /metrics and /healthz on this address: HOST:PORT (127.0.0.1:9736,
+    /// [::1]:9736) or :PORT for every address.
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
-    /// Collection interval: seconds or with a unit (default 15s).
-    #[arg(long, value_parser = parse_interval)]
+    /// Length of each window (one collection): seconds or with a unit, as
+    /// top's -d [default: 15s].
+    #[arg(short = 'd', long, value_parser = parse_interval)]
     pub interval: Option<Duration>,
     /// Processes of a window with the most kernel entries that get pid-labelled series (default 20).
     #[arg(long)]
@@ -127,13 +141,15 @@ pub struct TopArgs {
     #[arg(short = 'n', long, default_value_t = 0)]
     pub iterations: u64,
     /// Length of each window: seconds ("2", "0.5") or with a unit ("5s", "1m").
-    #[arg(short = 'd', long = "delay", visible_alias = "duration", default_value = "3s", value_parser = parse_interval)]
+    /// The daemon's option of the same name; --delay (top's habit) and
+    /// --duration are the same.
+    #[arg(short = 'd', long = "interval", visible_aliases = ["delay", "duration"], default_value = "3s", value_parser = parse_interval)]
     pub interval: Duration,
     /// One JSON document per frame on its own line (stable field names, exact counts).
     #[arg(long)]
     pub json: bool,
-    /// Only these pids (repeatable).
-    #[arg(short = 'p', long = "pid")]
+    /// Only these pids (repeatable, or comma-separated: -p 1,2).
+    #[arg(short = 'p', long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
     /// Only processes whose name contains this text.
     #[arg(long)]
@@ -168,6 +184,17 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     };
     check_interval(duration)?;
     Ok(duration)
+}
+
+/// `completions SHELL`: the script on stdout.
+pub fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "vdso-observer",
+        &mut std::io::stdout(),
+    );
 }
 
 pub fn generate(what: Generate) -> Result<()> {
@@ -230,6 +257,59 @@ mod tests {
         let bash = std::fs::read_to_string(dir.join("vdso-observer.bash")).unwrap();
         assert!(bash.contains("--flagged-only"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn listen_takes_host_and_port_or_a_port_alone() {
+        assert_eq!(
+            parse_listen(":9736").unwrap(),
+            "0.0.0.0:9736".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:9736").unwrap(),
+            "127.0.0.1:9736".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:9736").unwrap(),
+            "[::1]:9736".parse().unwrap()
+        );
+        assert!(parse_listen("9736").is_err());
+        assert!(parse_listen(":http").is_err());
+    }
+
+    #[test]
+    fn top_and_daemon_share_the_window_option_and_pids_split_on_commas() {
+        let top = Cli::try_parse_from([
+            "vdso-observer",
+            "top",
+            "--interval",
+            "2",
+            "-p",
+            "1,2",
+            "-p",
+            "7",
+        ])
+        .unwrap();
+        let Command::Top(args) = top.command else {
+            panic!("not top")
+        };
+        assert_eq!(args.interval, Duration::from_secs(2));
+        assert_eq!(args.pids, [1, 2, 7]);
+        for old in ["--delay", "--duration", "-d"] {
+            let top = Cli::try_parse_from(["vdso-observer", "top", old, "5s"]).unwrap();
+            let Command::Top(args) = top.command else {
+                panic!("not top")
+            };
+            assert_eq!(args.interval, Duration::from_secs(5), "{old}");
+        }
+        let daemon =
+            Cli::try_parse_from(["vdso-observer", "daemon", "-d", "30s", "--listen", ":9736"])
+                .unwrap();
+        let Command::Daemon(args) = daemon.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(args.interval, Some(Duration::from_secs(30)));
+        assert_eq!(args.listen, Some("0.0.0.0:9736".parse().unwrap()));
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Generate { what } => cli::generate(what)?,
+        Command::Completions { shell } => cli::completions(shell),
         Command::VdsoLoop { quick } => {
             measure::calibrate::run_loop(&host::vdso_image::VdsoImage::current()?, quick)?
         }

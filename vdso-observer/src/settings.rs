@@ -24,14 +24,42 @@ pub fn check_interval(interval: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// `--attach MODE`: one of the names of [`AttachMode`].
-pub fn parse_attach_mode(text: &str) -> Result<AttachMode, String> {
-    AttachMode::parse(text).ok_or_else(|| {
-        format!(
-            "one of {}",
-            AttachMode::ALL.map(AttachMode::name).join(", ")
-        )
-    })
+/// `HOST:PORT`, or `:PORT` for every IPv4 address (as Go programs such as
+/// node_exporter take it).
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| format!("{text:?}: HOST:PORT (127.0.0.1:9736, [::1]:9736) or :PORT"))
+}
+
+/// `--attach MODE`: the names of [`AttachMode`], each with what it does in
+/// `--help` (and in completions).
+pub fn attach_mode_parser() -> impl clap::builder::TypedValueParser<Value = AttachMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    let value = |mode: AttachMode, help: &'static str| PossibleValue::new(mode.name()).help(help);
+    PossibleValuesParser::new([
+        value(
+            AttachMode::Auto,
+            "fentry where the kernel allows it; else kprobes or the raw tracepoint, \
+             whichever costs less here (measured at start)",
+        ),
+        value(
+            AttachMode::Fentry,
+            "BPF trampolines on the time syscalls' kernel functions: no other syscall pays",
+        ),
+        value(
+            AttachMode::Kprobe,
+            "kprobes on the same functions: no other syscall pays, a time call more",
+        ),
+        value(
+            AttachMode::RawTracepoint,
+            "raw_syscalls:sys_enter: works everywhere; every syscall pays",
+        ),
+    ])
+    .map(|name| AttachMode::parse(&name).expect("one of the possible values"))
 }
 
 /// Every default of what the observer loads and counts, in one place: the
@@ -45,7 +73,8 @@ pub mod defaults {
     pub const SAMPLE_HZ: u64 = crate::kernel::object::DEFAULT_SAMPLE_HZ;
     pub const EXACT_BUDGET_PERCENT: f64 = 2.0;
     pub const MIN_RATE_PER_SEC: f64 = 0.0;
-    pub const MIN_KERNEL_SHARE_PERCENT: f64 = 0.0;
+    /// A fraction, as JSON's `kernel_share`.
+    pub const MIN_KERNEL_SHARE: f64 = 0.0;
     /// The daemon's window.
     pub const INTERVAL: Duration = Duration::from_secs(15);
 }
@@ -137,11 +166,8 @@ pub struct ObserverValues {
     /// Never detach exact counting, whatever it costs.
     #[arg(long = "no-governor", num_args = 0, default_missing_value = "false")]
     pub governor: Option<bool>,
-    /// Where time syscalls are counted: fentry on their kernel functions (no
-    /// other syscall pays), kprobes there, or the raw tracepoint sys_enter
-    /// (works everywhere; every syscall pays); auto takes fentry where it
-    /// attaches, else measures kprobes against the raw tracepoint [default: auto].
-    #[arg(long, value_name = "MODE", value_parser = parse_attach_mode)]
+    /// Where time syscalls are counted [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = attach_mode_parser())]
     pub attach: Option<AttachMode>,
     /// Have the kernel measure the observer's own programs (runs, run time:
     /// vdso_observer_bpf_run_seconds_total); costs every run of every program
@@ -209,12 +235,84 @@ pub struct ThresholdValues {
         defaults::MIN_RATE_PER_SEC
     ))]
     pub min_rate_per_sec: Option<f64>,
-    #[arg(long = "min-kernel-share", value_name = "PERCENT", help = format!(
-        "Flag a fault only when at least this share (percent) of the process's time calls \
-         entered the kernel (when vDSO calls are known) [default: {}]",
-        defaults::MIN_KERNEL_SHARE_PERCENT
+    #[arg(long = "min-kernel-share", value_name = "SHARE", help = format!(
+        "Flag a fault only when at least this share of the process's time calls \
+         entered the kernel (when vDSO calls are known): a fraction as JSON's \
+         kernel_share (0.25) or a percent (25%) [default: {}]",
+        defaults::MIN_KERNEL_SHARE
     ))]
+    pub min_kernel_share: Option<Share>,
+    /// The same in percent, as files before 0.2 gave it (the file only).
+    #[arg(skip)]
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "percent_of_the_old_files"
+    )]
     pub min_kernel_share_percent: Option<f64>,
+}
+
+/// A share of a whole, 0 to 1, as JSON's `kernel_share` is one: written as a
+/// fraction (`0.25`) or a percent (`"25%"`); anything outside is refused with
+/// both spellings named.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(transparent)]
+pub struct Share(pub f64);
+
+impl std::str::FromStr for Share {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Share, String> {
+        let text = text.trim();
+        let (number, scale) = match text.strip_suffix('%') {
+            Some(percent) => (percent.trim(), 100.0),
+            None => (text, 1.0),
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: a fraction (0.25) or a percent (25%)"))?;
+        Share::of(value / scale).ok_or_else(|| {
+            format!("{text} is outside 0 to 1 (0% to 100%): a fraction (0.25) or a percent (25%)")
+        })
+    }
+}
+
+impl Share {
+    fn of(value: f64) -> Option<Share> {
+        (0.0..=1.0).contains(&value).then_some(Share(value))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Share, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(value) => Share::of(value).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{value} is outside 0 to 1: a fraction (0.25) or a percent (\"25%\")"
+                ))
+            }),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn percent_of_the_old_files<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    let percent = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(serde::de::Error::custom(format!(
+            "min_kernel_share_percent = {percent} is outside 0 to 100 \
+             (min_kernel_share = 0.25 or \"25%\" says it the current way)"
+        )));
+    }
+    Ok(Some(percent))
 }
 
 impl ThresholdValues {
@@ -223,15 +321,18 @@ impl ThresholdValues {
         if let Some(rate) = self.min_rate_per_sec {
             thresholds.min_rate_per_sec = rate;
         }
-        if let Some(share) = self.min_kernel_share_percent {
-            thresholds.min_kernel_share = share / 100.0;
+        match (self.min_kernel_share, self.min_kernel_share_percent) {
+            (Some(Share(share)), _) => thresholds.min_kernel_share = share,
+            (None, Some(percent)) => thresholds.min_kernel_share = percent / 100.0,
+            (None, None) => {}
         }
     }
 
     pub fn of(thresholds: &Thresholds) -> ThresholdValues {
         ThresholdValues {
             min_rate_per_sec: Some(thresholds.min_rate_per_sec),
-            min_kernel_share_percent: Some(thresholds.min_kernel_share * 100.0),
+            min_kernel_share: Some(Share(thresholds.min_kernel_share)),
+            min_kernel_share_percent: None,
         }
     }
 }

@@ -174,7 +174,8 @@ fn the_example_config_is_accepted() {
         "interval = \"15s\"",
         "[series]",
         "[thresholds]",
-        "min_rate_per_sec = 10.0",
+        "min_rate_per_sec = 0.0",
+        "min_kernel_share = 0.0",
         "[observer]",
         "sample_hz = 499",
     ] {

@@ -169,7 +169,7 @@ fn ensure(condition: bool, what: String) -> Result<()> {
 }
 
 /// The doctor's exit code must say what scripts gate on (README: 0 healthy,
-/// 2 the clocksource falls back, 3 no vDSO).
+/// 3 the clocksource falls back, 4 no vDSO).
 fn ensure_doctor_exit(guest: &Guest, expected: &str) -> Result<()> {
     let code = guest.line("DOCTOR-EXIT").unwrap_or("none").trim();
     ensure(
@@ -307,7 +307,7 @@ fn check_hpet(guest: &Guest) -> Result<Vec<String>> {
         guest.line("CLOCKSOURCE") == Some("hpet"),
         format!("the guest runs {:?}, not hpet", guest.line("CLOCKSOURCE")),
     )?;
-    ensure_doctor_exit(guest, "2")?;
+    ensure_doctor_exit(guest, "3")?;
     let doctor = guest.diagnosis()?;
     ensure(
         doctor.vdso_capable == Some(false) && doctor.decided_by == Decision::Measured,
@@ -411,7 +411,7 @@ fn check_switch(guest: &Guest) -> Result<Vec<String>> {
 }
 
 fn check_vdso0(guest: &Guest) -> Result<Vec<String>> {
-    ensure_doctor_exit(guest, "3")?;
+    ensure_doctor_exit(guest, "4")?;
     let row = guest.workload_row()?;
     let no_vdso = monotonic(&row, Origin::NoVdso);
     // N libc calls, static glibc's start-up calls and the direct marker call.

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Thresholds;
+use crate::settings::parse_listen;
 pub use crate::settings::{
     ObserverOverrides, ObserverSettings, ObserverValues, ThresholdValues, check_interval, defaults,
 };
@@ -170,11 +171,8 @@ fn apply_file(config: &mut DaemonConfig, text: &str) -> Result<()> {
         config.textfile = Some(textfile);
     }
     if let Some(listen) = &file.listen {
-        config.listen = Some(
-            listen
-                .parse()
-                .with_context(|| format!("listen = {listen:?} is not an address:port"))?,
-        );
+        config.listen =
+            Some(parse_listen(listen).map_err(|err| anyhow::anyhow!("listen = {err}"))?);
     }
     // Each threshold on its own: a file that sets one keeps the other as it was.
     file.thresholds.apply(&mut config.thresholds);
@@ -297,6 +295,41 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A share is a fraction, as JSON's kernel_share, or a percent with `%`;
+    /// nothing outside 0 to 1 passes, in the file or on the command line.
+    #[test]
+    fn kernel_shares_are_fractions_or_percents_within_range() {
+        for (written, share) in [
+            ("0.25", 0.25),
+            ("\"25%\"", 0.25),
+            ("1", 1.0),
+            ("\"0%\"", 0.0),
+        ] {
+            let mut config = DaemonConfig::default();
+            apply_file(
+                &mut config,
+                &format!("[thresholds]\nmin_kernel_share = {written}\n"),
+            )
+            .unwrap_or_else(|e| panic!("{written}: {e:#}"));
+            assert_eq!(config.thresholds.min_kernel_share, share, "{written}");
+        }
+        for written in [
+            "min_kernel_share = 1.5",
+            "min_kernel_share = \"150%\"",
+            "min_kernel_share = \"half\"",
+            "min_kernel_share_percent = 150",
+        ] {
+            let mut config = DaemonConfig::default();
+            let err = apply_file(&mut config, &format!("[thresholds]\n{written}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains("0.25"), "{written}: {err:#}");
+        }
+        assert_eq!("25%".parse::<crate::settings::Share>().unwrap().0, 0.25);
+        assert!(
+            "25".parse::<crate::settings::Share>().is_err(),
+            "a percent needs its %"
+        );
+    }
+
     #[test]
     fn the_command_line_wins_field_by_field_and_check_config_round_trips() {
         let dir = std::env::temp_dir().join(format!("vdso-config-cli-{}", std::process::id()));
@@ -338,6 +371,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(only_share.thresholds.min_rate_per_sec, 0.0);
+        assert_eq!(only_share.thresholds.min_kernel_share, 0.03);
         // --check-config prints a file that gives the same configuration.
         let text = config.to_toml();
         let mut again = DaemonConfig::default();

@@ -30,17 +30,19 @@ impl Decision {
     }
 }
 
-/// What `doctor` exits with, so scripts and Ansible can gate on it.
+/// What `doctor` exits with, so scripts and Ansible can gate on it: numbers
+/// of their own, above 1 (the doctor failed) and 2 (a usage error, as clap
+/// reports it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// 0: the vDSO answers time calls in user space here.
     Healthy,
-    /// 2: the clocksource is not vDSO-capable: clock reads enter the kernel.
+    /// 3: the clocksource is not vDSO-capable: clock reads enter the kernel.
     ClocksourceFallback,
-    /// 3: processes get no vDSO (vdso=0, or none mapped).
+    /// 4: processes get no vDSO (vdso=0, or none mapped).
     NoVdso,
-    /// 4: capability could not be decided (no measurement, no table entry, no timing).
+    /// 5: capability could not be decided (no measurement, no table entry, no timing).
     Unknown,
 }
 
@@ -48,9 +50,9 @@ impl Verdict {
     pub fn exit_code(self) -> u8 {
         match self {
             Verdict::Healthy => 0,
-            Verdict::ClocksourceFallback => 2,
-            Verdict::NoVdso => 3,
-            Verdict::Unknown => 4,
+            Verdict::ClocksourceFallback => 3,
+            Verdict::NoVdso => 4,
+            Verdict::Unknown => 5,
         }
     }
 }

@@ -338,15 +338,15 @@ mod tests {
         assert_eq!(verdict(&d).exit_code(), 0);
         d.vdso_capable = Some(false);
         assert_eq!(verdict(&d), Verdict::ClocksourceFallback);
-        assert_eq!(verdict(&d).exit_code(), 2);
-        d.boot_settings = vec!["vdso=0".into()];
         assert_eq!(verdict(&d).exit_code(), 3);
+        d.boot_settings = vec!["vdso=0".into()];
+        assert_eq!(verdict(&d).exit_code(), 4);
         d.boot_settings.clear();
         d.vdso_present = false;
         assert_eq!(verdict(&d), Verdict::NoVdso);
         d.vdso_present = true;
         d.vdso_capable = None;
-        assert_eq!(verdict(&d).exit_code(), 4);
+        assert_eq!(verdict(&d).exit_code(), 5);
     }
 
     #[test]
