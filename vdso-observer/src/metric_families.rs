@@ -59,7 +59,7 @@ families! {
     BOOT_PARAMETER_INFO = "vdso_observer_boot_parameter_info", Gauge,
         "Kernel command-line parameters that decide time calls (clocksource=, tsc=, vdso=, vsyscall=, notsc, ...).";
     BUILD_INFO = "vdso_observer_build_info", Gauge,
-        "Version of vdso-observer and the kernel it runs on.";
+        "Version of vdso-observer, the kernel it runs on, and the node (NODE_NAME in a DaemonSet, else the host name).";
     PROBE_ATTACHED = "vdso_observer_probe_attached", Gauge,
         "1 when the probe is attached; 0 when attaching it failed (its calls are not counted).";
     BPF_RUN_STATS_ENABLED = "vdso_observer_bpf_run_stats_enabled", Gauge,

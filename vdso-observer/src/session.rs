@@ -163,6 +163,12 @@ impl Session {
             release: kernel,
             hostname,
         } = procfs::uname();
+        // In a DaemonSet the pod's host name is the pod's: the node's name
+        // comes from the downward API.
+        let hostname = std::env::var("NODE_NAME")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or(hostname);
         // Start-up (BTF parsing above all) freed tens of MB; give them back
         // (glibc keeps them; musl's allocator returns large frees by itself).
         #[cfg(target_env = "gnu")]

@@ -194,34 +194,154 @@ fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
     serde_json::from_str(out.trim()).unwrap()
 }
 
-fn manifests() -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(repo("deploy/kubernetes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
-#[test]
-fn kubernetes_manifests_validate_against_kubernetes_1_37() {
-    let files = manifests();
-    let out = run(Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.37.0"])
-        .args(&files));
-    for kind in ["daemonset", "service", "namespace", "serviceaccount"] {
-        assert!(
-            out.contains(&format!(
-                "passed for resource {kind}/vdso-observer against version 1.37"
-            )),
-            "{kind}:\n{out}"
-        );
-    }
-    // The validator really checks: a wrong type and an unknown field fail.
-    let daemonset = std::fs::read_to_string(repo("deploy/kubernetes/daemonset.yaml")).unwrap();
+/// `kubectl kustomize deploy/kubernetes/LAYER` (kubectl's own kustomize, as
+/// an operator runs it), saved as a file; and its objects.
+fn rendered(layer: &str) -> (std::path::PathBuf, Vec<serde_json::Value>) {
+    let out = run(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo(&format!("deploy/kubernetes/{layer}"))));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("manifests");
     std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{layer}.yaml"));
+    std::fs::write(&path, out).unwrap();
+    let objects = yaml_documents(&path);
+    (path, objects)
+}
+
+fn kinds(objects: &[serde_json::Value]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// kubernetes-validate (strict: unknown fields fail) on the objects Kubernetes
+/// itself defines; returns its output.
+fn validate_core(objects: &[serde_json::Value], name: &str) -> String {
+    let core: Vec<&serde_json::Value> = objects
+        .iter()
+        .filter(|o| {
+            !o["apiVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("monitoring.coreos.com/")
+        })
+        .collect();
+    // One YAML document per object (JSON is YAML).
+    let documents: Vec<String> = core.iter().map(|o| o.to_string()).collect();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("manifests/{name}-core.yaml"));
+    std::fs::write(&path, documents.join("\n---\n")).unwrap();
+    let out = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.37.0"])
+        .arg(&path));
+    for object in core {
+        let kind = object["kind"].as_str().unwrap().to_lowercase();
+        let name = object["metadata"]["name"].as_str().unwrap();
+        assert!(
+            out.contains(&format!(
+                "passed for resource {kind}/{name} against version 1.37"
+            )),
+            "{kind}/{name}:\n{out}"
+        );
+    }
+    out
+}
+
+/// The Prometheus Operator's objects against its schemas (npm's
+/// @kubernetes-models/prometheus-operator, installed by `cargo xtask setup`).
+fn validate_operator(objects: &[serde_json::Value]) -> std::process::Output {
+    use std::io::Write as _;
+    let models = repo("target/npm/node_modules/@kubernetes-models/prometheus-operator");
+    assert!(
+        models.exists(),
+        "{} missing: run the tests with `cargo xtask test` (its set-up installs it)",
+        models.display()
+    );
+    let mut node = Command::new("node")
+        .arg(repo("vdso-observer/tests/validate-prometheus-operator.mjs"))
+        .arg(&models)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (the machine's Node.js)");
+    node.stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(objects).unwrap().as_bytes())
+        .unwrap();
+    node.wait_with_output().unwrap()
+}
+
+/// Both kustomizations render with a real kustomize, and every object
+/// validates: Kubernetes' own against Kubernetes 1.37's schemas, the
+/// Prometheus Operator's against the operator's.
+#[test]
+fn both_kustomizations_render_and_every_object_validates() {
+    let (_, base) = rendered("base");
+    assert_eq!(
+        kinds(&base),
+        [
+            "DaemonSet",
+            "Namespace",
+            "NetworkPolicy",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    validate_core(&base, "base");
+    let (_, operator) = rendered("prometheus-operator");
+    assert_eq!(
+        kinds(&operator),
+        [
+            "ConfigMap",
+            "DaemonSet",
+            "Namespace",
+            "NetworkPolicy",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor"
+        ]
+    );
+    validate_core(&operator, "prometheus-operator");
+    let mut checked = operator.clone();
+    // The PodMonitor alternative, not listed by default, validates too.
+    checked.extend(yaml_documents(&repo(
+        "deploy/kubernetes/prometheus-operator/podmonitor.yaml",
+    )));
+    let out = validate_operator(&checked);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for object in ["ServiceMonitor", "PrometheusRule", "PodMonitor"] {
+        assert!(
+            text.contains(&format!("valid {object}/vdso-observer")),
+            "{text}"
+        );
+    }
+    // Every object lands in one namespace; the dashboard is where Grafana's
+    // sidecar looks.
+    assert!(
+        operator
+            .iter()
+            .all(|o| o["kind"] == "Namespace" || o["metadata"]["namespace"] == "vdso-observer")
+    );
+    let dashboard = operator.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["vdso-observer.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "vdso-observer");
+
+    // The validators really check: a wrong type and an unknown field fail
+    // Kubernetes' schemas; a wrong type and a missing field the operator's.
+    let daemonset = std::fs::read_to_string(repo("deploy/kubernetes/base/daemonset.yaml")).unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("manifests");
     for (what, broken) in [
         (
             "a string for hostPID",
@@ -242,11 +362,52 @@ fn kubernetes_manifests_validate_against_kubernetes_1_37() {
             .unwrap();
         assert!(!out.status.success(), "{what} passed validation");
     }
+    let monitor = operator
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .unwrap();
+    let mut number_interval = monitor.clone();
+    number_interval["spec"]["endpoints"][0]["interval"] = serde_json::json!(30);
+    let mut no_selector = monitor.clone();
+    no_selector["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("selector");
+    for broken in [number_interval, no_selector] {
+        let out = validate_operator(&[broken]);
+        assert!(
+            !out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// The operator layer's PrometheusRule and dashboard are the ones in
+/// contrib/ (`cargo xtask manifests` makes them).
+#[test]
+fn the_operator_layer_carries_the_rules_and_dashboard_of_contrib() {
+    let rule = &yaml_documents(&repo(
+        "deploy/kubernetes/prometheus-operator/prometheusrule.yaml",
+    ))[0];
+    let rules = &yaml_documents(&repo("contrib/prometheus/vdso-observer.rules.yml"))[0];
+    assert_eq!(
+        rule["spec"]["groups"], rules["groups"],
+        "prometheusrule.yaml differs from contrib/prometheus: run `cargo xtask manifests`"
+    );
+    let read = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(repo(path)).unwrap()).unwrap()
+    };
+    assert_eq!(
+        read("deploy/kubernetes/prometheus-operator/dashboard.json"),
+        read("contrib/grafana/vdso-observer.json"),
+        "dashboard.json differs from contrib/grafana: run `cargo xtask manifests`"
+    );
 }
 
 #[test]
 fn the_daemonset_asks_for_what_the_observer_needs_and_no_more() {
-    let daemonset = &yaml_documents(&repo("deploy/kubernetes/daemonset.yaml"))[0];
+    let daemonset = &yaml_documents(&repo("deploy/kubernetes/base/daemonset.yaml"))[0];
     let pod = &daemonset["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], true);
     assert_eq!(pod["automountServiceAccountToken"], false);
@@ -312,24 +473,11 @@ fn the_daemonset_asks_for_what_the_observer_needs_and_no_more() {
             .unwrap();
         assert_eq!(volume["hostPath"]["path"], path, "{volume:#}");
     }
-    // Every manifest but the PodMonitor alternative is in the kustomization.
-    let kustomization = &yaml_documents(&repo("deploy/kubernetes/kustomization.yaml"))[0];
-    let mut listed: Vec<&str> = kustomization["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
-    listed.sort();
-    let mut present: Vec<String> = manifests()
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .filter(|name| name != "kustomization.yaml" && name != "podmonitor.yaml")
-        .collect();
-    present.sort();
-    assert_eq!(listed, present);
     for monitor in ["servicemonitor.yaml", "podmonitor.yaml"] {
-        let text = std::fs::read_to_string(repo(&format!("deploy/kubernetes/{monitor}"))).unwrap();
+        let text = std::fs::read_to_string(repo(&format!(
+            "deploy/kubernetes/prometheus-operator/{monitor}"
+        )))
+        .unwrap();
         assert!(
             text.contains("__meta_kubernetes_pod_node_name") && text.contains("targetLabel: node"),
             "{monitor} labels series with the node"

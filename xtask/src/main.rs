@@ -9,6 +9,7 @@ mod bench;
 mod dist;
 mod exec;
 mod lint;
+mod manifests;
 mod observer;
 mod report;
 mod setup;
@@ -78,6 +79,9 @@ enum Task {
         #[arg(long, value_enum, default_value = "x86_64")]
         target: dist::Arch,
     },
+    /// Make the Prometheus Operator layer's PrometheusRule and dashboard
+    /// (deploy/kubernetes/prometheus-operator) from contrib/.
+    Manifests,
     /// Measure the observer against bare, an empty program, bpftrace and BCC, in one
     /// run, and how exact it is (root; about 25 minutes with every part). Prints a
     /// table, writes target/bench/bench.json.
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
     setup::put_cargo_bin_on_path();
     match cli.command {
         Task::Setup { for_tests } => setup::run(for_tests),
+        Task::Manifests => manifests::run(&root),
         Task::Run { args } => observer::run(&args),
         Task::Test {
             no_vm,

