@@ -485,6 +485,52 @@ fn the_daemonset_asks_for_what_the_observer_needs_and_no_more() {
     }
 }
 
+/// `cargo xtask dist` makes one image for both architectures: an OCI image
+/// index whose manifests are linux/amd64 and linux/arm64, which the
+/// DaemonSet (no architecture pinned) runs on every node.
+#[test]
+fn the_image_index_holds_both_architectures() {
+    let archive = dist().join(format!(
+        "vdso-observer-{}.oci-index.tar",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let blob = |name: &str| -> serde_json::Value {
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} in {}", archive.display());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let top = blob("index.json");
+    // The archive's index names the image's own index.
+    let index_digest = top["manifests"][0]["digest"].as_str().unwrap();
+    assert_eq!(
+        top["manifests"][0]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let index = blob(&format!("blobs/{}", index_digest.replace(':', "/")));
+    let mut platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    platforms.sort();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let daemonset = &yaml_documents(&repo("deploy/kubernetes/base/daemonset.yaml"))[0];
+    let selector = &daemonset["spec"]["template"]["spec"]["nodeSelector"];
+    assert!(selector.get("kubernetes.io/arch").is_none(), "{selector}");
+}
+
 /// target/dist, which `cargo xtask test` builds with `cargo xtask dist` first.
 fn dist() -> std::path::PathBuf {
     std::env::var_os("VDSO_OBSERVER_DIST")

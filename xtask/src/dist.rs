@@ -13,6 +13,11 @@
 //! would conflict with the i386 tests' gcc-multilib), rustc strips it, the man
 //! pages come from the host build, and the image is `--platform linux/arm64`
 //! (only COPY steps: nothing of arm64 runs here).
+//!
+//! Without `--target`, both, and one image for both architectures: the OCI
+//! index `vdso-observer-VERSION.oci-index.tar` (podman's manifest list
+//! `localhost/vdso-observer:VERSION` of `:VERSION-amd64` and `:VERSION-arm64`),
+//! which a registry serves to each node as its own architecture.
 
 use std::{
     fs,
@@ -76,8 +81,69 @@ pub struct Artifacts {
     pub binary: PathBuf,
     pub deb: PathBuf,
     pub image_archive: PathBuf,
-    /// `localhost/vdso-observer:VERSION`.
+    /// `localhost/vdso-observer:VERSION-ARCH`.
     pub image: String,
+    pub version: String,
+}
+
+/// `cargo xtask dist`: both architectures and the image index.
+pub fn run_all() -> Result<()> {
+    setup::run(false)?;
+    setup::debian_packages(&setup::DIST_PACKAGES)?;
+    let (_, index) = build_all()?;
+    eprintln!(
+        "target/dist (x86_64) and target/dist/aarch64: static binaries, .debs, images\n  {}  one image, linux/amd64 and linux/arm64 (podman manifest {IMAGE}:VERSION)",
+        file_name(&index)
+    );
+    Ok(())
+}
+
+/// Every artifact of both architectures and the image index of both; the
+/// x86_64 artifacts (this machine's) and the index's path.
+pub fn build_all() -> Result<(Artifacts, PathBuf)> {
+    let x86_64 = build_for(Arch::X86_64)?;
+    let aarch64 = build_for(Arch::Aarch64)?;
+    let index = image_index(&x86_64.version, &[&x86_64.image, &aarch64.image])?;
+    Ok((x86_64, index))
+}
+
+/// podman's manifest list `IMAGE:VERSION` of `images`, saved as an OCI
+/// image index (one archive, every architecture).
+fn image_index(version: &str, images: &[&str]) -> Result<PathBuf> {
+    let list = format!("{IMAGE}:{version}");
+    // The name was the x86_64 image's until now: the list takes it over (the
+    // images keep their -amd64/-arm64 tags).
+    let _ = Command::new("podman").args(["untag", &list]).output();
+    let _ = Command::new("podman")
+        .args(["manifest", "rm", &list])
+        .output();
+    quiet(
+        &format!("image index {list}"),
+        "dist-index",
+        Command::new("podman").args(["manifest", "create", &list]),
+    )?;
+    for image in images {
+        quiet(
+            &format!("image index {list}: + {image}"),
+            "dist-index",
+            Command::new("podman")
+                .args(["manifest", "add", &list])
+                .arg(format!("containers-storage:{image}")),
+        )?;
+    }
+    let root = std::env::current_dir()?;
+    let archive = root.join(format!("target/dist/vdso-observer-{version}.oci-index.tar"));
+    let _ = fs::remove_file(&archive);
+    quiet(
+        &format!("OCI image index target/dist/{}", file_name(&archive)),
+        "dist-index",
+        Command::new("podman")
+            .args([
+                "manifest", "push", "--all", "--quiet", "--format", "oci", &list,
+            ])
+            .arg(format!("oci-archive:{}", archive.display())),
+    )?;
+    Ok(archive)
 }
 
 pub fn run(arch: Arch) -> Result<()> {
@@ -137,6 +203,7 @@ pub fn build_for(arch: Arch) -> Result<Artifacts> {
         deb,
         image_archive,
         image,
+        version,
     })
 }
 
@@ -351,7 +418,7 @@ fn image(root: &Path, dist: &Path, version: &str, arch: Arch) -> Result<(String,
         context.join("Containerfile"),
     )?;
     let suffix = arch.tag_suffix();
-    let tag = format!("{IMAGE}:{version}{suffix}");
+    let tag = format!("{IMAGE}:{version}-{}", arch.debian());
     quiet(
         &format!("OCI image {tag} (podman build)"),
         &format!("dist-image-{}", arch.debian()),
@@ -359,6 +426,8 @@ fn image(root: &Path, dist: &Path, version: &str, arch: Arch) -> Result<(String,
             .args(["build", "--quiet", "--platform"])
             .arg(format!("linux/{}", arch.debian()))
             .args(["--tag", &tag, "--tag"])
+            .arg(format!("{IMAGE}:{version}{suffix}"))
+            .arg("--tag")
             .arg(format!("{IMAGE}:latest{suffix}"))
             .arg("--file")
             .arg(context.join("Containerfile"))

@@ -74,10 +74,12 @@ enum Task {
     /// `cargo fmt --check` and clippy with warnings denied, eBPF crate included.
     Lint,
     /// Build the static binary, its man pages and shell completions, the .deb and
-    /// the OCI image into target/dist (arm64: target/dist/aarch64, cross-compiled).
+    /// the OCI image into target/dist (arm64: target/dist/aarch64, cross-compiled);
+    /// without --target, both and one image index of both architectures.
     Dist {
-        #[arg(long, value_enum, default_value = "x86_64")]
-        target: dist::Arch,
+        /// Only this architecture.
+        #[arg(long, value_enum)]
+        target: Option<dist::Arch>,
     },
     /// Make the Prometheus Operator layer's PrometheusRule and dashboard
     /// (deploy/kubernetes/prometheus-operator) from contrib/.
@@ -149,7 +151,10 @@ fn run(cli: Cli) -> Result<()> {
             setup::run(true)?;
             bench::run(&root, &parts)
         }
-        Task::Dist { target } => dist::run(target),
+        Task::Dist { target: None } => dist::run_all(),
+        Task::Dist {
+            target: Some(target),
+        } => dist::run(target),
     }
 }
 

@@ -78,8 +78,9 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
     if options.filter.is_none() && options.repeat == 1 {
         lint::run()?;
     }
-    // The packaging and container tests check what `cargo xtask dist` ships.
-    let artifacts = dist::build()?;
+    // The packaging and container tests check what `cargo xtask dist` ships
+    // (the arm64 build is vm-test's guest binary too).
+    let (artifacts, _) = dist::build_all()?;
     // SAFETY: xtask is single-threaded here; the test binaries inherit these.
     unsafe {
         std::env::set_var("VDSO_OBSERVER_DIST", root.join("target/dist"));

@@ -16,10 +16,12 @@ clocksource=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "VMTEST-BEGIN $scenario"
 echo "VMTEST-CLOCKSOURCE $(cat $clocksource)"
 
-# Starts `vdso-observer ARGS` in the background, waits until it observes.
+# Starts `vdso-observer ARGS` in the background, waits until it observes,
+# and says after how many seconds (VMTEST-READY).
 observe() {
     # Emptied first: the last observer's "observing" line must not count.
     : > /tmp/err.txt
+    t0=$(date +%s)
     /vdso-observer "$@" > /tmp/out.json 2> /tmp/err.txt &
     observer=$!
     i=0
@@ -31,6 +33,7 @@ observe() {
             break
         fi
     done
+    echo "VMTEST-READY $(($(date +%s) - t0))"
 }
 
 stop() {

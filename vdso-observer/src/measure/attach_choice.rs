@@ -13,10 +13,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::kernel::{KprobeJudge, KprobeTrial, KprobeVerdict};
+use crate::{
+    kernel::{KprobeJudge, KprobeTrial, KprobeVerdict},
+    measure::stopwatch,
+};
 
 /// Calls per timed loop, and loops per figure (the best is kept).
-const LOOP_CALLS: u32 = 20_000;
+const LOOP_CALLS: u64 = 20_000;
+const LOOP_BUDGET: Duration = Duration::from_millis(50);
 const LOOPS: usize = 3;
 
 /// What the choice rests on, all measured on this machine just now.
@@ -159,17 +163,14 @@ impl LoopCosts {
     }
 }
 
-/// The fastest of a few loops: noise only ever adds time.
+/// The fastest of a few loops (noise only ever adds time), each bounded by
+/// LOOP_BUDGET too: a syscall that traps must not hold the start-up.
 fn best_loop_ns(call: impl Fn()) -> f64 {
-    (0..LOOPS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..LOOP_CALLS {
-                call();
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(LOOP_CALLS)
-        })
-        .fold(f64::INFINITY, f64::min)
+    stopwatch::best_of(LOOPS, LOOP_CALLS, LOOP_BUDGET, || {
+        call();
+        0
+    })
+    .ns_per_call
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     hint::black_box,
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -24,14 +24,19 @@ use vdso_observer_common::{ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey
 use crate::{
     host::{vdso_image::VdsoImage, vdso32::Vdso32Child},
     kernel::Observer,
+    measure::stopwatch,
     model::{
         MapSnapshot, Retired, VdsoCheck,
         costs::{MIN_NS, PathCost, PathCosts, VdsoCosts},
     },
 };
 
-const CALLS: u32 = 100_000;
+/// Calls of one stopwatch round, and rounds (the fastest counts).
+const CALLS: u64 = 100_000;
 const ROUNDS: usize = 5;
+/// Most time one round may take: 100 000 reads are 2 ms on a TSC, seconds
+/// where each read enters the kernel or traps.
+const ROUND_BUDGET: Duration = Duration::from_millis(20);
 
 type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
 type GettimeofdayFn = unsafe extern "C" fn(*mut libc::timeval, *mut libc::c_void) -> libc::c_int;
@@ -58,7 +63,7 @@ pub fn measure(image: &VdsoImage) -> VdsoCosts {
                         tv_sec: 0,
                         tv_nsec: 0,
                     };
-                    best_of(|| timed(|| f(libc::CLOCK_MONOTONIC, &mut ts)))
+                    timed(function.call.name(), || f(libc::CLOCK_MONOTONIC, &mut ts))
                 }
                 TimeCall::Gettimeofday => {
                     let f: GettimeofdayFn = std::mem::transmute(address);
@@ -66,16 +71,16 @@ pub fn measure(image: &VdsoImage) -> VdsoCosts {
                         tv_sec: 0,
                         tv_usec: 0,
                     };
-                    best_of(|| timed(|| f(&mut tv, std::ptr::null_mut())))
+                    timed("gettimeofday", || f(&mut tv, std::ptr::null_mut()))
                 }
                 TimeCall::Time => {
                     let f: TimeFn = std::mem::transmute(address);
-                    best_of(|| timed(|| f(std::ptr::null_mut()) as i32))
+                    timed("time", || f(std::ptr::null_mut()) as i32)
                 }
                 TimeCall::Getcpu => {
                     let f: GetcpuFn = std::mem::transmute(address);
                     let (mut cpu, mut node) = (0u32, 0u32);
-                    best_of(|| timed(|| f(&mut cpu, &mut node, std::ptr::null_mut())))
+                    timed("getcpu", || f(&mut cpu, &mut node, std::ptr::null_mut()))
                 }
                 // vgetrandom needs per-thread state the observer does not set up.
                 TimeCall::Getrandom => continue,
@@ -160,17 +165,16 @@ fn parse_loop_output(text: &str) -> BTreeMap<TimeCall, u64> {
         .collect()
 }
 
-fn best_of(mut run: impl FnMut() -> f64) -> f64 {
-    (0..ROUNDS).map(|_| run()).fold(f64::INFINITY, f64::min)
-}
-
-/// ns per call of `call`, over CALLS calls.
-fn timed(mut call: impl FnMut() -> libc::c_int) -> f64 {
-    let start = Instant::now();
-    for _ in 0..CALLS {
-        black_box(call());
-    }
-    start.elapsed().as_nanos() as f64 / f64::from(CALLS)
+/// ns per call of `call`: the fastest of ROUNDS rounds of CALLS calls, each
+/// bounded by ROUND_BUDGET.
+fn timed(what: &str, mut call: impl FnMut() -> libc::c_int) -> f64 {
+    let timing = stopwatch::best_of(ROUNDS, CALLS, ROUND_BUDGET, || i64::from(call()));
+    log::debug!(
+        "{what}: {:.1} ns a call ({} calls timed)",
+        timing.ns_per_call,
+        timing.calls
+    );
+    timing.ns_per_call
 }
 
 /// One real syscall behind a vDSO function, with valid buffers (an invalid
@@ -224,13 +228,16 @@ pub fn syscall_ns(call: TimeCall) -> Option<f64> {
     if syscall_once(call)? < 0 {
         return None;
     }
-    Some(best_of(|| {
-        let start = Instant::now();
-        for _ in 0..CALLS / 10 {
-            black_box(syscall_once(call));
-        }
-        start.elapsed().as_nanos() as f64 / f64::from(CALLS / 10)
-    }))
+    let timing = stopwatch::best_of(ROUNDS, CALLS / 10, ROUND_BUDGET, || {
+        syscall_once(call).unwrap_or(-1)
+    });
+    log::debug!(
+        "{} syscall: {:.1} ns a call ({} calls timed)",
+        call.name(),
+        timing.ns_per_call,
+        timing.calls
+    );
+    Some(timing.ns_per_call)
 }
 
 /// The calls timed through both paths.
@@ -288,7 +295,9 @@ fn coarse_clock_ns(image: &VdsoImage) -> Option<f64> {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        best_of(|| timed(|| f(libc::CLOCK_MONOTONIC_COARSE, &mut ts)))
+        timed("clock_gettime(CLOCK_MONOTONIC_COARSE)", || {
+            f(libc::CLOCK_MONOTONIC_COARSE, &mut ts)
+        })
     };
     Some(ns.max(MIN_NS))
 }

@@ -1,13 +1,16 @@
 //! What one probe hit costs on this machine (the observer traps its own calls
 //! for a moment and times them), and what probes would cost a process.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
 use vdso_observer_common::{TimeCall, UprobeCookie};
 
-use super::entry_points::{entry_points, symbol_offset};
+use super::{
+    entry_points::{entry_points, symbol_offset},
+    stopwatch,
+};
 use crate::{
     host::{process_files, procfs, vdso_image::VdsoImage},
     kernel::Observer,
@@ -46,18 +49,17 @@ pub fn measure_hit_costs(observer: &mut Observer, image: &VdsoImage) -> Result<H
         call: TimeCall::ClockGettime,
         fixed_clock: None,
     };
+    // Bounded by time too: where clock reads trap, 20 000 take seconds.
     let time_calls = |n: u32| {
-        let start = Instant::now();
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        for _ in 0..n {
+        stopwatch::time_calls(u64::from(n), Duration::from_millis(200), || {
             // SAFETY: a valid timespec.
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-            std::hint::black_box(&ts);
-        }
-        start.elapsed().as_nanos() as f64 / f64::from(n)
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }
+        })
+        .ns_per_call
     };
     let bare = time_calls(CALLS * 10);
     let link = match points

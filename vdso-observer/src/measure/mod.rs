@@ -8,3 +8,4 @@ pub mod diagnose;
 pub mod entry_points;
 pub mod exact;
 pub mod hit_costs;
+pub mod stopwatch;

@@ -60,6 +60,7 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
         // One CPU keeps tsc (the script switches to hpet itself); systemd as init.
         cmdline: "rdinit=/lib/systemd/systemd systemd.unit=multi-user.target",
         check,
+        modes: &["auto"],
     };
     let result = boot_machine(&GUEST, &kernel, &initramfs, &dir, &scenario, "auto")
         .and_then(|guest| check(&guest));
