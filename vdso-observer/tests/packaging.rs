@@ -30,7 +30,7 @@ fn alerting_rules_pass_promtool_check_and_their_unit_tests() {
     let out = run(Command::new("promtool")
         .args(["check", "rules", "vdso-observer.rules.yml"])
         .current_dir(&dir));
-    assert!(out.contains("SUCCESS: 18 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 20 rules found"), "{out}");
     let out = run(Command::new("promtool")
         .args(["test", "rules", "vdso-observer.rules.test.yml"])
         .current_dir(&dir));
@@ -98,6 +98,40 @@ fn rules_and_dashboard_name_only_metrics_that_exist() {
     ] {
         panel(title);
     }
+}
+
+/// Every alert links a runbook that exists: a section of docs/runbooks.md
+/// named after it, saying what it means, how to confirm it, what to do.
+#[test]
+fn every_alert_has_a_runbook() {
+    let rules = &yaml_documents(&repo("contrib/prometheus/vdso-observer.rules.yml"))[0];
+    let runbooks = std::fs::read_to_string(repo("docs/runbooks.md")).unwrap();
+    let mut alerts = 0;
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_default();
+            assert_eq!(
+                url,
+                format!("docs/runbooks.md#{}", alert.to_lowercase()),
+                "{alert}"
+            );
+            let section = runbooks
+                .split(&format!("## {alert}\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no section ## {alert} in docs/runbooks.md"));
+            let section = section.split("\n## ").next().unwrap();
+            for part in ["**Means.**", "**Confirm.**", "**Do.**"] {
+                assert!(section.contains(part), "{alert}: no {part}");
+            }
+        }
+    }
+    assert_eq!(alerts, 8);
 }
 
 #[test]
