@@ -459,6 +459,36 @@ mod tests {
         assert!(report.processes.iter().all(|p| all.keeps(p)));
     }
 
+    /// The README's sample frames are real output of this code: their
+    /// column headers are the ones `render` prints today.
+    #[test]
+    fn the_readmes_sample_frames_have_todays_columns() {
+        let report = testing::window(
+            &mut Aggregator::new(None),
+            &[(2, &b"app"[..], TimeCall::ClockGettime, 1, Origin::Direct, 5)],
+            Duration::from_secs(1),
+            true,
+        );
+        let text = render(&report, 0);
+        let columns =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_owned).collect() };
+        let header = columns(text.lines().find(|l| l.contains(" PID ")).unwrap());
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let samples: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.trim_start().starts_with("PID USER"))
+            .collect();
+        assert!(!samples.is_empty(), "no sample frame in the README");
+        for sample in samples {
+            assert_eq!(
+                columns(sample),
+                header,
+                "the README's sample is stale: {sample}"
+            );
+        }
+    }
+
     fn kept_pids(report: &Report, selection: Selection) -> Vec<u32> {
         report
             .processes
