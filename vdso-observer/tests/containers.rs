@@ -505,5 +505,5 @@ fn prometheus_scrapes_two_nodes_and_the_fleet_rules_return_container_series() {
         prometheus_query(web, &query);
         joins += 1;
     }
-    assert_eq!(joins, 2, "{block}");
+    assert_eq!(joins, 3, "{block}");
 }
