@@ -6,7 +6,8 @@
 //!   (a conffile), man pages and completions, built with `dpkg-deb`;
 //! - `vdso-observer-VERSION.oci.tar`: the OCI image (packaging/Containerfile,
 //!   `FROM scratch` and the static binary) built with podman, also left in
-//!   podman's store as `localhost/vdso-observer:VERSION` and `:latest`.
+//!   podman's store as `localhost/vdso-observer:VERSION-amd64` (and, until
+//!   the index takes the name, `:VERSION`) and `:latest`.
 //!
 //! `--target aarch64` makes the same for arm64 under target/dist/aarch64,
 //! cross-compiled here: rust-lld links the musl binary (no cross gcc, which
