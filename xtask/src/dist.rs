@@ -114,7 +114,10 @@ fn image_index(version: &str, images: &[&str]) -> Result<PathBuf> {
     let list = format!("{IMAGE}:{version}");
     // The name was the x86_64 image's until now: the list takes it over (the
     // images keep their -amd64/-arm64 tags).
-    let _ = Command::new("podman").args(["untag", &list]).output();
+    // `podman untag IMAGE` alone would take every name of the image.
+    let _ = Command::new("podman")
+        .args(["untag", &list, &list])
+        .output();
     let _ = Command::new("podman")
         .args(["manifest", "rm", &list])
         .output();
