@@ -22,16 +22,7 @@ fn direct_syscalls_are_counted_as_direct() {
     let pid = run_workload(&workload, &["direct", &N.to_string()]);
     let report = observer.finish();
     let row = single_row(&report, pid);
-    assert_eq!(
-        counts(&row),
-        [expect(
-            "clock_gettime",
-            "CLOCK_MONOTONIC",
-            "direct",
-            "x86_64",
-            N
-        )]
-    );
+    assert_eq!(counts(&row), direct_monotonic(N));
     assert_eq!(row.comm, "vt-direct");
     assert!(row.exited);
     assert_eq!(flags(&row), ["direct"]);
@@ -69,16 +60,7 @@ fn vdso_served_clocks_never_enter_the_kernel() {
     let pid = run_workload(&workload, &["monotonic", &N.to_string()]);
     let report = observer.finish();
     let row = single_row(&report, pid);
-    assert_eq!(
-        counts(&row),
-        [expect(
-            "clock_gettime",
-            "CLOCK_MONOTONIC",
-            "direct",
-            "x86_64",
-            1
-        )]
-    );
+    assert_eq!(counts(&row), direct_monotonic(1));
 }
 
 #[test]
@@ -139,17 +121,7 @@ fn short_lived_children_each_report_their_counts() {
         .collect();
     assert_eq!(children.len(), CHILDREN, "{children:#?}");
     for child in &children {
-        assert_eq!(
-            counts(child),
-            [expect(
-                "clock_gettime",
-                "CLOCK_MONOTONIC",
-                "direct",
-                "x86_64",
-                K
-            )],
-            "{child:#?}"
-        );
+        assert_eq!(counts(child), direct_monotonic(K), "{child:#?}");
         assert!(child.exited);
     }
     // The parent only forks and waits.
@@ -173,16 +145,7 @@ fn exec_starts_a_new_row_with_the_new_name() {
     assert_eq!(rows[1].comm, "vt-after-exec");
     assert_eq!(rows[1].exec_id, rows[0].exec_id + 1);
     for row in &rows {
-        assert_eq!(
-            counts(row),
-            [expect(
-                "clock_gettime",
-                "CLOCK_MONOTONIC",
-                "direct",
-                "x86_64",
-                300
-            )]
-        );
+        assert_eq!(counts(row), direct_monotonic(300));
     }
 }
 
@@ -252,16 +215,7 @@ fn the_untyped_sys_enter_program_counts_the_same() {
         programs.contains(&"time_syscall_enter_raw") && !programs.contains(&"time_syscall_enter"),
         "{programs:?}"
     );
-    assert_eq!(
-        counts(&single_row(&report, direct)),
-        [expect(
-            "clock_gettime",
-            "CLOCK_MONOTONIC",
-            "direct",
-            "x86_64",
-            N
-        )]
-    );
+    assert_eq!(counts(&single_row(&report, direct)), direct_monotonic(N));
     assert_eq!(
         counts(&single_row(&report, cputime)),
         [expect(
@@ -368,16 +322,7 @@ fn dynamic_clock_ids_cannot_crowd_out_other_processes() {
         )],
         "one key for every thread's clock"
     );
-    assert_eq!(
-        counts(&single_row(&report, beside)),
-        [expect(
-            "clock_gettime",
-            "CLOCK_MONOTONIC",
-            "direct",
-            "x86_64",
-            777
-        )]
-    );
+    assert_eq!(counts(&single_row(&report, beside)), direct_monotonic(777));
     assert_eq!(report.observer.lost.time_calls_map_full, 0);
     assert_eq!(single_row(&report, hog_pid).lost_calls, 0);
 }
@@ -427,16 +372,7 @@ fn thousands_of_short_processes_lose_nothing() {
         .collect();
     assert_eq!(children.len(), 30_000);
     for row in &children {
-        assert_eq!(
-            counts(row),
-            [expect(
-                "clock_gettime",
-                "CLOCK_MONOTONIC",
-                "direct",
-                "x86_64",
-                5
-            )]
-        );
+        assert_eq!(counts(row), direct_monotonic(5));
         assert!(row.exited);
     }
     assert!(
@@ -481,16 +417,7 @@ fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
         ),
     ] {
         let row = single_row(&report, pid);
-        assert_eq!(
-            counts(&row),
-            [expect(
-                "clock_gettime",
-                "CLOCK_MONOTONIC",
-                "direct",
-                "x86_64",
-                calls
-            )]
-        );
+        assert_eq!(counts(&row), direct_monotonic(calls));
         let container = row.container.as_ref().expect("a container");
         assert_eq!(container.id, *id, "{row:#?}");
         assert_eq!(container.runtime, runtime, "{row:#?}");

@@ -94,8 +94,11 @@ fn npm_package(name: &str, version: &str) -> Result<()> {
         .join("node_modules")
         .join(name)
         .join("package.json");
-    if installed.exists() {
-        step(&format!("{name}: present"));
+    // The version asked for, not whatever an earlier set-up left there.
+    let present = std::fs::read_to_string(&installed)
+        .is_ok_and(|json| json.contains(&format!("\"version\": \"{version}\"")));
+    if present {
+        step(&format!("{name}@{version}: present"));
         return Ok(());
     }
     if probe("npm", &["--version"]).is_none() {

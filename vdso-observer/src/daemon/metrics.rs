@@ -196,7 +196,7 @@ impl Exporter {
         let labels = ContainerLabels::of(container);
         // Names found after the first window: the series carries on under
         // them (same counts, one label set at a time).
-        if !self.containers.contains_key(&labels) {
+        if !labels.names.is_empty() && !self.containers.contains_key(&labels) {
             let unnamed = self
                 .containers
                 .keys()
