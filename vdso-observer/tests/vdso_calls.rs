@@ -449,9 +449,12 @@ fn the_governor_detaches_a_process_that_turns_hot() {
     held.release();
     let out = held.wait();
     let truth: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    // A refresh (every second) between its exit and the window's end: it
+    // used to forget the detached process, and its row said nothing of why.
+    std::thread::sleep(Duration::from_millis(1500));
     let report = observer.finish();
     let row = row(&report, pid);
-    let exact = row.exact.as_ref().unwrap();
+    let exact = row.exact.as_ref().expect("the detached state, said once more");
     assert_eq!(exact.state, ExactStatus::OverBudget, "{row:#?}");
     assert!(
         exact.note.as_ref().unwrap().starts_with("detached"),

@@ -178,8 +178,21 @@ impl ExactTracer {
                 self.detach_all(observer, pid, traced);
             }
         }
-        self.refused
-            .retain(|pid, (start, _)| procfs::has_exited(*pid, *start) != Some(true));
+        // A process left to the estimate (over budget, detached) that ended is
+        // said once more too: its last window must still say why it was not
+        // exact (dropping it here lost that whenever a refresh came between
+        // its exit and the window's end).
+        let ended: Vec<u32> = self
+            .refused
+            .iter()
+            .filter(|(pid, (start, _))| procfs::has_exited(**pid, *start) == Some(true))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in ended {
+            if let Some((_, state)) = self.refused.remove(&pid) {
+                self.finished.insert(pid, state);
+            }
+        }
         for pid in targets {
             if pid == own || self.refused.contains_key(&pid) {
                 continue;
