@@ -454,7 +454,10 @@ fn the_governor_detaches_a_process_that_turns_hot() {
     std::thread::sleep(Duration::from_millis(1500));
     let report = observer.finish();
     let row = row(&report, pid);
-    let exact = row.exact.as_ref().expect("the detached state, said once more");
+    let exact = row
+        .exact
+        .as_ref()
+        .expect("the detached state, said once more");
     assert_eq!(exact.state, ExactStatus::OverBudget, "{row:#?}");
     assert!(
         exact.note.as_ref().unwrap().starts_with("detached"),
