@@ -45,6 +45,8 @@ pub struct SessionOptions {
     pub load: LoadOptions,
     pub exact: ExactOptions,
     pub thresholds: Thresholds,
+    /// Exited processes a window reports one row each.
+    pub exited_rows: usize,
 }
 
 impl SessionOptions {
@@ -70,6 +72,7 @@ impl SessionOptions {
                     .then_some(settings.exact_budget_percent / 100.0),
             },
             thresholds,
+            exited_rows: settings.exited_rows,
         }
     }
 }
@@ -101,6 +104,7 @@ impl Session {
             load,
             exact,
             thresholds,
+            exited_rows,
         } = options;
         // Before the vDSO image and the 32-bit child: nothing here is right
         // in a private PID namespace.
@@ -115,7 +119,7 @@ impl Session {
         let image32 = vdso32::image_if_any();
         let tables = VdsoTables::of(image.as_ref(), image32.as_ref());
         // Before anything is attached: a sys_enter program slows every syscall.
-        let path_costs = calibrate::path_costs(image.as_ref());
+        let path_costs = crate::measure::path_costs::path_costs(image.as_ref());
         let mut observer = Observer::start(
             load,
             &tables,
@@ -139,6 +143,7 @@ impl Session {
         };
         let mut aggregator = Aggregator::new(estimator);
         aggregator.set_thresholds(thresholds);
+        aggregator.set_max_exited_rows(exited_rows);
         let exact = match (exact.enabled(), &vdso) {
             (false, _) => None,
             (true, None) => anyhow::bail!(
@@ -342,7 +347,7 @@ impl Session {
             let estimates: HashMap<u32, f64> = report
                 .processes
                 .iter()
-                .filter(|p| p.vdso_estimated)
+                .filter(|p| p.vdso_estimated && p.merged_processes.is_none())
                 .filter_map(|p| Some((p.pid, p.vdso_calls_per_sec?)))
                 .collect();
             tracer.refresh(&mut self.observer, &estimates);
@@ -398,7 +403,7 @@ impl Session {
         self.health.vdso_costs = model.costs;
         // With the observer attached now: its own tax on these syscalls is in
         // the price, as the processes pay it while it runs.
-        self.health.path_costs = calibrate::path_costs(Some(&model.image));
+        self.health.path_costs = crate::measure::path_costs::path_costs(Some(&model.image));
     }
 
     fn system_with(&self, events: Vec<crate::model::ClockEvent>) -> SystemReport {

@@ -71,6 +71,7 @@ pub mod defaults {
     /// Entries of each counter map (time calls, processes, vDSO calls).
     pub const MAP_ENTRIES: u32 = vdso_observer_common::DEFAULT_TIME_CALL_ENTRIES;
     pub const SAMPLE_HZ: u64 = crate::kernel::object::DEFAULT_SAMPLE_HZ;
+    pub const EXITED_ROWS: usize = crate::model::MAX_EXITED_ROWS;
     pub const EXACT_BUDGET_PERCENT: f64 = 2.0;
     pub const MIN_RATE_PER_SEC: f64 = 0.0;
     /// A fraction, as JSON's `kernel_share`.
@@ -99,6 +100,8 @@ pub struct ObserverSettings {
     pub attach: AttachMode,
     /// The kernel measures the programs' own run time (BPF_ENABLE_STATS).
     pub bpf_stats: bool,
+    /// Exited processes a window reports one row each; the rest merge by name.
+    pub exited_rows: usize,
 }
 
 impl Default for ObserverSettings {
@@ -113,6 +116,7 @@ impl Default for ObserverSettings {
             governor: true,
             attach: AttachMode::Auto,
             bpf_stats: false,
+            exited_rows: defaults::EXITED_ROWS,
         }
     }
 }
@@ -174,6 +178,13 @@ pub struct ObserverValues {
     /// two clock reads, on every syscall in raw-tracepoint mode.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub bpf_stats: Option<bool>,
+    #[arg(long, value_name = "ROWS", help = format!(
+        "Exited processes a window reports one row each; past it they merge into one \
+         row per name, user and cgroup (pid 0, merged_processes), so a machine ending \
+         thousands of processes a second costs bounded memory [default: {}]",
+        defaults::EXITED_ROWS
+    ))]
+    pub exited_rows: Option<usize>,
 }
 
 impl ObserverValues {
@@ -206,6 +217,9 @@ impl ObserverValues {
         if let Some(stats) = self.bpf_stats {
             settings.bpf_stats = stats;
         }
+        if let Some(rows) = self.exited_rows {
+            settings.exited_rows = rows;
+        }
     }
 
     /// Every field given: what `settings` say.
@@ -220,6 +234,7 @@ impl ObserverValues {
             governor: Some(settings.governor),
             attach: Some(settings.attach),
             bpf_stats: Some(settings.bpf_stats),
+            exited_rows: Some(settings.exited_rows),
         }
     }
 }

@@ -124,7 +124,9 @@ impl Exporter {
                 start_boottime_ns: process.start_boottime_ns,
                 exec_id: process.exec_id,
             };
-            let eligible = limits.getrandom_only_processes || !process.only_getrandom;
+            // A merged row of exited processes (pid 0) is no process to follow.
+            let eligible = (limits.getrandom_only_processes || !process.only_getrandom)
+                && process.merged_processes.is_none();
             let deserves = eligible && (rank < limits.top_processes || !process.flags.is_empty());
             if eligible {
                 rank += 1;

@@ -261,15 +261,23 @@ impl Collector {
             let entry = by_comm
                 .entry((process.comm.as_str(), process.flag_words().join(",")))
                 .or_insert((0, 0.0, process.pid));
-            entry.0 += 1;
+            entry.0 += process.merged_processes.unwrap_or(1) as usize;
             entry.1 += process.kernel_entries_per_sec;
+            if entry.2 == 0 {
+                entry.2 = process.pid;
+            }
         }
         let total = by_comm.len();
         let mut ranked: Vec<_> = by_comm.into_iter().collect();
         ranked.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
         for ((comm, flags), (processes, rate, pid)) in ranked.iter().take(MAX_LINES) {
-            if *processes == 1 {
+            if *processes == 1 && *pid != 0 {
                 info!("pid {pid} ({comm}) flagged {flags}: {rate:.1} kernel entries/s for time");
+            } else if *pid == 0 {
+                // Only exited processes merged past the window's row limit.
+                info!(
+                    "{processes} processes named {comm} newly flagged {flags}: {rate:.1} kernel entries/s for time together"
+                );
             } else {
                 info!(
                     "{processes} processes named {comm} newly flagged {flags} (e.g. pid {pid}): {rate:.1} kernel entries/s for time together"

@@ -3,8 +3,6 @@
 //! kprobes against the raw tracepoint), and the optional probes, from one
 //! table: each may fail, and then says what is not seen and why.
 
-use std::path::Path;
-
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
@@ -20,7 +18,10 @@ use vdso_observer_common::{
     VDSO_SAMPLE_PROGRAM, VSYSCALL_PROGRAM,
 };
 
-use super::object::{attach_raw_tracepoint, explain_load_error, program, verifier_error};
+use super::object::{
+    AttachTargets, SYS_ENTER_TRACEPOINT, attach_raw_tracepoint, explain_load_error, program,
+    verifier_error,
+};
 use crate::model::{AttachMode, ProbeStatus, RunStats};
 
 /// Set, the untyped sys_enter program is attached even where the typed one
@@ -70,7 +71,7 @@ impl KprobeTrial<'_> {
 
     /// Attaches the empty sys_enter program (it counts nothing) for a measurement.
     pub fn attach_floor(&mut self) -> Result<()> {
-        attach_raw_tracepoint(self.ebpf, EMPTY_SYS_ENTER_PROGRAM, "sys_enter")
+        attach_raw_tracepoint(self.ebpf, EMPTY_SYS_ENTER_PROGRAM, SYS_ENTER_TRACEPOINT)
     }
 
     pub fn detach_floor(&mut self) -> Result<()> {
@@ -87,11 +88,11 @@ impl KprobeTrial<'_> {
 pub fn attach_time_calls(
     ebpf: &mut Ebpf,
     mode: AttachMode,
-    btf_path: &Path,
+    targets: &AttachTargets,
     judge: &mut dyn KprobeJudge,
 ) -> Result<(AttachMode, ProbeStatus)> {
     let raw = |ebpf: &mut Ebpf, note: Option<String>| -> Result<(AttachMode, ProbeStatus)> {
-        let (program, note) = attach_sys_enter(ebpf, note).with_context(|| {
+        let (program, note) = attach_sys_enter(ebpf, targets, note).with_context(|| {
             "attaching raw tracepoint sys_enter, which counts every time call that enters \
              the kernel: without it there is nothing to observe"
         })?;
@@ -108,7 +109,7 @@ pub fn attach_time_calls(
     match mode {
         AttachMode::RawTracepoint => raw(ebpf, None),
         AttachMode::Fentry | AttachMode::Kprobe => {
-            let status = attach_entries(ebpf, mode, btf_path).with_context(|| {
+            let status = attach_entries(ebpf, mode, targets).with_context(|| {
                 format!(
                     "attaching {} programs to the time syscalls' kernel functions \
                      (--attach raw-tracepoint works on every kernel)",
@@ -127,12 +128,12 @@ pub fn attach_time_calls(
                 )
             };
             let mut refused = Vec::new();
-            match attach_entries(ebpf, AttachMode::Fentry, btf_path) {
+            match attach_entries(ebpf, AttachMode::Fentry, targets) {
                 Ok(status) => return Ok((AttachMode::Fentry, status)),
                 Err(err) => refused.push(why(AttachMode::Fentry, err)),
             }
             judge.before_kprobes();
-            match attach_entries(ebpf, AttachMode::Kprobe, btf_path) {
+            match attach_entries(ebpf, AttachMode::Kprobe, targets) {
                 Ok(mut status) => match judge.judge(&mut KprobeTrial { ebpf }) {
                     Ok(KprobeVerdict::RawTracepointIsCheaper(note)) => {
                         for entry in SYSCALL_ENTRIES {
@@ -175,15 +176,16 @@ pub fn attach_time_calls(
 /// helper call): which one is attached, and the note to show.
 fn attach_sys_enter(
     ebpf: &mut Ebpf,
+    targets: &AttachTargets,
     note: Option<String>,
 ) -> Result<(&'static str, Option<String>)> {
     let typed = (|| -> Result<()> {
         if std::env::var_os(UNTYPED_SYS_ENTER_ENV).is_some() {
             anyhow::bail!("{UNTYPED_SYS_ENTER_ENV} is set");
         }
-        let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
         let prog: &mut BtfTracePoint = program(ebpf, SYS_ENTER_PROGRAM)?;
-        prog.load("sys_enter", &btf).map_err(verifier_error)?;
+        prog.load(SYS_ENTER_TRACEPOINT, &targets.0)
+            .map_err(verifier_error)?;
         prog.attach()?;
         Ok(())
     })();
@@ -199,7 +201,7 @@ fn attach_sys_enter(
     if let Ok(prog) = program::<BtfTracePoint>(ebpf, SYS_ENTER_PROGRAM) {
         let _ = prog.unload();
     }
-    attach_raw_tracepoint(ebpf, SYS_ENTER_RAW_PROGRAM, "sys_enter")?;
+    attach_raw_tracepoint(ebpf, SYS_ENTER_RAW_PROGRAM, SYS_ENTER_TRACEPOINT)?;
     let untyped = format!("untyped (tp_btf refused: {refused}): each time call costs more");
     Ok((
         SYS_ENTER_RAW_PROGRAM,
@@ -213,14 +215,12 @@ fn attach_sys_enter(
 /// One fentry or kprobe program on each time syscall's kernel function. Every
 /// x86_64 function must attach (else nothing of this mode stays attached); an
 /// ia32 one may be missing (a kernel without IA32 emulation has none).
-fn attach_entries(ebpf: &mut Ebpf, mode: AttachMode, btf_path: &Path) -> Result<ProbeStatus> {
-    let btf = match mode {
-        AttachMode::Fentry => Some(
-            aya::Btf::parse_file(btf_path, aya::Endianness::default())
-                .with_context(|| format!("parsing BTF {}", btf_path.display()))?,
-        ),
-        _ => None,
-    };
+fn attach_entries(
+    ebpf: &mut Ebpf,
+    mode: AttachMode,
+    targets: &AttachTargets,
+) -> Result<ProbeStatus> {
+    let btf = (mode == AttachMode::Fentry).then_some(&targets.0);
     let mut attached = Vec::new();
     let mut missing = Vec::new();
     for entry in SYSCALL_ENTRIES {

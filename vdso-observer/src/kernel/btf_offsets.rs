@@ -7,15 +7,16 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use btf_rs::{Btf, Type};
+use anyhow::{Result, anyhow, bail};
 use vdso_observer_common::KernelOffsets;
+
+use super::btf::{KernelBtf, Kind, Type};
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Reads the offsets from a BTF file (normally [`VMLINUX_BTF`]).
-pub fn kernel_offsets_from_file(path: &Path) -> Result<KernelOffsets> {
+/// The kernel's BTF (normally [`VMLINUX_BTF`]), or why there is none.
+pub fn read_btf(path: &Path) -> Result<KernelBtf> {
     if !path.exists() {
         bail!(
             "{} does not exist: this kernel was built without CONFIG_DEBUG_INFO_BTF, which \
@@ -24,12 +25,11 @@ pub fn kernel_offsets_from_file(path: &Path) -> Result<KernelOffsets> {
             path.display()
         );
     }
-    let btf = Btf::from_file(path).with_context(|| format!("parsing BTF {}", path.display()))?;
-    kernel_offsets(&btf).with_context(|| format!("reading offsets from {}", path.display()))
+    KernelBtf::read(path)
 }
 
 /// The offsets of every field the programs read.
-pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
+pub fn kernel_offsets_of(btf: &KernelBtf) -> Result<KernelOffsets> {
     let at = |structure: &str, path: &[&str], size: &[usize]| {
         let field = field(btf, structure, path)?;
         if !size.contains(&field.size) {
@@ -104,8 +104,10 @@ pub struct Field {
 }
 
 /// Finds `structure.path[0].path[1]...`, looking through anonymous members and typedefs.
-pub fn field(btf: &Btf, structure: &str, path: &[&str]) -> Result<Field> {
-    let mut current = named_struct(btf, structure)?;
+pub fn field(btf: &KernelBtf, structure: &str, path: &[&str]) -> Result<Field> {
+    let mut current = btf
+        .find(Kind::Struct, structure)
+        .ok_or_else(|| anyhow!("struct {structure} not in BTF"))?;
     let mut offset = 0u32;
     let mut size = 0usize;
     for (depth, name) in path.iter().enumerate() {
@@ -118,81 +120,55 @@ pub fn field(btf: &Btf, structure: &str, path: &[&str]) -> Result<Field> {
         offset += member_offset;
         size = type_size(btf, &member_type)?;
         if depth + 1 < path.len() {
-            current = match member_type {
-                Type::Struct(s) | Type::Union(s) => s,
-                other => bail!(
+            if !matches!(member_type.kind, Kind::Struct | Kind::Union) {
+                bail!(
                     "{structure}.{} is a {}, not a struct",
                     path[..=depth].join("."),
-                    other.name()
-                ),
-            };
+                    member_type.kind.name()
+                );
+            }
+            current = member_type;
         }
     }
     Ok(Field { offset, size })
 }
 
-fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
-    btf.resolve_types_by_name(name)
-        .with_context(|| format!("struct {name} not in BTF"))?
-        .into_iter()
-        .find_map(|ty| match ty {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("struct {name} not in BTF"))
-}
-
 /// Byte offset and (typedef-resolved) type of member `name`, searching anonymous
 /// struct/union members depth-first.
-fn find_member(btf: &Btf, within: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>> {
-    for member in &within.members {
-        let member_name = btf.resolve_name(member).unwrap_or_default();
-        let bit_offset = member.bit_offset();
-        if member.bitfield_size().is_some_and(|bits| bits != 0) || bit_offset % 8 != 0 {
-            if member_name == name {
+fn find_member<'a>(
+    btf: &'a KernelBtf,
+    within: &Type<'a>,
+    name: &str,
+) -> Result<Option<(u32, Type<'a>)>> {
+    for member in btf.members(within) {
+        if member.bitfield_size != 0 || member.bit_offset % 8 != 0 {
+            if member.name == name {
                 bail!("{name} is a bit field");
             }
             continue;
         }
-        let member_type = strip_modifiers(btf, btf.resolve_chained_type(member)?)?;
-        if member_name == name {
-            return Ok(Some((bit_offset / 8, member_type)));
+        let member_type = btf.strip_modifiers(member.type_id)?;
+        if member.name == name {
+            return Ok(Some((member.bit_offset / 8, member_type)));
         }
-        if member_name.is_empty()
-            && let Type::Struct(inner) | Type::Union(inner) = &member_type
-            && let Some((inner_offset, ty)) = find_member(btf, inner, name)?
+        if member.name.is_empty()
+            && matches!(member_type.kind, Kind::Struct | Kind::Union)
+            && let Some((inner_offset, ty)) = find_member(btf, &member_type, name)?
         {
-            return Ok(Some((bit_offset / 8 + inner_offset, ty)));
+            return Ok(Some((member.bit_offset / 8 + inner_offset, ty)));
         }
     }
     Ok(None)
 }
 
-/// Follows typedef, const, volatile, restrict and type tags to the real type.
-fn strip_modifiers(btf: &Btf, mut ty: Type) -> Result<Type> {
-    for _ in 0..32 {
-        ty = match &ty {
-            Type::Typedef(t) => btf.resolve_chained_type(t)?,
-            Type::Const(t) => btf.resolve_chained_type(t)?,
-            Type::Volatile(t) => btf.resolve_chained_type(t)?,
-            Type::Restrict(t) => btf.resolve_chained_type(t)?,
-            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
-            _ => return Ok(ty),
-        };
-    }
-    bail!("type chain too long")
-}
-
-fn type_size(btf: &Btf, ty: &Type) -> Result<usize> {
-    Ok(match ty {
-        Type::Int(i) => i.size(),
-        Type::Ptr(_) => 8,
-        Type::Struct(s) | Type::Union(s) => s.size(),
-        Type::Enum(e) => e.size(),
-        Type::Enum64(e) => e.size(),
-        Type::Array(a) => {
-            let element = strip_modifiers(btf, btf.resolve_chained_type(a)?)?;
-            a.len() * type_size(btf, &element)?
+fn type_size(btf: &KernelBtf, ty: &Type<'_>) -> Result<usize> {
+    Ok(match ty.kind {
+        Kind::Int => ty.int_bytes() as usize,
+        Kind::Ptr => 8,
+        Kind::Struct | Kind::Union | Kind::Enum | Kind::Enum64 => ty.size() as usize,
+        Kind::Array => {
+            let element = btf.strip_modifiers(ty.referred())?;
+            ty.array_len() as usize * type_size(btf, &element)?
         }
         other => bail!("cannot size a {}", other.name()),
     })
@@ -204,14 +180,14 @@ mod tests {
 
     use super::*;
 
-    fn vmlinux() -> Btf {
-        Btf::from_file(VMLINUX_BTF).expect("the running kernel's BTF is readable")
+    fn vmlinux() -> KernelBtf {
+        KernelBtf::read(Path::new(VMLINUX_BTF)).expect("the running kernel's BTF is readable")
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn running_kernel_offsets_are_found() {
-        let offsets = kernel_offsets(&vmlinux()).unwrap();
+        let offsets = kernel_offsets_of(&vmlinux()).unwrap();
         // x86_64 pt_regs is user ABI (ptrace): these never move.
         assert_eq!(offsets.regs_bx, 5 * 8);
         assert_eq!(offsets.regs_di, 14 * 8);
@@ -286,7 +262,7 @@ mod tests {
 
     #[test]
     fn missing_btf_file_says_what_to_do() {
-        let err = kernel_offsets_from_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        let err = read_btf(Path::new("/nonexistent/vmlinux")).err().unwrap();
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! cgroups) and forgetting what is gone: keys deleted, time-call slots zeroed
 //! and handed back to the programs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapError, PerCpuValues};
@@ -28,6 +28,20 @@ impl Observer {
         for entry in self.maps.vdso_calls.iter() {
             let Ok((key, per_cpu)) = entry else { continue };
             snapshot.vdso.insert(key, per_cpu.iter().sum());
+        }
+        // A process that made its first counter between the two reads (a
+        // short child, gone before /proc could name it) has one now: read.
+        let unnamed: BTreeSet<ProcessKey> = snapshot
+            .calls
+            .keys()
+            .map(|key| key.process)
+            .chain(snapshot.vdso.keys().map(|key| key.process))
+            .filter(|process| !snapshot.names.contains_key(process))
+            .collect();
+        for process in unnamed {
+            if let Ok(info) = self.maps.processes.get(&process, 0) {
+                snapshot.names.insert(process, info);
+            }
         }
         let stat = |which| self.stat(which);
         snapshot.stats = ObserverStats {

@@ -1,9 +1,11 @@
-//! The kernel side seen from user space: BTF offsets, privileges and kernel
+//! The kernel side seen from user space: the kernel's BTF (`btf`) and the
+//! offsets read from it, privileges and kernel
 //! floors; the object and its maps (`object`), attaching (`attach`), the
 //! observer that holds them (`observer`), reading and forgetting
 //! (`map_reads`), and exact counting's links (`exact_links`).
 
 pub mod attach;
+mod btf;
 pub mod btf_offsets;
 mod exact_links;
 mod map_reads;

@@ -14,11 +14,12 @@ use vdso_observer_common::{
     CGROUP_PATHS_MAP, CallKey, CgroupPath, EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP,
     ExactCoverage, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, PROCESSES_MAP,
     PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP,
-    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
+    SYSCALL_ENTRIES, TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
     VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
+    btf::{KernelBtf, Kind},
     btf_offsets,
     privileges::{
         KERNEL_FLOOR, check_kernel_floor, check_pid_namespace, check_privileges,
@@ -29,6 +30,9 @@ use crate::host::{procfs::uname, vdso_image::VdsoImage};
 
 /// The eBPF object built by build.rs (aya-build).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vdso-observer"));
+
+/// The raw tracepoint every time syscall passes.
+pub const SYS_ENTER_TRACEPOINT: &str = "sys_enter";
 
 /// Default sampling rate per CPU: about ±10% on a process spending 5% of a CPU
 /// in the vDSO over 3 s, for well under 1% of a CPU.
@@ -123,8 +127,9 @@ impl Maps {
 /// Everything before attaching, shared by the observer and the bench floor: a
 /// kernel new enough, the privileges, the running kernel's offsets handed to
 /// the programs with the vDSO table and map sizes, and the load; then the
-/// maps taken out, the free slots filled.
-pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps)> {
+/// maps taken out, the free slots filled. The kernel's BTF is read once
+/// here and dropped: what attaching needs of it comes back as [`AttachTargets`].
+pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps, AttachTargets)> {
     check_kernel_floor(
         &uname().release,
         KERNEL_FLOOR,
@@ -133,7 +138,17 @@ pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps)> 
     check_privileges()?;
     check_pid_namespace()?;
     raise_memlock_limit();
-    let offsets = btf_offsets::kernel_offsets_from_file(&options.btf_path)?;
+    // EbpfLoader::new parses the kernel's whole BTF into aya's types (18 MB
+    // here) for CO-RE relocations, which Rust eBPF does not emit: made first,
+    // while little else is live, and that parse dropped at once.
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let btf = btf_offsets::read_btf(&options.btf_path)?;
+    let offsets = btf_offsets::kernel_offsets_of(&btf)
+        .with_context(|| format!("reading offsets from {}", options.btf_path.display()))?;
+    let targets = AttachTargets::of(&btf)
+        .with_context(|| format!("reading attach targets from {}", options.btf_path.display()))?;
+    drop(btf);
     log::debug!(
         "kernel offsets from {}: {offsets:?}",
         options.btf_path.display()
@@ -146,7 +161,7 @@ pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps)> 
     };
     // The programs log only what this process would print (off below debug).
     let log_level = log::max_level() as u8;
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = loader
         .override_global(PROGRAM_CONFIG_GLOBAL, &config, true)
         .override_global(VDSO_FUNCTIONS_GLOBAL, &tables.x86_64, true)
         .override_global(VDSO32_FUNCTIONS_GLOBAL, &tables.i386, true)
@@ -161,7 +176,21 @@ pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps)> 
         .context("loading the eBPF object (maps and programs)")?;
     let mut maps = Maps::take(&mut ebpf)?;
     maps.fill_free_slots(options.time_call_entries)?;
-    Ok((ebpf, maps))
+    Ok((ebpf, maps, targets))
+}
+
+/// The kernel types tp_btf and fentry programs attach to, by id, in a table
+/// aya takes: the typed sys_enter tracepoint and each time syscall's function.
+pub struct AttachTargets(pub aya::Btf);
+
+impl AttachTargets {
+    fn of(btf: &KernelBtf) -> Result<AttachTargets> {
+        let typedef = format!("btf_trace_{SYS_ENTER_TRACEPOINT}");
+        let keep: Vec<(Kind, &str)> = std::iter::once((Kind::Typedef, typedef.as_str()))
+            .chain(SYSCALL_ENTRIES.iter().map(|e| (Kind::Func, e.function)))
+            .collect();
+        Ok(AttachTargets(btf.names_only(&keep)?))
+    }
 }
 
 /// arm64's mm does not point at its vDSO image: every 64-bit task maps the
@@ -183,8 +212,8 @@ fn vdso_len_for_programs() -> u32 {
 /// Attaches only the empty `sys_enter` program (the benchmark's floor) and
 /// returns what keeps it attached.
 pub fn attach_floor(options: &LoadOptions) -> Result<Ebpf> {
-    let (mut ebpf, _maps) = load(options, &VdsoTables::default())?;
-    attach_raw_tracepoint(&mut ebpf, EMPTY_SYS_ENTER_PROGRAM, "sys_enter")?;
+    let (mut ebpf, _maps, _targets) = load(options, &VdsoTables::default())?;
+    attach_raw_tracepoint(&mut ebpf, EMPTY_SYS_ENTER_PROGRAM, SYS_ENTER_TRACEPOINT)?;
     Ok(ebpf)
 }
 

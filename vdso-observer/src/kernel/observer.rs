@@ -50,7 +50,7 @@ impl Observer {
         tables: &VdsoTables,
         judge: &mut dyn KprobeJudge,
     ) -> Result<Observer> {
-        let (mut ebpf, maps) = object::load(&options, tables)?;
+        let (mut ebpf, maps, targets) = object::load(&options, tables)?;
         let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logs) => Some(logs),
             Err(err) => {
@@ -61,7 +61,8 @@ impl Observer {
         // Lifetimes (and cgroups, the legacy page) first: see attach_tracepoint_probes.
         let tracepoints = attach_tracepoint_probes(&mut ebpf);
         let (attach_mode, time_calls) =
-            attach_time_calls(&mut ebpf, options.attach, &options.btf_path, judge)?;
+            attach_time_calls(&mut ebpf, options.attach, &targets, judge)?;
+        drop(targets);
         let mut probes: Vec<ProbeStatus> = [time_calls].into_iter().chain(tracepoints).collect();
         let mut sample_period_ns = None;
         if options.sample_hz > 0 && tables.x86_64 != VdsoFunctionTable::EMPTY {

@@ -115,7 +115,7 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
         detail: "exact counting of calls that bypass libc (--exact)".into(),
     });
 
-    let costs = calibrate::path_costs(image.as_ref()).calls;
+    let costs = crate::measure::path_costs::path_costs(image.as_ref()).calls;
 
     let timing_says = costs
         .first()

@@ -8,4 +8,5 @@ pub mod diagnose;
 pub mod entry_points;
 pub mod exact;
 pub mod hit_costs;
+pub mod path_costs;
 pub mod stopwatch;

@@ -10,17 +10,12 @@ use std::{
     time::Duration,
 };
 
-use vdso_observer_common::{
-    CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey,
-};
+use vdso_observer_common::{CallKey, ProcessKey, SyscallAbi, TimeCall, VdsoKey};
 
 use super::{
-    clocks::clock_name,
     comm::display_comm,
-    container::Container,
     costs::{PathCosts, VdsoCosts},
     observer::{AttachMode, MapSnapshot, ObserverStats, ProbeStatus, RunStats},
-    reason::{self, FallbackReason},
     report::*,
 };
 
@@ -38,6 +33,10 @@ impl VdsoEstimator {
     }
 }
 
+/// Exited processes a window reports one row each; past this, they are
+/// merged by who they were (see [`merged`]).
+pub const MAX_EXITED_ROWS: usize = 2048;
+
 /// Turns successive [`MapSnapshot`]s into [`Report`]s of the windows between them.
 #[derive(Debug, Default)]
 pub struct Aggregator {
@@ -52,6 +51,9 @@ pub struct Aggregator {
     /// Processes that exited during the window and were drained from the maps
     /// before it ended (see [`Aggregator::drain`]): reported with the window.
     drained: BTreeMap<ProcessKey, Deltas>,
+    /// Exited processes of the window past `max_exited_rows`, by kind.
+    merged: MergedExits,
+    max_exited_rows: usize,
     estimator: Option<VdsoEstimator>,
     thresholds: Thresholds,
     /// Processes retired and reported whose keys the kernel did not let user
@@ -116,8 +118,14 @@ impl Aggregator {
     pub fn new(estimator: Option<VdsoEstimator>) -> Aggregator {
         Aggregator {
             estimator,
+            max_exited_rows: MAX_EXITED_ROWS,
             ..Aggregator::default()
         }
+    }
+
+    /// How many exited processes a window reports one row each (the rest merged).
+    pub fn set_max_exited_rows(&mut self, rows: usize) {
+        self.max_exited_rows = rows;
     }
 
     /// Starts the first window now: what the maps hold already (counted while
@@ -172,7 +180,9 @@ impl Aggregator {
         }
 
         let mut retired = Retired::default();
-        let mut processes = Vec::new();
+        // Drained processes were given their rows when drained.
+        let mut exited_rows = drained_keys.len();
+        let mut processes = Vec::with_capacity(per_process.len());
         for (process, mut deltas) in per_process {
             let running = !drained_keys.contains(&process) && lookup.is_running(&process);
             if !running {
@@ -184,16 +194,30 @@ impl Aggregator {
                 continue;
             }
             let identity = self.identity(&process, snapshot, running, lookup);
-            let user = identity.uid.map(|uid| lookup.user_name(uid));
-            let mut report =
-                process_report(process, identity, user, !running, &deltas.calls, seconds);
-            report.lost_calls = deltas.lost;
-            report.excess_cpu_seconds = health
-                .path_costs
-                .excess_cpu_seconds(report.calls.iter().map(|c| (c.call, c.reason, c.count)));
-            add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
-            self.thresholds.apply(&mut report);
-            processes.push(report);
+            if !running && !drained_keys.contains(&process) {
+                if exited_rows >= self.max_exited_rows {
+                    self.merged.add(identity, &deltas);
+                    continue;
+                }
+                exited_rows += 1;
+            }
+            processes.push(self.row(
+                process, identity, !running, &deltas, seconds, &health, lookup,
+            ));
+        }
+        let merged: Vec<_> = self.merged.take().collect();
+        for (identity, count, deltas) in merged {
+            let mut row = self.row(
+                ProcessKey::default(),
+                identity,
+                true,
+                &deltas,
+                seconds,
+                &health,
+                lookup,
+            );
+            row.merged_processes = Some(count);
+            processes.push(row);
         }
         processes.sort_by(|a, b| {
             b.kernel_entries
@@ -264,17 +288,47 @@ impl Aggregator {
     /// the window, as if read at its end.
     pub fn drain(&mut self, snapshot: &MapSnapshot, lookup: &impl ProcessLookup) -> Retired {
         let mut retired = Retired::default();
-        for (process, deltas) in self.deltas(snapshot) {
+        for (process, mut deltas) in self.deltas(snapshot) {
             if self.drained.contains_key(&process) || lookup.is_running(&process) {
                 continue;
             }
             // Named now: the name entry goes with the keys.
-            self.identity(&process, snapshot, false, lookup);
+            let identity = self.identity(&process, snapshot, false, lookup);
             retired.add(process, &deltas);
-            self.drained.insert(process, deltas);
+            if self.drained.len() >= self.max_exited_rows {
+                deltas.calls.retain(|&(_, delta)| delta > 0);
+                deltas.vdso.retain(|&(_, delta)| delta > 0);
+                self.merged.add(identity, &deltas);
+                self.names.remove(&process);
+            } else {
+                self.drained.insert(process, deltas);
+            }
         }
         self.forget_retired(&retired);
         retired
+    }
+
+    /// One row: the process's counts named, priced and judged.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        process: ProcessKey,
+        identity: Identity,
+        exited: bool,
+        deltas: &Deltas,
+        seconds: f64,
+        health: &ObserverHealthInput,
+        lookup: &impl ProcessLookup,
+    ) -> ProcessReport {
+        let user = identity.uid.map(|uid| lookup.user_name(uid));
+        let mut report = process_report(process, identity, user, exited, &deltas.calls, seconds);
+        report.lost_calls = deltas.lost;
+        report.excess_cpu_seconds = health
+            .path_costs
+            .excess_cpu_seconds(report.calls.iter().map(|c| (c.call, c.reason, c.count)));
+        add_vdso_calls(&mut report, &deltas.vdso, self.estimator.as_ref(), seconds);
+        self.thresholds.apply(&mut report);
+        report
     }
 
     /// Each process's counts since the previous window (zero deltas included:
@@ -355,21 +409,28 @@ impl Aggregator {
             self.names.insert(*process, identity.clone());
             return identity;
         }
+        Identity::unknown()
+    }
+}
+
+/// Who a process is, as far as the report says.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Identity {
+    comm: String,
+    uid: Option<u32>,
+    /// Its cgroup v2 path when first seen.
+    cgroup: Option<String>,
+}
+
+impl Identity {
+    /// A process whose name was never recorded.
+    fn unknown() -> Identity {
         Identity {
             comm: "?".to_owned(),
             uid: None,
             cgroup: None,
         }
     }
-}
-
-/// Who a process is, as far as the report says.
-#[derive(Debug, Clone)]
-struct Identity {
-    comm: String,
-    uid: Option<u32>,
-    /// Its cgroup v2 path when first seen.
-    cgroup: Option<String>,
 }
 
 /// What the report says about the observer, besides what the maps hold.
@@ -384,174 +445,10 @@ pub struct ObserverHealthInput {
     pub path_costs: PathCosts,
 }
 
-fn process_report(
-    process: ProcessKey,
-    identity: Identity,
-    user: Option<String>,
-    exited: bool,
-    calls: &[(CallKey, u64)],
-    seconds: f64,
-) -> ProcessReport {
-    let mut by_origin = OriginCounts::default();
-    let mut clocks = BTreeSet::new();
-    let mut reasons = BTreeSet::new();
-    let mut rows = Vec::new();
-    for &(key, count) in calls {
-        let (Some(call), Some(origin), Some(abi)) = (
-            TimeCall::from_repr(key.call),
-            Origin::from_repr(key.origin),
-            SyscallAbi::from_repr(key.abi),
-        ) else {
-            log::warn!("pid {}: unknown counter key {key:?} ignored", process.tgid);
-            continue;
-        };
-        by_origin.add(origin, count);
-        let clock = (key.clock_id != NO_CLOCK).then(|| clock_name(key.clock_id));
-        if let Some(name) = &clock {
-            clocks.insert((key.clock_id, name.clone()));
-        }
-        let reason = reason::reason(call, key.clock_id, origin, abi);
-        reasons.extend(reason);
-        rows.push((
-            (call, key.clock_id, origin, abi),
-            CallCount {
-                call,
-                abi,
-                clock,
-                clock_id: (key.clock_id != NO_CLOCK).then_some(key.clock_id),
-                origin,
-                reason,
-                count,
-                per_sec: count as f64 / seconds,
-            },
-        ));
-    }
-    rows.sort_by_key(|(order, _)| *order);
-    let kernel_entries =
-        by_origin.vdso_fallback + by_origin.direct + by_origin.no_vdso + by_origin.legacy_vsyscall;
-    let getrandom_entries = rows
-        .iter()
-        .filter(|((call, ..), _)| *call == TimeCall::Getrandom)
-        .map(|(_, row)| row.count)
-        .sum();
-    let reasons: Vec<FallbackReason> = reasons.into_iter().collect();
-    ProcessReport {
-        pid: process.tgid,
-        user,
-        uid: identity.uid,
-        container: identity
-            .cgroup
-            .as_deref()
-            .and_then(Container::from_cgroup_path),
-        cgroup: identity.cgroup,
-        comm: identity.comm,
-        exec_id: process.exec_id,
-        start_boottime_ns: process.start_boottime_ns,
-        exited,
-        lost_calls: 0,
-        kernel_entries,
-        kernel_entries_per_sec: kernel_entries as f64 / seconds,
-        getrandom_entries,
-        only_getrandom: kernel_entries > 0 && getrandom_entries == kernel_entries,
-        vdso_calls_per_sec: None,
-        vdso_estimated: false,
-        kernel_share: None,
-        excess_cpu_seconds: None,
-        vdso_calls: Vec::new(),
-        vdso_uncertainty: None,
-        exact: None,
-        by_origin,
-        calls: rows.into_iter().map(|(_, row)| row).collect(),
-        clocks: clocks.into_iter().map(|(_, name)| name).collect(),
-        flags: reasons.iter().copied().filter(|r| r.is_fault()).collect(),
-        reasons,
-    }
-}
-
-/// Fills the vDSO side of a process report: exact hits where a uprobe or
-/// breakpoint counted a call, estimates from samples for the rest (other
-/// calls, threads not armed, the time before attaching or after detaching).
-fn add_vdso_calls(
-    report: &mut ProcessReport,
-    deltas: &[(VdsoKey, u64)],
-    estimator: Option<&VdsoEstimator>,
-    seconds: f64,
-) {
-    // Kernel entries the vDSO itself made (or a vDSO-less libc), per call and
-    // clock: an exact hit that ended in the kernel was not answered in user space.
-    let entered = |call: VdsoFunction, clock: &Option<String>| -> u64 {
-        report
-            .calls
-            .iter()
-            .filter(|c| {
-                VdsoFunction::Call(c.call) == call
-                    && matches!(c.origin, Origin::VdsoFallback | Origin::NoVdso)
-                    && (clock.is_none() || &c.clock == clock)
-            })
-            .map(|c| c.count)
-            .sum()
-    };
-    let mut rows = Vec::new();
-    let mut samples_used = 0u64;
-    let mut i386_sampled = false;
-    for &(key, count) in deltas {
-        let Some(provenance) = Provenance::from_repr(key.provenance) else {
-            continue;
-        };
-        let call = TimeCall::from_repr(key.call);
-        let function = call.map_or(VdsoFunction::Other, VdsoFunction::Call);
-        let clock = (key.clock_id != NO_CLOCK).then(|| clock_name(key.clock_id));
-        if provenance == Provenance::Sampled {
-            // The sampler leaves out what exact counting covered (thread,
-            // call, image): samples and exact hits of one call add up.
-            let Some(estimator) = estimator else { continue };
-            let abi = SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE);
-            let calls = estimator.calls(abi, call, count);
-            samples_used += count;
-            i386_sampled |= abi == SyscallAbi::I386;
-            rows.push(VdsoCallCount {
-                call: function,
-                clock,
-                provenance,
-                count: None,
-                samples: Some(count),
-                calls,
-                per_sec: calls / seconds,
-            });
-        } else {
-            let answered = count.saturating_sub(entered(function, &clock));
-            rows.push(VdsoCallCount {
-                call: function,
-                clock,
-                provenance,
-                count: Some(answered),
-                samples: None,
-                calls: answered as f64,
-                per_sec: answered as f64 / seconds,
-            });
-        }
-    }
-    if rows.is_empty() {
-        if estimator.is_some() {
-            // Sampling is on and saw nothing: an estimate of zero.
-            report.vdso_calls_per_sec = Some(0.0);
-            report.vdso_estimated = true;
-            report.kernel_share = (report.time_kernel_entries() > 0).then_some(1.0);
-        }
-        return;
-    }
-    report.only_getrandom = false;
-    rows.sort_by(|a, b| b.calls.total_cmp(&a.calls).then(a.call.cmp(&b.call)));
-    let total: f64 = rows.iter().map(|r| r.calls).sum();
-    report.vdso_calls_per_sec = Some(total / seconds);
-    report.vdso_estimated = samples_used > 0;
-    report.vdso_uncertainty = estimator
-        .filter(|_| samples_used > 0)
-        .map(|e| e.costs.uncertainty(samples_used, i386_sampled));
-    let kernel = report.time_kernel_entries() as f64;
-    report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
-    report.vdso_calls = rows;
-}
+mod merged;
+mod rows;
+use merged::MergedExits;
+use rows::{add_vdso_calls, process_report};
 
 /// Reports made from plain rows, for the front ends' unit tests.
 #[doc(hidden)]

@@ -15,7 +15,9 @@ pub mod reason;
 pub mod report;
 pub mod system;
 
-pub use aggregate::{Aggregator, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator};
+pub use aggregate::{
+    Aggregator, MAX_EXITED_ROWS, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator,
+};
 pub use container::{Container, ContainerNames, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
 pub use observer::{

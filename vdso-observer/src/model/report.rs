@@ -172,6 +172,10 @@ pub struct ProcessReport {
     pub vdso_uncertainty: Option<f64>,
     /// Exact counting of this process (`--exact`, `--exact-pid`); null when not asked.
     pub exact: Option<ExactState>,
+    /// A row of exited processes merged by comm, uid and cgroup (pid 0): how
+    /// many. A window gives own rows to at most `exited_rows` exited
+    /// processes (2048 unless set); null for a row of one process.
+    pub merged_processes: Option<u32>,
     pub by_origin: OriginCounts,
     pub calls: Vec<CallCount>,
     /// Names of the clocks passed to clock_gettime / clock_getres.

@@ -83,6 +83,15 @@ fn pod_matches(process: &ProcessReport, pod: &str) -> bool {
 /// What `--container` and the CONTAINER column call "outside every container".
 pub const HOST_CONTAINER: &str = "host";
 
+/// The pid, or `×N` for a row of N exited processes merged by name (past the
+/// window's limit of rows for exited processes).
+pub fn pid_column(process: &ProcessReport) -> String {
+    match process.merged_processes {
+        Some(count) => format!("×{count}"),
+        None => process.pid.to_string(),
+    }
+}
+
 /// The CONTAINER column: the runtime's name for it or its short id, or `host`.
 pub fn container_column(process: &ProcessReport) -> &str {
     process
@@ -295,7 +304,7 @@ pub fn render(report: &Report, hidden: usize) -> String {
         let _ = writeln!(
             out,
             "{:>7} {:<8} {:<16} {:<16} {:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}  {:<36} {:<28} {}",
-            process.pid,
+            pid_column(process),
             process.user.as_deref().unwrap_or("?"),
             comm,
             container_column(process),

@@ -1,9 +1,9 @@
 //! Tests of the aggregation: deltas, retirement, names, estimates, thresholds.
 
 use super::*;
-use vdso_observer_common::ProcessInfo;
+use vdso_observer_common::{NO_CLOCK, Origin, ProcessInfo};
 
-use crate::model::{EntryPoint, ExactState, ExactStatus, Thresholds};
+use crate::model::{Container, EntryPoint, ExactState, ExactStatus, FallbackReason, Thresholds};
 
 fn key(tgid: u32, call: TimeCall, clock_id: i32, origin: Origin) -> CallKey {
     CallKey {
@@ -287,4 +287,131 @@ fn a_report_reads_back_as_it_was_written() {
     let written = serde_json::to_value(&report).unwrap();
     let read: Report = serde_json::from_value(written.clone()).unwrap();
     assert_eq!(serde_json::to_value(&read).unwrap(), written);
+}
+
+/// A snapshot of `n` processes from `first_pid` on, each with `calls` direct
+/// clock_gettime calls, named by `comm_of(pid)`.
+fn exited_processes(
+    first_pid: u32,
+    n: u32,
+    calls: u64,
+    comm_of: impl Fn(u32) -> String,
+) -> MapSnapshot {
+    let mut snapshot = MapSnapshot::default();
+    for pid in first_pid..first_pid + n {
+        let key = key(pid, TimeCall::ClockGettime, 1, Origin::Direct);
+        snapshot.calls.insert(key, calls);
+        let mut comm = [0u8; 16];
+        let name = comm_of(pid);
+        comm[..name.len()].copy_from_slice(name.as_bytes());
+        snapshot
+            .names
+            .insert(key.process, ProcessInfo::new(comm, 0, 0));
+    }
+    snapshot
+}
+
+#[test]
+fn exited_processes_past_the_row_limit_merge_by_name_with_every_count() {
+    let mut aggregator = Aggregator::new(None);
+    aggregator.set_max_exited_rows(3);
+    // 10 processes named a, 5 named b; all gone by the window's end.
+    let mut snap = exited_processes(100, 10, 5, |_| "a".into());
+    let b = exited_processes(200, 5, 5, |_| "b".into());
+    snap.calls.extend(b.calls);
+    snap.names.extend(b.names);
+    let (report, retired) = aggregator.window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    // Every process is retired (its keys deleted), merged or not.
+    assert_eq!(retired.processes.len(), 15);
+    let own: Vec<_> = report
+        .processes
+        .iter()
+        .filter(|p| p.merged_processes.is_none())
+        .collect();
+    let merged: Vec<_> = report
+        .processes
+        .iter()
+        .filter(|p| p.merged_processes.is_some())
+        .collect();
+    assert_eq!(own.len(), 3);
+    assert!(own.iter().all(|p| p.pid != 0 && p.exited));
+    // One merged row per name, pid 0, counts whole and flags judged.
+    assert_eq!(merged.len(), 2, "{merged:#?}");
+    let processes: u32 = merged.iter().map(|p| p.merged_processes.unwrap()).sum();
+    assert_eq!(processes as usize + own.len(), 15);
+    for row in &merged {
+        assert_eq!(row.pid, 0);
+        assert!(row.exited);
+        assert_eq!(
+            row.kernel_entries,
+            5 * u64::from(row.merged_processes.unwrap())
+        );
+        assert_eq!(row.by_origin.direct, row.kernel_entries);
+        assert_eq!(row.flag_words(), ["direct"]);
+        assert_eq!(row.clocks, ["CLOCK_MONOTONIC"]);
+    }
+    let total: u64 = report.processes.iter().map(|p| p.kernel_entries).sum();
+    assert_eq!(total, 75);
+}
+
+#[test]
+fn processes_drained_past_the_row_limit_merge_too_and_names_are_not_kept() {
+    let mut aggregator = Aggregator::new(None);
+    aggregator.set_max_exited_rows(2);
+    let snap = exited_processes(100, 6, 5, |_| "storm".into());
+    let retired = aggregator.drain(&snap, &testing::Fixed { running: false });
+    assert_eq!(retired.processes.len(), 6);
+    // Only the processes with own rows keep a name until the window ends.
+    assert_eq!(aggregator.names.len(), 2);
+    // The maps no longer hold them: the window sees none of their keys.
+    let (report, _) = aggregator.window(
+        &MapSnapshot::default(),
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    assert_eq!(report.processes.len(), 3, "{:#?}", report.processes);
+    let merged = report
+        .processes
+        .iter()
+        .find(|p| p.merged_processes.is_some())
+        .unwrap();
+    assert_eq!(
+        (merged.comm.as_str(), merged.merged_processes),
+        ("storm", Some(4))
+    );
+    assert_eq!(merged.kernel_entries, 20);
+    assert!(aggregator.names.is_empty());
+    // The next window starts empty.
+    let (report, _) = aggregator.window(
+        &MapSnapshot::default(),
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    assert!(report.processes.is_empty());
+}
+
+#[test]
+fn a_tenant_naming_every_process_anew_gets_bounded_merged_rows() {
+    let mut aggregator = Aggregator::new(None);
+    aggregator.set_max_exited_rows(0);
+    let n = merged::MAX_GROUPS as u32 + 500;
+    let snap = exited_processes(1000, n, 1, |pid| format!("x{pid}"));
+    let (report, _) = aggregator.window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    assert_eq!(report.processes.len(), merged::MAX_GROUPS + 1);
+    let rest = report.processes.iter().find(|p| p.comm == "?").unwrap();
+    assert_eq!(rest.merged_processes, Some(500));
+    let total: u64 = report.processes.iter().map(|p| p.kernel_entries).sum();
+    assert_eq!(total, u64::from(n));
 }

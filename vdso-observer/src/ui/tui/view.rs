@@ -191,7 +191,7 @@ fn is_numeric(column: Column) -> bool {
 fn cell(process: &ProcessReport, column: Column, seconds: f64) -> String {
     let per_sec = |count: u64| rate(count as f64 / seconds.max(1e-9));
     match column {
-        Column::Pid => process.pid.to_string(),
+        Column::Pid => crate::ui::format::pid_column(process),
         Column::User => process.user.clone().unwrap_or_else(|| "?".into()),
         Column::Comm => {
             if process.exited {
