@@ -5,13 +5,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapError, PerCpuValues};
+use aya::{
+    Pod,
+    maps::{
+        HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuHashMap, PerCpuValues,
+    },
+};
 use vdso_observer_common::{
     CallKey, ObserverStat, ProcessEnd, ProcessKey, SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP,
     VdsoKey,
 };
 
-use super::observer::Observer;
+use super::{
+    map_batch::{self, Values},
+    observer::Observer,
+};
 use crate::model::{KeysCreated, MapSnapshot, ObserverStats, Retired};
 
 impl Observer {
@@ -20,15 +28,13 @@ impl Observer {
     /// before the counters are read.
     pub fn snapshot(&self) -> Result<MapSnapshot> {
         let mut snapshot = MapSnapshot::default();
-        for entry in self.maps.processes.iter() {
-            let Ok((key, info)) = entry else { continue };
+        each_entry(&self.maps.processes, |key, info| {
             snapshot.names.insert(key, info);
-        }
+        });
         snapshot.calls = self.time_call_counts()?;
-        for entry in self.maps.vdso_calls.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            snapshot.vdso.insert(key, per_cpu.iter().sum());
-        }
+        each_per_cpu_sum(&self.maps.vdso_calls, |key, sum| {
+            snapshot.vdso.insert(key, sum);
+        });
         // A process that made its first counter between the two reads (a
         // short child, gone before /proc could name it) has one now: read.
         let unnamed: BTreeSet<ProcessKey> = snapshot
@@ -57,12 +63,38 @@ impl Observer {
         Ok(snapshot)
     }
 
-    /// Every time-call counter: each key's slot, then the slot's per-CPU counts.
+    /// Every time-call counter: each key's slot, then the slot's per-CPU counts
+    /// (the whole slot array in batches when many keys are live).
     fn time_call_counts(&self) -> Result<HashMap<CallKey, u64>> {
-        let mut calls = HashMap::new();
-        for entry in self.maps.time_calls.iter() {
+        let mut slots = self.slots_seen.borrow_mut();
+        slots.clear();
+        each_entry(&self.maps.time_calls, |key, slot| {
+            slots.insert(key, slot);
+        });
+        if slots.len() > FEW_KEYS {
+            let mut totals = vec![0u64; self.options().time_call_entries as usize];
+            let batched = map_batch::lookup_all::<u32, u64>(
+                self.maps.time_call_counts.map(),
+                Values::PerCpu,
+                |slot, per_cpu| {
+                    if let Some(total) = totals.get_mut(slot as usize) {
+                        *total = per_cpu.iter().sum();
+                    }
+                },
+            );
+            match batched {
+                Ok(()) => {
+                    return Ok(slots
+                        .iter()
+                        .map(|(key, slot)| (*key, totals.get(*slot as usize).copied().unwrap_or(0)))
+                        .collect());
+                }
+                Err(err) => log::debug!("{TIME_CALL_COUNTS_MAP} in batches: {err}; slot by slot"),
+            }
+        }
+        let mut calls = HashMap::with_capacity(slots.len());
+        for (&key, &slot) in slots.iter() {
             // A key deleted between listing and lookup is simply gone.
-            let Ok((key, slot)) = entry else { continue };
             let per_cpu = self
                 .maps
                 .time_call_counts
@@ -111,18 +143,18 @@ impl Observer {
     /// map was full). Keys only, no counters: cheaper than a snapshot.
     pub fn process_lifetimes(&self) -> BTreeMap<ProcessKey, Option<ProcessEnd>> {
         let mut processes: BTreeMap<ProcessKey, Option<ProcessEnd>> = BTreeMap::new();
-        for key in self.maps.time_calls.keys().filter_map(Result::ok) {
-            processes.insert(key.process, None);
-        }
-        for key in self.maps.vdso_calls.keys().filter_map(Result::ok) {
-            processes.insert(key.process, None);
-        }
-        for (key, info) in self.maps.processes.iter().filter_map(Result::ok) {
+        each_entry(&self.maps.time_calls, |key, _| {
+            processes.entry(key.process).or_insert(None);
+        });
+        each_per_cpu_sum(&self.maps.vdso_calls, |key, _| {
+            processes.entry(key.process).or_insert(None);
+        });
+        each_entry(&self.maps.processes, |key, info| {
             processes.insert(
                 key,
                 Some(ProcessEnd::from_repr(info.ended).unwrap_or(ProcessEnd::Running)),
             );
-        }
+        });
         processes
     }
 
@@ -166,7 +198,9 @@ impl Observer {
             time_calls: freed,
             ..KeysCreated::default()
         };
-        for key in &retired.vdso_keys {
+        let (batched, rest) = delete_batch(self.maps.vdso_calls.map(), &retired.vdso_keys);
+        deleted.vdso_calls += batched;
+        for key in rest {
             match deleted_or_absent(self.maps.vdso_calls.remove(key)) {
                 Ok(true) => deleted.vdso_calls += 1,
                 Ok(false) => {}
@@ -176,7 +210,9 @@ impl Observer {
                 }
             }
         }
-        for process in &retired.processes {
+        let (batched, rest) = delete_batch(self.maps.processes.map(), &retired.processes);
+        deleted.processes += batched;
+        for process in rest {
             match deleted_or_absent(self.maps.processes.remove(process)) {
                 Ok(true) => deleted.processes += 1,
                 Ok(false) => {}
@@ -199,7 +235,27 @@ impl Observer {
     fn free_time_call_slots(&mut self, keys: &[CallKey]) -> (u64, Vec<CallKey>) {
         let mut freed = Vec::new();
         let mut failed = Vec::new();
-        for key in keys {
+        let keys = if keys.len() > FEW_KEYS {
+            // Their slots as the snapshot before read them (a key's slot does
+            // not change while the key lives), the keys in one deletion.
+            let seen = self.slots_seen.borrow();
+            let slots: HashMap<CallKey, u32> = keys
+                .iter()
+                .filter_map(|key| Some((*key, *seen.get(key)?)))
+                .collect();
+            drop(seen);
+            let found: Vec<CallKey> = slots.keys().copied().collect();
+            let (_, rest) = delete_batch(self.maps.time_calls.map(), &found);
+            let done = found.len() - rest.len();
+            freed.extend(found[..done].iter().map(|key| slots[key]));
+            // Keys the snapshot did not see, and what the batch left, go key by key.
+            let mut rest = rest.to_vec();
+            rest.extend(keys.iter().filter(|key| !slots.contains_key(key)));
+            rest
+        } else {
+            keys.to_vec()
+        };
+        for key in &keys {
             let slot = match self.maps.time_calls.get(key, 0) {
                 Ok(slot) => slot,
                 Err(err) => {
@@ -241,12 +297,22 @@ impl Observer {
             .slot_generation
             .set(0, next, 0)
             .with_context(|| format!("advancing {SLOT_GENERATION_MAP}"))?;
+        let zeroed = match map_batch::set_per_cpu(self.maps.time_call_counts.map(), freed, 0u64) {
+            Ok(()) => freed.len(),
+            Err((err, done)) => {
+                log::debug!("zeroing {TIME_CALL_COUNTS_MAP} in batches: {err}; slot by slot");
+                done
+            }
+        };
         let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
-        for &slot in freed {
+        for &slot in &freed[zeroed..] {
             self.maps
                 .time_call_counts
                 .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
                 .with_context(|| format!("zeroing {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
+        }
+        // A queue takes one value a call: the one syscall per slot left.
+        for &slot in freed {
             self.maps
                 .free_time_call_slots
                 .push(slot, 0)
@@ -278,6 +344,50 @@ impl Observer {
             self.deleted.processes,
             options.process_entries,
         )))
+    }
+}
+
+/// Below this many keys, key by key costs no more than a batch.
+const FEW_KEYS: usize = 64;
+
+/// Every entry of a hash map, in batches (else key by key, where the kernel
+/// refuses: then entries a failed batch gave may come twice).
+fn each_entry<K: Pod, V: Pod>(map: &BpfHashMap<MapData, K, V>, mut each: impl FnMut(K, V)) {
+    let batched =
+        map_batch::lookup_all::<K, V>(map.map(), Values::Single, |key, value| each(key, value[0]));
+    if let Err(err) = batched {
+        log::debug!("reading a map in batches: {err}; key by key");
+        for (key, value) in map.iter().filter_map(Result::ok) {
+            each(key, value);
+        }
+    }
+}
+
+/// Every entry of a per-CPU hash map with its values summed, as [`each_entry`].
+fn each_per_cpu_sum<K: Pod>(map: &PerCpuHashMap<MapData, K, u64>, mut each: impl FnMut(K, u64)) {
+    let batched = map_batch::lookup_all::<K, u64>(map.map(), Values::PerCpu, |key, per_cpu| {
+        each(key, per_cpu.iter().sum())
+    });
+    if let Err(err) = batched {
+        log::debug!("reading a per-CPU map in batches: {err}; key by key");
+        for (key, per_cpu) in map.iter().filter_map(Result::ok) {
+            each(key, per_cpu.iter().sum());
+        }
+    }
+}
+
+/// Deletes `keys` in batches: how many it deleted, and the keys left to go
+/// key by key (all of them where the kernel refuses batches).
+fn delete_batch<'a, K: Pod>(map: &MapData, keys: &'a [K]) -> (u64, &'a [K]) {
+    if keys.len() <= FEW_KEYS {
+        return (0, keys);
+    }
+    match map_batch::delete(map, keys) {
+        Ok(deleted) => (deleted as u64, &[]),
+        Err((err, done)) => {
+            log::debug!("deleting in batches: {err}; key by key from the {done}th");
+            (0, &keys[done..])
+        }
     }
 }
 

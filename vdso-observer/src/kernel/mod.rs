@@ -8,6 +8,7 @@ pub mod attach;
 mod btf;
 pub mod btf_offsets;
 mod exact_links;
+mod map_batch;
 mod map_reads;
 pub mod object;
 pub mod observer;

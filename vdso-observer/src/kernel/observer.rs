@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use anyhow::Result;
 use aya::Ebpf;
 use vdso_observer_common::{
-    SYSCALL_ENTRIES, VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM, VdsoFunctionTable,
+    CallKey, SYSCALL_ENTRIES, VDSO_BREAKPOINT_PROGRAM, VDSO_UPROBE_PROGRAM, VdsoFunctionTable,
 };
 
 use super::{
@@ -33,6 +33,9 @@ pub struct Observer {
     /// Keys and process entries this process deleted, per map: with what the
     /// programs created, how full the maps are.
     pub(super) deleted: KeysCreated,
+    /// Each time-call key's slot as the last snapshot read it: what a drain
+    /// that follows needs to give the slots back, without reading again.
+    pub(super) slots_seen: std::cell::RefCell<std::collections::HashMap<CallKey, u32>>,
     /// Where time syscalls are counted (what `auto` chose).
     attach_mode: AttachMode,
     /// Whether the kernel measures the programs' run time.
@@ -91,6 +94,7 @@ impl Observer {
             sample_period_ns,
             exact_loaded: false,
             deleted: KeysCreated::default(),
+            slots_seen: Default::default(),
         })
     }
 

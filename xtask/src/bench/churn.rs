@@ -17,6 +17,8 @@ use super::{Bench, cpu_ticks, status_kb};
 
 const CALLS_EACH: u64 = 5;
 const PER_SECOND: u64 = 5_000;
+/// What issue 25 asks of the daemon at this rate.
+const CPU_GOAL_PERCENT: f64 = 1.0;
 
 pub(super) fn run(bench: &Bench) -> Result<Value> {
     let textfile = bench.dir.join("churn.prom");
@@ -56,12 +58,14 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // The children's clock_gettime calls (the parent's getrandom left out).
     let counted = sum(
         &metrics,
         "vdso_observer_kernel_time_calls_total{",
-        "comm=\"vt-bench\"",
+        "comm=\"vt-bench\",call=\"clock_gettime\"",
     );
     let lost = sum(&metrics, "vdso_observer_lost_time_calls_total{", "");
+    let cpu_percent = (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0;
     Ok(json!({
         "processes": processes,
         "seconds": elapsed,
@@ -69,7 +73,8 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
         "true_calls": processes * CALLS_EACH,
         "counted_calls": counted,
         "lost_calls": lost,
-        "cpu_percent_of_one_core": (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0,
+        "cpu_percent_of_one_core": cpu_percent,
+        "goals_met": cpu_percent <= CPU_GOAL_PERCENT && lost == 0 && counted == processes * CALLS_EACH,
         "rss_mb": kb("VmRSS:") / 1024.0,
         "peak_rss_mb": kb("VmHWM:") / 1024.0,
     }))
@@ -86,7 +91,7 @@ fn sum(metrics: &str, family: &str, with: &str) -> u64 {
 
 pub(super) fn render(churn: &Value) -> String {
     format!(
-        "\nchurn: {} processes in {:.0} s ({:.0}/s), {} of {} calls counted, {} lost; daemon {:.2}% of one core, RSS {:.1} MB (peak {:.1} MB)\n",
+        "\nchurn: {} processes in {:.0} s ({:.0}/s), {} of {} calls counted, {} lost; daemon {:.2}% of one core (goal <= {CPU_GOAL_PERCENT}% with every call counted: {}), RSS {:.1} MB (peak {:.1} MB)\n",
         churn["processes"],
         churn["seconds"].as_f64().unwrap_or(0.0),
         churn["processes_per_sec"].as_f64().unwrap_or(0.0),
@@ -94,6 +99,11 @@ pub(super) fn render(churn: &Value) -> String {
         churn["true_calls"],
         churn["lost_calls"],
         churn["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
+        if churn["goals_met"] == true {
+            "met"
+        } else {
+            "NOT MET"
+        },
         churn["rss_mb"].as_f64().unwrap_or(0.0),
         churn["peak_rss_mb"].as_f64().unwrap_or(0.0),
     )

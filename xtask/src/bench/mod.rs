@@ -760,6 +760,34 @@ fn render(results: &Value) -> String {
 }
 
 /// The parts rendered by their own modules.
+/// Issue 25's memory goal: the daemon's peak RSS (VmHWM, start-up included)
+/// in every scenario this run measured.
+const PEAK_RSS_GOAL_MB: f64 = 30.0;
+
+fn memory_goal(results: &Value) -> String {
+    let peaks: Vec<(&str, f64)> = [
+        ("1000 idle + 50 active", &results["observer_cost"]),
+        ("5 000 exits/s", &results["churn"]),
+        ("200 pods", &results["fleet"]),
+    ]
+    .into_iter()
+    .filter_map(|(name, part)| Some((name, part["peak_rss_mb"].as_f64()?)))
+    .collect();
+    if peaks.is_empty() {
+        return String::new();
+    }
+    let met = peaks.iter().all(|(_, peak)| *peak <= PEAK_RSS_GOAL_MB);
+    format!(
+        "\nmemory: peak RSS (VmHWM, start-up included) {}; goal <= {PEAK_RSS_GOAL_MB} MB in every scenario: {}\n",
+        peaks
+            .iter()
+            .map(|(name, peak)| format!("{name} {peak:.1} MB"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if met { "met" } else { "NOT MET" }
+    )
+}
+
 fn rest(results: &Value) -> String {
     let mut out = String::new();
     if !results["coverage"].is_null() {
@@ -771,6 +799,7 @@ fn rest(results: &Value) -> String {
     if !results["fleet"].is_null() {
         out.push_str(&fleet::render(&results["fleet"]));
     }
+    out.push_str(&memory_goal(results));
     if !results["guest"].is_null() {
         for loop_name in ["getppid", "direct"] {
             let g = &results["guest"][loop_name];
