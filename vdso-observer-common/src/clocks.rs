@@ -20,6 +20,12 @@ pub const CLOCK_INVALID: i32 = i32::MIN + 4;
 /// The overflow key of a process that reached [`ProgramConfig::process_key_cap`]:
 /// its calls still count, without their clock.
 pub const CLOCK_OVERFLOW: i32 = i32::MIN + 5;
+/// A sample in the code of clock_gettime that only coarse clocks run
+/// (CLOCK_REALTIME_COARSE or CLOCK_MONOTONIC_COARSE: the sampler cannot tell
+/// which), as calibration found it ([`COARSE_CODE_MAP`]).
+///
+/// [`COARSE_CODE_MAP`]: crate::COARSE_CODE_MAP
+pub const CLOCK_COARSE_SAMPLED: i32 = i32::MIN + 6;
 /// Static clock ids are below this (`MAX_CLOCKS`).
 pub const MAX_STATIC_CLOCK: i32 = 16;
 

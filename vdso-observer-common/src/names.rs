@@ -57,6 +57,19 @@ pub const EXACT_COVERAGE_ENTRIES: u32 = 65_536;
 /// Thread ids stay below 2^22 (`PID_MAX_LIMIT`).
 pub const COVERAGE_PROCESS: u32 = 1 << 31;
 
+/// Bytes of the 64-bit vDSO that [`COARSE_CODE_MAP`] and
+/// [`SAMPLE_OFFSETS_MAP`] cover (the x86_64 and arm64 images are 8 KB).
+pub const VDSO_CODE_BYTES: u32 = 16_384;
+/// Bitmap (`u64` words) of the 64-bit vDSO's bytes that only coarse-clock
+/// reads run, set by the calibration: a sample there is keyed
+/// [`CLOCK_COARSE_SAMPLED`](crate::CLOCK_COARSE_SAMPLED), and priced as one.
+pub const COARSE_CODE_MAP: &str = "COARSE_CODE";
+/// Samples per byte offset of the 64-bit vDSO, of the one process
+/// [`OFFSET_SAMPLED_TGID_MAP`] names (the calibration's children).
+pub const SAMPLE_OFFSETS_MAP: &str = "SAMPLE_OFFSETS";
+/// The process whose samples [`SAMPLE_OFFSETS_MAP`] counts (0: none).
+pub const OFFSET_SAMPLED_TGID_MAP: &str = "OFFSET_SAMPLED_TGID";
+
 /// `cgroup:cgroup_mkdir` program: records each new cgroup's path, so the
 /// container of a process that ends with its cgroup stays known.
 pub const CGROUP_MKDIR_PROGRAM: &str = "cgroup_created";

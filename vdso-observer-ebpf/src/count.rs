@@ -9,8 +9,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid},
 };
 use vdso_observer_common::{
-    CLOCK_OVERFLOW, CallKey, NO_CLOCK, ObserverStat, Origin, ProcessInfo, ProcessKey, Provenance,
-    RecentTimeCall, SyscallAbi, TimeCall, VdsoKey, clock_key,
+    CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, CallKey, NO_CLOCK, ObserverStat, Origin, ProcessInfo,
+    ProcessKey, Provenance, RecentTimeCall, SyscallAbi, TimeCall, VdsoKey, clock_key,
 };
 
 use crate::{
@@ -135,10 +135,13 @@ pub fn count_vdso_call(
     let takes_clock = call == TimeCall::ClockGettime as u8 || call == TimeCall::ClockGetres as u8;
     let mut key = VdsoKey {
         process,
-        clock_id: if takes_clock && clock_id != NO_CLOCK {
-            clock_key(clock_id)
-        } else {
+        clock_id: if !takes_clock || clock_id == NO_CLOCK {
             NO_CLOCK
+        } else if clock_id == CLOCK_COARSE_SAMPLED && provenance == Provenance::Sampled {
+            // The sampler's own mark, not a clock id a caller passed.
+            clock_id
+        } else {
+            clock_key(clock_id)
         },
         call,
         provenance: provenance as u8,

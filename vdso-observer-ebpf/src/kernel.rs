@@ -33,6 +33,16 @@ pub fn read_kernel<T>(base: *const u8, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
 }
 
+/// `value` as plain data. A value computed from a BTF-typed pointer field
+/// (the vDSO's address in the mm) stays a pointer to the verifier, which will
+/// not let it be stored narrower, as a map key must be: copied through the
+/// helper, it is a number. A helper call: for rare paths only.
+#[inline(always)]
+pub fn as_scalar(value: u64) -> Option<u64> {
+    let slot = value;
+    read_kernel::<u64>(&slot as *const u64 as *const u8, 0).ok()
+}
+
 /// The user registers a program was handed: BTF-typed ones (tp_btf, fentry)
 /// load directly; untyped ones (raw tracepoint, kprobe) through
 /// `bpf_probe_read_kernel`, a function call each.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
     DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_ENTRIES, ExactCoverage, ObserverStat, ProcessInfo,
-    ProcessKey, RecentTimeCall, VdsoKey,
+    ProcessKey, RecentTimeCall, VDSO_CODE_BYTES, VdsoKey,
 };
 
 #[map]
@@ -49,6 +49,16 @@ pub static CGROUP_PATHS: LruHashMap<u64, CgroupPath> =
 /// One [`CgroupPath`] per CPU to read a path into: too large for the stack.
 #[map]
 pub static CGROUP_PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `COARSE_CODE_MAP`, `SAMPLE_OFFSETS_MAP` and `OFFSET_SAMPLED_TGID_MAP`.
+#[map]
+pub static COARSE_CODE: Array<u64> = Array::with_max_entries(VDSO_CODE_BYTES / 64, 0);
+
+#[map]
+pub static SAMPLE_OFFSETS: Array<u32> = Array::with_max_entries(VDSO_CODE_BYTES, 0);
+
+#[map]
+pub static OFFSET_SAMPLED_TGID: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static OBSERVER_STATS: PerCpuArray<u64> =

@@ -9,15 +9,16 @@ use aya_ebpf::{
     programs::{PerfEventContext, ProbeContext},
 };
 use vdso_observer_common::{
-    COVERAGE_PROCESS, NO_CLOCK, ObserverStat, Provenance, UprobeCookie, VDSO_OTHER_CODE,
-    VDSO_SYSCALL_ENTRY, inside_vdso, vdso_instruction_offset,
+    CLOCK_COARSE_SAMPLED, COVERAGE_PROCESS, NO_CLOCK, ObserverStat, Provenance, SyscallAbi,
+    TimeCall, UprobeCookie, VDSO_CODE_BYTES, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, inside_vdso,
+    vdso_instruction_offset,
 };
 
 use crate::{
     config::{config, function_table},
     count::count_vdso_call,
-    kernel::{current_task, vdso_text},
-    maps::EXACT_COVERAGE,
+    kernel::{as_scalar, current_task, vdso_text},
+    maps::{COARSE_CODE, EXACT_COVERAGE, OFFSET_SAMPLED_TGID, SAMPLE_OFFSETS},
     stats::{add_stat, bump},
     user_regs::UserRegs,
 };
@@ -59,16 +60,50 @@ pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
     if let Some((call, vdso_base)) = sampled_call(caller.task, &regs)
         && !counted_exactly(&caller, vdso_base, call)
     {
+        let clock = sampled_clock(&caller, &regs, call, vdso_base);
         count_vdso_call(
             caller.task,
             caller.tgid,
             call,
-            NO_CLOCK,
+            clock,
             Provenance::Sampled,
             regs.abi,
         );
     }
     0
+}
+
+/// A sample's clock: coarse where it lies in code only coarse-clock reads of
+/// clock_gettime run (64-bit image; the bitmap calibration set), else none.
+/// Counts the calibration child's samples by offset meanwhile.
+#[inline(always)]
+fn sampled_clock(caller: &Caller, regs: &UserRegs, call: u8, vdso_base: u64) -> i32 {
+    if regs.abi != SyscallAbi::NATIVE {
+        return NO_CLOCK;
+    }
+    let Some(offset) = as_scalar(regs.ip.wrapping_sub(vdso_base)) else {
+        return NO_CLOCK;
+    };
+    if offset >= u64::from(VDSO_CODE_BYTES) {
+        return NO_CLOCK;
+    }
+    let offset = offset as u32;
+    if OFFSET_SAMPLED_TGID
+        .get(0)
+        .is_some_and(|tgid| *tgid == caller.tgid)
+        && let Some(count) = SAMPLE_OFFSETS.get_ptr_mut(offset)
+    {
+        // SAFETY: a valid value of the array. Racy across CPUs: a lost
+        // increment only blurs the histogram.
+        unsafe { *count += 1 };
+    }
+    if call != TimeCall::ClockGettime as u8 {
+        return NO_CLOCK;
+    }
+    match COARSE_CODE.get(offset / 64) {
+        Some(word) if word & (1 << (offset % 64)) != 0 => CLOCK_COARSE_SAMPLED,
+        _ => NO_CLOCK,
+    }
 }
 
 /// Whether exact counting covers `call` in this thread (a breakpoint) or

@@ -71,6 +71,9 @@ pub enum Command {
     VdsoLoop {
         #[arg(long)]
         quick: bool,
+        /// Coarse-clock reads only (their cost and where their samples land).
+        #[arg(long, conflicts_with = "quick")]
+        coarse: bool,
     },
     /// Write the man pages or shell completions (used by `cargo xtask dist`).
     #[command(hide = true)]

@@ -56,8 +56,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate { what } => cli::generate(what)?,
         Command::Completions { shell } => cli::completions(shell),
-        Command::VdsoLoop { quick } => {
-            measure::calibrate::run_loop(&host::vdso_image::VdsoImage::current()?, quick)?
+        Command::VdsoLoop { quick, coarse } => {
+            use measure::calibrate::LoopPlan;
+            let plan = match (quick, coarse) {
+                (true, _) => LoopPlan::Quick,
+                (_, true) => LoopPlan::Coarse,
+                _ => LoopPlan::Full,
+            };
+            measure::calibrate::run_loop(&host::vdso_image::VdsoImage::current()?, plan)?
         }
         Command::Top(args) => {
             let (settings, thresholds) = settings_of(&args.load)?;

@@ -454,11 +454,17 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
             continue;
         }
         let samples = count.saturating_sub(before.get(&key).copied().unwrap_or(0));
-        *rates.entry(key.process.tgid).or_default() += estimator.calls(
-            SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
-            TimeCall::from_repr(key.call),
-            samples,
-        ) / PROBE.as_secs_f64();
+        let calls = match estimator.coarse_calls(samples) {
+            Some((coarse, _)) if key.clock_id == vdso_observer_common::CLOCK_COARSE_SAMPLED => {
+                coarse
+            }
+            _ => estimator.calls(
+                SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
+                TimeCall::from_repr(key.call),
+                samples as f64,
+            ),
+        };
+        *rates.entry(key.process.tgid).or_default() += calls / PROBE.as_secs_f64();
     }
     rates
 }

@@ -179,9 +179,10 @@ pub struct ObserverValues {
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub bpf_stats: Option<bool>,
     #[arg(long, value_name = "ROWS", help = format!(
-        "Exited processes a window reports one row each; past it they merge into one \
-         row per name, user and cgroup (pid 0, merged_processes), so a machine ending \
-         thousands of processes a second costs bounded memory [default: {}]",
+        "Exited processes a window reports one row each (a sixteenth of them at most \
+         of one name, user and cgroup); past it they merge into one row per name, user \
+         and cgroup (pid 0, merged_processes), so a machine ending thousands of \
+         processes a second costs bounded memory [default: {}]",
         defaults::EXITED_ROWS
     ))]
     pub exited_rows: Option<usize>,

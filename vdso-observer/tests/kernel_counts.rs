@@ -370,20 +370,20 @@ fn thousands_of_short_processes_lose_nothing() {
         .into_iter()
         .filter(|row| row.pid != parent)
         .collect();
-    // 2 048 exited processes get a row each (the default --exited-rows); the
-    // rest share one merged row, every call still counted.
+    // 128 exited processes of one name get a row each (a sixteenth of the
+    // default --exited-rows); the rest share one merged row, every call counted.
     let (own, merged): (Vec<_>, Vec<_>) = children
         .iter()
         .partition(|row| row.merged_processes.is_none());
-    assert_eq!(own.len(), 2048);
+    assert_eq!(own.len(), 128);
     for row in &own {
         assert_eq!(counts(row), direct_monotonic(5));
         assert!(row.exited);
     }
     assert_eq!(merged.len(), 1, "{merged:#?}");
     assert_eq!(merged[0].pid, 0);
-    assert_eq!(merged[0].merged_processes, Some(30_000 - 2048));
-    assert_eq!(counts(merged[0]), direct_monotonic(5 * (30_000 - 2048)));
+    assert_eq!(merged[0].merged_processes, Some(30_000 - 128));
+    assert_eq!(counts(merged[0]), direct_monotonic(5 * (30_000 - 128)));
     assert!(
         stderr.contains("exited processes, now"),
         "no drain: {stderr}"

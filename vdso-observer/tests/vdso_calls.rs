@@ -358,6 +358,50 @@ fn default_sampling_estimates_a_hot_loop_within_half() {
     assert_eq!(quiet_row.kernel_share, Some(1.0));
 }
 
+#[test]
+fn coarse_clock_reads_are_priced_as_coarse_reads() {
+    require_root();
+    let _serial = serial();
+    let hot = build_workload("time_calls", "vt-est-coarse", &[]);
+    let observer = ObserverRun::start(&[]);
+    let out = Command::new(&hot)
+        .args(["hotcoarse", "0", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let truth: f64 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let report = observer.finish();
+    let coarse = report
+        .observer
+        .vdso_costs
+        .coarse
+        .expect("coarse reads calibrated");
+    assert!(coarse.marked_ns > 0.0 && coarse.samples >= 20, "{coarse:?}");
+    let row = rows_of_comm(&report, "vt-est-coarse").pop().expect("row");
+    let coarse_row = row
+        .vdso_calls
+        .iter()
+        .find(|c| c.clock.as_deref() == Some("CLOCK_*_COARSE"))
+        .unwrap_or_else(|| panic!("no coarse row: {row:#?}"));
+    // Nearly all of its samples land in coarse-only code.
+    let samples: u64 = row.vdso_calls.iter().filter_map(|c| c.samples).sum();
+    assert!(coarse_row.samples.unwrap() * 10 >= samples * 9, "{row:#?}");
+    let error = estimate_error(truth, &row, &report);
+    eprintln!(
+        "coarse hot loop: {truth} calls, estimated {:+.1}% (±{:.1}%), costs {coarse:?}",
+        error * 100.0,
+        row.vdso_uncertainty.unwrap() * 100.0
+    );
+    // Priced as CLOCK_MONOTONIC reads, these were -88%. A gross check: what a
+    // few-ns call's samples say depends on its caller (see costs.rs).
+    assert!(error.abs() <= 0.5, "{error}: {row:#?}");
+}
+
 /// Median calls per CPU-second of a `hotlog` workload over its 0.25 s log
 /// intervals: a median, so one interval disturbed by the machine does not decide.
 fn rate(lines: &[(u64, u64)]) -> f64 {

@@ -13,6 +13,7 @@ mod map_reads;
 pub mod object;
 pub mod observer;
 pub mod privileges;
+mod sample_offsets;
 
 pub use attach::{KprobeJudge, KprobeTrial, KprobeVerdict};
 pub use object::{LoadOptions, VdsoTables};

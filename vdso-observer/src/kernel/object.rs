@@ -11,11 +11,12 @@ use aya::{
     programs::{ProgramError, RawTracePoint},
 };
 use vdso_observer_common::{
-    CGROUP_PATHS_MAP, CallKey, CgroupPath, EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP,
-    ExactCoverage, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP, PROCESSES_MAP,
-    PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig, SLOT_GENERATION_MAP,
-    SYSCALL_ENTRIES, TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
-    VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
+    CGROUP_PATHS_MAP, COARSE_CODE_MAP, CallKey, CgroupPath, EMPTY_SYS_ENTER_PROGRAM,
+    EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP,
+    OFFSET_SAMPLED_TGID_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey,
+    ProgramConfig, SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, TIME_CALL_COUNTS_MAP,
+    TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO32_FUNCTIONS_GLOBAL,
+    VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -87,6 +88,9 @@ pub struct Maps {
     pub exact_coverage: HashMap<MapData, u32, ExactCoverage>,
     pub cgroup_paths: HashMap<MapData, u64, CgroupPath>,
     pub observer_stats: PerCpuArray<MapData, u64>,
+    pub coarse_code: Array<MapData, u64>,
+    pub sample_offsets: Array<MapData, u32>,
+    pub offset_sampled_tgid: Array<MapData, u32>,
 }
 
 impl Maps {
@@ -110,6 +114,9 @@ impl Maps {
             exact_coverage: take(ebpf, EXACT_COVERAGE_MAP)?,
             cgroup_paths: take(ebpf, CGROUP_PATHS_MAP)?,
             observer_stats: take(ebpf, OBSERVER_STATS_MAP)?,
+            coarse_code: take(ebpf, COARSE_CODE_MAP)?,
+            sample_offsets: take(ebpf, SAMPLE_OFFSETS_MAP)?,
+            offset_sampled_tgid: take(ebpf, OFFSET_SAMPLED_TGID_MAP)?,
         })
     }
 

@@ -91,29 +91,57 @@ pub fn measure(image: &VdsoImage) -> VdsoCosts {
     costs
 }
 
-/// How long the calibration child calls each function.
-pub const LOOP_MS: [(TimeCall, u64); 2] =
-    [(TimeCall::ClockGettime, 800), (TimeCall::Gettimeofday, 200)];
+/// How long the calibration child calls each function: every function is
+/// priced by its own samples (time and getcpu where the image has them).
+pub const LOOP_MS: [(TimeCall, u64); 4] = [
+    (TimeCall::ClockGettime, 800),
+    (TimeCall::Gettimeofday, 200),
+    (TimeCall::Time, 150),
+    (TimeCall::Getcpu, 150),
+];
+/// How long the coarse child reads CLOCK_MONOTONIC_COARSE.
+pub const COARSE_LOOP_MS: u64 = 500;
+/// The coarse child's line name.
+pub const COARSE_LINE: &str = "clock_gettime_coarse";
+
+/// What the calibration child runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopPlan {
+    /// Every function of [`LOOP_MS`].
+    Full,
+    /// 100 ms of clock_gettime(CLOCK_MONOTONIC): does it enter the kernel?
+    Quick,
+    /// clock_gettime(CLOCK_MONOTONIC_COARSE) for [`COARSE_LOOP_MS`].
+    Coarse,
+}
 
 /// The hidden `vdso-loop` subcommand, run as a child of the observer: calls
-/// clock_gettime, then gettimeofday, through the vDSO for LOOP_MS each, and
-/// prints `NAME CALLS` lines.
-pub fn run_loop(image: &VdsoImage, quick: bool) -> anyhow::Result<()> {
-    // --quick: only a short clock_gettime run, to check for fallback.
-    let plan: &[(TimeCall, u64)] = if quick {
-        &[(TimeCall::ClockGettime, 100)]
-    } else {
-        &LOOP_MS
+/// each function of its plan through the vDSO for its time, and prints
+/// `NAME CALLS` lines. Functions the image lacks are left out.
+pub fn run_loop(image: &VdsoImage, plan: LoopPlan) -> anyhow::Result<()> {
+    let phases: Vec<(TimeCall, u64, libc::clockid_t)> = match plan {
+        LoopPlan::Full => LOOP_MS
+            .iter()
+            .map(|&(call, ms)| (call, ms, libc::CLOCK_MONOTONIC))
+            .collect(),
+        LoopPlan::Quick => vec![(TimeCall::ClockGettime, 100, libc::CLOCK_MONOTONIC)],
+        LoopPlan::Coarse => vec![(
+            TimeCall::ClockGettime,
+            COARSE_LOOP_MS,
+            libc::CLOCK_MONOTONIC_COARSE,
+        )],
     };
-    for &(call, ms) in plan {
-        let address = image
-            .own_address(call)
-            .ok_or_else(|| anyhow::anyhow!("the vDSO exports no {}", call.name()))?
-            as usize;
+    for (call, ms, clock) in phases {
+        let Some(address) = image.own_address(call) else {
+            if call == TimeCall::ClockGettime {
+                bail!("the vDSO exports no clock_gettime");
+            }
+            continue;
+        };
+        let address = address as usize;
         let deadline = Instant::now() + std::time::Duration::from_millis(ms);
-        let mut calls = 0u64;
-        // SAFETY: as in `measure`.
-        unsafe {
+        // SAFETY: as in `measure`: each entry called with its C signature.
+        let calls = unsafe {
             match call {
                 TimeCall::Gettimeofday => {
                     let f: GettimeofdayFn = std::mem::transmute(address);
@@ -121,12 +149,27 @@ pub fn run_loop(image: &VdsoImage, quick: bool) -> anyhow::Result<()> {
                         tv_sec: 0,
                         tv_usec: 0,
                     };
-                    while Instant::now() < deadline {
-                        for _ in 0..1000 {
-                            black_box(f(&mut tv, std::ptr::null_mut()));
-                        }
-                        calls += 1000;
-                    }
+                    spin(deadline, || f(&mut tv, std::ptr::null_mut()) as i64)
+                }
+                TimeCall::Time => {
+                    let f: TimeFn = std::mem::transmute(address);
+                    spin(deadline, || f(std::ptr::null_mut()))
+                }
+                TimeCall::Getcpu => {
+                    let f: GetcpuFn = std::mem::transmute(address);
+                    let (mut cpu, mut node) = (0u32, 0u32);
+                    spin(deadline, || {
+                        f(&mut cpu, &mut node, std::ptr::null_mut()) as i64
+                    })
+                }
+                _ if clock != libc::CLOCK_MONOTONIC => {
+                    // Through the libc, as programs call it: a call this short
+                    // is sampled differently with what surrounds it.
+                    let mut ts = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    spin(deadline, || libc::clock_gettime(clock, &mut ts) as i64)
                 }
                 _ => {
                     let f: ClockFn = std::mem::transmute(address);
@@ -134,24 +177,32 @@ pub fn run_loop(image: &VdsoImage, quick: bool) -> anyhow::Result<()> {
                         tv_sec: 0,
                         tv_nsec: 0,
                     };
-                    while Instant::now() < deadline {
-                        for _ in 0..1000 {
-                            black_box(f(libc::CLOCK_MONOTONIC, &mut ts));
-                        }
-                        calls += 1000;
-                    }
+                    spin(deadline, || f(clock, &mut ts) as i64)
                 }
             }
-        }
-        // Instant::now() itself calls clock_gettime through the vDSO once per batch.
-        let calls = if call == TimeCall::ClockGettime {
-            calls + calls / 1000
-        } else {
-            calls
         };
-        println!("{} {calls}", call.name());
+        // Instant::now() itself calls clock_gettime(CLOCK_MONOTONIC) through
+        // the vDSO once per batch: a fine read, whatever the phase.
+        let (name, calls) = match (call, clock) {
+            (TimeCall::ClockGettime, libc::CLOCK_MONOTONIC) => (call.name(), calls + calls / 1000),
+            (TimeCall::ClockGettime, _) => (COARSE_LINE, calls),
+            _ => (call.name(), calls),
+        };
+        println!("{name} {calls}");
     }
     Ok(())
+}
+
+/// Calls `f` in batches of 1000 until `deadline`: how many calls.
+fn spin(deadline: Instant, mut f: impl FnMut() -> i64) -> u64 {
+    let mut calls = 0u64;
+    while Instant::now() < deadline {
+        for _ in 0..1000 {
+            black_box(f());
+        }
+        calls += 1000;
+    }
+    calls
 }
 
 /// Parses the child's `NAME CALLS` lines.
@@ -204,6 +255,7 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
     };
     match run_child(observer, false) {
         Ok((check, sampled, gettime_samples)) => {
+            let fine_offsets = observer.take_sample_offsets().unwrap_or_default();
             if !check.vdso_capable() {
                 warn!(
                     "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {} of {} \
@@ -229,6 +281,14 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                         Err(err) => warn!(
                             "calibrating the 32-bit vDSO failed, 32-bit processes' vDSO calls \
                              are priced as 64-bit ones: {err:#}"
+                        ),
+                    }
+                    match super::coarse::calibrate(observer, &model.image, &fine_offsets, period_ns)
+                    {
+                        Ok(coarse) => model.costs.coarse = coarse,
+                        Err(err) => warn!(
+                            "calibrating coarse clocks failed, their vDSO calls are priced as \
+                             fine reads: {err:#}"
                         ),
                     }
                 }
@@ -264,25 +324,13 @@ fn run_child(
 ) -> Result<(VdsoCheck, BTreeMap<TimeCall, f64>, u64)> {
     /// Fewer samples than this say too little (±15%).
     const MIN_SAMPLES: u64 = 40;
-    let exe = std::env::current_exe().context("finding the observer's own binary")?;
-    let child = Command::new(&exe)
-        .arg("vdso-loop")
-        .args(quick.then_some("--quick"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {} vdso-loop", exe.display()))?;
-    let pid = child.id();
-    let out = child
-        .wait_with_output()
-        .context("waiting for the calibration child")?;
-    if !out.status.success() {
-        bail!(
-            "the calibration child (pid {pid}) failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let calls = parse_loop_output(&String::from_utf8_lossy(&out.stdout));
+    let plan = if quick {
+        LoopPlan::Quick
+    } else {
+        LoopPlan::Full
+    };
+    let (pid, out) = run_loop_child(observer, plan)?;
+    let calls = parse_loop_output(&out);
     let snapshot = observer.snapshot()?;
     let check = VdsoCheck {
         calls: calls.get(&TimeCall::ClockGettime).copied().unwrap_or(0),
@@ -326,6 +374,39 @@ fn run_child(
     Ok((check, sampled, gettime_samples))
 }
 
+/// Runs `vdso-observer vdso-loop` with `plan`, its samples counted by vDSO
+/// offset meanwhile (the histogram is left for the caller to take): its pid
+/// and what it printed.
+pub(super) fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<(u32, String)> {
+    let exe = std::env::current_exe().context("finding the observer's own binary")?;
+    let child = Command::new(&exe)
+        .arg("vdso-loop")
+        .args(match plan {
+            LoopPlan::Full => None,
+            LoopPlan::Quick => Some("--quick"),
+            LoopPlan::Coarse => Some("--coarse"),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} vdso-loop", exe.display()))?;
+    let pid = child.id();
+    // From its first calls on (a few ms of them may go unwatched).
+    let watching = observer.watch_sample_offsets(pid);
+    let out = child
+        .wait_with_output()
+        .context("waiting for the calibration child")?;
+    watching?;
+    observer.stop_watching_sample_offsets()?;
+    if !out.status.success() {
+        bail!(
+            "the calibration child (pid {pid}) failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((pid, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
 /// What a call of the 32-bit image's clock_gettime costs over the 64-bit
 /// one's (`ns64`), both as the sampler sees them: a 32-bit child calls it for
 /// about 0.4 s; and the samples behind it. None when this kernel runs no
@@ -351,17 +432,7 @@ fn calibrate_i386(
     let calls = (0.4e9 / ns64.max(MIN_NS)).clamp(10_000.0, 1e9) as u32;
     let elapsed = child.call(gettime.offset, calls)?;
     let snapshot = observer.snapshot()?;
-    let samples: u64 = snapshot
-        .vdso
-        .iter()
-        .filter(|(key, _)| {
-            key.process.tgid == pid
-                && key.abi == SyscallAbi::I386 as u8
-                && key.call == TimeCall::ClockGettime as u8
-                && key.provenance == Provenance::Sampled as u8
-        })
-        .map(|(_, count)| count)
-        .sum();
+    let samples = gettime_samples(&snapshot, pid, SyscallAbi::I386);
     forget_pid(observer, &snapshot, pid)?;
     if samples < MIN_SAMPLES {
         bail!("{samples} samples of the 32-bit calibration loop ({calls} calls in {elapsed:?})");
@@ -375,10 +446,25 @@ fn calibrate_i386(
     Ok(Some((ns32 / ns64, samples)))
 }
 
+/// The samples of `pid`'s clock_gettime calls in the image of `abi`.
+pub(super) fn gettime_samples(snapshot: &MapSnapshot, pid: u32, abi: SyscallAbi) -> u64 {
+    snapshot
+        .vdso
+        .iter()
+        .filter(|(key, _)| {
+            key.process.tgid == pid
+                && key.abi == abi as u8
+                && key.call == TimeCall::ClockGettime as u8
+                && key.provenance == Provenance::Sampled as u8
+        })
+        .map(|(_, count)| count)
+        .sum()
+}
+
 /// Deletes what the maps hold of a calibration child, which nobody asked
 /// about: the images of `pid` that started first (the child, reaped by now:
 /// a process that reused its pid since started later and keeps its counts).
-fn forget_pid(observer: &mut Observer, snapshot: &MapSnapshot, pid: u32) -> Result<()> {
+pub(super) fn forget_pid(observer: &mut Observer, snapshot: &MapSnapshot, pid: u32) -> Result<()> {
     let child_start = snapshot
         .calls
         .keys()

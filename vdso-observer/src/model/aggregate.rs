@@ -28,14 +28,27 @@ pub struct VdsoEstimator {
 }
 
 impl VdsoEstimator {
-    pub fn calls(&self, abi: SyscallAbi, call: Option<TimeCall>, samples: u64) -> f64 {
-        samples as f64 * self.sample_period_ns as f64 / self.costs.ns_in(abi, call)
+    pub fn calls(&self, abi: SyscallAbi, call: Option<TimeCall>, samples: f64) -> f64 {
+        samples * self.sample_period_ns as f64 / self.costs.ns_in(abi, call)
+    }
+
+    /// Coarse-clock reads from the samples in coarse-only code, and the
+    /// samples of theirs expected in the code fine reads run too (to be taken
+    /// off those); None without a coarse calibration.
+    pub fn coarse_calls(&self, coarse_samples: u64) -> Option<(f64, f64)> {
+        let coarse = self.costs.coarse?;
+        let period = self.sample_period_ns as f64;
+        let calls = coarse_samples as f64 * period / coarse.marked_ns;
+        Some((calls, calls * coarse.shared_ns / period))
     }
 }
 
 /// Exited processes a window reports one row each; past this, they are
 /// merged by who they were (see [`merged`]).
 pub const MAX_EXITED_ROWS: usize = 2048;
+/// Of those, the share one kind of process (name, user, cgroup) may take: an
+/// exec loop or a fork storm merges early, and leaves the rest their rows.
+const KIND_SHARE: usize = 16;
 
 /// Turns successive [`MapSnapshot`]s into [`Report`]s of the windows between them.
 #[derive(Debug, Default)]
@@ -54,6 +67,9 @@ pub struct Aggregator {
     /// Exited processes of the window past `max_exited_rows`, by kind.
     merged: MergedExits,
     max_exited_rows: usize,
+    /// Own rows given to exited processes this window, in all and by kind.
+    exited_rows: usize,
+    exited_rows_by_kind: HashMap<Identity, usize>,
     estimator: Option<VdsoEstimator>,
     thresholds: Thresholds,
     /// Processes retired and reported whose keys the kernel did not let user
@@ -180,8 +196,6 @@ impl Aggregator {
         }
 
         let mut retired = Retired::default();
-        // Drained processes were given their rows when drained.
-        let mut exited_rows = drained_keys.len();
         let mut processes = Vec::with_capacity(per_process.len());
         for (process, mut deltas) in per_process {
             let running = !drained_keys.contains(&process) && lookup.is_running(&process);
@@ -194,17 +208,17 @@ impl Aggregator {
                 continue;
             }
             let identity = self.identity(&process, snapshot, running, lookup);
-            if !running && !drained_keys.contains(&process) {
-                if exited_rows >= self.max_exited_rows {
-                    self.merged.add(identity, &deltas);
-                    continue;
-                }
-                exited_rows += 1;
+            // Drained processes were given their rows when drained.
+            if !running && !drained_keys.contains(&process) && !self.own_exited_row(&identity) {
+                self.merged.add(identity, &deltas);
+                continue;
             }
             processes.push(self.row(
                 process, identity, !running, &deltas, seconds, &health, lookup,
             ));
         }
+        self.exited_rows = 0;
+        self.exited_rows_by_kind.clear();
         let merged: Vec<_> = self.merged.take().collect();
         for (identity, count, deltas) in merged {
             let mut row = self.row(
@@ -295,7 +309,7 @@ impl Aggregator {
             // Named now: the name entry goes with the keys.
             let identity = self.identity(&process, snapshot, false, lookup);
             retired.add(process, &deltas);
-            if self.drained.len() >= self.max_exited_rows {
+            if !self.own_exited_row(&identity) {
                 deltas.calls.retain(|&(_, delta)| delta > 0);
                 deltas.vdso.retain(|&(_, delta)| delta > 0);
                 self.merged.add(identity, &deltas);
@@ -306,6 +320,23 @@ impl Aggregator {
         }
         self.forget_retired(&retired);
         retired
+    }
+
+    /// Whether an exited process of this kind gets a row of its own this
+    /// window (then counted), or merges with its kind.
+    fn own_exited_row(&mut self, identity: &Identity) -> bool {
+        let per_kind = (self.max_exited_rows / KIND_SHARE).max(1);
+        let of_kind = self.exited_rows_by_kind.get(identity).copied().unwrap_or(0);
+        if self.exited_rows >= self.max_exited_rows || of_kind >= per_kind {
+            return false;
+        }
+        self.exited_rows += 1;
+        // Bounded: at most max_exited_rows kinds get here in a window.
+        *self
+            .exited_rows_by_kind
+            .entry(identity.clone())
+            .or_default() += 1;
+        true
     }
 
     /// One row: the process's counts named, priced and judged.
@@ -414,7 +445,7 @@ impl Aggregator {
 }
 
 /// Who a process is, as far as the report says.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Identity {
     comm: String,
     uid: Option<u32>,

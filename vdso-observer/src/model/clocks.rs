@@ -1,7 +1,8 @@
 //! Clock ids: their names, and which ones the vDSO can answer in user space.
 
 use vdso_observer_common::{
-    CLOCK_FD, CLOCK_INVALID, CLOCK_OVERFLOW, CLOCK_PROCESS_CPU, CLOCK_THREAD_CPU, NO_CLOCK,
+    CLOCK_COARSE_SAMPLED, CLOCK_FD, CLOCK_INVALID, CLOCK_OVERFLOW, CLOCK_PROCESS_CPU,
+    CLOCK_THREAD_CPU, NO_CLOCK,
 };
 
 /// What a clock id is, as far as the vDSO is concerned.
@@ -31,6 +32,8 @@ pub fn clock_name(id: i32) -> String {
         CLOCK_FD => "FD_CLOCK".to_owned(),
         CLOCK_INVALID => "INVALID_CLOCK".to_owned(),
         CLOCK_OVERFLOW => "OVERFLOW".to_owned(),
+        // The sampler cannot tell CLOCK_REALTIME_COARSE from CLOCK_MONOTONIC_COARSE.
+        CLOCK_COARSE_SAMPLED => "CLOCK_*_COARSE".to_owned(),
         id => static_clock_name(id).map_or_else(|| format!("CLOCK_{id}"), str::to_owned),
     }
 }

@@ -27,6 +27,27 @@ pub struct VdsoCosts {
     /// The same for `i386_ratio`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub i386_calibration_samples: u64,
+    /// What a coarse-clock clock_gettime costs as the sampler sees it, split
+    /// by where its samples land (None: not calibrated; coarse reads are then
+    /// priced as fine ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coarse: Option<CoarseCosts>,
+}
+
+/// A coarse-clock read (CLOCK_*_COARSE) runs code of clock_gettime that fine
+/// reads never run (the sampler keys samples there CLOCK_COARSE_SAMPLED) and
+/// code both run (its samples mix with the fine reads'). A calibration loop
+/// of coarse reads gives both shares: a process's coarse samples give its
+/// coarse calls, and those calls' expected share of the rest is taken off
+/// before the rest is priced as fine reads.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CoarseCosts {
+    /// Sampled ns per coarse call in coarse-only code.
+    pub marked_ns: f64,
+    /// Sampled ns per coarse call in code fine reads run too.
+    pub shared_ns: f64,
+    /// Coarse-only samples behind `marked_ns`.
+    pub samples: u64,
 }
 
 /// A time call's cost through each path on this machine and clocksource,
@@ -96,6 +117,14 @@ const Z95: f64 = 1.96;
 /// Relative variance assumed for a cost never calibrated against the sampler
 /// (stopwatch only): ±25% at one sigma.
 const UNCALIBRATED_VARIANCE: f64 = 0.25 * 0.25;
+/// A call that takes a few ns (a coarse clock, time, getcpu) is sampled
+/// differently with the code around it: the calibration loop and a C loop
+/// through glibc differed by -8% to -30% for coarse reads and -11% to -32%
+/// for getcpu here (time, called straight into the vDSO by both: within 2%).
+/// ±15% at one sigma stands for that.
+const SHORT_CALL_VARIANCE: f64 = 0.15 * 0.15;
+/// Sampled cost under which a call counts as short.
+pub const SHORT_CALL_NS: f64 = 5.0;
 
 impl VdsoCosts {
     /// Cost of a call; unknown code is costed as clock_gettime, the usual caller.
@@ -112,6 +141,13 @@ impl VdsoCosts {
     /// Poisson error of the samples and of the calibration behind the cost
     /// (of the i386 calibration too when `i386` samples are in it).
     pub fn uncertainty(&self, samples: u64, i386: bool) -> f64 {
+        self.uncertainty_with(samples, i386, false, false)
+    }
+
+    /// [`VdsoCosts::uncertainty`], with the coarse calibration's error too
+    /// when coarse reads were priced, and the caller's part in what a short
+    /// call's samples say when one was.
+    pub fn uncertainty_with(&self, samples: u64, i386: bool, coarse: bool, short: bool) -> f64 {
         let variance = |samples: u64| {
             if samples == 0 {
                 UNCALIBRATED_VARIANCE
@@ -122,6 +158,12 @@ impl VdsoCosts {
         let mut total = 1.0 / samples.max(1) as f64 + variance(self.calibration_samples);
         if i386 {
             total += variance(self.i386_calibration_samples);
+        }
+        if coarse {
+            total += variance(self.coarse.map_or(0, |c| c.samples));
+        }
+        if short {
+            total += SHORT_CALL_VARIANCE;
         }
         Z95 * total.sqrt()
     }
@@ -147,6 +189,7 @@ impl VdsoCosts {
             i386_ratio: self.i386_ratio,
             calibration_samples: self.calibration_samples,
             i386_calibration_samples: self.i386_calibration_samples,
+            coarse: self.coarse,
             ..VdsoCosts::default()
         };
         for (&call, &ns) in &self.ns_per_call {

@@ -174,7 +174,8 @@ pub struct ProcessReport {
     pub exact: Option<ExactState>,
     /// A row of exited processes merged by comm, uid and cgroup (pid 0): how
     /// many. A window gives own rows to at most `exited_rows` exited
-    /// processes (2048 unless set); null for a row of one process.
+    /// processes (2048 unless set), a sixteenth of them to one kind; null
+    /// for a row of one process.
     pub merged_processes: Option<u32>,
     pub by_origin: OriginCounts,
     pub calls: Vec<CallCount>,

@@ -37,6 +37,8 @@
  *   steadyvdso  N libc clock_gettime(CLOCK_MONOTONIC) calls a second for ARG seconds
  *   hot         libc clock_gettime(CLOCK_MONOTONIC) for ARG seconds, N calls a
  *               second at most (0: as fast as it can); prints "calls SECONDS" at the end
+ *   hotcoarse   clock_gettime(CLOCK_MONOTONIC_COARSE) for ARG seconds (one
+ *               CLOCK_MONOTONIC a thousand); prints "calls SECONDS"
  *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
  *               CPU time, so a slowdown shows whatever else runs on the machine)
  *   gtod        N libc gettimeofday calls (straight into the vDSO: glibc's IFUNC)
@@ -138,6 +140,33 @@ static void *own_cpu_clock(void *arg) {
 static void leave(int signal_number) {
     (void)signal_number;
     _exit(0);
+}
+
+/* clock_gettime(clock) for `seconds`, at most `rate` calls a second (0: as fast
+ * as it can), in batches of 1000; for a coarse clock one CLOCK_MONOTONIC a
+ * batch keeps time. Prints "calls SECONDS" (calls of `clock`). */
+static void hot(clockid_t clock, long rate, double seconds)
+{
+    struct timespec start, now, ts;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long calls = 0;
+    double elapsed = 0;
+    while (elapsed < seconds) {
+        for (int i = 0; i < 1000; i++)
+            clock_gettime(clock, &ts);
+        calls += 1000;
+        if (clock == CLOCK_MONOTONIC)
+            now = ts;
+        else
+            clock_gettime(CLOCK_MONOTONIC, &now);
+        elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+        if (rate > 0) {
+            double ahead = calls / (double)rate - elapsed;
+            if (ahead > 0)
+                usleep((useconds_t)(ahead * 1e6));
+        }
+    }
+    printf("%ld %.6f\n", calls, elapsed);
 }
 
 int main(int argc, char **argv) {
@@ -320,24 +349,9 @@ int main(int argc, char **argv) {
             usleep(100000);
         }
     } else if (!strcmp(mode, "hot")) {
-        double seconds = atof(arg);
-        struct timespec start, now;
-        clock_gettime(CLOCK_MONOTONIC, &start);
-        long calls = 0;
-        double elapsed = 0;
-        /* Batches of 1000 calls; a rate limit sleeps between batches. */
-        while (elapsed < seconds) {
-            for (int i = 0; i < 1000; i++)
-                clock_gettime(CLOCK_MONOTONIC, &now);
-            calls += 1000;
-            elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
-            if (n > 0) {
-                double ahead = calls / (double)n - elapsed;
-                if (ahead > 0)
-                    usleep((useconds_t)(ahead * 1e6));
-            }
-        }
-        printf("%ld %.6f\n", calls, elapsed);
+        hot(CLOCK_MONOTONIC, n, atof(arg));
+    } else if (!strcmp(mode, "hotcoarse")) {
+        hot(CLOCK_MONOTONIC_COARSE, n, atof(arg));
     } else if (!strcmp(mode, "hotlog")) {
         double seconds = atof(arg);
         struct timespec start, now, cpu;

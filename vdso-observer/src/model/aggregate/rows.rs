@@ -5,13 +5,15 @@
 use std::collections::BTreeSet;
 
 use vdso_observer_common::{
-    CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey,
+    CLOCK_COARSE_SAMPLED, CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall,
+    VdsoKey,
 };
 
 use super::{Identity, VdsoEstimator};
 use crate::model::{
     clocks::clock_name,
     container::Container,
+    costs::SHORT_CALL_NS,
     reason::{self, FallbackReason},
     report::*,
 };
@@ -124,9 +126,24 @@ pub(super) fn add_vdso_calls(
             .map(|c| c.count)
             .sum()
     };
+    // Coarse-clock reads, from their samples in coarse-only code; their share
+    // of clock_gettime's other samples comes off the fine reads' below.
+    let is_coarse = |key: &VdsoKey| {
+        key.provenance == Provenance::Sampled as u8
+            && key.clock_id == CLOCK_COARSE_SAMPLED
+            && key.call == TimeCall::ClockGettime as u8
+            && key.abi == SyscallAbi::NATIVE as u8
+    };
+    let coarse_samples: u64 = deltas
+        .iter()
+        .filter(|(key, _)| is_coarse(key))
+        .map(|(_, count)| count)
+        .sum();
+    let coarse = estimator.and_then(|e| e.coarse_calls(coarse_samples));
     let mut rows = Vec::new();
     let mut samples_used = 0u64;
     let mut i386_sampled = false;
+    let mut short_sampled = coarse_samples > 0;
     for &(key, count) in deltas {
         let Some(provenance) = Provenance::from_repr(key.provenance) else {
             continue;
@@ -139,9 +156,19 @@ pub(super) fn add_vdso_calls(
             // call, image): samples and exact hits of one call add up.
             let Some(estimator) = estimator else { continue };
             let abi = SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE);
-            let calls = estimator.calls(abi, call, count);
+            let fine_reads = key.clock_id == NO_CLOCK
+                && call == Some(TimeCall::ClockGettime)
+                && abi == SyscallAbi::NATIVE;
+            let calls = match coarse {
+                Some((coarse_calls, _)) if is_coarse(&key) => coarse_calls,
+                Some((_, shared)) if fine_reads => {
+                    estimator.calls(abi, call, (count as f64 - shared).max(0.0))
+                }
+                _ => estimator.calls(abi, call, count as f64),
+            };
             samples_used += count;
             i386_sampled |= abi == SyscallAbi::I386;
+            short_sampled |= estimator.costs.ns_in(abi, call) < SHORT_CALL_NS;
             rows.push(VdsoCallCount {
                 call: function,
                 clock,
@@ -178,9 +205,14 @@ pub(super) fn add_vdso_calls(
     let total: f64 = rows.iter().map(|r| r.calls).sum();
     report.vdso_calls_per_sec = Some(total / seconds);
     report.vdso_estimated = samples_used > 0;
-    report.vdso_uncertainty = estimator
-        .filter(|_| samples_used > 0)
-        .map(|e| e.costs.uncertainty(samples_used, i386_sampled));
+    report.vdso_uncertainty = estimator.filter(|_| samples_used > 0).map(|e| {
+        e.costs.uncertainty_with(
+            samples_used,
+            i386_sampled,
+            coarse_samples > 0,
+            short_sampled,
+        )
+    });
     let kernel = report.time_kernel_entries() as f64;
     report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
     report.vdso_calls = rows;

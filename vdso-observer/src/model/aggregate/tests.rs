@@ -314,7 +314,8 @@ fn exited_processes(
 #[test]
 fn exited_processes_past_the_row_limit_merge_by_name_with_every_count() {
     let mut aggregator = Aggregator::new(None);
-    aggregator.set_max_exited_rows(3);
+    // 32 rows in all, 2 of each kind.
+    aggregator.set_max_exited_rows(32);
     // 10 processes named a, 5 named b; all gone by the window's end.
     let mut snap = exited_processes(100, 10, 5, |_| "a".into());
     let b = exited_processes(200, 5, 5, |_| "b".into());
@@ -338,7 +339,7 @@ fn exited_processes_past_the_row_limit_merge_by_name_with_every_count() {
         .iter()
         .filter(|p| p.merged_processes.is_some())
         .collect();
-    assert_eq!(own.len(), 3);
+    assert_eq!(own.len(), 4);
     assert!(own.iter().all(|p| p.pid != 0 && p.exited));
     // One merged row per name, pid 0, counts whole and flags judged.
     assert_eq!(merged.len(), 2, "{merged:#?}");
@@ -362,7 +363,8 @@ fn exited_processes_past_the_row_limit_merge_by_name_with_every_count() {
 #[test]
 fn processes_drained_past_the_row_limit_merge_too_and_names_are_not_kept() {
     let mut aggregator = Aggregator::new(None);
-    aggregator.set_max_exited_rows(2);
+    // 2 rows of each kind.
+    aggregator.set_max_exited_rows(32);
     let snap = exited_processes(100, 6, 5, |_| "storm".into());
     let retired = aggregator.drain(&snap, &testing::Fixed { running: false });
     assert_eq!(retired.processes.len(), 6);
@@ -414,4 +416,99 @@ fn a_tenant_naming_every_process_anew_gets_bounded_merged_rows() {
     assert_eq!(rest.merged_processes, Some(500));
     let total: u64 = report.processes.iter().map(|p| p.kernel_entries).sum();
     assert_eq!(total, u64::from(n));
+}
+
+#[test]
+fn past_the_row_limit_every_kind_merges_and_a_storm_leaves_others_their_rows() {
+    let mut aggregator = Aggregator::new(None);
+    // 32 rows in all, 2 of each kind.
+    aggregator.set_max_exited_rows(32);
+    // A storm of one name first (pids 100..), then 40 processes of 40 names.
+    let mut snap = exited_processes(100, 500, 1, |_| "storm".into());
+    let others = exited_processes(1000, 40, 1, |pid| format!("p{pid}"));
+    snap.calls.extend(others.calls);
+    snap.names.extend(others.names);
+    let (report, _) = aggregator.window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: false },
+    );
+    let own = |comm: &str| {
+        report
+            .processes
+            .iter()
+            .filter(|p| p.comm == comm && p.merged_processes.is_none())
+            .count()
+    };
+    // The storm keeps 2 rows; 30 of the others get theirs, 10 merge.
+    assert_eq!(own("storm"), 2);
+    let others_own = (1000..1040)
+        .filter(|pid| own(&format!("p{pid}")) == 1)
+        .count();
+    assert_eq!(others_own, 30);
+    let merged: u32 = report
+        .processes
+        .iter()
+        .filter_map(|p| p.merged_processes)
+        .sum();
+    assert_eq!(merged, 498 + 10);
+    let total: u64 = report.processes.iter().map(|p| p.kernel_entries).sum();
+    assert_eq!(total, 540);
+}
+
+#[test]
+fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_ones() {
+    use crate::model::costs::CoarseCosts;
+    use vdso_observer_common::{CLOCK_COARSE_SAMPLED, Provenance};
+    let vdso_key = |clock_id: i32| VdsoKey {
+        process: key(50, TimeCall::ClockGettime, 1, Origin::Direct).process,
+        clock_id,
+        call: TimeCall::ClockGettime as u8,
+        provenance: Provenance::Sampled as u8,
+        abi: SyscallAbi::NATIVE as u8,
+        _pad: 0,
+    };
+    let mut costs = VdsoCosts::default();
+    costs.ns_per_call.insert(TimeCall::ClockGettime, 20.0);
+    costs.calibration_samples = 400;
+    costs.coarse = Some(CoarseCosts {
+        marked_ns: 2.0,
+        shared_ns: 1.0,
+        samples: 100,
+    });
+    let estimator = VdsoEstimator {
+        costs,
+        sample_period_ns: 1000,
+    };
+    let mut snap = snapshot(&[]);
+    snap.vdso.insert(vdso_key(CLOCK_COARSE_SAMPLED), 100);
+    snap.vdso.insert(vdso_key(NO_CLOCK), 250);
+    let mut comm = [0u8; 16];
+    comm[..4].copy_from_slice(b"work");
+    snap.names
+        .insert(vdso_key(NO_CLOCK).process, ProcessInfo::new(comm, 0, 0));
+    let (report, _) = Aggregator::new(Some(estimator)).window(
+        &snap,
+        Duration::from_secs(1),
+        health(),
+        &testing::Fixed { running: true },
+    );
+    let row = &report.processes[0];
+    let calls = |clock: Option<&str>| {
+        row.vdso_calls
+            .iter()
+            .find(|c| c.clock.as_deref() == clock)
+            .unwrap()
+            .calls
+    };
+    // 100 samples x 1000 ns / 2 ns: 50 000 coarse reads, whose 1 ns each in
+    // shared code is 50 of the 250 other samples; 200 x 1000 / 20 fine reads.
+    assert_eq!(calls(Some("CLOCK_*_COARSE")), 50_000.0);
+    assert_eq!(calls(None), 10_000.0);
+    assert_eq!(row.vdso_calls_per_sec, Some(60_000.0));
+    // Wider than the samples' own error: the coarse calibration and the
+    // caller's part in a short call's samples.
+    let plain = row.vdso_uncertainty.unwrap();
+    assert!(plain > 1.96 * 0.15, "{plain}");
 }
