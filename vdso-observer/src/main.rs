@@ -57,13 +57,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate { what } => cli::generate(what)?,
         Command::Completions { shell } => cli::completions(shell),
         Command::VdsoLoop { quick, coarse } => {
-            use measure::calibrate::LoopPlan;
+            use measure::calibration_child::LoopPlan;
             let plan = match (quick, coarse) {
                 (true, _) => LoopPlan::Quick,
                 (_, true) => LoopPlan::Coarse,
                 _ => LoopPlan::Full,
             };
-            measure::calibrate::run_loop(&host::vdso_image::VdsoImage::current()?, plan)?
+            measure::calibration_child::run_loop(&host::vdso_image::VdsoImage::current()?, plan)?
         }
         Command::Top(args) => {
             let (settings, thresholds) = settings_of(&args.load)?;

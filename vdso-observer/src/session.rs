@@ -7,7 +7,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use vdso_observer_common::{Provenance, SyscallAbi, TimeCall};
+use vdso_observer_common::{Provenance, SyscallAbi, TimeCall, VDSO_SAMPLE_PROGRAM};
 
 use crate::{
     host::{
@@ -24,8 +24,8 @@ use crate::{
         exact::{ExactOptions, ExactTracer, GOVERNOR_TICK, Images},
     },
     model::{
-        Aggregator, ObserverHealthInput, Report, Retired, SystemReport, Thresholds, VdsoCapability,
-        VdsoCheck, VdsoEstimator,
+        Aggregator, MapSnapshot, ObserverHealthInput, Report, Retired, SystemReport, Thresholds,
+        VdsoCapability, VdsoCheck, VdsoEstimator,
     },
     settings::ObserverSettings,
 };
@@ -94,6 +94,9 @@ pub struct Session {
     image: Option<VdsoImage>,
     /// Retired keys the kernel refused to delete: tried again.
     unforgotten: Retired,
+    /// The name map was ever full: some processes may never get the entry
+    /// the kernel marks their end in.
+    names_overflowed: bool,
     /// Pod, namespace and container names from the runtimes' files.
     runtime_names: RuntimeNames,
 }
@@ -194,6 +197,7 @@ impl Session {
             fill_after_drain: 0.0,
             image,
             unforgotten: Retired::default(),
+            names_overflowed: false,
             runtime_names: RuntimeNames::default(),
         })
     }
@@ -239,12 +243,11 @@ impl Session {
         if fill < DRAIN_AT || fill < self.fill_after_drain + DRAIN_GROWTH {
             return Ok(());
         }
-        let liveness = self.liveness();
+        let (liveness, snapshot) = self.liveness_and_snapshot()?;
         if liveness.gone() == 0 {
             self.fill_after_drain = fill;
             return Ok(());
         }
-        let snapshot = self.observer.snapshot()?;
         self.record_cgroups();
         let retired = self.aggregator.drain(&snapshot, &liveness);
         let drained = retired.processes.len();
@@ -295,6 +298,26 @@ impl Session {
         )
     }
 
+    /// Which processes are gone, and the counters. Where the kernel marks
+    /// every process's end (the lifetime probes attached, the name map never
+    /// full), the snapshot's own names say it: they are read before its
+    /// counters, so a process marked ended made its last call before them,
+    /// and one not yet named is new, and judged at the next read. Otherwise
+    /// the lifetimes are read first, /proc asked for the unnamed: one more
+    /// read of every map.
+    fn liveness_and_snapshot(&mut self) -> Result<(LivenessBefore, MapSnapshot)> {
+        if !self.observer.marks_lifetimes() || self.names_overflowed {
+            let liveness = self.liveness();
+            let snapshot = self.observer.snapshot()?;
+            self.names_overflowed |= snapshot.stats.processes_map_full > 0;
+            return Ok((liveness, snapshot));
+        }
+        let snapshot = self.observer.snapshot()?;
+        self.names_overflowed |= snapshot.stats.processes_map_full > 0;
+        let liveness = LivenessBefore::check(snapshot.ends_named_first(), true);
+        Ok((liveness, snapshot))
+    }
+
     /// Deletes what is retired from the maps, with what earlier tries left; what
     /// cannot be deleted now is tried again after the next window, and held out
     /// of the counts meanwhile (its counters would come back counted twice).
@@ -322,8 +345,8 @@ impl Session {
     /// failed deletion does not lose the window: it is tried again.
     pub fn next_window(&mut self) -> Result<(Report, Retired)> {
         self.observer.flush_logs();
-        let liveness = self.liveness();
-        let snapshot = self.observer.snapshot()?;
+        self.watch_sample_rate();
+        let (liveness, snapshot) = self.liveness_and_snapshot()?;
         self.record_cgroups();
         let window = self.window_start.elapsed();
         self.window_start = Instant::now();
@@ -353,6 +376,45 @@ impl Session {
             tracer.refresh(&mut self.observer, &estimates);
         }
         Ok((report, retired))
+    }
+
+    /// The kernel lowers kernel.perf_event_max_sample_rate by itself when its
+    /// perf interrupts take too long (the sampler's program runs in them):
+    /// below the sampling rate it throttles the sampler, and estimates read
+    /// low. Said once, and kept on the sampler's status in every report.
+    fn watch_sample_rate(&mut self) {
+        let Some(period_ns) = self.observer.sample_period_ns() else {
+            return;
+        };
+        let hz = 1_000_000_000 / period_ns.max(1);
+        // The rate attach chose keeps to half the bound (see attach_sampler_probe).
+        let Some(max) = procfs::perf_max_sample_rate().filter(|max| *max / 2 < hz) else {
+            return;
+        };
+        let Some(sampler) = self
+            .health
+            .probes
+            .iter_mut()
+            .find(|p| p.program == VDSO_SAMPLE_PROGRAM && p.attached)
+        else {
+            return;
+        };
+        if sampler
+            .note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("throttled"))
+        {
+            return;
+        }
+        let note = format!(
+            "throttled: the kernel lowered kernel.perf_event_max_sample_rate to {max}, near \
+             the {hz} Hz sampled (its perf interrupts took too long: see `perf: interrupt took \
+             too long` in the kernel log); vDSO estimates read low: restart with \
+             --sample-hz {} or less",
+            max / 2
+        );
+        log::warn!("{note}");
+        sampler.note = Some(note);
     }
 
     /// New thresholds (the daemon's SIGHUP).

@@ -402,6 +402,63 @@ fn coarse_clock_reads_are_priced_as_coarse_reads() {
     assert!(error.abs() <= 0.5, "{error}: {row:#?}");
 }
 
+/// Sets kernel.perf_event_max_sample_rate, and puts the old value back on drop.
+struct MaxSampleRate(String);
+
+const MAX_SAMPLE_RATE: &str = "/proc/sys/kernel/perf_event_max_sample_rate";
+
+impl MaxSampleRate {
+    fn set(rate: u64) -> MaxSampleRate {
+        let old = std::fs::read_to_string(MAX_SAMPLE_RATE).unwrap();
+        std::fs::write(MAX_SAMPLE_RATE, rate.to_string()).unwrap();
+        MaxSampleRate(old.trim().to_owned())
+    }
+}
+
+impl Drop for MaxSampleRate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX_SAMPLE_RATE, &self.0);
+    }
+}
+
+/// The kernel throttles perf events above kernel.perf_event_max_sample_rate
+/// (and lowers it by itself when its perf interrupts take too long, as on a
+/// VM whose sampler lost up to 99.7% of its samples): the observer samples at
+/// the bound, estimates stay right, and a bound lowered while it runs is said.
+#[test]
+fn the_sampler_keeps_below_the_kernels_sample_rate_and_says_when_it_drops() {
+    require_root();
+    let _serial = serial();
+    let hot = build_workload("time_calls", "vt-est-bound", &[]);
+    let bound = MaxSampleRate::set(3000);
+    let observer = ObserverRun::start(&["--sample-hz", "4999"]);
+    // At full speed: a loop that sleeps between batches wakes on the
+    // sampler's own timer (timer slack), which biases any rate.
+    let truth = run_hot(&hot, "0", "3");
+    // Lowered while it runs: seen at the window's end.
+    std::fs::write(MAX_SAMPLE_RATE, "1400").unwrap();
+    let report = observer.finish();
+    drop(bound);
+    let sampler = report
+        .observer
+        .probes
+        .iter()
+        .find(|p| p.attach_point == "perf_event:cpu-clock")
+        .unwrap();
+    let note = sampler.note.as_deref().unwrap_or_default();
+    assert!(note.starts_with("throttled"), "{sampler:?}");
+    assert!(note.contains("--sample-hz 700"), "{note}");
+    // Half the bound, 1500 Hz, not 4999: one sample stands for 1/1500 s.
+    assert_eq!(
+        report.observer.vdso_sample_period_ns,
+        Some(1_000_000_000 / 1500)
+    );
+    let row = rows_of_comm(&report, "vt-est-bound").pop().expect("row");
+    let error = estimate_error(truth, &row, &report);
+    eprintln!("bounded sampler: estimate {:+.1}%", error * 100.0);
+    assert!(error.abs() <= 0.6, "{error}: {row:#?}");
+}
+
 /// Median calls per CPU-second of a `hotlog` workload over its 0.25 s log
 /// intervals: a median, so one interval disturbed by the machine does not decide.
 fn rate(lines: &[(u64, u64)]) -> f64 {

@@ -151,6 +151,18 @@ pub struct Uname {
     pub hostname: String,
 }
 
+/// `kernel.perf_event_max_sample_rate`: samples a second the kernel lets
+/// every perf event make before it throttles it; it lowers the value by
+/// itself when its perf interrupts take too long (the kernel log then says
+/// `perf: interrupt took too long`). None when unreadable.
+pub fn perf_max_sample_rate() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn uname() -> Uname {
     let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
     // SAFETY: uname fills a valid utsname.

@@ -387,9 +387,25 @@ pub fn attach_tracepoint_probes(ebpf: &mut Ebpf) -> Vec<ProbeStatus> {
 /// Attaches the cpu-clock sampler at `hz`: its status, and the sample period
 /// in ns when it attached.
 pub fn attach_sampler_probe(ebpf: &mut Ebpf, hz: u64) -> (ProbeStatus, Option<u64>) {
+    // Near the kernel's bound its throttle (counted per tick) drops samples
+    // (at the bound here, 86% of a loop's), and each one left would stand
+    // for more time than the period says: sample at half of it at most.
+    let max = crate::host::procfs::perf_max_sample_rate().filter(|max| *max > 0);
+    let bound = max.map(|max| (max / 2).max(1)).filter(|half| *half < hz);
+    let rate = bound.unwrap_or(hz);
     let mut sample_period_ns = None;
-    let attached = attach_sampler(ebpf, hz).map(|period| sample_period_ns = Some(period));
-    (status_of(&SAMPLER, attached), sample_period_ns)
+    let attached = attach_sampler(ebpf, rate).map(|period| sample_period_ns = Some(period));
+    let mut status = status_of(&SAMPLER, attached);
+    if let (Some(rate), Some(max), true) = (bound, max, status.attached) {
+        let note = format!(
+            "sampling at {rate} Hz, not {hz}: kernel.perf_event_max_sample_rate is {max}, and \
+             the kernel throttles perf events near it (it lowers it by itself when its perf \
+             interrupts take too long)"
+        );
+        log::warn!("{note}");
+        status.note = Some(note);
+    }
+    (status, sample_period_ns)
 }
 
 /// A cpu-clock sampler on every online CPU; returns the sample period in ns.

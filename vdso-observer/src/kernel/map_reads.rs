@@ -45,7 +45,10 @@ impl Observer {
             .filter(|process| !snapshot.names.contains_key(process))
             .collect();
         for process in unnamed {
-            if let Ok(info) = self.maps.processes.get(&process, 0) {
+            if let Ok(mut info) = self.maps.processes.get(&process, 0) {
+                // Its name only: an end marked now came after the counters
+                // were read (its last calls may not be in them).
+                info.ended = ProcessEnd::Running as u32;
                 snapshot.names.insert(process, info);
             }
         }

@@ -10,7 +10,9 @@ use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 use vdso_observer_common::{SyscallAbi, TimeCall};
 
-use super::calibrate::{COARSE_LINE, LoopPlan, forget_pid, gettime_samples, run_loop_child};
+use super::calibration_child::{
+    COARSE_LINE, LoopPlan, forget_pid, gettime_samples, run_loop_child,
+};
 use crate::{host::vdso_image::VdsoImage, kernel::Observer, model::costs::CoarseCosts};
 
 /// Fewer coarse-only samples than this say too little (±30%).

@@ -4,6 +4,7 @@
 
 pub mod attach_choice;
 pub mod calibrate;
+pub mod calibration_child;
 pub mod coarse;
 pub mod diagnose;
 pub mod entry_points;

@@ -5,7 +5,8 @@
 use vdso_observer_common::TimeCall;
 
 use super::{
-    calibrate::{CALLS, ClockFn, ROUND_BUDGET, ROUNDS, measure, timed},
+    calibrate::{CALLS, ROUND_BUDGET, ROUNDS, measure, timed},
+    calibration_child::ClockFn,
     stopwatch,
 };
 use crate::{

@@ -4,7 +4,7 @@
 use std::{borrow::Cow, collections::HashMap};
 
 use serde::{Deserialize, Serialize};
-use vdso_observer_common::{CallKey, ProcessInfo, ProcessKey, VdsoKey};
+use vdso_observer_common::{CallKey, ProcessEnd, ProcessInfo, ProcessKey, VdsoKey};
 
 /// One attach point and whether it is live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +120,30 @@ pub struct MapSnapshot {
     pub keys_created: KeysCreated,
     /// New keys that went to a process's overflow key (it reached its cap).
     pub overflowed_keys: u64,
+}
+
+impl MapSnapshot {
+    /// Every process the snapshot holds, with how it ended as its name entry
+    /// said when read (before the counters); a process with counters but no
+    /// name yet is new, and running.
+    pub fn ends_named_first(&self) -> impl Iterator<Item = (ProcessKey, Option<ProcessEnd>)> + '_ {
+        let unnamed = self
+            .calls
+            .keys()
+            .map(|key| key.process)
+            .chain(self.vdso.keys().map(|key| key.process))
+            .filter(|process| !self.names.contains_key(process))
+            .map(|process| (process, Some(ProcessEnd::Running)));
+        self.names
+            .iter()
+            .map(|(process, info)| {
+                (
+                    *process,
+                    Some(ProcessEnd::from_repr(info.ended).unwrap_or(ProcessEnd::Running)),
+                )
+            })
+            .chain(unnamed)
+    }
 }
 
 /// Keys created per counter map since load.

@@ -1,0 +1,249 @@
+//! The calibration child, both ends: `vdso-observer vdso-loop` calls the
+//! vDSO's functions for a known time and prints how many calls it made; the
+//! observer runs it under its sampler, reads what the programs counted of it,
+//! and forgets it. `calibrate` and `coarse` run it with their plans.
+
+use std::{
+    collections::BTreeMap,
+    hint::black_box,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use vdso_observer_common::{ProcessKey, Provenance, SyscallAbi, TimeCall};
+
+use crate::{
+    host::vdso_image::VdsoImage,
+    kernel::Observer,
+    model::{MapSnapshot, Retired},
+};
+
+/// The vDSO's functions as C declares them.
+pub type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
+pub type GettimeofdayFn =
+    unsafe extern "C" fn(*mut libc::timeval, *mut libc::c_void) -> libc::c_int;
+/// The kernel's `__kernel_old_time_t`: a `long`, whatever the libc's time_t.
+pub type TimeFn = unsafe extern "C" fn(*mut libc::c_long) -> libc::c_long;
+pub type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut libc::c_void) -> libc::c_int;
+
+/// How long the calibration child calls each function: every function is
+/// priced by its own samples (time and getcpu where the image has them).
+pub const LOOP_MS: [(TimeCall, u64); 4] = [
+    (TimeCall::ClockGettime, 800),
+    (TimeCall::Gettimeofday, 200),
+    (TimeCall::Time, 150),
+    (TimeCall::Getcpu, 150),
+];
+/// How long the coarse child reads CLOCK_MONOTONIC_COARSE.
+pub const COARSE_LOOP_MS: u64 = 500;
+/// The coarse child's line name.
+pub const COARSE_LINE: &str = "clock_gettime_coarse";
+
+/// What the calibration child runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopPlan {
+    /// Every function of [`LOOP_MS`].
+    Full,
+    /// 100 ms of clock_gettime(CLOCK_MONOTONIC): does it enter the kernel?
+    Quick,
+    /// clock_gettime(CLOCK_MONOTONIC_COARSE) for [`COARSE_LOOP_MS`].
+    Coarse,
+}
+
+/// The hidden `vdso-loop` subcommand, run as a child of the observer: calls
+/// each function of its plan through the vDSO for its time, and prints
+/// `NAME CALLS` lines. Functions the image lacks are left out.
+pub fn run_loop(image: &VdsoImage, plan: LoopPlan) -> anyhow::Result<()> {
+    let phases: Vec<(TimeCall, u64, libc::clockid_t)> = match plan {
+        LoopPlan::Full => LOOP_MS
+            .iter()
+            .map(|&(call, ms)| (call, ms, libc::CLOCK_MONOTONIC))
+            .collect(),
+        LoopPlan::Quick => vec![(TimeCall::ClockGettime, 100, libc::CLOCK_MONOTONIC)],
+        LoopPlan::Coarse => vec![(
+            TimeCall::ClockGettime,
+            COARSE_LOOP_MS,
+            libc::CLOCK_MONOTONIC_COARSE,
+        )],
+    };
+    for (call, ms, clock) in phases {
+        let Some(address) = image.own_address(call) else {
+            if call == TimeCall::ClockGettime {
+                bail!("the vDSO exports no clock_gettime");
+            }
+            continue;
+        };
+        let address = address as usize;
+        let deadline = Instant::now() + std::time::Duration::from_millis(ms);
+        // SAFETY: as in `measure`: each entry called with its C signature.
+        let calls = unsafe {
+            match call {
+                TimeCall::Gettimeofday => {
+                    let f: GettimeofdayFn = std::mem::transmute(address);
+                    let mut tv = libc::timeval {
+                        tv_sec: 0,
+                        tv_usec: 0,
+                    };
+                    spin(deadline, || f(&mut tv, std::ptr::null_mut()) as i64)
+                }
+                TimeCall::Time => {
+                    let f: TimeFn = std::mem::transmute(address);
+                    spin(deadline, || f(std::ptr::null_mut()))
+                }
+                TimeCall::Getcpu => {
+                    let f: GetcpuFn = std::mem::transmute(address);
+                    let (mut cpu, mut node) = (0u32, 0u32);
+                    spin(deadline, || {
+                        f(&mut cpu, &mut node, std::ptr::null_mut()) as i64
+                    })
+                }
+                _ if clock != libc::CLOCK_MONOTONIC => {
+                    // Through the libc, as programs call it: a call this short
+                    // is sampled differently with what surrounds it.
+                    let mut ts = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    spin(deadline, || libc::clock_gettime(clock, &mut ts) as i64)
+                }
+                _ => {
+                    let f: ClockFn = std::mem::transmute(address);
+                    let mut ts = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    spin(deadline, || f(clock, &mut ts) as i64)
+                }
+            }
+        };
+        // Instant::now() itself calls clock_gettime(CLOCK_MONOTONIC) through
+        // the vDSO once per batch: a fine read, whatever the phase.
+        let (name, calls) = match (call, clock) {
+            (TimeCall::ClockGettime, libc::CLOCK_MONOTONIC) => (call.name(), calls + calls / 1000),
+            (TimeCall::ClockGettime, _) => (COARSE_LINE, calls),
+            _ => (call.name(), calls),
+        };
+        println!("{name} {calls}");
+    }
+    Ok(())
+}
+
+/// Calls `f` in batches of 1000 until `deadline`: how many calls.
+fn spin(deadline: Instant, mut f: impl FnMut() -> i64) -> u64 {
+    let mut calls = 0u64;
+    while Instant::now() < deadline {
+        for _ in 0..1000 {
+            black_box(f());
+        }
+        calls += 1000;
+    }
+    calls
+}
+
+/// Parses the child's `NAME CALLS` lines.
+pub fn parse_loop_output(text: &str) -> BTreeMap<TimeCall, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, calls) = line.split_once(' ')?;
+            let call = TimeCall::ALL.into_iter().find(|c| c.name() == name)?;
+            Some((call, calls.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs `vdso-observer vdso-loop` with `plan`, its samples counted by vDSO
+/// offset meanwhile (the histogram is left for the caller to take): its pid
+/// and what it printed.
+pub fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<(u32, String)> {
+    let exe = std::env::current_exe().context("finding the observer's own binary")?;
+    let child = Command::new(&exe)
+        .arg("vdso-loop")
+        .args(match plan {
+            LoopPlan::Full => None,
+            LoopPlan::Quick => Some("--quick"),
+            LoopPlan::Coarse => Some("--coarse"),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} vdso-loop", exe.display()))?;
+    let pid = child.id();
+    // From its first calls on (a few ms of them may go unwatched).
+    let watching = observer.watch_sample_offsets(pid);
+    let out = child
+        .wait_with_output()
+        .context("waiting for the calibration child")?;
+    watching?;
+    observer.stop_watching_sample_offsets()?;
+    if !out.status.success() {
+        bail!(
+            "the calibration child (pid {pid}) failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((pid, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// The samples of `pid`'s clock_gettime calls in the image of `abi`.
+pub fn gettime_samples(snapshot: &MapSnapshot, pid: u32, abi: SyscallAbi) -> u64 {
+    snapshot
+        .vdso
+        .iter()
+        .filter(|(key, _)| {
+            key.process.tgid == pid
+                && key.abi == abi as u8
+                && key.call == TimeCall::ClockGettime as u8
+                && key.provenance == Provenance::Sampled as u8
+        })
+        .map(|(_, count)| count)
+        .sum()
+}
+
+/// Deletes what the maps hold of a calibration child, which nobody asked
+/// about: the images of `pid` that started first (the child, reaped by now:
+/// a process that reused its pid since started later and keeps its counts).
+pub fn forget_pid(observer: &mut Observer, snapshot: &MapSnapshot, pid: u32) -> Result<()> {
+    let child_start = snapshot
+        .calls
+        .keys()
+        .map(|key| key.process)
+        .chain(snapshot.vdso.keys().map(|key| key.process))
+        .chain(snapshot.names.keys().copied())
+        .filter(|process| process.tgid == pid)
+        .map(|process| process.start_boottime_ns)
+        .min();
+    let Some(child_start) = child_start else {
+        return Ok(());
+    };
+    let child =
+        |process: &ProcessKey| process.tgid == pid && process.start_boottime_ns == child_start;
+    let retired = Retired {
+        processes: snapshot
+            .names
+            .keys()
+            .filter(|p| child(p))
+            .copied()
+            .collect(),
+        keys: snapshot
+            .calls
+            .keys()
+            .filter(|key| child(&key.process))
+            .copied()
+            .collect(),
+        vdso_keys: snapshot
+            .vdso
+            .keys()
+            .filter(|key| child(&key.process))
+            .copied()
+            .collect(),
+    };
+    let left = observer.forget(&retired);
+    if !left.is_empty() {
+        bail!(
+            "{} keys of the calibration child (pid {pid}) could not be deleted",
+            left.keys.len() + left.vdso_keys.len() + left.processes.len()
+        );
+    }
+    Ok(())
+}
