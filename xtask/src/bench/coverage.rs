@@ -6,7 +6,8 @@
 //! within the stated 95% interval (`vdso_uncertainty`), which should be ≥ 95%.
 //! Such a process spends ~0.13 s in the vDSO: at the default 499 Hz that is
 //! ~65 samples, whose Poisson error alone is ±25% at 95%; one more cell runs
-//! the sampler at 4 999 Hz to show what ±10% takes.
+//! the sampler at 4 999 Hz to show what ±10% takes. Two more cells price
+//! other calls by their own calibration: coarse-clock reads and time().
 
 use std::fs;
 
@@ -57,9 +58,35 @@ pub(super) fn run(bench: &Bench, runs: usize) -> Result<Value> {
     fast_cell["sample_hz"] = json!(FAST_HZ);
     if !only_fast() {
         cells.extend(default_cells(bench, runs, &available)?);
+        cells.extend(call_cells(bench, runs / 4)?);
     }
     cells.push(fast_cell);
     Ok(Value::Array(cells))
+}
+
+/// Calls other than clock_gettime(CLOCK_MONOTONIC), priced by their own
+/// calibration: a coarse-clock loop (3 s at full speed) and 300 M time()
+/// calls, on the clocksource in use.
+fn call_cells(bench: &Bench, runs: usize) -> Result<Vec<Value>> {
+    let current = fs::read_to_string(CLOCKSOURCE)?;
+    let time_calls = "300000000";
+    let mut cells = Vec::new();
+    for (call, args, calls) in [
+        ("coarse", ["hotcoarse", "0", "3"], None),
+        ("time()", ["time", time_calls, ""], Some(3e8)),
+    ] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let mut errors = Vec::new();
+        let mut uncertainties = Vec::new();
+        for _ in 0..runs {
+            let (truth, estimate, uncertainty) =
+                bench.estimate_run(&bench.workload, "vt-bench", &args, calls, &[])?;
+            errors.push((estimate - truth) / truth);
+            uncertainties.push(uncertainty);
+        }
+        cells.push(cell(current.trim(), call, &errors, &uncertainties));
+    }
+    Ok(cells)
 }
 
 /// VT_BENCH_FAST_ONLY=1: only the 4 999 Hz cell (to re-measure it alone).

@@ -522,17 +522,38 @@ impl Bench {
         rate: u64,
         extra: &[&str],
     ) -> Result<(f64, f64, f64)> {
+        self.estimate_run(
+            workload,
+            comm,
+            &["hot", &rate.to_string(), "3"],
+            None,
+            extra,
+        )
+    }
+
+    /// The workload run with `args` inside one window: (truth, estimate,
+    /// stated uncertainty); the truth is `calls`, else the first number the
+    /// workload printed.
+    fn estimate_run(
+        &self,
+        workload: &Path,
+        comm: &str,
+        args: &[&str],
+        calls: Option<f64>,
+        extra: &[&str],
+    ) -> Result<(f64, f64, f64)> {
         let (report, out) = self.observe_with(extra, || {
-            let out = Command::new(workload)
-                .args(["hot", &rate.to_string(), "3"])
-                .output()?;
+            let out = Command::new(workload).args(args).output()?;
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         })?;
-        let truth: f64 = out
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("the hot loop printed no count"))?;
+        let truth: f64 = match calls {
+            Some(calls) => calls,
+            None => out
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| anyhow!("the workload {args:?} printed no count"))?,
+        };
         let row = report
             .processes
             .iter()
