@@ -150,7 +150,7 @@ fn cell(clocksource: &str, abi: &str, errors: &[f64], uncertainties: &[f64]) -> 
 pub(super) fn render(cells: &Value) -> String {
     let mut out = String::from(
         "\nestimates: 2 M vDSO calls/s for 3 s, a fresh observer per run (499 Hz unless said)\n  \
-         clocksource  abi      runs  median err  worst err  within ±10%  stated ±(95%)  coverage\n",
+         clocksource  abi/call runs  median err  worst err  within ±10%  stated ±(95%)  coverage\n",
     );
     for cell in cells.as_array().into_iter().flatten() {
         if let Some(error) = cell["error"].as_str() {
