@@ -44,24 +44,44 @@ const FAST_HZ: &str = "4999";
 pub(super) fn run(bench: &Bench, runs: usize) -> Result<Value> {
     let available = fs::read_to_string(CLOCKSOURCE.replace("current", "available"))?;
     let mut cells = Vec::new();
-    let fast = ["--sample-hz", FAST_HZ];
-    let mut errors = Vec::new();
-    let mut uncertainties = Vec::new();
-    for _ in 0..runs {
-        let (truth, estimate, uncertainty) =
-            bench.estimate_of(&bench.workload, "vt-bench", 2_000_000, &fast)?;
-        errors.push((estimate - truth) / truth);
-        uncertainties.push(uncertainty);
-    }
-    let current = fs::read_to_string(CLOCKSOURCE)?;
-    let mut fast_cell = cell(current.trim(), "x86_64", &errors, &uncertainties);
-    fast_cell["sample_hz"] = json!(FAST_HZ);
-    if !only_fast() {
+    if only().is_none() {
         cells.extend(default_cells(bench, runs, &available)?);
+    }
+    if only() != Some(Cells::Fast) {
         cells.extend(call_cells(bench, runs / 4)?);
     }
-    cells.push(fast_cell);
+    if only() != Some(Cells::Calls) {
+        let fast = ["--sample-hz", FAST_HZ];
+        let mut errors = Vec::new();
+        let mut uncertainties = Vec::new();
+        for _ in 0..runs {
+            let (truth, estimate, uncertainty) =
+                bench.estimate_of(&bench.workload, "vt-bench", 2_000_000, &fast)?;
+            errors.push((estimate - truth) / truth);
+            uncertainties.push(uncertainty);
+        }
+        let current = fs::read_to_string(CLOCKSOURCE)?;
+        let mut fast_cell = cell(current.trim(), "x86_64", &errors, &uncertainties);
+        fast_cell["sample_hz"] = json!(FAST_HZ);
+        cells.push(fast_cell);
+    }
     Ok(Value::Array(cells))
+}
+
+#[derive(PartialEq)]
+enum Cells {
+    Fast,
+    Calls,
+}
+
+/// VT_BENCH_CELLS=fast (the 4 999 Hz cell) or calls (the coarse and time()
+/// cells): only those, to re-measure them alone.
+fn only() -> Option<Cells> {
+    match std::env::var("VT_BENCH_CELLS").ok()?.as_str() {
+        "fast" => Some(Cells::Fast),
+        "calls" => Some(Cells::Calls),
+        _ => None,
+    }
 }
 
 /// Calls other than clock_gettime(CLOCK_MONOTONIC), priced by their own
@@ -87,11 +107,6 @@ fn call_cells(bench: &Bench, runs: usize) -> Result<Vec<Value>> {
         cells.push(cell(current.trim(), call, &errors, &uncertainties));
     }
     Ok(cells)
-}
-
-/// VT_BENCH_FAST_ONLY=1: only the 4 999 Hz cell (to re-measure it alone).
-fn only_fast() -> bool {
-    std::env::var_os("VT_BENCH_FAST_ONLY").is_some()
 }
 
 fn default_cells(bench: &Bench, runs: usize, available: &str) -> Result<Vec<Value>> {
