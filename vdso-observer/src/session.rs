@@ -184,7 +184,7 @@ impl Session {
         unsafe {
             libc::malloc_trim(0)
         };
-        Ok(Session {
+        let mut session = Session {
             observer,
             vdso_check,
             aggregator,
@@ -199,7 +199,12 @@ impl Session {
             unforgotten: Retired::default(),
             names_overflowed: false,
             runtime_names: RuntimeNames::default(),
-        })
+        };
+        // A machine starting thousands of processes a second fills the maps
+        // while the observer calibrates (2-3 s): make room before the first
+        // window, or its first calls go uncounted.
+        session.drain_if_filling()?;
+        Ok(session)
     }
 
     /// Waits until `deadline`, letting the governor look at exact counting

@@ -306,16 +306,21 @@ impl Aggregator {
             if self.drained.contains_key(&process) || lookup.is_running(&process) {
                 continue;
             }
+            retired.add(process, &deltas);
+            deltas.calls.retain(|&(_, delta)| delta > 0);
+            deltas.vdso.retain(|&(_, delta)| delta > 0);
+            if deltas.calls.is_empty() && deltas.vdso.is_empty() && deltas.lost == 0 {
+                // Nothing of it in this window (it ended before the first): gone.
+                self.names.remove(&process);
+                continue;
+            }
             // Named now: the name entry goes with the keys.
             let identity = self.identity(&process, snapshot, false, lookup);
-            retired.add(process, &deltas);
-            if !self.own_exited_row(&identity) {
-                deltas.calls.retain(|&(_, delta)| delta > 0);
-                deltas.vdso.retain(|&(_, delta)| delta > 0);
+            if self.own_exited_row(&identity) {
+                self.drained.insert(process, deltas);
+            } else {
                 self.merged.add(identity, &deltas);
                 self.names.remove(&process);
-            } else {
-                self.drained.insert(process, deltas);
             }
         }
         self.forget_retired(&retired);
