@@ -40,12 +40,42 @@ pub fn quiet(what: &str, log: &str, command: &mut Command) -> Result<()> {
     if !status.success() {
         print_tail(&path);
         bail!(
-            "{} failed ({status}); full output in {}",
+            "{} failed ({status}); full output in {}{}",
             describe(command),
-            path.display()
+            path.display(),
+            low_disk_hint()
         );
     }
     Ok(())
+}
+
+/// Free space below which a failed step is probably a full disk.
+const LOW_DISK_BYTES: u64 = 1 << 30;
+
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a statvfs the call fills in.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail * stat.f_frsize)
+}
+
+/// A failed step with an empty log is often a full disk (its error could not
+/// be written either): say so where the disk is nearly full.
+fn low_disk_hint() -> String {
+    match free_bytes(Path::new("target")) {
+        Some(free) if free < LOW_DISK_BYTES => format!(
+            "; the file system holding target/ has only {} MB free: free some space \
+             (or point CARGO_TARGET_DIR elsewhere) and run it again",
+            free >> 20
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The last lines of a log, on stderr.

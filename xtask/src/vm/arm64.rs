@@ -382,13 +382,18 @@ fn downloads(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "deb") {
-            quiet(
-                &format!(
-                    "arm64 guest: unpacking {}",
-                    path.file_name().unwrap_or_default().to_string_lossy()
-                ),
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let member = if name.starts_with("linux-image") {
+                "./boot/vmlinuz-*"
+            } else {
+                "./bin/busybox"
+            };
+            super::unpack_members(
+                &format!("arm64 guest: unpacking {member} of {name}"),
                 "vm-arm64-unpack",
-                Command::new("dpkg-deb").arg("-x").arg(&path).arg(&unpacked),
+                &path,
+                &unpacked,
+                &[member],
             )?;
             fs::remove_file(&path)?;
         }
