@@ -65,6 +65,28 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(stat.f_bavail * stat.f_frsize)
 }
 
+/// What a whole `cargo xtask test` writes under target/ from nothing (3.7 GB
+/// measured: builds for three targets, guest kernels, images), with room to spare.
+const FULL_RUN_BYTES: u64 = 5 << 30;
+
+/// One line on the disk before a long run: a warning where a run from
+/// nothing would not fit (CI once ran out of disk half-way, in a step whose
+/// error could not be written either).
+pub fn disk_step() {
+    let Some(free) = free_bytes(Path::new(".")) else {
+        return;
+    };
+    let gb = free as f64 / f64::from(1 << 30);
+    if free < FULL_RUN_BYTES {
+        step(&format!(
+            "disk: only {gb:.1} GB free here; a run from nothing writes ~4 GB under target/ \
+             (free some space, or point CARGO_TARGET_DIR elsewhere)"
+        ));
+    } else {
+        step(&format!("disk: {gb:.1} GB free"));
+    }
+}
+
 /// A failed step with an empty log is often a full disk (its error could not
 /// be written either): say so where the disk is nearly full.
 fn low_disk_hint() -> String {

@@ -74,6 +74,7 @@ pub fn run(root: &Path, options: Options) -> Result<()> {
     if options.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
+    exec::disk_step();
     setup::run(true)?;
     if options.filter.is_none() && options.repeat == 1 {
         lint::run()?;

@@ -8,15 +8,31 @@
 //! ~65 samples, whose Poisson error alone is ±25% at 95%; one more cell runs
 //! the sampler at 4 999 Hz to show what ±10% takes. Two more cells price
 //! other calls by their own calibration: coarse-clock reads and time().
+//! Each clocksource and ABI is measured twice: on a quiet machine, and under
+//! load, with a build (one compiler after another) beside the runs.
 
-use std::fs;
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use super::Bench;
 
-pub const RUNS: usize = 40;
+const RUNS: usize = 40;
+
+/// Runs per cell: RUNS, or VT_BENCH_RUNS for a quicker look.
+pub fn runs() -> usize {
+    std::env::var("VT_BENCH_RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .filter(|runs| *runs >= 4)
+        .unwrap_or(RUNS)
+}
 const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
 
 /// The clocksource switched for a while, put back on drop.
@@ -35,6 +51,36 @@ impl Switch {
 impl Drop for Switch {
     fn drop(&mut self) {
         let _ = fs::write(CLOCKSOURCE, &self.previous);
+    }
+}
+
+/// A build beside the runs: one compiler after another, so one CPU is busy
+/// with what a build does (processes starting, cc1 computing, files written),
+/// stopped on drop.
+struct BuildBeside {
+    child: Child,
+}
+
+impl BuildBeside {
+    fn start(source: &Path) -> Result<BuildBeside> {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"while :; do gcc -O2 -c "$0" -o /dev/null || exit 1; done"#)
+            .arg(source)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("starting a build beside the runs (sh, gcc)")?;
+        Ok(BuildBeside { child })
+    }
+}
+
+impl Drop for BuildBeside {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }
 
@@ -121,18 +167,31 @@ fn default_cells(bench: &Bench, runs: usize, available: &str) -> Result<Vec<Valu
             ("x86_64", &bench.workload, "vt-bench"),
             ("i386", &bench.workload32, "vt-bench32"),
         ] {
-            let mut errors = Vec::new();
-            let mut uncertainties = Vec::new();
-            for run in 0..runs {
-                let (truth, estimate, uncertainty) =
-                    bench.estimate_of(workload, comm, 2_000_000, &[])?;
-                errors.push((estimate - truth) / truth);
-                uncertainties.push(uncertainty);
-                if (run + 1) % 10 == 0 {
-                    eprintln!("bench: {clocksource} {abi}: {} of {runs} runs", run + 1);
+            let mut figures = Vec::new();
+            for loaded in [false, true] {
+                let _build = loaded
+                    .then(|| BuildBeside::start(&bench.workload_source))
+                    .transpose()?;
+                let mut errors = Vec::new();
+                let mut uncertainties = Vec::new();
+                for run in 0..runs {
+                    let (truth, estimate, uncertainty) =
+                        bench.estimate_of(workload, comm, 2_000_000, &[])?;
+                    errors.push((estimate - truth) / truth);
+                    uncertainties.push(uncertainty);
+                    if (run + 1) % 10 == 0 {
+                        let beside = if loaded { ", a build beside" } else { "" };
+                        eprintln!(
+                            "bench: {clocksource} {abi}{beside}: {} of {runs} runs",
+                            run + 1
+                        );
+                    }
                 }
+                figures.push(cell(clocksource, abi, &errors, &uncertainties));
             }
-            cells.push(cell(clocksource, abi, &errors, &uncertainties));
+            let mut quiet = figures.remove(0);
+            quiet["under_load"] = figures.remove(0);
+            cells.push(quiet);
         }
     }
     Ok(cells)
@@ -165,7 +224,8 @@ fn cell(clocksource: &str, abi: &str, errors: &[f64], uncertainties: &[f64]) -> 
 pub(super) fn render(cells: &Value) -> String {
     let mut out = String::from(
         "\nestimates: 2 M vDSO calls/s for 3 s, a fresh observer per run (499 Hz unless said)\n  \
-         clocksource  abi/call runs  median err  worst err  within ±10%  stated ±(95%)  coverage\n",
+         clocksource  abi/call runs  median err  worst err  within ±10%  stated ±(95%)  coverage  \
+         under load: median err  worst err  coverage\n",
     );
     for cell in cells.as_array().into_iter().flatten() {
         if let Some(error) = cell["error"].as_str() {
@@ -181,7 +241,7 @@ pub(super) fn render(cells: &Value) -> String {
             None => cell["clocksource"].as_str().unwrap_or("").to_owned(),
         };
         out.push_str(&format!(
-            "  {:<12} {:<7} {:>5} {:>+10.1}% {:>+9.1}% {:>8}/{:<3} {:>12.1}% {:>8.1}%\n",
+            "  {:<12} {:<7} {:>5} {:>+10.1}% {:>+9.1}% {:>8}/{:<3} {:>12.1}% {:>8.1}%",
             name,
             cell["abi"].as_str().unwrap_or(""),
             cell["runs"],
@@ -192,6 +252,17 @@ pub(super) fn render(cells: &Value) -> String {
             num("median_stated_uncertainty_percent"),
             num("coverage_percent"),
         ));
+        let loaded = &cell["under_load"];
+        if loaded.is_object() {
+            let num = |key: &str| loaded[key].as_f64().unwrap_or(f64::NAN);
+            out.push_str(&format!(
+                "  {:>+22.1}% {:>+9.1}% {:>8.1}%",
+                num("median_error_percent"),
+                num("worst_error_percent"),
+                num("coverage_percent"),
+            ));
+        }
+        out.push('\n');
     }
     out
 }
@@ -212,5 +283,9 @@ mod tests {
         assert_eq!(cell["within_10_percent"], 3);
         assert!((cell["worst_error_percent"].as_f64().unwrap() + 20.0).abs() < 1e-9);
         assert!(render(&json!([cell])).contains("50.0%"));
+        let mut quiet = cell.clone();
+        quiet["under_load"] = super::cell("tsc", "x86_64", &[-0.9, 0.01], &[0.3, 0.3]);
+        let line = render(&json!([quiet]));
+        assert!(line.contains("-90.0%") && line.contains("50.0%"), "{line}");
     }
 }

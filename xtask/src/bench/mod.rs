@@ -89,6 +89,8 @@ struct Bench {
     workload: PathBuf,
     /// The same workload built with -m32 (comm vt-bench32).
     workload32: PathBuf,
+    /// Its C source (also what the build beside the coverage runs compiles).
+    workload_source: PathBuf,
 }
 
 /// A tool running beside the workload, stopped on drop.
@@ -186,8 +188,11 @@ pub fn run(root: &Path, parts: &[Part]) -> Result<()> {
         results["accuracy"] = bench.accuracy()?;
     }
     if wanted(Part::Coverage) {
-        step("estimates: 40 runs per clocksource and ABI, error and coverage");
-        results["coverage"] = coverage::run(&bench, coverage::RUNS)?;
+        let runs = coverage::runs();
+        step(&format!(
+            "estimates: {runs} runs per clocksource and ABI, quiet and with a build beside"
+        ));
+        results["coverage"] = coverage::run(&bench, runs)?;
     }
     if wanted(Part::Churn) {
         step("churn: 5 000 short processes a second for 60 s under the daemon");
@@ -216,6 +221,7 @@ impl Bench {
         fs::create_dir_all(&dir)?;
         let workload = dir.join("vt-bench");
         let workload32 = dir.join("vt-bench32");
+        let workload_source = root.join("vdso-observer/tests/workloads/time_calls.c");
         for (binary, flags) in [(&workload, &[][..]), (&workload32, &["-m32"][..])] {
             exec::quiet(
                 "bench: the C workload",
@@ -225,7 +231,7 @@ impl Bench {
                     .args(flags)
                     .arg("-o")
                     .arg(binary)
-                    .arg(root.join("vdso-observer/tests/workloads/time_calls.c")),
+                    .arg(&workload_source),
             )?;
         }
         Ok(Bench {
@@ -233,6 +239,7 @@ impl Bench {
             observer: root.join(observer::RELEASE_BINARY),
             workload,
             workload32,
+            workload_source,
         })
     }
 
