@@ -28,8 +28,9 @@
  *   churn       ARG short-lived children one after another, N direct calls each
  *   threadchurn N rounds of 20 threads at once; each sleeps ARG ms, then makes 10
  *               libc gettimeofday calls and ends
- *   churnrate   short-lived children, N direct calls each, ARG a second for 60 s;
- *               prints how many it started
+ *   churnrate   short-lived children, N direct calls each, ARG a second for 60 s
+ *               (or as many seconds as a fourth argument says); prints how many
+ *               it started
  *   cpuclocks   N threads one after another, each reading its own CPU clock
  *               (pthread_getcpuclockid: a distinct dynamic clock id per thread)
  *   steady      N direct calls a second for ARG seconds (for screens that refresh)
@@ -237,11 +238,12 @@ int main(int argc, char **argv) {
         }
     } else if (!strcmp(mode, "churnrate")) {
         double rate = atof(arg);
+        double seconds = argc > 4 ? atof(argv[4]) : 60;
         struct timespec start, now;
         clock_gettime(CLOCK_MONOTONIC, &start);
         long started = 0;
         double elapsed = 0;
-        while (elapsed < 60) {
+        while (elapsed < seconds) {
             pid_t child = child_calls();
             if (child < 0)
                 return 5;
