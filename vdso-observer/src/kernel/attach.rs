@@ -408,29 +408,7 @@ pub fn attach_sampler_probe(ebpf: &mut Ebpf, hz: u64) -> (ProbeStatus, Option<u6
     (status, sample_period_ns)
 }
 
-/// cpu-clock events per CPU: each ticks at 1/n of the rate, and they start at
-/// random points of their common period. One periodic event per CPU fell into
-/// step with programs that run in short bursts: a 2 kHz loop of 23 µs bursts
-/// sampled at 4 999 Hz was estimated -64% (median of 20 runs; worst -99.7%)
-/// on a quiet machine, every burst between two ticks. Ticks at random offsets
-/// leave little step to keep (16 events: -11%, worst -48%; 64: -4%, worst
-/// -36%); the rate, and what a sample stands for, are unchanged.
-const MOST_PHASES: u64 = 64;
-/// Perf events in all, at most (each holds a file descriptor and a timer).
-const MOST_EVENTS: u64 = 4096;
-/// Longest common period: phases are laid out within it at start.
-const LONGEST_CYCLE_NS: u64 = 250_000_000;
-
-/// Events per CPU for `period_ns` on `cpus` CPUs (at least one).
-fn phases(period_ns: u64, cpus: u64) -> u64 {
-    MOST_PHASES
-        .min(LONGEST_CYCLE_NS / period_ns.max(1))
-        .min(MOST_EVENTS / cpus.max(1))
-        .max(1)
-}
-
-/// A cpu-clock sampler on every online CPU; returns the sample period in ns
-/// (of all the events of a CPU together).
+/// A cpu-clock sampler on every online CPU; returns the sample period in ns.
 fn attach_sampler(ebpf: &mut Ebpf, hz: u64) -> Result<u64> {
     let period_ns = 1_000_000_000 / hz.clamp(1, 100_000);
     let sampler: &mut PerfEvent = program(ebpf, VDSO_SAMPLE_PROGRAM)?;
@@ -439,44 +417,18 @@ fn attach_sampler(ebpf: &mut Ebpf, hz: u64) -> Result<u64> {
         .map_err(|err| explain_load_error(verifier_error(err)))
         .with_context(|| format!("loading program {VDSO_SAMPLE_PROGRAM}"))?;
     let cpus = online_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
-    let phases = phases(period_ns, cpus.len() as u64);
-    let cycle_ns = period_ns * phases;
-    let began = std::time::Instant::now();
-    for start_ns in phase_starts(phases, cycle_ns) {
-        // An event's phase is the moment it is attached (all within one
-        // cycle: 128 ms at 499 Hz).
-        let start = std::time::Duration::from_nanos(start_ns);
-        if let Some(wait) = start.checked_sub(began.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        for &cpu in &cpus {
-            sampler
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(cycle_ns),
-                    false,
-                )
-                .map_err(|err| explain_perf_error(anyhow!(err)))
-                .with_context(|| format!("cpu-clock sampler on CPU {cpu}"))?;
-        }
+    for cpu in cpus {
+        sampler
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(period_ns),
+                false,
+            )
+            .map_err(|err| explain_perf_error(anyhow!(err)))
+            .with_context(|| format!("cpu-clock sampler on CPU {cpu}"))?;
     }
     Ok(period_ns)
-}
-
-/// `phases` random points of `cycle_ns`, in order.
-fn phase_starts(phases: u64, cycle_ns: u64) -> Vec<u64> {
-    let mut starts: Vec<u64> = (0..phases)
-        .map(|_| {
-            let mut random = [0u8; 8];
-            // SAFETY: a valid buffer of its length; a short read leaves zeros
-            // (a phase at 0: periodic sampling, as before).
-            unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-            u64::from_ne_bytes(random) % cycle_ns.max(1)
-        })
-        .collect();
-    starts.sort_unstable();
-    starts
 }
 
 /// Debian's kernels add `kernel.perf_event_paranoid=3` (their default), under
@@ -518,29 +470,5 @@ pub fn enable_run_stats(wanted: bool) -> (RunStats, Option<std::os::fd::OwnedFd>
             )),
             None,
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sampler_spreads_its_events_within_bounds() {
-        // 499 Hz on 2 CPUs: 64 events each, a 128 ms cycle.
-        assert_eq!(phases(2_004_008, 2), 64);
-        // Many CPUs: 4 096 events in all.
-        assert_eq!(phases(2_004_008, 256), 16);
-        assert_eq!(phases(2_004_008, 10_000), 1);
-        // Slow sampling: the cycle stays within 250 ms.
-        assert_eq!(phases(100_000_000, 2), 2);
-        assert_eq!(phases(1_000_000_000, 2), 1);
-
-        let starts = phase_starts(64, 128_000_000);
-        assert_eq!(starts.len(), 64);
-        assert!(starts.windows(2).all(|w| w[0] <= w[1]));
-        assert!(starts.iter().all(|s| *s < 128_000_000));
-        // Random, not all at one point.
-        assert!(starts[63] - starts[0] > 1_000_000, "{starts:?}");
     }
 }
