@@ -96,11 +96,20 @@ pub fn lookup_all<K: Pod, V: Pod>(
     }
 }
 
-/// Deletes `keys`; a key already gone is skipped. Returns how many were
-/// deleted, or the kernel's error with the keys not yet done.
-pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, (io::Error, usize)> {
+/// What a batch deletion did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub count: usize,
+    /// Indices of the keys that were not there (stepped over).
+    pub absent: Vec<usize>,
+}
+
+/// Deletes `keys`; a key already gone is skipped, and said. Returns what was
+/// deleted, or the kernel's error with what was deleted before it and where
+/// the keys not yet done begin.
+pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<Deleted, (io::Error, Deleted, usize)> {
     let mut done = 0;
-    let mut deleted = 0;
+    let mut deleted = Deleted::default();
     while done < keys.len() {
         let rest = &keys[done..];
         let mut attr = zeroed_attr();
@@ -111,12 +120,15 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, (io::Error, us
         // SAFETY: a plain integer of the attr, the kernel's answer or ours.
         let processed = done_by(&result, rest.len(), unsafe { attr.batch.count });
         done += processed;
-        deleted += processed;
+        deleted.count += processed;
         match result {
             Ok(()) => {}
             // Stopped at an absent key: step over it.
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => done += 1,
-            Err(err) => return Err((err, done)),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                deleted.absent.push(done);
+                done += 1;
+            }
+            Err(err) => return Err((err, deleted, done)),
         }
     }
     Ok(deleted)
@@ -262,7 +274,9 @@ mod tests {
 
         // Every other key, with absent keys among them.
         let doomed: Vec<u64> = (0..3000).step_by(2).chain(10_000..10_010).collect();
-        assert_eq!(delete(map.map(), &doomed).unwrap(), 1500);
+        let deleted = delete(map.map(), &doomed).unwrap();
+        assert_eq!(deleted.count, 1500);
+        assert_eq!(deleted.absent, (1500..1510).collect::<Vec<_>>());
         let mut left = 0;
         lookup_all::<u64, u64>(map.map(), Values::Single, |key, _| {
             assert_eq!(key % 2, 1);

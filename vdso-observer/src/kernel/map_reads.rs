@@ -202,7 +202,7 @@ impl Observer {
             ..KeysCreated::default()
         };
         let (batched, rest) = delete_batch(self.maps.vdso_calls.map(), &retired.vdso_keys);
-        deleted.vdso_calls += batched;
+        deleted.vdso_calls += batched.count as u64;
         for key in rest {
             match deleted_or_absent(self.maps.vdso_calls.remove(key)) {
                 Ok(true) => deleted.vdso_calls += 1,
@@ -214,7 +214,7 @@ impl Observer {
             }
         }
         let (batched, rest) = delete_batch(self.maps.processes.map(), &retired.processes);
-        deleted.processes += batched;
+        deleted.processes += batched.count as u64;
         for process in rest {
             match deleted_or_absent(self.maps.processes.remove(process)) {
                 Ok(true) => deleted.processes += 1,
@@ -248,9 +248,25 @@ impl Observer {
                 .collect();
             drop(seen);
             let found: Vec<CallKey> = slots.keys().copied().collect();
-            let (_, rest) = delete_batch(self.maps.time_calls.map(), &found);
+            let (deleted, rest) = delete_batch(self.maps.time_calls.map(), &found);
+            if !deleted.absent.is_empty() {
+                log::debug!(
+                    "{} retired time-call keys were already gone: their slots are not freed again",
+                    deleted.absent.len()
+                );
+            }
             let done = found.len() - rest.len();
-            freed.extend(found[..done].iter().map(|key| slots[key]));
+            // Only the slots of keys this deletion removed: a key already
+            // gone had its slot freed then, and it may be another key's now
+            // (zeroed and queued twice, it would wipe that key's counts and
+            // be handed to two keys).
+            freed.extend(
+                found[..done]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| deleted.absent.binary_search(i).is_err())
+                    .map(|(_, key)| slots[key]),
+            );
             // Keys the snapshot did not see, and what the batch left, go key by key.
             let mut rest = rest.to_vec();
             rest.extend(keys.iter().filter(|key| !slots.contains_key(key)));
@@ -379,17 +395,17 @@ fn each_per_cpu_sum<K: Pod>(map: &PerCpuHashMap<MapData, K, u64>, mut each: impl
     }
 }
 
-/// Deletes `keys` in batches: how many it deleted, and the keys left to go
-/// key by key (all of them where the kernel refuses batches).
-fn delete_batch<'a, K: Pod>(map: &MapData, keys: &'a [K]) -> (u64, &'a [K]) {
+/// Deletes `keys` in batches: what it deleted, and the keys left to go key
+/// by key (all of them where the kernel refuses batches).
+fn delete_batch<'a, K: Pod>(map: &MapData, keys: &'a [K]) -> (map_batch::Deleted, &'a [K]) {
     if keys.len() <= FEW_KEYS {
-        return (0, keys);
+        return (map_batch::Deleted::default(), keys);
     }
     match map_batch::delete(map, keys) {
-        Ok(deleted) => (deleted as u64, &[]),
-        Err((err, done)) => {
+        Ok(deleted) => (deleted, &[]),
+        Err((err, deleted, done)) => {
             log::debug!("deleting in batches: {err}; key by key from the {done}th");
-            (0, &keys[done..])
+            (deleted, &keys[done..])
         }
     }
 }
