@@ -150,7 +150,9 @@ pub struct ObserverValues {
     pub map_entries: Option<u32>,
     #[arg(long, help = format!(
         "cpu-clock samples a second on each CPU for the estimate of vDSO-answered calls; \
-         0 turns the estimate off [default: {}]",
+         0 turns the estimate off; at most half of kernel.perf_event_max_sample_rate, and {} \
+         in a virtual machine (doctor says why) [default: {}]",
+        crate::kernel::sample_rate::GUEST_MOST_HZ,
         defaults::SAMPLE_HZ
     ))]
     pub sample_hz: Option<u64>,

@@ -4,6 +4,7 @@
 pub mod cgroups;
 pub mod clock_watch;
 pub mod clocksource;
+pub mod hypervisor;
 pub mod process_files;
 pub mod procfs;
 pub mod runtime_names;

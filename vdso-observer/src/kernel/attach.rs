@@ -22,6 +22,7 @@ use super::object::{
     AttachTargets, SYS_ENTER_TRACEPOINT, attach_raw_tracepoint, explain_load_error, program,
     verifier_error,
 };
+use super::sample_rate;
 use crate::model::{AttachMode, ProbeStatus, RunStats};
 
 /// Set, the untyped sys_enter program is attached even where the typed one
@@ -384,24 +385,20 @@ pub fn attach_tracepoint_probes(ebpf: &mut Ebpf) -> Vec<ProbeStatus> {
         .collect()
 }
 
-/// Attaches the cpu-clock sampler at `hz`: its status, and the sample period
-/// in ns when it attached.
+/// Attaches the cpu-clock sampler at `hz`, or slower where the kernel or a
+/// virtual machine bounds the rate (see `sample_rate`): its status, and the
+/// sample period in ns when it attached.
 pub fn attach_sampler_probe(ebpf: &mut Ebpf, hz: u64) -> (ProbeStatus, Option<u64>) {
-    // Near the kernel's bound its throttle (counted per tick) drops samples
-    // (at the bound here, 86% of a loop's), and each one left would stand
-    // for more time than the period says: sample at half of it at most.
-    let max = crate::host::procfs::perf_max_sample_rate().filter(|max| *max > 0);
-    let bound = max.map(|max| (max / 2).max(1)).filter(|half| *half < hz);
-    let rate = bound.unwrap_or(hz);
+    let guest = (!sample_rate::guest_bound_lifted())
+        .then(crate::host::hypervisor::guest)
+        .flatten();
+    let (rate, bound) =
+        sample_rate::sampling_rate(hz, crate::host::procfs::perf_max_sample_rate(), guest);
     let mut sample_period_ns = None;
     let attached = attach_sampler(ebpf, rate).map(|period| sample_period_ns = Some(period));
     let mut status = status_of(&SAMPLER, attached);
-    if let (Some(rate), Some(max), true) = (bound, max, status.attached) {
-        let note = format!(
-            "sampling at {rate} Hz, not {hz}: kernel.perf_event_max_sample_rate is {max}, and \
-             the kernel throttles perf events near it (it lowers it by itself when its perf \
-             interrupts take too long)"
-        );
+    if let (Some(bound), true) = (bound, status.attached) {
+        let note = sample_rate::bound_note(hz, rate, &bound);
         log::warn!("{note}");
         status.note = Some(note);
     }

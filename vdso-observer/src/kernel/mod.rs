@@ -14,6 +14,7 @@ pub mod object;
 pub mod observer;
 pub mod privileges;
 mod sample_offsets;
+pub mod sample_rate;
 
 pub use attach::{KprobeJudge, KprobeTrial, KprobeVerdict};
 pub use object::{LoadOptions, VdsoTables};

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::{
     host::vdso32,
     host::{clock_watch::ClockWatch, clocksource, procfs, vdso_image::VdsoImage},
-    kernel::{LoadOptions, Observer, VdsoTables},
+    kernel::{LoadOptions, Observer, VdsoTables, sample_rate},
     measure::calibrate,
     model::{
         ClockEvent, VdsoCapability,
@@ -102,6 +102,14 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     }
     // Costs are measured with nothing attached: a sys_enter program slows every syscall.
     drop(observer);
+    let guest = (!sample_rate::guest_bound_lifted())
+        .then(crate::host::hypervisor::guest)
+        .flatten();
+    features.push(Feature {
+        name: "sampling rate".into(),
+        available: true,
+        detail: sample_rate::fastest_rate(procfs::perf_max_sample_rate(), guest),
+    });
     let uprobes = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
     features.push(Feature {
         name: "uprobes".into(),

@@ -516,7 +516,7 @@ impl Bench {
     }
 
     fn estimate(&self, rate: u64) -> Result<(f64, f64)> {
-        let (truth, estimate, _) = self.estimate_of(&self.workload, "vt-bench", rate, &[])?;
+        let (truth, estimate, _) = self.estimate_of(&self.workload, "vt-bench", rate, &[], &[])?;
         Ok((truth, estimate))
     }
 
@@ -528,6 +528,7 @@ impl Bench {
         comm: &str,
         rate: u64,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<(f64, f64, f64)> {
         self.estimate_run(
             workload,
@@ -535,6 +536,7 @@ impl Bench {
             &["hot", &rate.to_string(), "3"],
             None,
             extra,
+            env,
         )
     }
 
@@ -548,8 +550,9 @@ impl Bench {
         args: &[&str],
         calls: Option<f64>,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<(f64, f64, f64)> {
-        let (report, out) = self.observe_with(extra, || {
+        let (report, out) = self.observe_with(extra, env, || {
             let out = Command::new(workload).args(args).output()?;
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         })?;
@@ -573,18 +576,21 @@ impl Bench {
 
     /// Runs `work` inside one `top --once --json` window.
     fn observe(&self, work: impl FnOnce() -> Result<String>) -> Result<(Report, String)> {
-        self.observe_with(&[], work)
+        self.observe_with(&[], &[], work)
     }
 
-    /// Runs `work` inside one `top --once --json` window, with extra options.
+    /// Runs `work` inside one `top --once --json` window, with extra options
+    /// and environment.
     fn observe_with(
         &self,
         extra: &[&str],
+        env: &[(&str, &str)],
         work: impl FnOnce() -> Result<String>,
     ) -> Result<(Report, String)> {
         let mut top = Command::new(&self.observer)
             .args(["top", "--once", "-d", "600", "--json", "--comm", "vt-bench"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
