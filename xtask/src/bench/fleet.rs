@@ -3,7 +3,8 @@
 //! clock_gettime calls a second per process) and 5 busy (1 000 a second), under the daemon at its
 //! default 15 s interval for 90 s. What it costs (CPU share of one core, RSS)
 //! and how many series it exports, against the goals: ≤ 0.5% of a core,
-//! ≤ 30 MB, container series within `series.max_containers`.
+//! ≤ 30 MB, every pod's container with its series (200, within
+//! `series.max_containers`).
 
 use std::{
     fs,
@@ -65,12 +66,22 @@ fn unified_root() -> Result<PathBuf> {
 }
 
 fn start_pods(bench: &Bench) -> Result<Pods> {
-    let root = unified_root()?.join("vdso-bench-fleet");
+    // At the top, where a kubelet puts it: the observer names containers
+    // only under a top-level kubepods (elsewhere any delegated subtree could
+    // make such names).
+    let root = unified_root()?.join("kubepods.slice");
+    if root.exists() {
+        bail!(
+            "{} exists: a kubelet's (or a killed bench's) pods are there; the fleet bench \
+             makes its own and would mix with them (remove it, or run elsewhere)",
+            root.display()
+        );
+    }
     let mut pods = Pods {
         root: root.clone(),
         children: Vec::new(),
     };
-    let qos = root.join("kubepods.slice/kubepods-burstable.slice");
+    let qos = root.join("kubepods-burstable.slice");
     fs::create_dir_all(&qos).with_context(|| format!("creating {}", qos.display()))?;
     for pod in 0..PODS {
         let uid = format!("0000{pod:04x}-1111-2222-3333-444455556666");
@@ -171,7 +182,8 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
         "samples": samples,
         "container_series_containers": containers.len(),
         "max_containers": MAX_CONTAINERS,
-        "goals_met": cpu_percent <= 0.5 && rss_mb <= 30.0 && containers.len() <= MAX_CONTAINERS,
+        // Every pod's container has its series: the cap is above the pods.
+        "goals_met": cpu_percent <= 0.5 && rss_mb <= 30.0 && containers.len() == PODS.min(MAX_CONTAINERS),
     }))
 }
 
