@@ -389,11 +389,11 @@ pub fn attach_tracepoint_probes(ebpf: &mut Ebpf) -> Vec<ProbeStatus> {
 /// virtual machine bounds the rate (see `sample_rate`): its status, and the
 /// sample period in ns when it attached.
 pub fn attach_sampler_probe(ebpf: &mut Ebpf, hz: u64) -> (ProbeStatus, Option<u64>) {
-    let guest = (!sample_rate::guest_bound_lifted())
-        .then(crate::host::hypervisor::guest)
-        .flatten();
-    let (rate, bound) =
-        sample_rate::sampling_rate(hz, crate::host::procfs::perf_max_sample_rate(), guest);
+    let (rate, bound) = sample_rate::sampling_rate(
+        hz,
+        crate::host::procfs::perf_max_sample_rate(),
+        sample_rate::bounding_guest(),
+    );
     let mut sample_period_ns = None;
     let attached = attach_sampler(ebpf, rate).map(|period| sample_period_ns = Some(period));
     let mut status = status_of(&SAMPLER, attached);

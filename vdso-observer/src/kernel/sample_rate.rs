@@ -1,14 +1,19 @@
 //! The rate the cpu-clock sampler runs at: the one asked for, unless the
 //! kernel or the machine bounds it, and then the reason, said once.
 
-/// Fastest sampling in a virtual machine. In a KVM guest the sampler's ticks
-/// fall into step with a program that runs in short timer-paced bursts (a
-/// 2 kHz loop of 23 µs bursts of clock reads): `perf record` misses them the
-/// same way, so it is the guest's timer delivery, not this observer. Measured
-/// with `cargo xtask bench coverage` (40 runs a rate): median error -2.6% at
-/// 499 Hz, -64% at 4 999 Hz (worst -99.7%); see docs/PERFORMANCE.md for the
-/// rates between.
+/// Fastest sampling in a virtual machine. In a guest the sampler's ticks fall
+/// into step with a program that runs in short timer-paced bursts (a 2 kHz
+/// loop of 23 µs bursts of clock reads): `perf record` misses them the same
+/// way, so it is the guest's timer delivery, not this observer. Measured with
+/// `cargo xtask bench coverage`: the stated interval holds up to 1 499 Hz on
+/// an Intel VM and fails from 1 999 Hz (errors from -78% to +238%); see
+/// docs/PERFORMANCE.md.
 pub const GUEST_MOST_HZ: u64 = 999;
+
+/// Why a guest samples no faster, as the status note and `doctor` say it.
+const WHY_GUEST: &str = "faster cpu-clock ticks fall into step with programs that run in \
+     short timer-paced bursts and miss or over-count them (measured in KVM guests: -60% to \
+     -78% median at 4 999 Hz; `perf record` misses them too)";
 
 /// Set to `off`, a guest samples at the rate asked (to measure the bound).
 pub const GUEST_BOUND_ENV: &str = "VDSO_OBSERVER_SAMPLE_HZ_BOUND";
@@ -51,10 +56,8 @@ pub fn bound_note(asked: u64, rate: u64, bound: &RateBound) -> String {
         ),
         RateBound::Guest { sign } => format!(
             "sampling at {rate} Hz, not {asked}: this is a virtual machine ({sign}), where \
-             faster cpu-clock ticks fall into step with programs that run in short \
-             timer-paced bursts and miss them (measured in a KVM guest: -64% at 4 999 Hz; \
-             `perf record` misses them too); for more precision on chosen processes use \
-             --exact, or set {GUEST_BOUND_ENV}=off to sample at {asked} Hz anyway"
+             {WHY_GUEST}; for more precision on chosen processes use --exact, or set \
+             {GUEST_BOUND_ENV}=off to sample at {asked} Hz anyway"
         ),
     }
 }
@@ -69,17 +72,21 @@ pub fn fastest_rate(kernel_max: Option<u64>, guest: Option<String>) -> String {
             "--sample-hz up to {hz}: half of kernel.perf_event_max_sample_rate ({max}); \
              no hypervisor shows"
         ),
-        (hz, Some(RateBound::Guest { sign })) => format!(
-            "--sample-hz up to {hz}: a virtual machine ({sign}), where faster cpu-clock ticks \
-             fall into step with programs that run in short timer-paced bursts and miss them \
-             (measured in a KVM guest: -64% at 4 999 Hz; `perf record` misses them too)"
-        ),
+        (hz, Some(RateBound::Guest { sign })) => {
+            format!("--sample-hz up to {hz}: a virtual machine ({sign}), where {WHY_GUEST}")
+        }
     }
 }
 
-/// Whether the guest bound is lifted.
-pub fn guest_bound_lifted() -> bool {
-    std::env::var_os(GUEST_BOUND_ENV).is_some_and(|v| v == "off")
+/// What shows this machine is a virtual machine, unless GUEST_BOUND_ENV
+/// lifts the guest bound (then None, as on bare metal).
+pub fn bounding_guest() -> Option<String> {
+    let lifted = std::env::var_os(GUEST_BOUND_ENV).is_some_and(|v| v == "off");
+    if lifted {
+        None
+    } else {
+        crate::host::hypervisor::guest()
+    }
 }
 
 #[cfg(test)]

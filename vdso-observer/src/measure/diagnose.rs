@@ -102,13 +102,13 @@ pub fn diagnose(options: LoadOptions) -> Diagnosis {
     }
     // Costs are measured with nothing attached: a sys_enter program slows every syscall.
     drop(observer);
-    let guest = (!sample_rate::guest_bound_lifted())
-        .then(crate::host::hypervisor::guest)
-        .flatten();
     features.push(Feature {
         name: "sampling rate".into(),
         available: true,
-        detail: sample_rate::fastest_rate(procfs::perf_max_sample_rate(), guest),
+        detail: sample_rate::fastest_rate(
+            procfs::perf_max_sample_rate(),
+            sample_rate::bounding_guest(),
+        ),
     });
     let uprobes = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
     features.push(Feature {
