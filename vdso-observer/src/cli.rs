@@ -74,6 +74,9 @@ pub enum Command {
         /// Coarse-clock reads only (their cost and where their samples land).
         #[arg(long, conflicts_with = "quick")]
         coarse: bool,
+        /// time() from a loop of a second shape (what the call site weighs).
+        #[arg(long, conflicts_with_all = ["quick", "coarse"])]
+        time_call_site: bool,
     },
     /// Write the man pages or shell completions (used by `cargo xtask dist`).
     #[command(hide = true)]

@@ -56,11 +56,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate { what } => cli::generate(what)?,
         Command::Completions { shell } => cli::completions(shell),
-        Command::VdsoLoop { quick, coarse } => {
+        Command::VdsoLoop {
+            quick,
+            coarse,
+            time_call_site,
+        } => {
             use measure::calibration_child::LoopPlan;
-            let plan = match (quick, coarse) {
-                (true, _) => LoopPlan::Quick,
-                (_, true) => LoopPlan::Coarse,
+            let plan = match (quick, coarse, time_call_site) {
+                (true, ..) => LoopPlan::Quick,
+                (_, true, _) => LoopPlan::Coarse,
+                (.., true) => LoopPlan::TimeCallSite,
                 _ => LoopPlan::Full,
             };
             measure::calibration_child::run_loop(&host::vdso_image::VdsoImage::current()?, plan)?

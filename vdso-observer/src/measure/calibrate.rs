@@ -26,7 +26,7 @@ use crate::{
     measure::stopwatch,
     model::{
         VdsoCheck,
-        costs::{MIN_NS, VdsoCosts},
+        costs::{MIN_NS, Sampled, VdsoCosts},
     },
 };
 
@@ -96,6 +96,13 @@ pub(super) fn timed(what: &str, mut call: impl FnMut() -> libc::c_int) -> f64 {
     timing.ns_per_call
 }
 
+/// Fewest samples of a call other than clock_gettime that price it. Its
+/// loop is short, and a call of a few ns gets few samples (time: ~40 at
+/// 499 Hz). Even 10 (±62% at 95%, stated in every estimate they price) beat
+/// a stopwatch, which times the loop around a short call too: 5 times the
+/// sampled cost of `time` on an Intel host.
+const MIN_OTHER_SAMPLES: u64 = 10;
+
 /// What turns vDSO samples into calls: the image, what each function costs
 /// here, and how much time one sample stands for.
 #[derive(Debug, Clone)]
@@ -122,7 +129,7 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
         sample_period_ns: observer.sample_period_ns(),
     };
     match run_child(observer, false) {
-        Ok((check, sampled, gettime_samples)) => {
+        Ok((check, sampled)) => {
             let fine_offsets = observer.take_sample_offsets().unwrap_or_default();
             if !check.vdso_capable() {
                 warn!(
@@ -132,11 +139,39 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                 );
             }
             if !sampled.is_empty() {
+                let mut sampled = sampled;
+                if let Some(&registers) = sampled.get(&TimeCall::Time) {
+                    match time_call_site(observer) {
+                        Ok(Some(memory)) => {
+                            let (time, spread) = registers.across_call_sites(memory);
+                            log::debug!(
+                                "time(): {:.2} ns a call sampled from a loop in registers ({} \
+                                 samples), {:.2} from one in memory ({}): {:.2}, ±{:.0}% by call \
+                                 site",
+                                registers.ns_per_call,
+                                registers.samples,
+                                memory.ns_per_call,
+                                memory.samples,
+                                time.ns_per_call,
+                                spread * 100.0
+                            );
+                            sampled.insert(TimeCall::Time, time);
+                            model.costs.call_site_spread.insert(TimeCall::Time, spread);
+                        }
+                        Ok(None) => {}
+                        Err(err) => warn!(
+                            "calibrating time() from a second call site failed, its estimates \
+                             assume a call site weighs ±15%: {err:#}"
+                        ),
+                    }
+                }
                 model.costs = model.costs.calibrated(&sampled);
-                model.costs.calibration_samples = gettime_samples;
                 log::debug!(
-                    "vDSO costs as sampled (ns per call): {:?}",
-                    model.costs.ns_per_call
+                    "vDSO costs as sampled (ns per call): {:?}, samples behind clock_gettime's \
+                     {}, behind the others' {:?}",
+                    model.costs.ns_per_call,
+                    model.costs.calibration_samples,
+                    model.costs.call_samples
                 );
                 if let Some(period_ns) = model.sample_period_ns {
                     let ns64 = model.costs.ns(Some(TimeCall::ClockGettime));
@@ -184,13 +219,13 @@ pub fn recheck(observer: &mut Observer) -> Result<VdsoCheck> {
 /// Both ends of the child protocol: runs `vdso-observer vdso-loop` (see
 /// [`run_loop`]), reads its `NAME CALLS` lines, and judges them against what the
 /// programs counted of it; then forgets the child, which nobody asked about.
-/// Returns the check, the sampled ns per call, and the samples behind
-/// clock_gettime's figure.
+/// Returns the check and each call's cost as sampled.
 fn run_child(
     observer: &mut Observer,
     quick: bool,
-) -> Result<(VdsoCheck, BTreeMap<TimeCall, f64>, u64)> {
-    /// Fewer samples than this say too little (±15%).
+) -> Result<(VdsoCheck, BTreeMap<TimeCall, Sampled>)> {
+    /// Fewer samples of clock_gettime than this say too little (±30% at
+    /// 95%): the stopwatch then prices every call.
     const MIN_SAMPLES: u64 = 40;
     let plan = if quick {
         LoopPlan::Quick
@@ -220,7 +255,6 @@ fn run_child(
         .map(|(key, count)| (*key, *count))
         .collect();
     let mut sampled = BTreeMap::new();
-    let mut gettime_samples = 0;
     if let Some(period_ns) = observer.sample_period_ns()
         && !quick
     {
@@ -230,16 +264,64 @@ fn run_child(
                 .filter(|(key, _)| key.call == call as u8)
                 .map(|(_, count)| count)
                 .sum();
-            if samples >= MIN_SAMPLES && calls > 0 {
-                sampled.insert(call, samples as f64 * period_ns as f64 / calls as f64);
-                if call == TimeCall::ClockGettime {
-                    gettime_samples = samples;
-                }
+            let enough = if call == TimeCall::ClockGettime {
+                MIN_SAMPLES
+            } else {
+                MIN_OTHER_SAMPLES
+            };
+            if samples >= enough && calls > 0 {
+                let ns_per_call = samples as f64 * period_ns as f64 / calls as f64;
+                sampled.insert(
+                    call,
+                    Sampled {
+                        ns_per_call,
+                        samples,
+                    },
+                );
+            } else if calls > 0 {
+                log::debug!(
+                    "{}: {samples} samples of {calls} calls, too few: priced by its stopwatch \
+                     ratio to clock_gettime",
+                    call.name()
+                );
             }
+        }
+        if !sampled.contains_key(&TimeCall::ClockGettime) {
+            // Without the reference the others' figures are not trusted either.
+            sampled.clear();
         }
     }
     forget_pid(observer, &snapshot, pid)?;
-    Ok((check, sampled, gettime_samples))
+    Ok((check, sampled))
+}
+
+/// time()'s cost sampled from a loop of the second shape (see
+/// [`crate::measure::plt_stub::CallSite`]); None when too few samples landed.
+fn time_call_site(observer: &mut Observer) -> Result<Option<Sampled>> {
+    let Some(period_ns) = observer.sample_period_ns() else {
+        return Ok(None);
+    };
+    let (pid, out) = run_loop_child(observer, LoopPlan::TimeCallSite)?;
+    let calls = parse_loop_output(&out)
+        .get(&TimeCall::Time)
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("the time() child (pid {pid}) printed no count"))?;
+    let snapshot = observer.snapshot()?;
+    let samples: u64 = snapshot
+        .vdso
+        .iter()
+        .filter(|(key, _)| key.process.tgid == pid && key.call == TimeCall::Time as u8)
+        .map(|(_, count)| count)
+        .sum();
+    forget_pid(observer, &snapshot, pid)?;
+    if samples < MIN_OTHER_SAMPLES || calls == 0 {
+        log::debug!("time() from memory: {samples} samples of {calls} calls, too few");
+        return Ok(None);
+    }
+    Ok(Some(Sampled {
+        ns_per_call: samples as f64 * period_ns as f64 / calls as f64,
+        samples,
+    }))
 }
 
 /// What a call of the 32-bit image's clock_gettime costs over the 64-bit
@@ -300,7 +382,13 @@ mod tests {
 
         // In-place figures replace the stopwatch, and scale the rest.
         let mut sampled = BTreeMap::new();
-        sampled.insert(TimeCall::ClockGettime, gettime * 2.0);
+        sampled.insert(
+            TimeCall::ClockGettime,
+            Sampled {
+                ns_per_call: gettime * 2.0,
+                samples: 100,
+            },
+        );
         let calibrated = costs.calibrated(&sampled);
         assert_eq!(calibrated.ns(Some(TimeCall::ClockGettime)), gettime * 2.0);
         let time = costs.ns(Some(TimeCall::Time));

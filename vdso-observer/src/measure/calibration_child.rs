@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use vdso_observer_common::{ProcessKey, Provenance, SyscallAbi, TimeCall};
 
+use super::plt_stub::{CallSite, call_null_through_plt};
 use crate::{
     host::vdso_image::VdsoImage,
     kernel::Observer,
@@ -32,11 +33,13 @@ pub type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut libc::c_void) 
 pub const LOOP_MS: [(TimeCall, u64); 4] = [
     (TimeCall::ClockGettime, 800),
     (TimeCall::Gettimeofday, 200),
-    (TimeCall::Time, 150),
+    (TimeCall::Time, 250),
     (TimeCall::Getcpu, 150),
 ];
 /// How long the coarse child reads CLOCK_MONOTONIC_COARSE.
 pub const COARSE_LOOP_MS: u64 = 500;
+/// How long the second call-site child calls time.
+pub const TIME_CALL_SITE_MS: u64 = 250;
 /// The coarse child's line name.
 pub const COARSE_LINE: &str = "clock_gettime_coarse";
 
@@ -49,12 +52,19 @@ pub enum LoopPlan {
     Quick,
     /// clock_gettime(CLOCK_MONOTONIC_COARSE) for [`COARSE_LOOP_MS`].
     Coarse,
+    /// time for [`TIME_CALL_SITE_MS`], from a loop of the other shape
+    /// ([`CallSite::Memory`]; [`LoopPlan::Full`] calls it from registers).
+    TimeCallSite,
 }
 
 /// The hidden `vdso-loop` subcommand, run as a child of the observer: calls
 /// each function of its plan through the vDSO for its time, and prints
 /// `NAME CALLS` lines. Functions the image lacks are left out.
 pub fn run_loop(image: &VdsoImage, plan: LoopPlan) -> anyhow::Result<()> {
+    let site = match plan {
+        LoopPlan::TimeCallSite => CallSite::Memory,
+        _ => CallSite::Registers,
+    };
     let phases: Vec<(TimeCall, u64, libc::clockid_t)> = match plan {
         LoopPlan::Full => LOOP_MS
             .iter()
@@ -66,6 +76,7 @@ pub fn run_loop(image: &VdsoImage, plan: LoopPlan) -> anyhow::Result<()> {
             COARSE_LOOP_MS,
             libc::CLOCK_MONOTONIC_COARSE,
         )],
+        LoopPlan::TimeCallSite => vec![(TimeCall::Time, TIME_CALL_SITE_MS, libc::CLOCK_MONOTONIC)],
     };
     for (call, ms, clock) in phases {
         let Some(address) = image.own_address(call) else {
@@ -88,8 +99,14 @@ pub fn run_loop(image: &VdsoImage, plan: LoopPlan) -> anyhow::Result<()> {
                     spin(deadline, || f(&mut tv, std::ptr::null_mut()) as i64)
                 }
                 TimeCall::Time => {
-                    let f: TimeFn = std::mem::transmute(address);
-                    spin(deadline, || f(std::ptr::null_mut()))
+                    // A call this short is sampled by its call site: called
+                    // as C programs call glibc's time(), through a PLT.
+                    let mut calls = 0u64;
+                    while Instant::now() < deadline {
+                        call_null_through_plt(address, 1000, site);
+                        calls += 1000;
+                    }
+                    calls
                 }
                 TimeCall::Getcpu => {
                     let f: GetcpuFn = std::mem::transmute(address);
@@ -163,6 +180,7 @@ pub fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<(u32, S
             LoopPlan::Full => None,
             LoopPlan::Quick => Some("--quick"),
             LoopPlan::Coarse => Some("--coarse"),
+            LoopPlan::TimeCallSite => Some("--time-call-site"),
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,4 +11,5 @@ pub mod entry_points;
 pub mod exact;
 pub mod hit_costs;
 pub mod path_costs;
+pub mod plt_stub;
 pub mod stopwatch;

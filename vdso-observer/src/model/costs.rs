@@ -2,7 +2,7 @@
 //! samples become calls. And what it costs through each path (vDSO, kernel),
 //! by which a kernel entry becomes excess CPU.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use vdso_observer_common::{SyscallAbi, TimeCall};
@@ -11,6 +11,10 @@ use super::reason::FallbackReason;
 
 /// No vDSO function returns faster than this: a floor against timer noise.
 pub const MIN_NS: f64 = 1.0;
+/// The floor of a cost as sampled, which can be well under a call's
+/// stopwatch time: a call of a few instructions overlaps the loop around it
+/// (time() through a PLT samples as ~0.3 ns a call on an Intel host).
+pub const MIN_SAMPLED_NS: f64 = 0.05;
 
 /// ns spent inside the vDSO per call, per function.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +31,16 @@ pub struct VdsoCosts {
     /// The same for `i386_ratio`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub i386_calibration_samples: u64,
+    /// Samples behind the other calls priced by their own loop (time,
+    /// gettimeofday, getcpu); a call not here keeps its stopwatch ratio to
+    /// clock_gettime, priced as uncalibrated.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub call_samples: BTreeMap<TimeCall, u64>,
+    /// How far a short call's sampled cost moves with its call site on this
+    /// host (relative, one sigma), measured from loops of two shapes; calls
+    /// not here are given [`SHORT_CALL_VARIANCE`]'s.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub call_site_spread: BTreeMap<TimeCall, f64>,
     /// What a coarse-clock clock_gettime costs as the sampler sees it, split
     /// by where its samples land (None: not calibrated; coarse reads are then
     /// priced as fine ones).
@@ -120,11 +134,62 @@ const UNCALIBRATED_VARIANCE: f64 = 0.25 * 0.25;
 /// A call that takes a few ns (a coarse clock, time, getcpu) is sampled
 /// differently with the code around it: the calibration loop and a C loop
 /// through glibc differed by -8% to -30% for coarse reads and -11% to -32%
-/// for getcpu here (time, called straight into the vDSO by both: within 2%).
-/// ±15% at one sigma stands for that.
+/// for getcpu here. The calibration calls such functions as C programs do
+/// (coarse clocks through the libc, time through a PLT-shaped stub from a
+/// gcc-shaped loop); ±15% at one sigma stands for call sites of other shapes.
+/// Other shapes can differ far more: on an Intel VM a loop calling `time`
+/// through a function pointer read from the stack had 5.6 times the ns per
+/// call a PLT loop had.
 const SHORT_CALL_VARIANCE: f64 = 0.15 * 0.15;
 /// Sampled cost under which a call counts as short.
 pub const SHORT_CALL_NS: f64 = 5.0;
+
+/// A call's cost as the sampler saw it in the calibration loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampled {
+    pub ns_per_call: f64,
+    /// Samples behind it: its Poisson error is ~1/√samples.
+    pub samples: u64,
+}
+
+impl Sampled {
+    /// One cost of a call sampled from two call sites: their geometric mean,
+    /// with the samples that give it the same Poisson error (each loop's
+    /// error counts a quarter in the mean's logarithm); and the spread, one
+    /// sigma, that puts each site one sigma from it once the part of their
+    /// difference their own Poisson error explains is taken off, never under
+    /// the assumed [`SHORT_CALL_VARIANCE`]'s.
+    pub fn across_call_sites(self, other: Sampled) -> (Sampled, f64) {
+        let ns = (self.ns_per_call * other.ns_per_call).sqrt();
+        let variance = (1.0 / self.samples.max(1) as f64 + 1.0 / other.samples.max(1) as f64) / 4.0;
+        let half_difference = (self.ns_per_call / other.ns_per_call).ln() / 2.0;
+        let spread = (half_difference * half_difference - variance)
+            .max(0.0)
+            .sqrt();
+        (
+            Sampled {
+                ns_per_call: ns,
+                samples: (1.0 / variance).round() as u64,
+            },
+            spread.max(SHORT_CALL_VARIANCE.sqrt()),
+        )
+    }
+}
+
+/// What a sampled estimate was made of, for its interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EstimateBasis {
+    /// The samples the estimate counts.
+    pub samples: u64,
+    /// Some were in the 32-bit image.
+    pub i386: bool,
+    /// Coarse-clock reads were priced.
+    pub coarse: bool,
+    /// A call shorter than [`SHORT_CALL_NS`] was priced.
+    pub short: bool,
+    /// Calls other than clock_gettime that were priced.
+    pub other_calls: BTreeSet<TimeCall>,
+}
 
 impl VdsoCosts {
     /// Cost of a call; unknown code is costed as clock_gettime, the usual caller.
@@ -141,13 +206,17 @@ impl VdsoCosts {
     /// Poisson error of the samples and of the calibration behind the cost
     /// (of the i386 calibration too when `i386` samples are in it).
     pub fn uncertainty(&self, samples: u64, i386: bool) -> f64 {
-        self.uncertainty_with(samples, i386, false, false)
+        self.uncertainty_of(&EstimateBasis {
+            samples,
+            i386,
+            ..EstimateBasis::default()
+        })
     }
 
-    /// [`VdsoCosts::uncertainty`], with the coarse calibration's error too
-    /// when coarse reads were priced, and the caller's part in what a short
-    /// call's samples say when one was.
-    pub fn uncertainty_with(&self, samples: u64, i386: bool, coarse: bool, short: bool) -> f64 {
+    /// The relative 95% interval of an estimate made as `basis` says: the
+    /// Poisson error of its samples and of every calibration its calls were
+    /// priced by, and the caller's part in what a short call's samples say.
+    pub fn uncertainty_of(&self, basis: &EstimateBasis) -> f64 {
         let variance = |samples: u64| {
             if samples == 0 {
                 UNCALIBRATED_VARIANCE
@@ -155,17 +224,25 @@ impl VdsoCosts {
                 1.0 / samples as f64
             }
         };
-        let mut total = 1.0 / samples.max(1) as f64 + variance(self.calibration_samples);
-        if i386 {
+        let mut total = 1.0 / basis.samples.max(1) as f64 + variance(self.calibration_samples);
+        if basis.i386 {
             total += variance(self.i386_calibration_samples);
         }
-        if coarse {
+        if basis.coarse {
             total += variance(self.coarse.map_or(0, |c| c.samples));
         }
-        if short {
-            total += SHORT_CALL_VARIANCE;
+        let mut call_site = if basis.short {
+            SHORT_CALL_VARIANCE
+        } else {
+            0.0
+        };
+        for call in &basis.other_calls {
+            total += variance(self.call_samples.get(call).copied().unwrap_or(0));
+            if let Some(spread) = self.call_site_spread.get(call) {
+                call_site = call_site.max(spread * spread);
+            }
         }
-        Z95 * total.sqrt()
+        Z95 * (total + call_site).sqrt()
     }
 
     /// Cost of a call in the image of `abi`.
@@ -177,24 +254,35 @@ impl VdsoCosts {
     }
 
     /// Scales stopwatch costs so the calls measured in place cost what the
-    /// sampler saw (`sampled`: ns per call); the others keep their stopwatch
-    /// ratio to clock_gettime.
-    pub fn calibrated(&self, sampled: &BTreeMap<TimeCall, f64>) -> VdsoCosts {
+    /// sampler saw (`sampled`: ns per call and the samples behind it); the
+    /// others keep their stopwatch ratio to clock_gettime.
+    pub fn calibrated(&self, sampled: &BTreeMap<TimeCall, Sampled>) -> VdsoCosts {
         let reference = TimeCall::ClockGettime;
         let scale = match (sampled.get(&reference), self.ns_per_call.get(&reference)) {
-            (Some(in_place), Some(stopwatch)) => in_place / stopwatch,
+            (Some(in_place), Some(stopwatch)) => in_place.ns_per_call / stopwatch,
             _ => 1.0,
         };
         let mut costs = VdsoCosts {
             i386_ratio: self.i386_ratio,
-            calibration_samples: self.calibration_samples,
+            calibration_samples: sampled
+                .get(&reference)
+                .map_or(self.calibration_samples, |s| s.samples),
             i386_calibration_samples: self.i386_calibration_samples,
+            call_site_spread: self.call_site_spread.clone(),
             coarse: self.coarse,
             ..VdsoCosts::default()
         };
         for (&call, &ns) in &self.ns_per_call {
-            let ns = sampled.get(&call).copied().unwrap_or(ns * scale);
-            costs.ns_per_call.insert(call, ns.max(MIN_NS));
+            let ns = match sampled.get(&call) {
+                Some(in_place) => {
+                    if call != reference {
+                        costs.call_samples.insert(call, in_place.samples);
+                    }
+                    in_place.ns_per_call.max(MIN_SAMPLED_NS)
+                }
+                None => (ns * scale).max(MIN_NS),
+            };
+            costs.ns_per_call.insert(call, ns);
         }
         costs
     }
@@ -210,10 +298,90 @@ mod tests {
         costs.ns_per_call.insert(TimeCall::ClockGettime, 10.0);
         costs.ns_per_call.insert(TimeCall::Time, 3.0);
         assert_eq!(costs.ns(None), 10.0, "unknown code costs as clock_gettime");
-        let sampled = BTreeMap::from([(TimeCall::ClockGettime, 20.0)]);
+        let sampled = BTreeMap::from([(
+            TimeCall::ClockGettime,
+            Sampled {
+                ns_per_call: 20.0,
+                samples: 300,
+            },
+        )]);
         let calibrated = costs.calibrated(&sampled);
         assert_eq!(calibrated.ns(Some(TimeCall::ClockGettime)), 20.0);
+        assert_eq!(calibrated.calibration_samples, 300);
         assert_eq!(calibrated.ns(Some(TimeCall::Time)), 6.0);
+        assert!(calibrated.call_samples.is_empty(), "time was not sampled");
+
+        // A call sampled in its own loop keeps its figure and its samples.
+        let mut sampled = sampled;
+        sampled.insert(
+            TimeCall::Time,
+            Sampled {
+                ns_per_call: 0.3,
+                samples: 25,
+            },
+        );
+        let calibrated = costs.calibrated(&sampled);
+        assert_eq!(
+            calibrated.ns(Some(TimeCall::Time)),
+            0.3,
+            "a sampled cost goes under a stopwatch's floor"
+        );
+        assert_eq!(calibrated.call_samples.get(&TimeCall::Time), Some(&25));
+    }
+
+    #[test]
+    fn an_estimate_priced_by_another_calls_loop_carries_that_loops_error() {
+        let costs = VdsoCosts {
+            calibration_samples: 400,
+            call_samples: BTreeMap::from([(TimeCall::Time, 25)]),
+            ..VdsoCosts::default()
+        };
+        let basis = |calls: &[TimeCall], short: bool| EstimateBasis {
+            samples: 100,
+            short,
+            other_calls: calls.iter().copied().collect(),
+            ..EstimateBasis::default()
+        };
+        let fine = costs.uncertainty_of(&basis(&[], false));
+        assert!((fine - costs.uncertainty(100, false)).abs() < 1e-12);
+        // 1.96 * sqrt(1/100 + 1/400 + 1/25 + 0.15²)
+        let time = costs.uncertainty_of(&basis(&[TimeCall::Time], true));
+        let expected = 1.96 * (0.01f64 + 0.0025 + 0.04 + 0.0225).sqrt();
+        assert!((time - expected).abs() < 1e-12, "{time} {expected}");
+        // Priced by its stopwatch ratio only: ±25% at 1σ for that part.
+        let getcpu = costs.uncertainty_of(&basis(&[TimeCall::Getcpu], false));
+        let expected = 1.96 * (0.01f64 + 0.0025 + 0.0625).sqrt();
+        assert!((getcpu - expected).abs() < 1e-12);
+
+        // A call-site spread measured here replaces the assumed one when wider.
+        let mut costs = costs;
+        costs.call_site_spread.insert(TimeCall::Time, 0.3);
+        let time = costs.uncertainty_of(&basis(&[TimeCall::Time], true));
+        let expected = 1.96 * (0.01f64 + 0.0025 + 0.04 + 0.09).sqrt();
+        assert!((time - expected).abs() < 1e-12, "{time} {expected}");
+    }
+
+    #[test]
+    fn two_call_sites_give_their_geometric_mean_and_spread() {
+        let registers = Sampled {
+            ns_per_call: 0.30,
+            samples: 40,
+        };
+        let memory = Sampled {
+            ns_per_call: 0.48,
+            samples: 60,
+        };
+        let (cost, spread) = registers.across_call_sites(memory);
+        assert!((cost.ns_per_call - 0.144f64.sqrt()).abs() < 1e-12);
+        // ln(1.6) / 2 puts each site one sigma from the mean; of its square,
+        // 1/96 is the loops' own Poisson error.
+        let expected = ((1.6f64.ln() / 2.0).powi(2) - 1.0 / 96.0).sqrt();
+        assert!((spread - expected).abs() < 1e-12, "{spread}");
+        // (1/40 + 1/60) / 4 = 1/96.
+        assert_eq!(cost.samples, 96);
+        // Sites that agree keep the assumed spread for shapes not measured.
+        let (_, spread) = registers.across_call_sites(registers);
+        assert!((spread - 0.15).abs() < 1e-12);
     }
 
     #[test]

@@ -153,15 +153,17 @@ fn only() -> Option<Cells> {
 }
 
 /// Calls other than clock_gettime(CLOCK_MONOTONIC), priced by their own
-/// calibration: a coarse-clock loop (3 s at full speed) and 300 M time()
-/// calls, on the clocksource in use.
+/// calibration: a coarse-clock loop (3 s at full speed) and 3 G time()
+/// calls (~3 s: a call samples as ~0.3 ns, so fewer leave a few dozen
+/// samples whose own error hides the calibration's), on the clocksource in
+/// use.
 fn call_cells(bench: &Bench, runs: usize) -> Result<Vec<Value>> {
     let current = fs::read_to_string(CLOCKSOURCE)?;
-    let time_calls = "300000000";
+    let time_calls = "3000000000";
     let mut cells = Vec::new();
     for (call, args, calls) in [
         ("coarse", ["hotcoarse", "0", "3"], None),
-        ("time()", ["time", time_calls, ""], Some(3e8)),
+        ("time()", ["time", time_calls, ""], Some(3e9)),
     ] {
         let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
         let mut errors = Vec::new();

@@ -13,7 +13,7 @@ use super::{Identity, VdsoEstimator};
 use crate::model::{
     clocks::clock_name,
     container::Container,
-    costs::SHORT_CALL_NS,
+    costs::{EstimateBasis, SHORT_CALL_NS},
     reason::{self, FallbackReason},
     report::*,
 };
@@ -144,6 +144,7 @@ pub(super) fn add_vdso_calls(
     let mut samples_used = 0u64;
     let mut i386_sampled = false;
     let mut short_sampled = coarse_samples > 0;
+    let mut other_calls = BTreeSet::new();
     for &(key, count) in deltas {
         let Some(provenance) = Provenance::from_repr(key.provenance) else {
             continue;
@@ -169,6 +170,9 @@ pub(super) fn add_vdso_calls(
             samples_used += count;
             i386_sampled |= abi == SyscallAbi::I386;
             short_sampled |= estimator.costs.ns_in(abi, call) < SHORT_CALL_NS;
+            if let Some(call) = call.filter(|c| *c != TimeCall::ClockGettime) {
+                other_calls.insert(call);
+            }
             rows.push(VdsoCallCount {
                 call: function,
                 clock,
@@ -206,12 +210,13 @@ pub(super) fn add_vdso_calls(
     report.vdso_calls_per_sec = Some(total / seconds);
     report.vdso_estimated = samples_used > 0;
     report.vdso_uncertainty = estimator.filter(|_| samples_used > 0).map(|e| {
-        e.costs.uncertainty_with(
-            samples_used,
-            i386_sampled,
-            coarse_samples > 0,
-            short_sampled,
-        )
+        e.costs.uncertainty_of(&EstimateBasis {
+            samples: samples_used,
+            i386: i386_sampled,
+            coarse: coarse_samples > 0,
+            short: short_sampled,
+            other_calls,
+        })
     });
     let kernel = report.time_kernel_entries() as f64;
     report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
