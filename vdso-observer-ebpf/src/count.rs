@@ -239,7 +239,7 @@ fn find_or_make<M: CounterMap>(map: &M, key: &mut M::Key, leader: *const u8) -> 
 }
 
 /// TIME_CALLS: a key's counter is a slot of TIME_CALL_COUNTS, taken from
-/// the free queue user space fills.
+/// the free stack user space fills.
 struct TimeCallSlots;
 
 impl CounterMap for TimeCallSlots {

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Stack},
 };
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
@@ -25,8 +25,11 @@ pub static TIME_CALLS: HashMap<CallKey, u32> =
 pub static TIME_CALL_COUNTS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
 
+// A stack, not a queue: the slot freed last is taken first, so the slots in
+// use stay at the bottom of TIME_CALL_COUNTS and user space reads only as far
+// as the highest (under churn a queue cycled through every slot).
 #[map]
-pub static FREE_TIME_CALL_SLOTS: Queue<u32> = Queue::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+pub static FREE_TIME_CALL_SLOTS: Stack<u32> = Stack::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
 
 #[map]
 pub static RECENT_TIME_CALL: PerCpuArray<RecentTimeCall> = PerCpuArray::with_max_entries(1, 0);

@@ -5,12 +5,13 @@
 //! observer runs are also recorded by the kernel as they are made ([`remember`]).
 
 use std::{
-    collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+use crate::model::KeyMap;
 
 /// Where the unified hierarchy is mounted: `/sys/fs/cgroup` on cgroup v2
 /// hosts, `/sys/fs/cgroup/unified` on hybrid ones.
@@ -24,10 +25,10 @@ pub fn unified_root() -> Option<PathBuf> {
 struct Paths {
     root: Option<PathBuf>,
     /// From the last walk of the hierarchy.
-    by_id: HashMap<u64, String>,
+    by_id: KeyMap<u64, String>,
     walked: Option<Instant>,
     /// Recorded by the kernel when each cgroup was made (it may be gone now).
-    recorded: HashMap<u64, String>,
+    recorded: KeyMap<u64, String>,
 }
 
 /// Recorded paths kept at most: beyond this the oldest window's go.
@@ -36,9 +37,9 @@ const RECORDED_AT_MOST: usize = 16_384;
 fn paths(guard: &mut Option<Paths>) -> &mut Paths {
     guard.get_or_insert_with(|| Paths {
         root: unified_root(),
-        by_id: HashMap::new(),
+        by_id: KeyMap::default(),
         walked: None,
-        recorded: HashMap::new(),
+        recorded: KeyMap::default(),
     })
 }
 
@@ -87,7 +88,7 @@ pub fn path_of(id: u64) -> Option<String> {
     paths.by_id.get(&id).cloned()
 }
 
-fn walk(root: &Path, dir: &Path, by_id: &mut HashMap<u64, String>, depth: usize) {
+fn walk(root: &Path, dir: &Path, by_id: &mut KeyMap<u64, String>, depth: usize) {
     const DEEPEST: usize = 16;
     let Ok(meta) = std::fs::metadata(dir) else {
         return;

@@ -43,8 +43,24 @@ impl Values {
 pub fn lookup_all<K: Pod, V: Pod>(
     map: &MapData,
     layout: Values,
+    each: impl FnMut(K, &[V]),
+) -> io::Result<()> {
+    lookup_first(map, layout, usize::MAX, each)
+}
+
+/// The first `most` entries of an array (keys 0 to `most - 1`), as
+/// [`lookup_all`]. Not for hash maps: asked for fewer entries than a bucket
+/// holds, the kernel refuses (ENOSPC).
+pub fn lookup_first<K: Pod, V: Pod>(
+    map: &MapData,
+    layout: Values,
+    most: usize,
     mut each: impl FnMut(K, &[V]),
 ) -> io::Result<()> {
+    if most == 0 {
+        return Ok(());
+    }
+    let mut read = 0usize;
     let copies = layout.copies()?;
     let stride = match layout {
         Values::Single => size_of::<V>(),
@@ -68,11 +84,13 @@ pub fn lookup_all<K: Pod, V: Pod>(
         attr.batch.out_batch = position_out.as_mut_ptr() as u64;
         attr.batch.keys = keys.as_mut_ptr() as u64;
         attr.batch.values = values.as_mut_ptr() as u64;
-        attr.batch.count = CHUNK as u32;
+        let asked = CHUNK.min(most - read);
+        attr.batch.count = asked as u32;
         attr.batch.map_fd = map.fd().as_fd().as_raw_fd() as u32;
         let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
         // SAFETY: a plain integer of the attr, the kernel's answer or ours.
-        let filled = done_by(&result, CHUNK, unsafe { attr.batch.count });
+        let filled = done_by(&result, asked, unsafe { attr.batch.count });
+        read += filled;
         for i in 0..filled {
             // SAFETY: the kernel filled `filled` keys of K's size and their
             // values at `stride` apart; both are plain data (Pod).
@@ -86,6 +104,7 @@ pub fn lookup_all<K: Pod, V: Pod>(
             each(key, &per_key);
         }
         match result {
+            Ok(()) if read >= most => return Ok(()),
             Ok(()) => {}
             // The end of the map: this call's entries were the last.
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
@@ -305,5 +324,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(entries, 3000);
+        // The first entries only, across a chunk's end and within one.
+        for most in [1, 1024, 1500, 3000, 5000] {
+            let mut slots = Vec::new();
+            lookup_first::<u32, u64>(&map, Values::PerCpu, most, |slot, _| slots.push(slot))
+                .unwrap();
+            assert_eq!(slots, (0..most.min(3000) as u32).collect::<Vec<_>>());
+        }
+        lookup_first::<u32, u64>(&map, Values::PerCpu, 0, |_, _| panic!("none asked")).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! cgroups) and forgetting what is gone: keys deleted, time-call slots zeroed
 //! and handed back to the programs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -20,7 +20,7 @@ use super::{
     map_batch::{self, Values},
     observer::Observer,
 };
-use crate::model::{KeysCreated, MapSnapshot, ObserverStats, Retired};
+use crate::model::{KeyMap, KeysCreated, MapSnapshot, ObserverStats, Retired};
 
 impl Observer {
     /// Reads every counter, name and self-statistic. Names (with the kernel's
@@ -68,17 +68,24 @@ impl Observer {
 
     /// Every time-call counter: each key's slot, then the slot's per-CPU counts
     /// (the whole slot array in batches when many keys are live).
-    fn time_call_counts(&self) -> Result<HashMap<CallKey, u64>> {
+    fn time_call_counts(&self) -> Result<KeyMap<CallKey, u64>> {
         let mut slots = self.slots_seen.borrow_mut();
         slots.clear();
         each_entry(&self.maps.time_calls, |key, slot| {
             slots.insert(key, slot);
         });
         if slots.len() > FEW_KEYS {
-            let mut totals = vec![0u64; self.options().time_call_entries as usize];
-            let batched = map_batch::lookup_all::<u32, u64>(
+            // Slots are taken from the bottom up (the free stack): read as
+            // far as the highest in use, not the whole array.
+            let used = slots
+                .values()
+                .max()
+                .map_or(0, |highest| *highest as usize + 1);
+            let mut totals = vec![0u64; used];
+            let batched = map_batch::lookup_first::<u32, u64>(
                 self.maps.time_call_counts.map(),
                 Values::PerCpu,
+                used,
                 |slot, per_cpu| {
                     if let Some(total) = totals.get_mut(slot as usize) {
                         *total = per_cpu.iter().sum();
@@ -95,7 +102,7 @@ impl Observer {
                 Err(err) => log::debug!("{TIME_CALL_COUNTS_MAP} in batches: {err}; slot by slot"),
             }
         }
-        let mut calls = HashMap::with_capacity(slots.len());
+        let mut calls = KeyMap::with_capacity_and_hasher(slots.len(), Default::default());
         for (&key, &slot) in slots.iter() {
             // A key deleted between listing and lookup is simply gone.
             let per_cpu = self
@@ -179,7 +186,7 @@ impl Observer {
     }
 
     /// Only the vDSO counters (the governor looks often).
-    pub fn vdso_counts(&self) -> Result<HashMap<VdsoKey, u64>> {
+    pub fn vdso_counts(&self) -> Result<KeyMap<VdsoKey, u64>> {
         Ok(self
             .maps
             .vdso_calls
@@ -242,34 +249,41 @@ impl Observer {
             // Their slots as the snapshot before read them (a key's slot does
             // not change while the key lives), the keys in one deletion.
             let seen = self.slots_seen.borrow();
-            let slots: HashMap<CallKey, u32> = keys
-                .iter()
-                .filter_map(|key| Some((*key, *seen.get(key)?)))
-                .collect();
+            let mut found = Vec::with_capacity(keys.len());
+            let mut slots = Vec::with_capacity(keys.len());
+            // Keys the snapshot did not see go key by key.
+            let mut rest = Vec::new();
+            for key in keys {
+                match seen.get(key) {
+                    Some(&slot) => {
+                        found.push(*key);
+                        slots.push(slot);
+                    }
+                    None => rest.push(*key),
+                }
+            }
             drop(seen);
-            let found: Vec<CallKey> = slots.keys().copied().collect();
-            let (deleted, rest) = delete_batch(self.maps.time_calls.map(), &found);
+            let (deleted, left) = delete_batch(self.maps.time_calls.map(), &found);
             if !deleted.absent.is_empty() {
                 log::debug!(
                     "{} retired time-call keys were already gone: their slots are not freed again",
                     deleted.absent.len()
                 );
             }
-            let done = found.len() - rest.len();
+            let done = found.len() - left.len();
             // Only the slots of keys this deletion removed: a key already
             // gone had its slot freed then, and it may be another key's now
             // (zeroed and queued twice, it would wipe that key's counts and
             // be handed to two keys).
             freed.extend(
-                found[..done]
+                slots[..done]
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| deleted.absent.binary_search(i).is_err())
-                    .map(|(_, key)| slots[key]),
+                    .map(|(_, slot)| *slot),
             );
-            // Keys the snapshot did not see, and what the batch left, go key by key.
-            let mut rest = rest.to_vec();
-            rest.extend(keys.iter().filter(|key| !slots.contains_key(key)));
+            // What the batch left goes key by key too.
+            rest.extend_from_slice(left);
             rest
         } else {
             keys.to_vec()
@@ -330,12 +344,12 @@ impl Observer {
                 .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
                 .with_context(|| format!("zeroing {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
         }
-        // A queue takes one value a call: the one syscall per slot left.
+        // A stack takes one value a call: the one syscall per slot left.
         for &slot in freed {
             self.maps
                 .free_time_call_slots
                 .push(slot, 0)
-                .with_context(|| format!("returning slot {slot} to the free queue"))?;
+                .with_context(|| format!("returning slot {slot} to the free stack"))?;
         }
         Ok(())
     }

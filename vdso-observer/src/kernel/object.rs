@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, Queue},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, Stack},
     programs::{ProgramError, RawTracePoint},
 };
 use vdso_observer_common::{
@@ -81,7 +81,7 @@ pub struct LoadOptions {
 pub struct Maps {
     pub time_calls: HashMap<MapData, CallKey, u32>,
     pub time_call_counts: PerCpuArray<MapData, u64>,
-    pub free_time_call_slots: Queue<MapData, u32>,
+    pub free_time_call_slots: Stack<MapData, u32>,
     pub slot_generation: Array<MapData, u32>,
     pub processes: HashMap<MapData, ProcessKey, ProcessInfo>,
     pub vdso_calls: PerCpuHashMap<MapData, VdsoKey, u64>,
@@ -120,9 +120,10 @@ impl Maps {
         })
     }
 
-    /// Hands the programs every time-call counter slot, before anything runs.
+    /// Hands the programs every time-call counter slot, before anything runs:
+    /// slot 0 on top, so slots are taken from the bottom of the array up.
     fn fill_free_slots(&mut self, slots: u32) -> Result<()> {
-        for slot in 0..slots {
+        for slot in (0..slots).rev() {
             self.free_time_call_slots
                 .push(slot, 0)
                 .with_context(|| format!("filling {FREE_TIME_CALL_SLOTS_MAP} (slot {slot})"))?;

@@ -35,7 +35,7 @@ pub struct Observer {
     pub(super) deleted: KeysCreated,
     /// Each time-call key's slot as the last snapshot read it: what a drain
     /// that follows needs to give the slots back, without reading again.
-    pub(super) slots_seen: std::cell::RefCell<std::collections::HashMap<CallKey, u32>>,
+    pub(super) slots_seen: std::cell::RefCell<crate::model::KeyMap<CallKey, u32>>,
     /// Where time syscalls are counted (what `auto` chose).
     attach_mode: AttachMode,
     /// Whether the kernel measures the programs' run time.

@@ -41,7 +41,7 @@ use crate::{
         Observer,
         privileges::{EXACT_KERNEL_FLOOR, check_kernel_floor},
     },
-    model::{EntryPoint, ExactState, ExactStatus},
+    model::{EntryPoint, ExactState, ExactStatus, KeyMap},
 };
 
 /// What the user asked for.
@@ -255,7 +255,7 @@ impl ExactTracer {
 
     /// The governor: measured hits × cost against the budget, every
     /// GOVERNOR_TICK (50 ms). Over budget: detach, and the process falls back to the estimate.
-    pub fn govern(&mut self, observer: &mut Observer, vdso: &HashMap<VdsoKey, u64>) {
+    pub fn govern(&mut self, observer: &mut Observer, vdso: &KeyMap<VdsoKey, u64>) {
         // New processes (`--exact`) are picked up within a second, not a window.
         if self.last_refresh.elapsed() >= REFRESH_EVERY {
             let estimates = self.estimates.clone();

@@ -6,13 +6,14 @@
 //! whether it still runs) is asked of a lookup the caller passes in.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
 
 use vdso_observer_common::{CallKey, ProcessKey, SyscallAbi, TimeCall, VdsoKey};
 
 use super::{
+    KeyMap,
     comm::display_comm,
     costs::{PathCosts, VdsoCosts},
     observer::{AttachMode, MapSnapshot, ObserverStats, ProbeStatus, RunStats},
@@ -54,13 +55,13 @@ const KIND_SHARE: usize = 16;
 #[derive(Debug, Default)]
 pub struct Aggregator {
     /// Counter values at the end of the previous window.
-    previous: HashMap<CallKey, u64>,
-    previous_vdso: HashMap<VdsoKey, u64>,
+    previous: KeyMap<CallKey, u64>,
+    previous_vdso: KeyMap<VdsoKey, u64>,
     previous_stats: ObserverStats,
     /// Names already resolved, for processes whose name entry was lost.
-    names: HashMap<ProcessKey, Identity>,
+    names: KeyMap<ProcessKey, Identity>,
     /// Per-process calls lost (`ProcessInfo::lost`) at the end of the previous window.
-    previous_lost: HashMap<ProcessKey, u64>,
+    previous_lost: KeyMap<ProcessKey, u64>,
     /// Processes that exited during the window and were drained from the maps
     /// before it ended (see [`Aggregator::drain`]): reported with the window.
     drained: BTreeMap<ProcessKey, Deltas>,
@@ -69,7 +70,7 @@ pub struct Aggregator {
     max_exited_rows: usize,
     /// Own rows given to exited processes this window, in all and by kind.
     exited_rows: usize,
-    exited_rows_by_kind: HashMap<Identity, usize>,
+    exited_rows_by_kind: KeyMap<Identity, usize>,
     estimator: Option<VdsoEstimator>,
     thresholds: Thresholds,
     /// Processes retired and reported whose keys the kernel did not let user
@@ -315,12 +316,12 @@ impl Aggregator {
                 continue;
             }
             // Named now: the name entry goes with the keys.
-            let identity = self.identity(&process, snapshot, false, lookup);
+            let identity = self.exited_identity(&process, snapshot, lookup);
             if self.own_exited_row(&identity) {
+                self.names.insert(process, identity);
                 self.drained.insert(process, deltas);
             } else {
                 self.merged.add(identity, &deltas);
-                self.names.remove(&process);
             }
         }
         self.forget_retired(&retired);
@@ -330,9 +331,13 @@ impl Aggregator {
     /// Whether an exited process of this kind gets a row of its own this
     /// window (then counted), or merges with its kind.
     fn own_exited_row(&mut self, identity: &Identity) -> bool {
+        // Past the limit (thousands of exits a second) without hashing the identity.
+        if self.exited_rows >= self.max_exited_rows {
+            return false;
+        }
         let per_kind = (self.max_exited_rows / KIND_SHARE).max(1);
         let of_kind = self.exited_rows_by_kind.get(identity).copied().unwrap_or(0);
-        if self.exited_rows >= self.max_exited_rows || of_kind >= per_kind {
+        if of_kind >= per_kind {
             return false;
         }
         self.exited_rows += 1;
@@ -407,6 +412,29 @@ impl Aggregator {
         }
         for process in &retired.processes {
             self.previous_lost.remove(process);
+        }
+    }
+
+    /// Who an exited process was, taken out of the names it was known by (a
+    /// drain does this for thousands of processes a second: no copy kept).
+    fn exited_identity(
+        &mut self,
+        process: &ProcessKey,
+        snapshot: &MapSnapshot,
+        lookup: &impl ProcessLookup,
+    ) -> Identity {
+        let known = self.names.remove(process);
+        match snapshot.names.get(process) {
+            // The cgroup is resolved once per process: it was recorded at first sight.
+            Some(info) => Identity {
+                comm: display_comm(&info.comm),
+                uid: Some(info.uid),
+                cgroup: match known {
+                    Some(known) => known.cgroup,
+                    None => lookup.cgroup_path(info.cgroup_id),
+                },
+            },
+            None => known.unwrap_or_else(Identity::unknown),
         }
     }
 

@@ -1,10 +1,12 @@
 //! What the observer reports about itself: its probes, what it lost, what its
 //! maps held at one instant, and its measured check of the vDSO.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use vdso_observer_common::{CallKey, ProcessEnd, ProcessInfo, ProcessKey, VdsoKey};
+
+use super::KeyMap;
 
 /// One attach point and whether it is live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,10 +112,10 @@ pub struct MapSnapshot {
     /// kernel does not measure them).
     pub programs: Vec<ProgramRuns>,
     /// Cumulative count per key since the key was created.
-    pub calls: HashMap<CallKey, u64>,
-    pub names: HashMap<ProcessKey, ProcessInfo>,
+    pub calls: KeyMap<CallKey, u64>,
+    pub names: KeyMap<ProcessKey, ProcessInfo>,
     /// Cumulative vDSO samples or exact hits per key.
-    pub vdso: HashMap<VdsoKey, u64>,
+    pub vdso: KeyMap<VdsoKey, u64>,
     pub stats: ObserverStats,
     /// Keys the programs ever created in each counter map (with the deletions
     /// user space made, how full the maps are).
