@@ -19,9 +19,12 @@ wire_enum! {
 /// `call` of a [`VdsoKey`] for vDSO code no time call claims (a table slot
 /// never says it; an exact probe with an unknown call would).
 pub const VDSO_OTHER_CODE: u8 = 0xff;
-/// `call` of a table slot holding syscall-entry code (`__kernel_vsyscall`,
-/// through which every 32-bit syscall passes): samples there are not time calls.
-pub const VDSO_SYSCALL_ENTRY: u8 = 0xfe;
+/// `call` of a table slot holding exported code that is no time call:
+/// `__kernel_vsyscall` (every 32-bit syscall passes it), the signal-return
+/// trampolines (on arm64 every signal handler returns through one) and SGX's
+/// enclave entry (an enclave's samples land at its exit point there). Samples
+/// there count nothing, and are not unattributed either.
+pub const VDSO_NOT_TIME_CODE: u8 = 0xfe;
 
 /// What exact counting covers in one thread or process.
 #[repr(C)]

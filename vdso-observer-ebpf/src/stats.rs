@@ -33,6 +33,35 @@ pub fn bump(stat: ObserverStat) {
     }
 }
 
+/// Counts a vDSO sample no function claims; the first on this CPU is said
+/// with its offset in the image, so that whoever sees the count can find the
+/// code (`objdump` of the image) without a debugger.
+#[inline(always)]
+pub fn bump_unattributed(offset: u64, i386: bool) {
+    if let Some(value) = OBSERVER_STATS.get_ptr_mut(ObserverStat::VdsoSampleUnattributed as u32) {
+        // SAFETY: as in add_stat.
+        let first = unsafe { *value } == 0;
+        // SAFETY: as in add_stat.
+        unsafe { *value += 1 };
+        if first {
+            say_unattributed(offset, i386);
+        }
+    }
+}
+
+#[inline(never)]
+fn say_unattributed(offset: u64, i386: bool) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let image = if i386 { 32 } else { 64 };
+    debug!(
+        &(),
+        "a vDSO sample of pid {} at offset {:x} of the {}-bit image lies in no exported function",
+        tgid,
+        offset,
+        image
+    );
+}
+
 /// The one line of a rare event, out of line so the counting path stays short.
 #[inline(never)]
 fn say_first(stat: ObserverStat) {

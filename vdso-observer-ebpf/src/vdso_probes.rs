@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use vdso_observer_common::{
     CLOCK_COARSE_SAMPLED, COVERAGE_PROCESS, NO_CLOCK, ObserverStat, Provenance, SyscallAbi,
-    TimeCall, UprobeCookie, VDSO_CODE_BYTES, VDSO_OTHER_CODE, VDSO_SYSCALL_ENTRY, inside_vdso,
+    TimeCall, UprobeCookie, VDSO_CODE_BYTES, VDSO_NOT_TIME_CODE, VDSO_OTHER_CODE, inside_vdso,
     vdso_instruction_offset,
 };
 
@@ -19,7 +19,7 @@ use crate::{
     count::count_vdso_call,
     kernel::{as_scalar, current_task, vdso_text},
     maps::{COARSE_CODE, EXACT_COVERAGE, OFFSET_SAMPLED_TGID, SAMPLE_OFFSETS},
-    stats::{add_stat, bump},
+    stats::{bump, bump_unattributed},
     user_regs::UserRegs,
 };
 
@@ -140,9 +140,9 @@ fn sampled_call(task: *const u8, regs: &UserRegs) -> Option<(u8, u64)> {
         }
     }
     match call {
-        VDSO_SYSCALL_ENTRY => None, // __kernel_vsyscall: a syscall on its way in or out
+        VDSO_NOT_TIME_CODE => None, // a syscall on its way in or out, a signal return
         VDSO_OTHER_CODE => {
-            add_stat(ObserverStat::VdsoSampleUnattributed);
+            bump_unattributed(offset, regs.abi == SyscallAbi::I386);
             None
         }
         call => Some((call, start)),
@@ -167,7 +167,7 @@ pub fn vdso_breakpoint(ctx: PerfEventContext) -> u32 {
         return 0;
     };
     let call = function_table(regs.abi).call_at(offset);
-    if call == VDSO_OTHER_CODE || call == VDSO_SYSCALL_ENTRY {
+    if call == VDSO_OTHER_CODE || call == VDSO_NOT_TIME_CODE {
         return 0;
     }
     match regs.first_argument() {

@@ -82,8 +82,15 @@ arm64)
         /vdso-observer doctor 2>/dev/null | sed 's/^/VMTEST-DOCTOR-TEXT /'
         echo "VMTEST-FENTRY $(/vdso-observer top --once -d 1 --json --attach fentry 2>&1 >/dev/null | tr '\n' ' ')"
     fi
+    # The programs' first unattributed vDSO sample on a CPU is said with its
+    # offset (a debug line of the eBPF module `stats`).
+    export RUST_LOG=warn,vdso_observer::stats=debug
     observe top --once -d 600 --json --comm workload --attach $attach
-    for mode in "direct 1000" "cputime 700" "getcpu 300" "monotonic 20000"; do
+    unset RUST_LOG
+    # signals: every handler returns through the vDSO's sigreturn trampoline,
+    # code that is no time call (its samples must be neither calls nor
+    # unattributed).
+    for mode in "direct 1000" "cputime 700" "getcpu 300" "monotonic 20000" "signals 50000"; do
         set -- $mode
         /workload $1 $2 &
         echo "VMTEST-PID-$(echo $1 | tr a-z A-Z) $!"
@@ -95,6 +102,7 @@ arm64)
     echo "VMTEST-HOT $(cat /tmp/hot.txt)"
     stop
     echo "VMTEST-TOP $(cat /tmp/out.json)"
+    grep "lies in no exported function" /tmp/err.txt | sed 's/^/VMTEST-UNATTRIBUTED /'
     if [ "$attach" = raw-tracepoint ]; then
         # Exact counting: a uprobe at the static workload's own clock_gettime.
         # It waits for a byte on a FIFO opened read-write (no open blocks, so

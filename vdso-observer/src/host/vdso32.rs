@@ -284,12 +284,25 @@ mod tests {
                 .function(vdso_observer_common::TimeCall::ClockGettime)
                 .is_some()
         );
-        assert_eq!(image.syscall_entries.len(), 1, "__kernel_vsyscall");
-        let table = image.table();
-        let (entry, _) = image.syscall_entries[0];
+        // The syscall entry and both signal trampolines: code where i386
+        // processes spend time that is no time call.
+        let mut names: Vec<&str> = image.other_exports.iter().map(|e| e.0).collect();
+        names.sort();
         assert_eq!(
-            table.call_at(entry),
-            vdso_observer_common::VDSO_SYSCALL_ENTRY
+            names,
+            [
+                "__kernel_rt_sigreturn",
+                "__kernel_sigreturn",
+                "__kernel_vsyscall"
+            ]
         );
+        let table = image.table();
+        for &(name, offset, _) in &image.other_exports {
+            assert_eq!(
+                table.call_at(offset),
+                vdso_observer_common::VDSO_NOT_TIME_CODE,
+                "{name}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
-use vdso_observer_common::{TimeCall, VDSO_FUNCTION_SLOTS, VDSO_SYSCALL_ENTRY, VdsoFunctionTable};
+use vdso_observer_common::{TimeCall, VDSO_FUNCTION_SLOTS, VDSO_NOT_TIME_CODE, VdsoFunctionTable};
 
 /// One exported function of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +23,25 @@ pub struct ExportedFunction {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VdsoImage {
     pub functions: Vec<ExportedFunction>,
-    /// `(offset, size)` of syscall-entry code (`__kernel_vsyscall` of vdso32):
-    /// every syscall of a 32-bit process passes it, time call or not.
-    pub syscall_entries: Vec<(u64, u64)>,
+    /// Exported code that is no time call ([`NOT_TIME_EXPORTS`]), by name,
+    /// offset and size: samples there are neither calls nor unattributed.
+    pub other_exports: Vec<(&'static str, u64, u64)>,
     /// Where this process maps it (0 for an image parsed from bytes).
     pub own_base: u64,
     pub len: u64,
 }
+
+/// Exported code that is no time call, yet where a process spends time:
+/// vdso32's syscall entry, which every 32-bit syscall passes; the
+/// signal-return trampolines (arm64's, which every signal handler returns
+/// through, and vdso32's, used without `SA_RESTORER`); SGX's enclave entry,
+/// where an enclave's samples land (its asynchronous exit point).
+pub const NOT_TIME_EXPORTS: [&str; 4] = [
+    "__kernel_vsyscall",
+    "__kernel_sigreturn",
+    "__kernel_rt_sigreturn",
+    "__vdso_sgx_enter_enclave",
+];
 
 /// The time functions of both x86 images (vdso32 has a 64-bit-time variant
 /// of two of them), and arm64's `__kernel_` names.
@@ -58,11 +70,11 @@ impl VdsoImage {
             .min()
             .unwrap_or(0);
         let mut functions = Vec::new();
-        let mut syscall_entries = Vec::new();
+        let mut other_exports = Vec::new();
         for symbol in file.dynamic_symbols() {
             let Ok(name) = symbol.name() else { continue };
-            if name == "__kernel_vsyscall" {
-                syscall_entries.push((symbol.address() - bias, symbol.size()));
+            if let Some(export) = NOT_TIME_EXPORTS.iter().find(|export| **export == name) {
+                other_exports.push((*export, symbol.address() - bias, symbol.size()));
             }
             if let Some((_, call)) = EXPORTS.iter().find(|(export, _)| *export == name) {
                 functions.push(ExportedFunction {
@@ -81,7 +93,7 @@ impl VdsoImage {
         functions.sort_by_key(|f| f.offset);
         Ok(VdsoImage {
             functions,
-            syscall_entries,
+            other_exports,
             len: bytes.len() as u64,
             own_base: 0,
         })
@@ -107,16 +119,16 @@ impl VdsoImage {
     }
 
     /// The table handed to the eBPF programs: the time functions, then the
-    /// syscall entries (marked [`VDSO_SYSCALL_ENTRY`]).
+    /// other exports (marked [`VDSO_NOT_TIME_CODE`]).
     pub fn table(&self) -> VdsoFunctionTable {
         let slots = self
             .functions
             .iter()
             .map(|f| (f.offset, f.size, f.call as u8))
             .chain(
-                self.syscall_entries
+                self.other_exports
                     .iter()
-                    .map(|&(offset, size)| (offset, size, VDSO_SYSCALL_ENTRY)),
+                    .map(|&(_, offset, size)| (offset, size, VDSO_NOT_TIME_CODE)),
             );
         let mut table = VdsoFunctionTable::EMPTY;
         for (slot, (offset, size, call)) in slots.take(VDSO_FUNCTION_SLOTS).enumerate() {
@@ -182,12 +194,26 @@ mod tests {
         let table = image.table();
         assert_eq!(
             table.count as usize,
-            (image.functions.len() + image.syscall_entries.len()).min(VDSO_FUNCTION_SLOTS)
+            (image.functions.len() + image.other_exports.len()).min(VDSO_FUNCTION_SLOTS)
         );
+        // No syscall entry and no signal trampoline on x86_64 (libc brings
+        // its own restorer); arm64's handlers all return through the vDSO's.
+        let names: Vec<&str> = image.other_exports.iter().map(|e| e.0).collect();
+        #[cfg(target_arch = "x86_64")]
         assert!(
-            image.syscall_entries.is_empty(),
-            "the 64-bit image has none"
+            names.iter().all(|n| *n == "__vdso_sgx_enter_enclave"),
+            "{names:?}"
         );
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(names, ["__kernel_rt_sigreturn"]);
+        for &(name, offset, size) in &image.other_exports {
+            assert_eq!(table.call_at(offset), VDSO_NOT_TIME_CODE, "{name}");
+            assert_eq!(
+                table.call_at(offset + size.max(1) - 1),
+                VDSO_NOT_TIME_CODE,
+                "{name}"
+            );
+        }
         let gettime = image.function(TimeCall::ClockGettime).unwrap();
         assert_eq!(table.call_at(gettime.offset), TimeCall::ClockGettime as u8);
         assert_eq!(

@@ -47,6 +47,8 @@
  *   getcpu      N getcpu calls through libc (glibc getcpu, musl sched_getcpu: both
  *               call the vDSO's)
  *   seed        N getrandom(2) calls and no time call, as glibc's malloc start-up makes
+ *   signals     N SIGUSR1 raised and handled, no time call (on arm64 every handler
+ *               returns through the vDSO's __kernel_rt_sigreturn)
  *   bench       N calls of ARG (getppid, direct, vdso), then prints ns per call
  *
  * With VT_WAIT_STDIN set it first reads one byte from stdin, so a test can
@@ -136,6 +138,13 @@ static void *own_cpu_clock(void *arg) {
     if (pthread_getcpuclockid(pthread_self(), &clock) == 0)
         clock_gettime(clock, &ts);
     return NULL;
+}
+
+static volatile sig_atomic_t handled;
+
+static void count_signal(int signal_number) {
+    (void)signal_number;
+    handled++;
 }
 
 static void leave(int signal_number) {
@@ -414,6 +423,12 @@ int main(int argc, char **argv) {
             perror("execl");
             return 6;
         }
+    } else if (!strcmp(mode, "signals")) {
+        signal(SIGUSR1, count_signal);
+        for (long i = 0; i < n; i++)
+            raise(SIGUSR1);
+        if (handled != n)
+            return 6;
     } else if (!strcmp(mode, "crash")) {
         /* The kernel logs "comm[pid]: segfault ... in FILE": both the user's. */
         direct_calls(n);
