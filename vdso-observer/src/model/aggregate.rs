@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use vdso_observer_common::{CallKey, ProcessKey, SyscallAbi, TimeCall, VdsoKey};
+use vdso_observer_common::{CallKey, ProcessInfo, ProcessKey, SyscallAbi, TimeCall, VdsoKey};
 
 use super::{
     KeyMap,
@@ -425,15 +425,7 @@ impl Aggregator {
     ) -> Identity {
         let known = self.names.remove(process);
         match snapshot.names.get(process) {
-            // The cgroup is resolved once per process: it was recorded at first sight.
-            Some(info) => Identity {
-                comm: display_comm(&info.comm),
-                uid: Some(info.uid),
-                cgroup: match known {
-                    Some(known) => known.cgroup,
-                    None => lookup.cgroup_path(info.cgroup_id),
-                },
-            },
+            Some(info) => Identity::named(info, known.map(|k| k.cgroup), lookup),
             None => known.unwrap_or_else(Identity::unknown),
         }
     }
@@ -446,16 +438,8 @@ impl Aggregator {
         lookup: &impl ProcessLookup,
     ) -> Identity {
         if let Some(info) = snapshot.names.get(process) {
-            // The cgroup is resolved once per process: it was recorded at first sight.
-            let cgroup = match self.names.get(process) {
-                Some(known) => known.cgroup.clone(),
-                None => lookup.cgroup_path(info.cgroup_id),
-            };
-            let identity = Identity {
-                comm: display_comm(&info.comm),
-                uid: Some(info.uid),
-                cgroup,
-            };
+            let known = self.names.get(process).map(|k| k.cgroup.clone());
+            let identity = Identity::named(info, known, lookup);
             self.names.insert(*process, identity.clone());
             return identity;
         }
@@ -487,6 +471,20 @@ struct Identity {
 }
 
 impl Identity {
+    /// Who the name map says a process is. The cgroup is resolved once per
+    /// process: `known` is what was recorded at first sight.
+    fn named(
+        info: &ProcessInfo,
+        known: Option<Option<String>>,
+        lookup: &impl ProcessLookup,
+    ) -> Identity {
+        Identity {
+            comm: display_comm(&info.comm),
+            uid: Some(info.uid),
+            cgroup: known.unwrap_or_else(|| lookup.cgroup_path(info.cgroup_id)),
+        }
+    }
+
     /// A process whose name was never recorded.
     fn unknown() -> Identity {
         Identity {
