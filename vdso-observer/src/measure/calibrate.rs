@@ -186,8 +186,11 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                              are priced as 64-bit ones: {err:#}"
                         ),
                     }
-                    match super::coarse::calibrate(observer, &model.image, &fine_offsets, period_ns)
-                    {
+                    let fine = super::coarse::FineOffsets {
+                        samples: &fine_offsets,
+                        calls: check.calls,
+                    };
+                    match super::coarse::calibrate(observer, &model.image, &fine, period_ns) {
                         Ok(coarse) => model.costs.coarse = coarse,
                         Err(err) => warn!(
                             "calibrating coarse clocks failed, their vDSO calls are priced as \
