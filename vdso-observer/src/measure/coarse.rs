@@ -124,18 +124,23 @@ mod tests {
     use super::*;
     use crate::host::vdso_image::ExportedFunction;
 
-    /// Figures shaped like kvm-clock's here: 36 M fine reads (400 samples),
-    /// 200 M coarse reads; both run the entry (0x100) and the return (0x1c0).
-    #[test]
-    fn shared_entry_and_return_stay_fine_code() {
-        let image = VdsoImage {
+    /// An image whose clock_gettime spans 0x100..0x200.
+    fn clock_gettime_at_0x100() -> VdsoImage {
+        VdsoImage {
             functions: vec![ExportedFunction {
                 call: TimeCall::ClockGettime,
                 offset: 0x100,
                 size: 0x100,
             }],
             ..VdsoImage::default()
-        };
+        }
+    }
+
+    /// Figures shaped like kvm-clock's here: 36 M fine reads (400 samples),
+    /// 200 M coarse reads; both run the entry (0x100) and the return (0x1c0).
+    #[test]
+    fn shared_entry_and_return_stay_fine_code() {
+        let image = clock_gettime_at_0x100();
         let fine = FineOffsets {
             samples: &[(0x100, 5), (0x140, 389), (0x1c0, 6)],
             calls: 36_000_000,
@@ -161,14 +166,7 @@ mod tests {
 
     #[test]
     fn too_few_coarse_only_samples_price_nothing() {
-        let image = VdsoImage {
-            functions: vec![ExportedFunction {
-                call: TimeCall::ClockGettime,
-                offset: 0x100,
-                size: 0x100,
-            }],
-            ..VdsoImage::default()
-        };
+        let image = clock_gettime_at_0x100();
         let fine = FineOffsets {
             samples: &[(0x140, 400)],
             calls: 36_000_000,
