@@ -22,14 +22,8 @@ pub fn add_stat(stat: ObserverStat) {
 /// (aya-log, forwarded by user space at debug level).
 #[inline(always)]
 pub fn bump(stat: ObserverStat) {
-    if let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: as in add_stat.
-        let first = unsafe { *value } == 0;
-        // SAFETY: as in add_stat.
-        unsafe { *value += 1 };
-        if first {
-            say_first(stat);
-        }
+    if first_on_this_cpu(stat) {
+        say_first(stat);
     }
 }
 
@@ -38,15 +32,22 @@ pub fn bump(stat: ObserverStat) {
 /// code (`objdump` of the image) without a debugger.
 #[inline(always)]
 pub fn bump_unattributed(offset: u64, i386: bool) {
-    if let Some(value) = OBSERVER_STATS.get_ptr_mut(ObserverStat::VdsoSampleUnattributed as u32) {
-        // SAFETY: as in add_stat.
-        let first = unsafe { *value } == 0;
-        // SAFETY: as in add_stat.
-        unsafe { *value += 1 };
-        if first {
-            say_unattributed(offset, i386);
-        }
+    if first_on_this_cpu(ObserverStat::VdsoSampleUnattributed) {
+        say_unattributed(offset, i386);
     }
+}
+
+/// Counts `stat`; whether it was this CPU's first.
+#[inline(always)]
+fn first_on_this_cpu(stat: ObserverStat) -> bool {
+    let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) else {
+        return false;
+    };
+    // SAFETY: as in add_stat.
+    let first = unsafe { *value } == 0;
+    // SAFETY: as in add_stat.
+    unsafe { *value += 1 };
+    first
 }
 
 #[inline(never)]
