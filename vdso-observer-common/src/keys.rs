@@ -152,3 +152,16 @@ wire_enum! {
         ProcessesCreated = 8 => "processes_created",
     }
 }
+
+wire_enum! {
+    /// Cells of [`DRAIN_TRIGGER_MAP`](crate::DRAIN_TRIGGER_MAP).
+    pub enum DrainTrigger: u32 {
+        /// Keys made in the three counter maps since load (added atomically:
+        /// one count for every CPU).
+        KeysMade = 0 => "keys_made",
+        /// At this many keys made the program that makes it wakes user space
+        /// (through [`DRAIN_WAKEUP_MAP`](crate::DRAIN_WAKEUP_MAP)) and sets
+        /// this to `u64::MAX`; user space sets it again after its check.
+        WakeAt = 1 => "wake_at",
+    }
+}

@@ -20,6 +20,12 @@ pub const SLOT_GENERATION_MAP: &str = "SLOT_GENERATION";
 pub const PROCESSES_MAP: &str = "PROCESSES";
 /// Per-CPU array of [`ObserverStat`] counters.
 pub const OBSERVER_STATS_MAP: &str = "OBSERVER_STATS";
+/// Two-cell array ([`DrainTrigger`]): the keys the programs made in the three
+/// counter maps, and the count at which they wake user space to drain.
+pub const DRAIN_TRIGGER_MAP: &str = "DRAIN_TRIGGER";
+/// Ring buffer of the programs' wake-ups (one `u64`, the keys made): user
+/// space sleeps on it instead of polling the maps' fill level.
+pub const DRAIN_WAKEUP_MAP: &str = "DRAIN_WAKEUP";
 /// Name of the global holding [`ProgramConfig`].
 pub const PROGRAM_CONFIG_GLOBAL: &str = "PROGRAM_CONFIG";
 

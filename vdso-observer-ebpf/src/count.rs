@@ -14,7 +14,9 @@ use vdso_observer_common::{
 };
 
 use crate::{
+    atomic::add_one,
     config::config,
+    drain_trigger::key_made,
     kernel::{process_key, read_kernel, tgid_of},
     maps::{
         FREE_TIME_CALL_SLOTS, PROCESSES, RECENT_TIME_CALL, SLOT_GENERATION, TIME_CALL_COUNTS,
@@ -70,26 +72,9 @@ pub fn count_time_call(
         match preemptible {
             // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
             Preemptible::No => unsafe { *count += 1 },
-            Preemptible::Yes => add_one_atomically(count),
+            Preemptible::Yes => add_one(count),
         }
     }
-}
-
-/// Adds one with a BPF atomic add: a program preempted between the load and
-/// the store of a plain `+= 1` would lose another's count. (The BPF target
-/// has no compare-and-swap, so `core`'s atomics offer no `fetch_add`.)
-#[inline(always)]
-fn add_one_atomically(count: *mut u64) {
-    // SAFETY: `count` is a valid, aligned u64 of a map value; the instruction
-    // touches only it.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({0} + 0) += {1}",
-            in(reg) count,
-            in(reg) 1u64,
-            options(nostack)
-        )
-    };
 }
 
 /// The slot of `key`: this CPU's recent key's when it is the same (two array
@@ -223,6 +208,7 @@ fn find_or_make<M: CounterMap>(map: &M, key: &mut M::Key, leader: *const u8) -> 
                 unsafe { *M::keys_made(info) += 1 };
             }
             add_stat(M::MADE);
+            key_made();
             Some(found)
         }
         Err(err) if err == -EEXIST => map.find(key),
@@ -317,7 +303,10 @@ fn process_info(process: &ProcessKey, leader: *const u8) -> Option<*mut ProcessI
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let fresh = ProcessInfo::new(comm, bpf_get_current_uid_gid() as u32, cgroup_id);
     match PROCESSES.insert(process, fresh, BPF_NOEXIST.into()) {
-        Ok(()) => add_stat(ObserverStat::ProcessesCreated),
+        Ok(()) => {
+            add_stat(ObserverStat::ProcessesCreated);
+            key_made();
+        }
         Err(err) if err == -EEXIST => {}
         Err(_) => {
             bump(ObserverStat::ProcessesMapFull);

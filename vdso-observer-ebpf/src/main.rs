@@ -16,9 +16,11 @@
 #![feature(asm_experimental_arch)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod atomic;
 mod cgroups;
 mod config;
 mod count;
+mod drain_trigger;
 mod kernel;
 mod lifetimes;
 mod maps;

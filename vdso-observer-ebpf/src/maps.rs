@@ -4,12 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Stack},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, Stack},
 };
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
-    DEFAULT_VDSO_CALL_ENTRIES, EXACT_COVERAGE_ENTRIES, ExactCoverage, ObserverStat, ProcessInfo,
-    ProcessKey, RecentTimeCall, VDSO_CODE_BYTES, VdsoKey,
+    DEFAULT_VDSO_CALL_ENTRIES, DrainTrigger, EXACT_COVERAGE_ENTRIES, ExactCoverage, ObserverStat,
+    ProcessInfo, ProcessKey, RecentTimeCall, VDSO_CODE_BYTES, VdsoKey,
 };
 
 #[map]
@@ -66,3 +66,12 @@ pub static OFFSET_SAMPLED_TGID: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static OBSERVER_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(ObserverStat::COUNT as u32, 0);
+
+/// See `DRAIN_TRIGGER_MAP`: shared by every CPU, so that one count says how
+/// many keys the maps gained (per-CPU counts would each need their own bound).
+#[map]
+pub static DRAIN_TRIGGER: Array<u64> = Array::with_max_entries(DrainTrigger::COUNT as u32, 0);
+
+/// See `DRAIN_WAKEUP_MAP`: one record per wake-up, a few a second at most.
+#[map]
+pub static DRAIN_WAKEUP: RingBuf = RingBuf::with_byte_size(4096, 0);

@@ -18,7 +18,7 @@ use crate::{
         vdso_image::VdsoImage,
         vdso32,
     },
-    kernel::{LoadOptions, Observer, VdsoTables},
+    kernel::{DrainWakeup, LoadOptions, Observer, VdsoTables},
     measure::{
         calibrate::{self, VdsoModel},
         exact::{ExactOptions, ExactTracer, GOVERNOR_TICK, Images},
@@ -30,9 +30,13 @@ use crate::{
     settings::ObserverSettings,
 };
 
-/// How often the maps' fill level is looked at between windows (three reads
-/// of a per-CPU array): an exec loop makes ~5 000 keys a second on one CPU.
+/// How often the maps' fill level is looked at between windows where the
+/// programs cannot wake the session (three reads of a per-CPU array): an exec
+/// loop makes ~5 000 keys a second on one CPU.
 const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+/// Where they can: a look now and then all the same, in case a wake-up was
+/// lost. Twenty wake-ups a second cost an idle daemon most of its CPU.
+const DRAIN_CHECK_WOKEN: std::time::Duration = std::time::Duration::from_secs(1);
 /// Drain exited processes once a map is this full (the rest is headroom for a
 /// loaded machine: 5 000 new processes a second fill 16 384 entries in 2 s)...
 const DRAIN_AT: f64 = 0.4;
@@ -99,6 +103,8 @@ pub struct Session {
     names_overflowed: bool,
     /// Pod, namespace and container names from the runtimes' files.
     runtime_names: RuntimeNames,
+    /// The programs wake the session when the maps gained enough keys.
+    drain_wakeup: DrainWakeup,
 }
 
 impl Session {
@@ -184,8 +190,10 @@ impl Session {
         unsafe {
             libc::malloc_trim(0)
         };
+        let drain_wakeup = DrainWakeup::new(observer.take_drain_wakeup());
         let mut session = Session {
             observer,
+            drain_wakeup,
             vdso_check,
             aggregator,
             window_start: Instant::now(),
@@ -203,36 +211,48 @@ impl Session {
         // A machine starting thousands of processes a second fills the maps
         // while the observer calibrates (2-3 s): make room before the first
         // window, or its first calls go uncounted.
-        session.drain_if_filling()?;
+        session.drain_if_filling(false)?;
         Ok(session)
     }
 
     /// Waits until `deadline`, letting the governor look at exact counting
     /// every tick (GOVERNOR_TICK, 50 ms) and draining the maps of exited
-    /// processes when they fill (checked every DRAIN_CHECK) meanwhile.
+    /// processes when they fill meanwhile: when the programs wake the session
+    /// (else checked every DRAIN_CHECK).
     pub async fn sleep_until(&mut self, deadline: tokio::time::Instant) {
-        let tick = if self.exact.is_some() {
-            GOVERNOR_TICK
+        let check_every = if self.drain_wakeup.works() {
+            DRAIN_CHECK_WOKEN
         } else {
             DRAIN_CHECK
         };
-        let mut next_drain_check = tokio::time::Instant::now() + DRAIN_CHECK;
+        let tick = if self.exact.is_some() {
+            GOVERNOR_TICK
+        } else {
+            check_every
+        };
+        let mut next_drain_check = tokio::time::Instant::now() + check_every;
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return;
             }
-            tokio::time::sleep_until(deadline.min(now + tick)).await;
-            if let Some(tracer) = &mut self.exact {
+            let woken = tokio::select! {
+                _ = tokio::time::sleep_until(deadline.min(now + tick)) => None,
+                records = self.drain_wakeup.woken() => Some(records),
+            };
+            if let Some(records) = woken {
+                log::trace!("woken by the programs ({records} records): the maps gained keys");
+            } else if let Some(tracer) = &mut self.exact {
                 match self.observer.vdso_counts() {
                     // The governor runs without a budget too: it follows threads and processes.
                     Ok(counts) => tracer.govern(&mut self.observer, &counts),
                     Err(err) => log::warn!("governor: reading vDSO counts failed: {err:#}"),
                 }
             }
-            if tokio::time::Instant::now() >= next_drain_check {
-                next_drain_check += DRAIN_CHECK;
-                if let Err(err) = self.drain_if_filling() {
+            let now = tokio::time::Instant::now();
+            if woken.is_some() || now >= next_drain_check {
+                next_drain_check = now + check_every;
+                if let Err(err) = self.drain_if_filling(woken.is_some()) {
                     log::warn!("draining exited processes from the maps failed: {err:#}");
                 }
             }
@@ -241,8 +261,23 @@ impl Session {
 
     /// When a map is DRAIN_AT full, takes the counts of the processes that
     /// exited out of the maps (kept for the window's report) and deletes their
-    /// keys, so fork-heavy machines lose nothing between windows.
-    fn drain_if_filling(&mut self) -> Result<()> {
+    /// keys, so fork-heavy machines lose nothing between windows. Then has the
+    /// programs wake the session when another check is due.
+    fn drain_if_filling(&mut self, woken: bool) -> Result<()> {
+        let drained = self.drain_now_if_filling(woken);
+        // Due when a map could reach the fill the next drain waits for.
+        let due_at = DRAIN_AT.max(self.fill_after_drain + DRAIN_GROWTH);
+        let armed = self
+            .observer
+            .keys_until_fill(due_at)
+            .and_then(|keys| self.observer.arm_drain_trigger(keys));
+        if let Err(err) = armed {
+            log::debug!("arming the programs' drain wake-up: {err:#}");
+        }
+        drained
+    }
+
+    fn drain_now_if_filling(&mut self, woken: bool) -> Result<()> {
         let fill = self.observer.fill()?;
         // Live processes may hold the keys: drain again only after real growth.
         if fill < DRAIN_AT || fill < self.fill_after_drain + DRAIN_GROWTH {
@@ -259,8 +294,9 @@ impl Session {
         self.forget(retired);
         self.fill_after_drain = self.observer.fill()?;
         log::debug!(
-            "maps {:.0}% full: drained {} exited processes, now {:.0}%",
+            "maps {:.0}% full{}: drained {} exited processes, now {:.0}%",
             fill * 100.0,
+            if woken { " (the programs woke us)" } else { "" },
             drained,
             self.fill_after_drain * 100.0
         );

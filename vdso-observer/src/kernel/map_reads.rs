@@ -9,11 +9,12 @@ use aya::{
     Pod,
     maps::{
         HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuHashMap, PerCpuValues,
+        RingBuf,
     },
 };
 use vdso_observer_common::{
-    CallKey, ObserverStat, ProcessEnd, ProcessKey, SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP,
-    VdsoKey,
+    CallKey, DRAIN_TRIGGER_MAP, DrainTrigger, ObserverStat, ProcessEnd, ProcessKey,
+    SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP, VdsoKey,
 };
 
 use super::{
@@ -352,6 +353,54 @@ impl Observer {
                 .with_context(|| format!("returning slot {slot} to the free stack"))?;
         }
         Ok(())
+    }
+
+    /// The ring the programs wake user space through when the maps gained
+    /// the keys [`Observer::arm_drain_trigger`] asked for; taken once.
+    pub fn take_drain_wakeup(&mut self) -> Option<RingBuf<MapData>> {
+        self.maps.drain_wakeup.take()
+    }
+
+    /// Has the programs wake user space once the counter maps gained `keys`
+    /// more keys (at least one).
+    pub fn arm_drain_trigger(&mut self, keys: u64) -> Result<()> {
+        let trigger = &mut self.maps.drain_trigger;
+        let made = trigger
+            .get(&(DrainTrigger::KeysMade as u32), 0)
+            .with_context(|| format!("reading {DRAIN_TRIGGER_MAP}"))?;
+        trigger
+            .set(
+                DrainTrigger::WakeAt as u32,
+                made.saturating_add(keys.max(1)),
+                0,
+            )
+            .with_context(|| format!("arming {DRAIN_TRIGGER_MAP}"))
+    }
+
+    /// How many keys the map closest to it may gain before it is `share`
+    /// full (0 when one is already).
+    pub fn keys_until_fill(&self, share: f64) -> Result<u64> {
+        let created = self.keys_created()?;
+        let options = self.options();
+        let room = |created: u64, deleted: u64, capacity: u32| {
+            let live = created.saturating_sub(deleted) as f64;
+            (share * f64::from(capacity) - live).max(0.0) as u64
+        };
+        Ok(room(
+            created.time_calls,
+            self.deleted.time_calls,
+            options.time_call_entries,
+        )
+        .min(room(
+            created.vdso_calls,
+            self.deleted.vdso_calls,
+            options.vdso_call_entries,
+        ))
+        .min(room(
+            created.processes,
+            self.deleted.processes,
+            options.process_entries,
+        )))
     }
 
     /// How full the fullest of the three maps is (0.0 to 1.0), from one read

@@ -2,11 +2,13 @@
 //! offsets read from it, privileges and kernel
 //! floors; the object and its maps (`object`), attaching (`attach`), the
 //! observer that holds them (`observer`), reading and forgetting
-//! (`map_reads`), and exact counting's links (`exact_links`).
+//! (`map_reads`), the programs' wake-up to drain (`drain_wakeup`), and exact
+//! counting's links (`exact_links`).
 
 pub mod attach;
 mod btf;
 pub mod btf_offsets;
+mod drain_wakeup;
 mod exact_links;
 mod map_batch;
 mod map_reads;
@@ -17,5 +19,6 @@ mod sample_offsets;
 pub mod sample_rate;
 
 pub use attach::{KprobeJudge, KprobeTrial, KprobeVerdict};
+pub use drain_wakeup::DrainWakeup;
 pub use object::{LoadOptions, VdsoTables};
 pub use observer::Observer;

@@ -7,16 +7,16 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, Stack},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, Stack},
     programs::{ProgramError, RawTracePoint},
 };
 use vdso_observer_common::{
-    CGROUP_PATHS_MAP, COARSE_CODE_MAP, CallKey, CgroupPath, EMPTY_SYS_ENTER_PROGRAM,
-    EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP,
-    OFFSET_SAMPLED_TGID_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey,
-    ProgramConfig, SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, TIME_CALL_COUNTS_MAP,
-    TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO32_FUNCTIONS_GLOBAL,
-    VdsoFunctionTable, VdsoKey,
+    CGROUP_PATHS_MAP, COARSE_CODE_MAP, CallKey, CgroupPath, DRAIN_TRIGGER_MAP, DRAIN_WAKEUP_MAP,
+    EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP,
+    OBSERVER_STATS_MAP, OFFSET_SAMPLED_TGID_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
+    ProcessKey, ProgramConfig, SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES,
+    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
+    VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -91,6 +91,9 @@ pub struct Maps {
     pub coarse_code: Array<MapData, u64>,
     pub sample_offsets: Array<MapData, u32>,
     pub offset_sampled_tgid: Array<MapData, u32>,
+    pub drain_trigger: Array<MapData, u64>,
+    /// Taken by the session, which sleeps on it (None once taken).
+    pub drain_wakeup: Option<RingBuf<MapData>>,
 }
 
 impl Maps {
@@ -117,6 +120,8 @@ impl Maps {
             coarse_code: take(ebpf, COARSE_CODE_MAP)?,
             sample_offsets: take(ebpf, SAMPLE_OFFSETS_MAP)?,
             offset_sampled_tgid: take(ebpf, OFFSET_SAMPLED_TGID_MAP)?,
+            drain_trigger: take(ebpf, DRAIN_TRIGGER_MAP)?,
+            drain_wakeup: Some(take(ebpf, DRAIN_WAKEUP_MAP)?),
         })
     }
 
