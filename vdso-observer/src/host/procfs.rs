@@ -285,7 +285,7 @@ impl ProcessLookup for HostLookup {
 /// read, so a process that makes its last calls and exits between the read and
 /// the check is never retired with calls the read missed.
 pub struct LivenessBefore {
-    gone: std::collections::HashSet<ProcessKey>,
+    gone: std::collections::HashSet<ProcessKey, foldhash::fast::RandomState>,
 }
 
 impl LivenessBefore {
@@ -301,9 +301,15 @@ impl LivenessBefore {
             Some(ProcessEnd::Running) if marked => false,
             _ => !is_running(process),
         });
-        LivenessBefore {
-            gone: gone.map(|(process, _)| process).collect(),
-        }
+        // Listed first, then hashed at their final size: under churn thousands
+        // are gone at each drain, and a set grown one by one rehashes often.
+        let gone: Vec<ProcessKey> = gone.map(|(process, _)| process).collect();
+        let mut set = std::collections::HashSet::with_capacity_and_hasher(
+            gone.len(),
+            foldhash::fast::RandomState::default(),
+        );
+        set.extend(gone);
+        LivenessBefore { gone: set }
     }
 
     pub fn gone(&self) -> usize {

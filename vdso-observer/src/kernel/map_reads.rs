@@ -29,6 +29,16 @@ impl Observer {
     /// before the counters are read.
     pub fn snapshot(&self) -> Result<MapSnapshot> {
         let mut snapshot = MapSnapshot::default();
+        // Sized for what the maps hold: grown entry by entry, a drain of
+        // thousands of processes spent more rehashing than reading.
+        let created = self.keys_created()?;
+        let live = |created: u64, deleted: u64| created.saturating_sub(deleted) as usize;
+        snapshot
+            .names
+            .reserve(live(created.processes, self.deleted.processes));
+        snapshot
+            .vdso
+            .reserve(live(created.vdso_calls, self.deleted.vdso_calls));
         each_entry(&self.maps.processes, |key, info| {
             snapshot.names.insert(key, info);
         });

@@ -302,8 +302,14 @@ impl Aggregator {
     /// otherwise fill the maps within one window. The counts are reported with
     /// the window, as if read at its end.
     pub fn drain(&mut self, snapshot: &MapSnapshot, lookup: &impl ProcessLookup) -> Retired {
-        let mut retired = Retired::default();
-        for (process, mut deltas) in self.deltas(snapshot) {
+        let per_process = self.deltas(snapshot);
+        // Under churn nearly all of them are gone: room for them at once.
+        let mut retired = Retired {
+            processes: Vec::with_capacity(per_process.len()),
+            keys: Vec::with_capacity(per_process.len()),
+            vdso_keys: Vec::new(),
+        };
+        for (process, mut deltas) in per_process {
             if self.drained.contains_key(&process) || lookup.is_running(&process) {
                 continue;
             }

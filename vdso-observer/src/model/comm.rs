@@ -12,6 +12,13 @@ pub fn display_comm(raw: &[u8]) -> String {
         .position(|&b| b == 0)
         .unwrap_or(raw.len())
         .min(COMM_LEN)];
+    // The common case, printable ASCII, as it is (a drain names thousands).
+    if raw
+        .iter()
+        .all(|&b| (b' '..=b'~').contains(&b) && b != b'\\')
+    {
+        return raw.iter().map(|&b| b as char).collect();
+    }
     let mut shown = String::with_capacity(raw.len());
     for chunk in raw.utf8_chunks() {
         for c in chunk.valid().chars() {
