@@ -54,4 +54,13 @@ mod tests {
         // Longer input is cut at TASK_COMM_LEN.
         assert_eq!(display_comm(&[b'x'; 20]), "x".repeat(16));
     }
+
+    #[test]
+    fn printable_ascii_is_shown_as_it_is_and_the_edges_are_escaped() {
+        assert_eq!(display_comm(b" kworker/0:1~{}"), " kworker/0:1~{}");
+        // DEL is a control character, backslash is doubled: not the fast path.
+        assert_eq!(display_comm(b"a\x7fb"), "a\\x7fb");
+        assert_eq!(display_comm(b"a\\b"), "a\\\\b");
+        assert_eq!(display_comm(b"\x1fa"), "\\x1fa");
+    }
 }
