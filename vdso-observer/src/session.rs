@@ -220,22 +220,17 @@ impl Session {
     /// processes when they fill meanwhile: when the programs wake the session
     /// (else checked every DRAIN_CHECK).
     pub async fn sleep_until(&mut self, deadline: tokio::time::Instant) {
-        let check_every = if self.drain_wakeup.works() {
-            DRAIN_CHECK_WOKEN
-        } else {
-            DRAIN_CHECK
-        };
-        let tick = if self.exact.is_some() {
-            GOVERNOR_TICK
-        } else {
-            check_every
-        };
-        let mut next_drain_check = tokio::time::Instant::now() + check_every;
+        let mut next_drain_check = tokio::time::Instant::now() + self.drain_check_every();
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return;
             }
+            let tick = if self.exact.is_some() {
+                GOVERNOR_TICK
+            } else {
+                self.drain_check_every()
+            };
             let woken = tokio::select! {
                 _ = tokio::time::sleep_until(deadline.min(now + tick)) => None,
                 records = self.drain_wakeup.woken() => Some(records),
@@ -251,11 +246,21 @@ impl Session {
             }
             let now = tokio::time::Instant::now();
             if woken.is_some() || now >= next_drain_check {
-                next_drain_check = now + check_every;
+                next_drain_check = now + self.drain_check_every();
                 if let Err(err) = self.drain_if_filling(woken.is_some()) {
                     log::warn!("draining exited processes from the maps failed: {err:#}");
                 }
             }
+        }
+    }
+
+    /// How often the fill level is looked at without a wake-up; asked each
+    /// time, so a ring that fails mid-sleep falls back to polling at once.
+    fn drain_check_every(&self) -> std::time::Duration {
+        if self.drain_wakeup.works() {
+            DRAIN_CHECK_WOKEN
+        } else {
+            DRAIN_CHECK
         }
     }
 

@@ -31,14 +31,9 @@ impl Observer {
         let mut snapshot = MapSnapshot::default();
         // Sized for what the maps hold: grown entry by entry, a drain of
         // thousands of processes spent more rehashing than reading.
-        let created = self.keys_created()?;
-        let live = |created: u64, deleted: u64| created.saturating_sub(deleted) as usize;
-        snapshot
-            .names
-            .reserve(live(created.processes, self.deleted.processes));
-        snapshot
-            .vdso
-            .reserve(live(created.vdso_calls, self.deleted.vdso_calls));
+        let [_, vdso_calls, processes] = self.map_levels()?;
+        snapshot.names.reserve(processes.live as usize);
+        snapshot.vdso.reserve(vdso_calls.live as usize);
         each_entry(&self.maps.processes, |key, info| {
             snapshot.names.insert(key, info);
         });
@@ -390,53 +385,57 @@ impl Observer {
     /// How many keys the map closest to it may gain before it is `share`
     /// full (0 when one is already).
     pub fn keys_until_fill(&self, share: f64) -> Result<u64> {
-        let created = self.keys_created()?;
-        let options = self.options();
-        let room = |created: u64, deleted: u64, capacity: u32| {
-            let live = created.saturating_sub(deleted) as f64;
-            (share * f64::from(capacity) - live).max(0.0) as u64
-        };
-        Ok(room(
-            created.time_calls,
-            self.deleted.time_calls,
-            options.time_call_entries,
-        )
-        .min(room(
-            created.vdso_calls,
-            self.deleted.vdso_calls,
-            options.vdso_call_entries,
-        ))
-        .min(room(
-            created.processes,
-            self.deleted.processes,
-            options.process_entries,
-        )))
+        Ok(self
+            .map_levels()?
+            .iter()
+            .map(|map| (share * f64::from(map.capacity) - map.live as f64).max(0.0) as u64)
+            .min()
+            .unwrap_or(0))
     }
 
     /// How full the fullest of the three maps is (0.0 to 1.0), from one read
     /// of the programs' creation counters: cheap enough to ask often.
     pub fn fill(&self) -> Result<f64> {
+        Ok(self
+            .map_levels()?
+            .iter()
+            .map(|map| map.live as f64 / f64::from(map.capacity.max(1)))
+            .fold(0.0, f64::max))
+    }
+
+    /// The keys each counter map holds (created by the programs less deleted
+    /// here) and its capacity: time calls, vDSO calls, processes.
+    fn map_levels(&self) -> Result<[MapLevel; 3]> {
         let created = self.keys_created()?;
         let options = self.options();
-        let share = |created: u64, deleted: u64, capacity: u32| {
-            created.saturating_sub(deleted) as f64 / f64::from(capacity.max(1))
+        let level = |created: u64, deleted: u64, capacity: u32| MapLevel {
+            live: created.saturating_sub(deleted),
+            capacity,
         };
-        Ok(share(
-            created.time_calls,
-            self.deleted.time_calls,
-            options.time_call_entries,
-        )
-        .max(share(
-            created.vdso_calls,
-            self.deleted.vdso_calls,
-            options.vdso_call_entries,
-        ))
-        .max(share(
-            created.processes,
-            self.deleted.processes,
-            options.process_entries,
-        )))
+        Ok([
+            level(
+                created.time_calls,
+                self.deleted.time_calls,
+                options.time_call_entries,
+            ),
+            level(
+                created.vdso_calls,
+                self.deleted.vdso_calls,
+                options.vdso_call_entries,
+            ),
+            level(
+                created.processes,
+                self.deleted.processes,
+                options.process_entries,
+            ),
+        ])
     }
+}
+
+/// How many keys a counter map holds, of how many it may.
+struct MapLevel {
+    live: u64,
+    capacity: u32,
 }
 
 /// Below this many keys, key by key costs no more than a batch.
