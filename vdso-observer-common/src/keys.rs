@@ -44,6 +44,18 @@ impl CallKey {
     }
 }
 
+/// Free slots of [`TIME_CALL_COUNTS_MAP`] in a row, as
+/// [`FREE_TIME_CALL_SLOTS_MAP`] holds them: user space gives thousands of
+/// slots back in a few pushes (one syscall each), and a program that takes a
+/// slot pushes the rest of its run back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotRun {
+    pub first: u32,
+    /// At least 1.
+    pub len: u32,
+}
+
 /// The key a CPU counted last, with its counter's slot: a hot loop of one
 /// process counts without a hash lookup.
 #[repr(C)]
@@ -150,6 +162,9 @@ wire_enum! {
         VdsoSampleUnattributed = 7 => "vdso_sample_unattributed",
         /// Entries created in the process map.
         ProcessesCreated = 8 => "processes_created",
+        /// Free time-call slots a program could not push back onto the free
+        /// stack (its lock refused): out of use until the observer restarts.
+        SlotsStranded = 9 => "slots_stranded",
     }
 }
 

@@ -79,7 +79,8 @@ const _: () = {
     assert!(size_of::<ExactCoverage>() == 16);
     assert!(size_of::<CgroupPath>() == CGROUP_PATH_LEN);
     assert!(size_of::<KernelOffsets>() == 4 * 20);
-    assert!(ObserverStat::COUNT == 9);
+    assert!(size_of::<SlotRun>() == 8);
+    assert!(ObserverStat::COUNT == 10);
 };
 
 #[cfg(feature = "user")]
@@ -94,6 +95,7 @@ mod pod {
     unsafe impl aya::Pod for super::ExactCoverage {}
     unsafe impl aya::Pod for super::CgroupPath {}
     unsafe impl aya::Pod for super::RecentTimeCall {}
+    unsafe impl aya::Pod for super::SlotRun {}
 }
 
 #[cfg(test)]

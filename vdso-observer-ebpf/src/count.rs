@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use vdso_observer_common::{
     CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, CallKey, NO_CLOCK, ObserverStat, Origin, ProcessInfo,
-    ProcessKey, Provenance, RecentTimeCall, SyscallAbi, TimeCall, VdsoKey, clock_key,
+    ProcessKey, Provenance, RecentTimeCall, SlotRun, SyscallAbi, TimeCall, VdsoKey, clock_key,
 };
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
         FREE_TIME_CALL_SLOTS, PROCESSES, RECENT_TIME_CALL, SLOT_GENERATION, TIME_CALL_COUNTS,
         TIME_CALLS, VDSO_CALLS,
     },
-    stats::{add_stat, bump},
+    stats::{add_stat, bump, bump_by},
 };
 
 const EEXIST: i32 = 17;
@@ -225,7 +225,7 @@ fn find_or_make<M: CounterMap>(map: &M, key: &mut M::Key, leader: *const u8) -> 
 }
 
 /// TIME_CALLS: a key's counter is a slot of TIME_CALL_COUNTS, taken from
-/// the free stack user space fills.
+/// the free stack of slot runs user space fills.
 struct TimeCallSlots;
 
 impl CounterMap for TimeCallSlots {
@@ -238,13 +238,16 @@ impl CounterMap for TimeCallSlots {
     }
 
     fn make(&self, key: &CallKey) -> Result<u32, i32> {
-        let Ok(Some(slot)) = FREE_TIME_CALL_SLOTS.pop() else {
+        let Some(slot) = take_free_slot() else {
             return Err(0); // no free slot: as full as a failed insert
         };
         match TIME_CALLS.insert(key, slot, BPF_NOEXIST.into()) {
             Ok(()) => Ok(slot),
             Err(err) => {
-                let _ = FREE_TIME_CALL_SLOTS.push(slot, 0);
+                give_back(SlotRun {
+                    first: slot,
+                    len: 1,
+                });
                 Err(err)
             }
         }
@@ -257,6 +260,32 @@ impl CounterMap for TimeCallSlots {
 
     const FULL: ObserverStat = ObserverStat::TimeCallsMapFull;
     const MADE: ObserverStat = ObserverStat::TimeKeysCreated;
+}
+
+/// The first slot of the run on top of the free stack (the lowest free one:
+/// user space pushes the lowest run last); the rest of the run goes back.
+#[inline(always)]
+fn take_free_slot() -> Option<u32> {
+    let Ok(Some(run)) = FREE_TIME_CALL_SLOTS.pop() else {
+        return None;
+    };
+    if run.len > 1 {
+        give_back(SlotRun {
+            first: run.first + 1,
+            len: run.len - 1,
+        });
+    }
+    Some(run.first)
+}
+
+/// Pushes free slots back. It cannot be full (each run holds a free slot of
+/// its own), but its lock may refuse (an NMI, or 6.15's deadlock-checked
+/// locks): then the slots are out of use, counted for user space's fill level.
+#[inline(always)]
+fn give_back(run: SlotRun) {
+    if FREE_TIME_CALL_SLOTS.push(run, 0).is_err() {
+        bump_by(ObserverStat::SlotsStranded, run.len.into());
+    }
 }
 
 /// VDSO_CALLS: a key's counter is its per-CPU value.

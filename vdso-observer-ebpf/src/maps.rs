@@ -9,7 +9,7 @@ use aya_ebpf::{
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
     DEFAULT_VDSO_CALL_ENTRIES, DrainTrigger, EXACT_COVERAGE_ENTRIES, ExactCoverage, ObserverStat,
-    ProcessInfo, ProcessKey, RecentTimeCall, VDSO_CODE_BYTES, VdsoKey,
+    ProcessInfo, ProcessKey, RecentTimeCall, SlotRun, VDSO_CODE_BYTES, VdsoKey,
 };
 
 #[map]
@@ -25,11 +25,13 @@ pub static TIME_CALLS: HashMap<CallKey, u32> =
 pub static TIME_CALL_COUNTS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
 
-// A stack, not a queue: the slot freed last is taken first, so the slots in
-// use stay at the bottom of TIME_CALL_COUNTS and user space reads only as far
-// as the highest (under churn a queue cycled through every slot).
+// A stack, not a queue: the lowest run is pushed last and taken first, so
+// the slots in use stay at the bottom of TIME_CALL_COUNTS and user space
+// reads only as far as the highest (under churn a queue cycled through every
+// slot). Runs, not slots: one push gives back thousands.
 #[map]
-pub static FREE_TIME_CALL_SLOTS: Stack<u32> = Stack::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
+pub static FREE_TIME_CALL_SLOTS: Stack<SlotRun> =
+    Stack::with_max_entries(DEFAULT_TIME_CALL_ENTRIES, 0);
 
 #[map]
 pub static RECENT_TIME_CALL: PerCpuArray<RecentTimeCall> = PerCpuArray::with_max_entries(1, 0);

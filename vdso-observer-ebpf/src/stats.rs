@@ -22,7 +22,13 @@ pub fn add_stat(stat: ObserverStat) {
 /// (aya-log, forwarded by user space at debug level).
 #[inline(always)]
 pub fn bump(stat: ObserverStat) {
-    if first_on_this_cpu(stat) {
+    bump_by(stat, 1);
+}
+
+/// Adds `n` to a self-statistic, said like [`bump`].
+#[inline(always)]
+pub fn bump_by(stat: ObserverStat, n: u64) {
+    if first_on_this_cpu(stat, n) {
         say_first(stat);
     }
 }
@@ -32,21 +38,21 @@ pub fn bump(stat: ObserverStat) {
 /// code (`objdump` of the image) without a debugger.
 #[inline(always)]
 pub fn bump_unattributed(offset: u64, i386: bool) {
-    if first_on_this_cpu(ObserverStat::VdsoSampleUnattributed) {
+    if first_on_this_cpu(ObserverStat::VdsoSampleUnattributed, 1) {
         say_unattributed(offset, i386);
     }
 }
 
-/// Counts `stat`; whether it was this CPU's first.
+/// Adds `n` to `stat`; whether it was this CPU's first.
 #[inline(always)]
-fn first_on_this_cpu(stat: ObserverStat) -> bool {
+fn first_on_this_cpu(stat: ObserverStat, n: u64) -> bool {
     let Some(value) = OBSERVER_STATS.get_ptr_mut(stat as u32) else {
         return false;
     };
     // SAFETY: as in add_stat.
     let first = unsafe { *value } == 0;
     // SAFETY: as in add_stat.
-    unsafe { *value += 1 };
+    unsafe { *value += n };
     first
 }
 
@@ -88,6 +94,10 @@ fn say_first(stat: ObserverStat) {
         ObserverStat::ProcessKeyCap => debug!(
             &(),
             "pid {} reached its key cap: its new clocks are counted in its overflow key", tgid
+        ),
+        ObserverStat::SlotsStranded => debug!(
+            &(),
+            "the free-slot stack refused slots back (pid {}): they stay out of use", tgid
         ),
         // Counted, not events.
         ObserverStat::TimeKeysCreated

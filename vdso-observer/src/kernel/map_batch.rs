@@ -66,8 +66,10 @@ pub fn lookup_first<K: Pod, V: Pod>(
         Values::Single => size_of::<V>(),
         Values::PerCpu => size_of::<V>().next_multiple_of(8),
     };
-    let mut keys = vec![0u8; CHUNK * size_of::<K>()];
-    let mut values = vec![0u8; CHUNK * stride * copies];
+    // No bigger than asked for: a read of ten statistics needs no chunk.
+    let chunk = CHUNK.min(most);
+    let mut keys = vec![0u8; chunk * size_of::<K>()];
+    let mut values = vec![0u8; chunk * stride * copies];
     // The position to go on from: a bucket number for hash maps, a key for
     // arrays; the kernel writes it, and reads it back the next call.
     let mut position_in = vec![0u8; size_of::<K>().max(8)];
@@ -84,7 +86,7 @@ pub fn lookup_first<K: Pod, V: Pod>(
         attr.batch.out_batch = position_out.as_mut_ptr() as u64;
         attr.batch.keys = keys.as_mut_ptr() as u64;
         attr.batch.values = values.as_mut_ptr() as u64;
-        let asked = CHUNK.min(most - read);
+        let asked = chunk.min(most - read);
         attr.batch.count = asked as u32;
         attr.batch.map_fd = map.fd().as_fd().as_raw_fd() as u32;
         let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);

@@ -13,11 +13,12 @@ use aya::{
     },
 };
 use vdso_observer_common::{
-    CallKey, DRAIN_TRIGGER_MAP, DrainTrigger, ObserverStat, ProcessEnd, ProcessKey,
-    SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP, VdsoKey,
+    CallKey, DRAIN_TRIGGER_MAP, DrainTrigger, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP,
+    ObserverStat, ProcessEnd, ProcessKey, SLOT_GENERATION_MAP, TIME_CALL_COUNTS_MAP, VdsoKey,
 };
 
 use super::{
+    free_slots,
     map_batch::{self, Values},
     observer::Observer,
 };
@@ -58,16 +59,16 @@ impl Observer {
                 snapshot.names.insert(process, info);
             }
         }
-        let stat = |which| self.stat(which);
+        let stats = self.stats()?;
         snapshot.stats = ObserverStats {
-            time_calls_map_full: stat(ObserverStat::TimeCallsMapFull)?,
-            processes_map_full: stat(ObserverStat::ProcessesMapFull)?,
-            read_failed: stat(ObserverStat::ReadFailed)?,
-            vdso_calls_map_full: stat(ObserverStat::VdsoCallsMapFull)?,
-            vdso_samples_unattributed: stat(ObserverStat::VdsoSampleUnattributed)?,
+            time_calls_map_full: stats.get(ObserverStat::TimeCallsMapFull),
+            processes_map_full: stats.get(ObserverStat::ProcessesMapFull),
+            read_failed: stats.get(ObserverStat::ReadFailed),
+            vdso_calls_map_full: stats.get(ObserverStat::VdsoCallsMapFull),
+            vdso_samples_unattributed: stats.get(ObserverStat::VdsoSampleUnattributed),
         };
-        snapshot.keys_created = self.keys_created()?;
-        snapshot.overflowed_keys = stat(ObserverStat::ProcessKeyCap)?;
+        snapshot.keys_created = stats.keys_created();
+        snapshot.overflowed_keys = stats.get(ObserverStat::ProcessKeyCap);
         snapshot.programs = self.program_runs();
         Ok(snapshot)
     }
@@ -121,14 +122,27 @@ impl Observer {
         Ok(calls)
     }
 
-    /// Keys created per counter map since load: one cheap read, polled
-    /// between windows to drain the maps before they fill.
-    pub fn keys_created(&self) -> Result<KeysCreated> {
-        Ok(KeysCreated {
-            time_calls: self.stat(ObserverStat::TimeKeysCreated)?,
-            vdso_calls: self.stat(ObserverStat::VdsoKeysCreated)?,
-            processes: self.stat(ObserverStat::ProcessesCreated)?,
-        })
+    /// Every self-statistic, summed over the CPUs: one batch read (a drain
+    /// under churn made ten single reads), else one read each.
+    fn stats(&self) -> Result<StatValues> {
+        let mut values = [0u64; ObserverStat::COUNT];
+        let batched = map_batch::lookup_first::<u32, u64>(
+            self.maps.observer_stats.map(),
+            Values::PerCpu,
+            ObserverStat::COUNT,
+            |index, per_cpu| {
+                if let Some(value) = values.get_mut(index as usize) {
+                    *value = per_cpu.iter().sum();
+                }
+            },
+        );
+        if let Err(err) = batched {
+            log::debug!("{OBSERVER_STATS_MAP} in a batch: {err}; one by one");
+            for which in ObserverStat::ALL {
+                values[which as usize] = self.stat(which)?;
+            }
+        }
+        Ok(StatValues(values))
     }
 
     /// One self-statistic, summed over the CPUs.
@@ -314,7 +328,7 @@ impl Observer {
         if freed.is_empty() {
             return (0, failed);
         }
-        if let Err(err) = self.recycle_slots(&freed) {
+        if let Err(err) = self.recycle_slots(&mut freed) {
             // The keys are gone; their slots are lost to the programs until
             // restart, which the fill level shows. Say it once per failure.
             log::warn!(
@@ -325,7 +339,7 @@ impl Observer {
         (freed.len() as u64, failed)
     }
 
-    fn recycle_slots(&mut self, freed: &[u32]) -> Result<()> {
+    fn recycle_slots(&mut self, freed: &mut [u32]) -> Result<()> {
         let next = self
             .maps
             .slot_generation
@@ -350,13 +364,11 @@ impl Observer {
                 .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
                 .with_context(|| format!("zeroing {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
         }
-        // A stack takes one value a call: the one syscall per slot left.
-        for &slot in freed {
-            self.maps
-                .free_time_call_slots
-                .push(slot, 0)
-                .with_context(|| format!("returning slot {slot} to the free stack"))?;
-        }
+        let pushes = free_slots::give_back(&mut self.maps.free_time_call_slots, freed)?;
+        log::debug!(
+            "gave {} time-call slots back in {pushes} pushes",
+            freed.len()
+        );
         Ok(())
     }
 
@@ -406,15 +418,19 @@ impl Observer {
     /// The keys each counter map holds (created by the programs less deleted
     /// here) and its capacity: time calls, vDSO calls, processes.
     fn map_levels(&self) -> Result<[MapLevel; 3]> {
-        let created = self.keys_created()?;
+        let stats = self.stats()?;
+        let created = stats.keys_created();
+        self.say_stranded_slots(stats.get(ObserverStat::SlotsStranded));
         let options = self.options();
         let level = |created: u64, deleted: u64, capacity: u32| MapLevel {
             live: created.saturating_sub(deleted),
             capacity,
         };
+        // Slots the programs could not give back fill the map as keys do.
+        let stranded = stats.get(ObserverStat::SlotsStranded);
         Ok([
             level(
-                created.time_calls,
+                created.time_calls + stranded,
                 self.deleted.time_calls,
                 options.time_call_entries,
             ),
@@ -429,6 +445,37 @@ impl Observer {
                 options.process_entries,
             ),
         ])
+    }
+
+    /// Says once each time it grows how many time-call slots are out of use:
+    /// the map drains earlier for them, and a restart gives them back.
+    fn say_stranded_slots(&self, stranded: u64) {
+        if stranded > self.stranded_said.get() {
+            log::warn!(
+                "{stranded} time-call counter slots are out of use: the kernel's lock on \
+                 {FREE_TIME_CALL_SLOTS_MAP} refused them back. The map drains that much \
+                 earlier; restart the observer to use them again"
+            );
+            self.stranded_said.set(stranded);
+        }
+    }
+}
+
+/// The programs' self-statistics, each summed over the CPUs.
+struct StatValues([u64; ObserverStat::COUNT]);
+
+impl StatValues {
+    fn get(&self, which: ObserverStat) -> u64 {
+        self.0[which as usize]
+    }
+
+    /// Keys created per counter map since load.
+    fn keys_created(&self) -> KeysCreated {
+        KeysCreated {
+            time_calls: self.get(ObserverStat::TimeKeysCreated),
+            vdso_calls: self.get(ObserverStat::VdsoKeysCreated),
+            processes: self.get(ObserverStat::ProcessesCreated),
+        }
     }
 }
 

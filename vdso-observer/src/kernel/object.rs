@@ -14,14 +14,14 @@ use vdso_observer_common::{
     CGROUP_PATHS_MAP, COARSE_CODE_MAP, CallKey, CgroupPath, DRAIN_TRIGGER_MAP, DRAIN_WAKEUP_MAP,
     EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP,
     OBSERVER_STATS_MAP, OFFSET_SAMPLED_TGID_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
-    ProcessKey, ProgramConfig, SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES,
+    ProcessKey, ProgramConfig, SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, SlotRun,
     TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
     VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
     btf::{KernelBtf, Kind},
-    btf_offsets,
+    btf_offsets, free_slots,
     privileges::{
         KERNEL_FLOOR, check_kernel_floor, check_pid_namespace, check_privileges,
         raise_memlock_limit,
@@ -81,7 +81,7 @@ pub struct LoadOptions {
 pub struct Maps {
     pub time_calls: HashMap<MapData, CallKey, u32>,
     pub time_call_counts: PerCpuArray<MapData, u64>,
-    pub free_time_call_slots: Stack<MapData, u32>,
+    pub free_time_call_slots: Stack<MapData, SlotRun>,
     pub slot_generation: Array<MapData, u32>,
     pub processes: HashMap<MapData, ProcessKey, ProcessInfo>,
     pub vdso_calls: PerCpuHashMap<MapData, VdsoKey, u64>,
@@ -125,15 +125,10 @@ impl Maps {
         })
     }
 
-    /// Hands the programs every time-call counter slot, before anything runs:
-    /// slot 0 on top, so slots are taken from the bottom of the array up.
+    /// Hands the programs every time-call counter slot, before anything runs.
     fn fill_free_slots(&mut self, slots: u32) -> Result<()> {
-        for slot in (0..slots).rev() {
-            self.free_time_call_slots
-                .push(slot, 0)
-                .with_context(|| format!("filling {FREE_TIME_CALL_SLOTS_MAP} (slot {slot})"))?;
-        }
-        Ok(())
+        let mut all: Vec<u32> = (0..slots).collect();
+        free_slots::give_back(&mut self.free_time_call_slots, &mut all).map(drop)
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Observer {
     /// Each time-call key's slot as the last snapshot read it: what a drain
     /// that follows needs to give the slots back, without reading again.
     pub(super) slots_seen: std::cell::RefCell<crate::model::KeyMap<CallKey, u32>>,
+    /// Slots the programs could not give back, as last said in the log.
+    pub(super) stranded_said: std::cell::Cell<u64>,
     /// Where time syscalls are counted (what `auto` chose).
     attach_mode: AttachMode,
     /// Whether the kernel measures the programs' run time.
@@ -95,6 +97,7 @@ impl Observer {
             exact_loaded: false,
             deleted: KeysCreated::default(),
             slots_seen: Default::default(),
+            stranded_said: Default::default(),
         })
     }
 
