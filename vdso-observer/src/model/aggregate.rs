@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use smallvec::SmallVec;
 use vdso_observer_common::{CallKey, ProcessInfo, ProcessKey, SyscallAbi, TimeCall, VdsoKey};
 
 use super::{
@@ -122,11 +123,12 @@ impl Retired {
     }
 }
 
-/// One process's deltas in a window, before they become a [`ProcessReport`].
+/// One process's deltas in a window, before they become a [`ProcessReport`]
+/// (most processes have a key or two: no allocation for those).
 #[derive(Debug, Default)]
 struct Deltas {
-    calls: Vec<(CallKey, u64)>,
-    vdso: Vec<(VdsoKey, u64)>,
+    calls: SmallVec<[(CallKey, u64); 2]>,
+    vdso: SmallVec<[(VdsoKey, u64); 2]>,
     /// Calls of the process the programs found no room for.
     lost: u64,
 }
@@ -190,7 +192,7 @@ impl Aggregator {
         for (process, mut early) in drained {
             // Anything the maps still hold of a drained process (a sample that
             // raced the deletion) joins what was taken early.
-            let deltas = per_process.entry(process).or_default();
+            let deltas = per_process.of(process);
             deltas.calls.append(&mut early.calls);
             deltas.vdso.append(&mut early.vdso);
             deltas.lost += early.lost;
@@ -198,24 +200,25 @@ impl Aggregator {
 
         let mut retired = Retired::default();
         let mut processes = Vec::with_capacity(per_process.len());
-        for (process, mut deltas) in per_process {
+        for (process, at) in per_process.in_process_order() {
+            let deltas = &mut per_process.deltas[at];
             let running = !drained_keys.contains(&process) && lookup.is_running(&process);
             if !running {
-                retired.add(process, &deltas);
+                retired.add(process, deltas);
             }
-            deltas.calls.retain(|&(_, delta)| delta > 0);
-            deltas.vdso.retain(|&(_, delta)| delta > 0);
+            deltas.calls.retain(|(_, delta)| *delta > 0);
+            deltas.vdso.retain(|(_, delta)| *delta > 0);
             if deltas.calls.is_empty() && deltas.vdso.is_empty() && deltas.lost == 0 {
                 continue;
             }
             let identity = self.identity(&process, snapshot, running, lookup);
             // Drained processes were given their rows when drained.
             if !running && !drained_keys.contains(&process) && !self.own_exited_row(&identity) {
-                self.merged.add(identity, &deltas);
+                self.merged.add(identity, deltas);
                 continue;
             }
             processes.push(self.row(
-                process, identity, !running, &deltas, seconds, &health, lookup,
+                process, identity, !running, deltas, seconds, &health, lookup,
             ));
         }
         self.exited_rows = 0;
@@ -302,20 +305,21 @@ impl Aggregator {
     /// otherwise fill the maps within one window. The counts are reported with
     /// the window, as if read at its end.
     pub fn drain(&mut self, snapshot: &MapSnapshot, lookup: &impl ProcessLookup) -> Retired {
-        let per_process = self.deltas(snapshot);
+        let mut per_process = self.deltas(snapshot);
         // Under churn nearly all of them are gone: room for them at once.
         let mut retired = Retired {
             processes: Vec::with_capacity(per_process.len()),
             keys: Vec::with_capacity(per_process.len()),
             vdso_keys: Vec::new(),
         };
-        for (process, mut deltas) in per_process {
+        for (process, at) in per_process.in_process_order() {
             if self.drained.contains_key(&process) || lookup.is_running(&process) {
                 continue;
             }
-            retired.add(process, &deltas);
-            deltas.calls.retain(|&(_, delta)| delta > 0);
-            deltas.vdso.retain(|&(_, delta)| delta > 0);
+            let deltas = &mut per_process.deltas[at];
+            retired.add(process, deltas);
+            deltas.calls.retain(|(_, delta)| *delta > 0);
+            deltas.vdso.retain(|(_, delta)| *delta > 0);
             if deltas.calls.is_empty() && deltas.vdso.is_empty() && deltas.lost == 0 {
                 // Nothing of it in this window (it ended before the first): gone.
                 self.names.remove(&process);
@@ -325,9 +329,9 @@ impl Aggregator {
             let identity = self.exited_identity(&process, snapshot, lookup);
             if self.own_exited_row(&identity) {
                 self.names.insert(process, identity);
-                self.drained.insert(process, deltas);
+                self.drained.insert(process, std::mem::take(deltas));
             } else {
-                self.merged.add(identity, &deltas);
+                self.merged.add(identity, deltas);
             }
         }
         self.forget_retired(&retired);
@@ -379,30 +383,22 @@ impl Aggregator {
     }
 
     /// Each process's counts since the previous window (zero deltas included:
-    /// their keys may need deleting).
-    fn deltas(&self, snapshot: &MapSnapshot) -> BTreeMap<ProcessKey, Deltas> {
-        let mut per_process: BTreeMap<ProcessKey, Deltas> = BTreeMap::new();
+    /// their keys may need deleting), by process.
+    fn deltas(&self, snapshot: &MapSnapshot) -> PerProcess {
+        let mut per_process = PerProcess::with_capacity(snapshot.names.len());
         let held = |process: &ProcessKey| self.held_back.contains(process);
         for (key, &total) in snapshot.calls.iter().filter(|(key, _)| !held(&key.process)) {
             let delta = total.saturating_sub(self.previous.get(key).copied().unwrap_or(0));
-            per_process
-                .entry(key.process)
-                .or_default()
-                .calls
-                .push((*key, delta));
+            per_process.of(key.process).calls.push((*key, delta));
         }
         for (key, &total) in snapshot.vdso.iter().filter(|(key, _)| !held(&key.process)) {
             let delta = total.saturating_sub(self.previous_vdso.get(key).copied().unwrap_or(0));
-            per_process
-                .entry(key.process)
-                .or_default()
-                .vdso
-                .push((*key, delta));
+            per_process.of(key.process).vdso.push((*key, delta));
         }
         for (process, info) in snapshot.names.iter().filter(|(process, _)| !held(process)) {
             let before = self.previous_lost.get(process).copied().unwrap_or(0);
             if info.lost > before {
-                per_process.entry(*process).or_default().lost = info.lost - before;
+                per_process.of(*process).lost = info.lost - before;
             }
         }
         per_process
@@ -464,6 +460,46 @@ impl Aggregator {
             return identity;
         }
         Identity::unknown()
+    }
+}
+
+/// Deltas gathered per process, visited in process order: which exited
+/// processes get rows of their own does not depend on a hash. Indexed, not
+/// moved about: each is a few hundred bytes, and a drain has thousands.
+struct PerProcess {
+    index: KeyMap<ProcessKey, usize>,
+    deltas: Vec<Deltas>,
+}
+
+impl PerProcess {
+    fn with_capacity(processes: usize) -> PerProcess {
+        PerProcess {
+            index: KeyMap::with_capacity_and_hasher(processes, Default::default()),
+            deltas: Vec::with_capacity(processes),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.deltas.len()
+    }
+
+    fn of(&mut self, process: ProcessKey) -> &mut Deltas {
+        let at = *self.index.entry(process).or_insert_with(|| {
+            self.deltas.push(Deltas::default());
+            self.deltas.len() - 1
+        });
+        &mut self.deltas[at]
+    }
+
+    /// Each process with where its deltas are, by process.
+    fn in_process_order(&self) -> Vec<(ProcessKey, usize)> {
+        let mut order: Vec<(ProcessKey, usize)> = self
+            .index
+            .iter()
+            .map(|(process, at)| (*process, *at))
+            .collect();
+        order.sort_unstable();
+        order
     }
 }
 
