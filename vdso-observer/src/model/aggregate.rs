@@ -211,6 +211,12 @@ impl Aggregator {
             if deltas.calls.is_empty() && deltas.vdso.is_empty() && deltas.lost == 0 {
                 continue;
             }
+            if !running
+                && !drained_keys.contains(&process)
+                && self.merged_by_raw_name(&process, snapshot, deltas, lookup)
+            {
+                continue;
+            }
             let identity = self.identity(&process, snapshot, running, lookup);
             // Drained processes were given their rows when drained.
             if !running && !drained_keys.contains(&process) && !self.own_exited_row(&identity) {
@@ -325,6 +331,9 @@ impl Aggregator {
                 self.names.remove(&process);
                 continue;
             }
+            if self.merged_by_raw_name(&process, snapshot, deltas, lookup) {
+                continue;
+            }
             // Named now: the name entry goes with the keys.
             let identity = self.exited_identity(&process, snapshot, lookup);
             if self.own_exited_row(&identity) {
@@ -336,6 +345,27 @@ impl Aggregator {
         }
         self.forget_retired(&retired);
         retired
+    }
+
+    /// Merges an exited process past the window's row limit (a churn) by the
+    /// raw name the kernel recorded, made text once per kind; false when it
+    /// may still get a row, or is known by another name.
+    fn merged_by_raw_name(
+        &mut self,
+        process: &ProcessKey,
+        snapshot: &MapSnapshot,
+        deltas: &Deltas,
+        lookup: &impl ProcessLookup,
+    ) -> bool {
+        if self.exited_rows < self.max_exited_rows || self.names.contains_key(process) {
+            return false;
+        }
+        let Some(info) = snapshot.names.get(process) else {
+            return false;
+        };
+        self.merged
+            .add_named(info, || Identity::named(info, None, lookup), deltas);
+        true
     }
 
     /// Whether an exited process of this kind gets a row of its own this

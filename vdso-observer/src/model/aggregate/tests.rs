@@ -399,6 +399,85 @@ fn processes_drained_past_the_row_limit_merge_too_and_names_are_not_kept() {
     assert!(report.processes.is_empty());
 }
 
+/// A [`testing::Fixed`] that counts how often a cgroup is looked up.
+struct CountingLookup {
+    cgroup_lookups: std::cell::Cell<u32>,
+}
+
+impl ProcessLookup for CountingLookup {
+    fn is_running(&self, _: &ProcessKey) -> bool {
+        false
+    }
+    fn comm_and_uid(&self, _: &ProcessKey) -> Option<(Vec<u8>, Option<u32>)> {
+        None
+    }
+    fn user_name(&self, uid: u32) -> String {
+        uid.to_string()
+    }
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        self.cgroup_lookups.set(self.cgroup_lookups.get() + 1);
+        testing::Fixed { running: false }.cgroup_path(id)
+    }
+}
+
+#[test]
+fn a_drained_storm_is_named_once_per_kind_and_kinds_stay_apart() {
+    let mut aggregator = Aggregator::new(None);
+    aggregator.set_max_exited_rows(0);
+    // One name, three kinds: by uid, and in a container (cgroup 7).
+    let kind = |first_pid: u32, n: u32, uid: u32, cgroup_id: u64| {
+        let mut snap = exited_processes(first_pid, n, 3, |_| "storm".into());
+        for info in snap.names.values_mut() {
+            *info = ProcessInfo::new(info.comm, uid, cgroup_id);
+        }
+        snap
+    };
+    let mut snap = kind(100, 100, 0, 0);
+    for other in [kind(1000, 50, 1000, 0), kind(2000, 30, 0, 7)] {
+        snap.calls.extend(other.calls);
+        snap.names.extend(other.names);
+    }
+    let lookup = CountingLookup {
+        cgroup_lookups: Default::default(),
+    };
+    assert_eq!(aggregator.drain(&snap, &lookup).processes.len(), 180);
+    assert_eq!(lookup.cgroup_lookups.get(), 3);
+    // A second drain in the window: the same kinds, named already.
+    let more = kind(3000, 20, 0, 0);
+    assert_eq!(aggregator.drain(&more, &lookup).processes.len(), 20);
+    assert_eq!(lookup.cgroup_lookups.get(), 3);
+    let (report, _) = aggregator.window(
+        &MapSnapshot::default(),
+        Duration::from_secs(1),
+        health(),
+        &lookup,
+    );
+    let mut rows: Vec<_> = report
+        .processes
+        .iter()
+        .map(|p| {
+            (
+                p.uid,
+                p.container.is_some(),
+                p.merged_processes,
+                p.kernel_entries,
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            (Some(0), false, Some(120), 360),
+            (Some(0), true, Some(30), 90),
+            (Some(1000), false, Some(50), 150),
+        ]
+    );
+    // Named anew each window: the next may see other cgroups under the ids.
+    aggregator.drain(&kind(4000, 5, 0, 0), &lookup);
+    assert_eq!(lookup.cgroup_lookups.get(), 4);
+}
+
 #[test]
 fn a_tenant_naming_every_process_anew_gets_bounded_merged_rows() {
     let mut aggregator = Aggregator::new(None);
