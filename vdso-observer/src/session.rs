@@ -233,7 +233,8 @@ impl Session {
             };
             let woken = tokio::select! {
                 _ = tokio::time::sleep_until(deadline.min(now + tick)) => None,
-                records = self.drain_wakeup.woken() => Some(records),
+                // None: the wait failed, and this is a look like a poll's.
+                records = self.drain_wakeup.woken() => records,
             };
             if let Some(records) = woken {
                 log::trace!("woken by the programs ({records} records): the maps gained keys");

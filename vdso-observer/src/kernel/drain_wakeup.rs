@@ -31,21 +31,10 @@ impl DrainWakeup {
     }
 
     /// Waits for the programs' next wake-up; how many records it read (one
-    /// per program that woke). Pending for ever when wake-ups do not work.
-    pub async fn woken(&mut self) -> usize {
-        if let State::Ring(_) = self.state {
-            let State::Ring(ring) = std::mem::replace(&mut self.state, State::Off) else {
-                unreachable!()
-            };
-            // SAFETY: the ring owns its map's descriptor, open and the same
-            // for as long as the ring lives, which the AsyncFd owns.
-            match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-                Ok(fd) => self.state = State::Polled(fd),
-                Err(err) => log::debug!(
-                    "the programs' drain wake-up cannot be waited on ({err}): polling the maps instead"
-                ),
-            }
-        }
+    /// per program that woke). None when waiting failed (the caller polls
+    /// from then on); pending for ever when wake-ups do not work.
+    pub async fn woken(&mut self) -> Option<usize> {
+        self.register();
         let State::Polled(fd) = &mut self.state else {
             return std::future::pending().await;
         };
@@ -57,15 +46,35 @@ impl DrainWakeup {
                     records += 1;
                 }
                 guard.clear_ready();
-                records
+                Some(records)
             }
             Err(err) => {
                 log::warn!(
                     "waiting on the programs' drain wake-up failed ({err}): polling the maps instead"
                 );
                 self.state = State::Off;
-                0
+                None
             }
         }
+    }
+
+    /// Registers the ring with the runtime, the first time inside it.
+    fn register(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, State::Off) {
+            // SAFETY: the ring owns its map's descriptor, open and the same
+            // for as long as the ring lives, which the AsyncFd owns.
+            State::Ring(ring) => {
+                match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+                    Ok(fd) => State::Polled(fd),
+                    Err(err) => {
+                        log::debug!(
+                            "the programs' drain wake-up cannot be waited on ({err}): polling the maps instead"
+                        );
+                        State::Off
+                    }
+                }
+            }
+            other => other,
+        };
     }
 }
