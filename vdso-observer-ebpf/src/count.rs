@@ -264,6 +264,8 @@ impl CounterMap for TimeCallSlots {
 
 /// The first slot of the run on top of the free stack (the lowest free one:
 /// user space pushes the lowest run last); the rest of the run goes back.
+/// Another CPU that pops meanwhile takes the next run: user space gives runs
+/// of at most 64 slots, so the stack holds many while the map has room.
 #[inline(always)]
 fn take_free_slot() -> Option<u32> {
     let Ok(Some(run)) = FREE_TIME_CALL_SLOTS.pop() else {

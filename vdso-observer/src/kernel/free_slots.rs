@@ -1,7 +1,7 @@
 //! The programs' free time-call slots (`FREE_TIME_CALL_SLOTS`): a stack of
 //! [`SlotRun`]s. A stack takes one value a syscall, so slots go back in runs:
 //! under churn the slots a drain frees lie side by side, and thousands go back
-//! in a few pushes where each took its own syscall.
+//! in a hundred pushes where each took its own syscall.
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, Stack};
@@ -23,27 +23,52 @@ pub fn give_back(stack: &mut Stack<MapData, SlotRun>, slots: &mut [u32]) -> Resu
     Ok(runs.len())
 }
 
-/// The runs of consecutive slots in `slots`, highest first: pushed in this
-/// order the lowest run ends on top, so slots are taken from the bottom of
-/// the counter array up and the slots in use stay low.
+/// Slots a run holds at most. A program that takes a slot holds its run
+/// until it pushes the rest back; another CPU that pops meanwhile must find
+/// another run, or it is refused as if the map were full. In runs of 64 the
+/// stack holds a run per 64 free slots: that race needs fewer free slots than
+/// 64 for each CPU making a key at that instant, and the maps drain at 40%.
+const MOST_PER_RUN: u64 = 64;
+
+/// The runs of consecutive slots in `slots` (split at [`MOST_PER_RUN`]),
+/// highest first: pushed in this order the lowest run ends on top, so slots
+/// are taken from the bottom of the counter array up and the slots in use
+/// stay low.
 fn runs_lowest_last(slots: &mut [u32]) -> Vec<SlotRun> {
     slots.sort_unstable_by(|a, b| b.cmp(a));
     let mut runs: Vec<SlotRun> = Vec::new();
+    // Stretches of consecutive slots as (first, end), end exclusive.
+    let mut stretch: Option<(u64, u64)> = None;
     for &slot in slots.iter() {
-        match runs.last_mut() {
-            // Descending: the run grows downwards.
-            Some(run) if run.first.checked_sub(1) == Some(slot) => {
-                run.first = slot;
-                run.len += 1;
+        let slot = u64::from(slot);
+        stretch = match stretch {
+            // Descending: the stretch grows downwards.
+            Some((first, end)) if first == slot + 1 => Some((slot, end)),
+            Some((first, end)) if first == slot => Some((first, end)), // given twice: once is enough
+            Some((first, end)) => {
+                split(first, end, &mut runs);
+                Some((slot, slot + 1))
             }
-            Some(run) if run.first == slot => {} // given twice: once is enough
-            _ => runs.push(SlotRun {
-                first: slot,
-                len: 1,
-            }),
-        }
+            None => Some((slot, slot + 1)),
+        };
+    }
+    if let Some((first, end)) = stretch {
+        split(first, end, &mut runs);
     }
     runs
+}
+
+/// The slots first..end as runs of at most [`MOST_PER_RUN`], highest first.
+fn split(first: u64, mut end: u64, runs: &mut Vec<SlotRun>) {
+    while end > first {
+        let start = end.saturating_sub(MOST_PER_RUN).max(first);
+        runs.push(SlotRun {
+            // Slots are u32: so are both.
+            first: start as u32,
+            len: (end - start) as u32,
+        });
+        end = start;
+    }
 }
 
 #[cfg(test)]
@@ -55,9 +80,17 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_slots_become_one_run() {
-        let mut slots: Vec<u32> = (0..16_384).rev().collect();
-        assert_eq!(runs_lowest_last(&mut slots), vec![run(0, 16_384)]);
+    fn consecutive_slots_become_runs_of_64_lowest_last() {
+        let mut slots: Vec<u32> = (0..200).rev().collect();
+        assert_eq!(
+            runs_lowest_last(&mut slots),
+            vec![run(136, 64), run(72, 64), run(8, 64), run(0, 8)]
+        );
+        let mut all: Vec<u32> = (0..16_384).collect();
+        let runs = runs_lowest_last(&mut all);
+        assert_eq!(runs.len(), 256);
+        assert!(runs.iter().all(|r| r.len == 64));
+        assert_eq!(runs.last(), Some(&run(0, 64)));
     }
 
     #[test]
@@ -75,6 +108,10 @@ mod tests {
         assert_eq!(
             runs_lowest_last(&mut [u32::MAX, 0]),
             vec![run(u32::MAX, 1), run(0, 1)]
+        );
+        assert_eq!(
+            runs_lowest_last(&mut [u32::MAX, u32::MAX - 1]),
+            vec![run(u32::MAX - 1, 2)]
         );
         // A slot given twice is one slot: pushed twice it would go to two keys.
         assert_eq!(runs_lowest_last(&mut [5, 5, 6]), vec![run(5, 2)]);
