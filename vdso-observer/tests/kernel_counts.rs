@@ -489,6 +489,64 @@ fn short_processes_lose_nothing(batches: bool) {
     );
 }
 
+/// Two churns at once, each pinned to its own CPU: both CPUs make keys at the
+/// same instants, each taking its slot from the free stack. A CPU that pops
+/// while the other holds a run (between its pop and its push-back) must find
+/// another run there: with one long run in the stack it found none, and the
+/// key was refused as if the map were full.
+#[test]
+fn keys_made_on_two_cpus_at_once_are_never_refused() {
+    require_root();
+    let _one_churn = ONE_CHURN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "{cpus} CPU: no two keys can be made at once");
+    let workload = build_workload("time_calls", "vt-twocpus", &[]);
+    let observer = ObserverRun::spawn({
+        let mut command = Command::new(OBSERVER);
+        command
+            .args(["top", "--once", "-d", "120", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    });
+    const EACH: u32 = 30_000;
+    let churns: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|cpu| {
+            let mut command = Command::new(&workload);
+            command.args(["churn", "5", &EACH.to_string()]);
+            // SAFETY: only an async-signal-safe syscall between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            command.spawn().unwrap()
+        })
+        .collect();
+    for mut churn in churns {
+        assert!(churn.wait().unwrap().success());
+    }
+    let (stdout, stderr) = observer.finish_text();
+    let report = parse_report(stdout.trim()).unwrap();
+    let lost = &report.observer.lost;
+    assert_eq!(lost.time_calls_map_full, 0, "{lost:?}: {stderr}");
+    let calls: u64 = rows_of_comm(&report, "vt-twocpus")
+        .iter()
+        .flat_map(counts)
+        .filter(|count| count.0 == "clock_gettime")
+        .map(|count| count.4)
+        .sum();
+    assert_eq!(calls, 5 * 2 * u64::from(EACH));
+}
+
 #[test]
 fn kubepods_cgroups_give_pod_uid_qos_and_container_id() {
     require_root();
