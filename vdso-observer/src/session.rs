@@ -231,10 +231,11 @@ impl Session {
             } else {
                 self.drain_check_every()
             };
-            let woken = tokio::select! {
-                _ = tokio::time::sleep_until(deadline.min(now + tick)) => None,
-                // None: the wait failed, and this is a look like a poll's.
-                records = self.drain_wakeup.woken() => records,
+            // A failed wait (the ring is off from then on) looks at once, as
+            // the polling that follows does every DRAIN_CHECK.
+            let (woken, wait_failed) = tokio::select! {
+                _ = tokio::time::sleep_until(deadline.min(now + tick)) => (None, false),
+                records = self.drain_wakeup.woken() => (records, records.is_none()),
             };
             if let Some(records) = woken {
                 log::trace!("woken by the programs ({records} records): the maps gained keys");
@@ -246,7 +247,7 @@ impl Session {
                 }
             }
             let now = tokio::time::Instant::now();
-            if woken.is_some() || now >= next_drain_check {
+            if woken.is_some() || wait_failed || now >= next_drain_check {
                 next_drain_check = now + self.drain_check_every();
                 if let Err(err) = self.drain_if_filling(woken.is_some()) {
                     log::warn!("draining exited processes from the maps failed: {err:#}");

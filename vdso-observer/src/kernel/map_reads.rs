@@ -420,14 +420,14 @@ impl Observer {
     fn map_levels(&self) -> Result<[MapLevel; 3]> {
         let stats = self.stats()?;
         let created = stats.keys_created();
-        self.say_stranded_slots(stats.get(ObserverStat::SlotsStranded));
+        // Slots the programs could not give back fill the map as keys do.
+        let stranded = stats.get(ObserverStat::SlotsStranded);
+        self.say_stranded_slots(stranded);
         let options = self.options();
         let level = |created: u64, deleted: u64, capacity: u32| MapLevel {
             live: created.saturating_sub(deleted),
             capacity,
         };
-        // Slots the programs could not give back fill the map as keys do.
-        let stranded = stats.get(ObserverStat::SlotsStranded);
         Ok([
             level(
                 created.time_calls + stranded,
