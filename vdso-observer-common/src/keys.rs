@@ -36,11 +36,21 @@ pub struct CallKey {
 }
 
 impl CallKey {
-    /// The key as three words: compared in three loads, with no memcmp call.
+    /// The key as three words (its bytes, read as little-endian words),
+    /// compared with no memcmp call. Made from the fields, not by reading the
+    /// key's memory back (no wide load over the narrow stores that built it;
+    /// on the AMD host the program's run time was the same either way).
     #[inline(always)]
     pub const fn words(&self) -> [u64; 3] {
-        // SAFETY: 24 bytes of plain integers without padding, 8-aligned.
-        unsafe { core::mem::transmute::<CallKey, [u64; 3]>(*self) }
+        [
+            self.process.tgid as u64 | (self.process.exec_id as u64) << 32,
+            self.process.start_boottime_ns,
+            self.clock_id as u32 as u64
+                | (self.call as u64) << 32
+                | (self.origin as u64) << 40
+                | (self.abi as u64) << 48
+                | (self._pad as u64) << 56,
+        ]
     }
 }
 
@@ -61,9 +71,9 @@ pub struct SlotRun {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecentTimeCall {
-    /// The key as the program built it (before any overflow to the process's
-    /// overflow key: the slot may be that key's).
-    pub key: CallKey,
+    /// [`CallKey::words`] of the key as the program built it (before any
+    /// overflow to the process's overflow key: the slot may be that key's).
+    pub key_words: [u64; 3],
     /// Index into [`TIME_CALL_COUNTS_MAP`].
     pub slot: u32,
     /// [`SLOT_GENERATION_MAP`] when the slot was found: stale once it changed.

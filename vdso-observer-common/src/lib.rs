@@ -278,6 +278,47 @@ mod tests {
             assert!(kinds[i + 1..].iter().all(|b| a != b));
         }
     }
+
+    #[test]
+    fn call_key_words_are_its_bytes() {
+        // Distinct bytes in every field, a negative clock id among them: each
+        // word must hold exactly the bytes the key has there, so that words
+        // made from the fields equal words a reader of the memory would see.
+        let key = CallKey {
+            process: ProcessKey {
+                tgid: 0x0403_0201,
+                exec_id: 0x0807_0605,
+                start_boottime_ns: 0x100f_0e0d_0c0b_0a09,
+            },
+            clock_id: -0x7f6e_5d4d,
+            call: 0x15,
+            origin: 0x16,
+            abi: 0x17,
+            _pad: 0x18,
+        };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&key.process.tgid.to_le_bytes());
+        bytes.extend_from_slice(&key.process.exec_id.to_le_bytes());
+        bytes.extend_from_slice(&key.process.start_boottime_ns.to_le_bytes());
+        bytes.extend_from_slice(&key.clock_id.to_le_bytes());
+        bytes.extend_from_slice(&[key.call, key.origin, key.abi, key._pad]);
+        let words: Vec<u64> = bytes
+            .chunks(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        assert_eq!(key.words().to_vec(), words);
+        // And on this (little-endian) host, the key's own memory.
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: 24 bytes of plain integers without padding.
+            let memory: [u64; 3] = unsafe { core::mem::transmute(key) };
+            assert_eq!(key.words(), memory);
+        }
+        // Keys that differ in one field differ in their words.
+        let mut other = key;
+        other.origin = 0x19;
+        assert_ne!(key.words(), other.words());
+    }
 }
 
 /// The domain enums serialize as their `name()`, the one spelling JSON, metric

@@ -88,7 +88,7 @@ fn recent_or_new_slot(key: &mut CallKey, leader: *const u8) -> Option<u32> {
     // disabled, so none interleaves with another on this CPU.
     let recent = unsafe { &mut *recent };
     let built = key.words();
-    let cached = recent.key.words();
+    let cached = &recent.key_words;
     if recent.generation == generation
         && built[0] == cached[0]
         && built[1] == cached[1]
@@ -96,10 +96,9 @@ fn recent_or_new_slot(key: &mut CallKey, leader: *const u8) -> Option<u32> {
     {
         return Some(recent.slot);
     }
-    let built = *key;
     let slot = find_or_make(&TimeCallSlots, key, leader)?;
     *recent = RecentTimeCall {
-        key: built,
+        key_words: built,
         slot,
         generation,
     };
