@@ -85,7 +85,7 @@ enum Task {
     /// (deploy/kubernetes/prometheus-operator) from contrib/.
     Manifests,
     /// Measure the observer against bare, an empty program, bpftrace and BCC, in one
-    /// run, and how exact it is (root; about 25 minutes with every part). Prints a
+    /// run, and how exact it is (root; 35 to 60 minutes with every part). Prints a
     /// table, writes target/bench/bench.json.
     Bench {
         /// Only these parts (default: all).
