@@ -9,6 +9,7 @@ use aya::{
     programs::{
         BtfTracePoint, FEntry, KProbe, PerfEvent, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        raw_trace_point::RawTracePointLinkId,
     },
     util::online_cpus,
 };
@@ -48,9 +49,15 @@ pub enum KprobeVerdict {
 /// What a judge may do with the object while the kprobes are attached.
 pub struct KprobeTrial<'a> {
     ebpf: &'a mut Ebpf,
+    /// The empty sys_enter program's link while it is attached.
+    floor: Option<RawTracePointLinkId>,
 }
 
-impl KprobeTrial<'_> {
+impl<'a> KprobeTrial<'a> {
+    fn new(ebpf: &'a mut Ebpf) -> Self {
+        KprobeTrial { ebpf, floor: None }
+    }
+
     /// Runs and run time (ns) of the time-call kprobes so far, or of the
     /// empty sys_enter program with `floor`.
     pub fn runs(&self, floor: bool) -> (u64, u64) {
@@ -70,15 +77,42 @@ impl KprobeTrial<'_> {
             })
     }
 
-    /// Attaches the empty sys_enter program (it counts nothing) for a measurement.
+    /// Attaches the empty sys_enter program (it counts nothing) for a
+    /// measurement; loaded once, attached and detached as often as asked.
     pub fn attach_floor(&mut self) -> Result<()> {
-        attach_raw_tracepoint(self.ebpf, EMPTY_SYS_ENTER_PROGRAM, SYS_ENTER_TRACEPOINT)
+        if self.floor.is_some() {
+            return Ok(());
+        }
+        let prog: &mut RawTracePoint = program(self.ebpf, EMPTY_SYS_ENTER_PROGRAM)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(verifier_error)
+                .with_context(|| format!("loading program {EMPTY_SYS_ENTER_PROGRAM}"))?;
+        }
+        self.floor = Some(prog.attach(SYS_ENTER_TRACEPOINT).with_context(|| {
+            format!("attaching {EMPTY_SYS_ENTER_PROGRAM} to raw tracepoint {SYS_ENTER_TRACEPOINT}")
+        })?);
+        Ok(())
     }
 
     pub fn detach_floor(&mut self) -> Result<()> {
+        let Some(link) = self.floor.take() else {
+            return Ok(());
+        };
         program::<RawTracePoint>(self.ebpf, EMPTY_SYS_ENTER_PROGRAM)?
-            .unload()
+            .detach(link)
             .context("detaching the measurement's empty sys_enter program")
+    }
+}
+
+impl Drop for KprobeTrial<'_> {
+    /// Nothing of the measurement stays in the kernel, whatever the judge did.
+    fn drop(&mut self) {
+        let unloaded = program::<RawTracePoint>(self.ebpf, EMPTY_SYS_ENTER_PROGRAM)
+            .and_then(|p| Ok(p.unload()?));
+        if let Err(err) = unloaded {
+            log::debug!("unloading {EMPTY_SYS_ENTER_PROGRAM}: {err:#}");
+        }
     }
 }
 
@@ -135,7 +169,7 @@ pub fn attach_time_calls(
             }
             judge.before_kprobes();
             match attach_entries(ebpf, AttachMode::Kprobe, targets) {
-                Ok(mut status) => match judge.judge(&mut KprobeTrial { ebpf }) {
+                Ok(mut status) => match judge_kprobes(judge, ebpf) {
                     Ok(KprobeVerdict::RawTracepointIsCheaper(note)) => {
                         for entry in SYSCALL_ENTRIES {
                             unload_entry(ebpf, AttachMode::Kprobe, entry);
@@ -170,6 +204,11 @@ pub fn attach_time_calls(
             raw(ebpf, Some(note))
         }
     }
+}
+
+/// The judge's verdict; its trial (and the empty program) is gone after.
+fn judge_kprobes(judge: &mut dyn KprobeJudge, ebpf: &mut Ebpf) -> Result<KprobeVerdict> {
+    judge.judge(&mut KprobeTrial::new(ebpf))
 }
 
 /// The sys_enter program, BTF-typed (tp_btf: the user registers load
