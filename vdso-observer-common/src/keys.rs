@@ -106,6 +106,84 @@ pub struct ProcessInfo {
     /// Its cgroup v2 id at first sight (the inode of its cgroup directory): a
     /// process that lives 5 ms keeps its container.
     pub cgroup_id: u64,
+    /// The time-call keys it made with their slots, the first [`HANDED_KEYS`]:
+    /// what its exit hands to user space (see [`ProcessExit`]).
+    pub key_slots: [KeySlot; HANDED_KEYS],
+    /// Places of `key_slots` taken (it may grow past them). Not atomic: two
+    /// threads making keys at once may write one place, and then the key
+    /// left out stays in the map and is drained from it as any other.
+    pub key_slots_taken: u32,
+    /// Always 0.
+    pub _pad: u32,
+}
+
+/// How many time-call keys of a process its exit hands to user space (most
+/// processes make one or two). A process with more, or with vDSO keys, is
+/// marked at its exit and drained from the maps by user space.
+pub const HANDED_KEYS: usize = 4;
+
+/// One time-call key of a process without the process (its [`CallKey`] is the
+/// process's key with these fields), and the key's counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeySlot {
+    pub clock_id: i32,
+    pub call: u8,
+    pub origin: u8,
+    pub abi: u8,
+    /// Set by the exit program when it could not delete the key: the key
+    /// stays in the map (drained as any other) and its slot is not handed.
+    pub kept: u8,
+    /// Index into [`TIME_CALL_COUNTS_MAP`].
+    pub slot: u32,
+}
+
+impl KeySlot {
+    pub const fn of(key: &CallKey, slot: u32) -> KeySlot {
+        KeySlot {
+            clock_id: key.clock_id,
+            call: key.call,
+            origin: key.origin,
+            abi: key.abi,
+            kept: 0,
+            slot,
+        }
+    }
+
+    /// The key of `process` this names.
+    pub const fn key(&self, process: ProcessKey) -> CallKey {
+        CallKey {
+            process,
+            clock_id: self.clock_id,
+            call: self.call,
+            origin: self.origin,
+            abi: self.abi,
+            _pad: 0,
+        }
+    }
+}
+
+/// What the exit program hands to user space through [`PROCESS_EXITS_MAP`]
+/// for a process whose last thread exited: its name entry (ended, with its
+/// keys and their slots), after it deleted the entry and the keys. User space
+/// reads the slots' counts, then gives the slots back: a process that lived
+/// 1 ms costs no syscall per key to forget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExit {
+    pub process: ProcessKey,
+    pub info: ProcessInfo,
+}
+
+impl ProcessExit {
+    /// The keys handed with their slots (the kept ones left out).
+    pub fn handed_keys(&self) -> impl Iterator<Item = (CallKey, u32)> + '_ {
+        let taken = (self.info.key_slots_taken as usize).min(HANDED_KEYS);
+        self.info.key_slots[..taken]
+            .iter()
+            .filter(|k| k.kept == 0)
+            .map(|k| (k.key(self.process), k.slot))
+    }
 }
 
 impl ProcessInfo {
@@ -118,6 +196,16 @@ impl ProcessInfo {
             ended: ProcessEnd::Running as u32,
             lost: 0,
             cgroup_id,
+            key_slots: [KeySlot {
+                clock_id: 0,
+                call: 0,
+                origin: 0,
+                abi: 0,
+                kept: 0,
+                slot: 0,
+            }; HANDED_KEYS],
+            key_slots_taken: 0,
+            _pad: 0,
         }
     }
 }
@@ -175,6 +263,12 @@ wire_enum! {
         /// Free time-call slots a program could not push back onto the free
         /// stack (its lock refused): out of use until the observer restarts.
         SlotsStranded = 9 => "slots_stranded",
+        /// Exits whose process the exit program took out of the maps and
+        /// handed to user space through [`PROCESS_EXITS_MAP`](crate::PROCESS_EXITS_MAP).
+        ExitsHanded = 10 => "exits_handed",
+        /// Exits it could not hand (the ring was full): marked instead, and
+        /// drained from the maps.
+        ExitRingFull = 11 => "exit_ring_full",
     }
 }
 

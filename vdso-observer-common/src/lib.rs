@@ -75,12 +75,14 @@ const _: () = {
     assert!(size_of::<CallKey>() == 24 && align_of::<CallKey>() == 8);
     assert!(size_of::<VdsoKey>() == 24);
     assert!(size_of::<RecentTimeCall>() == 32);
-    assert!(size_of::<ProcessInfo>() == 48);
+    assert!(size_of::<ProcessInfo>() == 104);
+    assert!(size_of::<KeySlot>() == 12);
+    assert!(size_of::<ProcessExit>() == 120);
     assert!(size_of::<ExactCoverage>() == 16);
     assert!(size_of::<CgroupPath>() == CGROUP_PATH_LEN);
     assert!(size_of::<KernelOffsets>() == 4 * 20);
     assert!(size_of::<SlotRun>() == 8);
-    assert!(ObserverStat::COUNT == 10);
+    assert!(ObserverStat::COUNT == 12);
 };
 
 #[cfg(feature = "user")]
@@ -89,6 +91,7 @@ mod pod {
     unsafe impl aya::Pod for super::CallKey {}
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::ProcessInfo {}
+    unsafe impl aya::Pod for super::ProcessExit {}
     unsafe impl aya::Pod for super::ProgramConfig {}
     unsafe impl aya::Pod for super::VdsoKey {}
     unsafe impl aya::Pod for super::VdsoFunctionTable {}
@@ -247,7 +250,12 @@ mod tests {
         // Keys are hashed as bytes by the kernel: hidden padding would split counters.
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<CallKey>(), 24);
-        assert_eq!(core::mem::size_of::<ProcessInfo>(), COMM_LEN + 32);
+        // Written whole from a program's stack: no byte the verifier sees unset.
+        assert_eq!(
+            core::mem::size_of::<ProcessInfo>(),
+            COMM_LEN + 32 + HANDED_KEYS * core::mem::size_of::<KeySlot>() + 8
+        );
+        assert_eq!(core::mem::size_of::<KeySlot>(), 4 + 4 + 4);
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub const DRAIN_TRIGGER_MAP: &str = "DRAIN_TRIGGER";
 /// Ring buffer of the programs' wake-ups (one `u64`, the keys made): user
 /// space sleeps on it instead of polling the maps' fill level.
 pub const DRAIN_WAKEUP_MAP: &str = "DRAIN_WAKEUP";
+/// Ring buffer of [`ProcessExit`]s: processes the exit program took out of
+/// the maps, for user space to count and forget. Read at each drain and
+/// window; sized by the loader from the process map's capacity.
+pub const PROCESS_EXITS_MAP: &str = "PROCESS_EXITS";
+/// Bytes of [`PROCESS_EXITS_MAP`] per entry of [`PROCESSES_MAP`] (a record is
+/// 128 with its header; the drain comes before half the entries are made).
+pub const PROCESS_EXIT_BYTES_PER_ENTRY: u32 = 64;
 /// Name of the global holding [`ProgramConfig`].
 pub const PROGRAM_CONFIG_GLOBAL: &str = "PROGRAM_CONFIG";
 

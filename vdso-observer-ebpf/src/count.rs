@@ -9,8 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid},
 };
 use vdso_observer_common::{
-    CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, CallKey, NO_CLOCK, ObserverStat, Origin, ProcessInfo,
-    ProcessKey, Provenance, RecentTimeCall, SlotRun, SyscallAbi, TimeCall, VdsoKey, clock_key,
+    CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, CallKey, KeySlot, NO_CLOCK, ObserverStat, Origin,
+    ProcessInfo, ProcessKey, Provenance, RecentTimeCall, SlotRun, SyscallAbi, TimeCall, VdsoKey,
+    clock_key,
 };
 
 use crate::{
@@ -151,6 +152,8 @@ trait CounterMap {
     fn make(&self, key: &Self::Key) -> Result<Self::Found, i32>;
     /// The process's count of keys made in this map.
     fn keys_made(info: *mut ProcessInfo) -> *mut u32;
+    /// Keeps what the process's exit needs of a key it made.
+    fn record(_info: *mut ProcessInfo, _key: &Self::Key, _found: &Self::Found) {}
     const FULL: ObserverStat;
     const MADE: ObserverStat;
 }
@@ -205,6 +208,7 @@ fn find_or_make<M: CounterMap>(map: &M, key: &mut M::Key, leader: *const u8) -> 
                 // SAFETY: as above. Racy between CPUs of one process: the cap
                 // is a bound, not a count.
                 unsafe { *M::keys_made(info) += 1 };
+                M::record(info, key, &found);
             }
             add_stat(M::MADE);
             key_made();
@@ -255,6 +259,19 @@ impl CounterMap for TimeCallSlots {
     fn keys_made(info: *mut ProcessInfo) -> *mut u32 {
         // SAFETY: a field address of a valid pointer; nothing is read.
         unsafe { &raw mut (*info).time_keys }
+    }
+
+    /// The key and its slot, for the exit program to delete the key and hand
+    /// the slot over (the first HANDED_KEYS keys; past them the exit leaves
+    /// the process to user space's drain).
+    fn record(info: *mut ProcessInfo, key: &CallKey, slot: &u32) {
+        // SAFETY: a valid entry of PROCESSES. Not atomic (see key_slots_taken).
+        let info = unsafe { &mut *info };
+        let at = info.key_slots_taken;
+        info.key_slots_taken = at.wrapping_add(1);
+        if let Some(place) = info.key_slots.get_mut(at as usize) {
+            *place = KeySlot::of(key, *slot);
+        }
     }
 
     const FULL: ObserverStat = ObserverStat::TimeCallsMapFull;

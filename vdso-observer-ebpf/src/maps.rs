@@ -9,7 +9,8 @@ use aya_ebpf::{
 use vdso_observer_common::{
     CGROUP_PATH_ENTRIES, CallKey, CgroupPath, DEFAULT_PROCESS_ENTRIES, DEFAULT_TIME_CALL_ENTRIES,
     DEFAULT_VDSO_CALL_ENTRIES, DrainTrigger, EXACT_COVERAGE_ENTRIES, ExactCoverage, ObserverStat,
-    ProcessInfo, ProcessKey, RecentTimeCall, SlotRun, VDSO_CODE_BYTES, VdsoKey,
+    PROCESS_EXIT_BYTES_PER_ENTRY, ProcessInfo, ProcessKey, RecentTimeCall, SlotRun,
+    VDSO_CODE_BYTES, VdsoKey,
 };
 
 #[map]
@@ -73,6 +74,11 @@ pub static OBSERVER_STATS: PerCpuArray<u64> =
 /// many keys the maps gained (per-CPU counts would each need their own bound).
 #[map]
 pub static DRAIN_TRIGGER: Array<u64> = Array::with_max_entries(DrainTrigger::COUNT as u32, 0);
+
+/// See `PROCESS_EXITS_MAP`: the loader sizes it from the process map.
+#[map]
+pub static PROCESS_EXITS: RingBuf =
+    RingBuf::with_byte_size(DEFAULT_PROCESS_ENTRIES * PROCESS_EXIT_BYTES_PER_ENTRY, 0);
 
 /// See `DRAIN_WAKEUP_MAP`: one record per wake-up, a few a second at most.
 #[map]

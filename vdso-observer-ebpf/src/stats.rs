@@ -99,8 +99,13 @@ fn say_first(stat: ObserverStat) {
             &(),
             "the free-slot stack refused slots back (pid {}): they stay out of use", tgid
         ),
+        ObserverStat::ExitRingFull => debug!(
+            &(),
+            "the exit ring was full at the exit of pid {}: left for the drain", tgid
+        ),
         // Counted, not events.
-        ObserverStat::TimeKeysCreated
+        ObserverStat::ExitsHanded
+        | ObserverStat::TimeKeysCreated
         | ObserverStat::VdsoKeysCreated
         | ObserverStat::ProcessesCreated
         | ObserverStat::VdsoSampleUnattributed => {}

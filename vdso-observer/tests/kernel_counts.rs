@@ -360,7 +360,9 @@ fn thousands_of_short_processes_lose_nothing() {
 }
 
 /// The same where the kernel refuses batch map operations (forced by
-/// VDSO_OBSERVER_MAP_BATCH=off): every read and deletion goes key by key.
+/// VDSO_OBSERVER_MAP_BATCH=off) and the exit ring is one page, full at once
+/// (VDSO_OBSERVER_EXIT_RING_BYTES): nearly every exit is only marked, and
+/// every read and deletion of the drains goes key by key.
 /// Such drains keep up with ~2 900 exits a second here: at the full speed of
 /// `churn` (~10 000 a second) and at 3 000 the maps filled (68 080 and 38 086
 /// calls lost, and reported). 1 500 a second for 12 s, past the 16 384 keys.
@@ -387,7 +389,9 @@ fn short_processes_lose_nothing(batches: bool) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if !batches {
-        command.env("VDSO_OBSERVER_MAP_BATCH", "off");
+        command
+            .env("VDSO_OBSERVER_MAP_BATCH", "off")
+            .env("VDSO_OBSERVER_EXIT_RING_BYTES", "4096");
     }
     let observer = ObserverRun::spawn(command);
     let (parent, processes) = if batches {
@@ -424,6 +428,33 @@ fn short_processes_lose_nothing(batches: bool) {
     let report = parse_report(stdout.trim()).unwrap();
     let lost = &report.observer.lost;
     let drains: Vec<&str> = stderr.lines().filter(|l| l.contains("drained")).collect();
+    // Which way the exits went: handed by the exit program with their keys
+    // deleted in the kernel, or (a full ring) marked and drained from here.
+    let handed: u64 = stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split_once("forgot ")?.1;
+            rest.split_once(" processes the kernel handed at exit")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let ring_full = stderr.contains("the exit ring was full");
+    if batches {
+        // Every one forgotten before the window ended (as the slots below).
+        assert!(
+            handed + 16_384 >= u64::from(processes),
+            "{handed} of {processes} exits handed: {drains:#?}"
+        );
+        assert!(!ring_full, "the default ring filled: {drains:#?}");
+    } else {
+        assert!(ring_full, "a one-page ring never filled");
+        assert!(
+            handed * 2 < u64::from(processes),
+            "{handed} of {processes} exits handed through a one-page ring"
+        );
+    }
     assert_eq!(lost.time_calls_map_full, 0, "{lost:?}: {drains:#?}");
     assert_eq!(lost.processes_map_full, 0, "{lost:?}: {drains:#?}");
     let children: Vec<_> = rows_of_comm(&report, "vt-churn")

@@ -30,15 +30,25 @@ impl Observer {
     /// before the counters are read.
     pub fn snapshot(&self) -> Result<MapSnapshot> {
         let mut snapshot = MapSnapshot::default();
+        // Exits handed before the names are read: their keys are out of the
+        // maps already, their counts final.
+        let mut exits = self.exits.borrow_mut();
+        let handed = exits.read_ring();
         // Sized for what the maps hold: grown entry by entry, a drain of
         // thousands of processes spent more rehashing than reading.
         let [_, vdso_calls, processes] = self.map_levels()?;
         snapshot.names.reserve(processes.live as usize);
         snapshot.vdso.reserve(vdso_calls.live as usize);
+        snapshot
+            .names
+            .extend(handed.names.iter().map(|(key, info)| (*key, *info)));
         each_entry(&self.maps.processes, |key, info| {
-            snapshot.names.insert(key, info);
+            if !handed.entry_again(&key) {
+                snapshot.names.insert(key, info);
+            }
         });
-        snapshot.calls = self.time_call_counts()?;
+        snapshot.calls = self.time_call_counts(&handed.keys)?;
+        drop(exits);
         each_per_cpu_sum(&self.maps.vdso_calls, |key, sum| {
             snapshot.vdso.insert(key, sum);
         });
@@ -73,14 +83,16 @@ impl Observer {
         Ok(snapshot)
     }
 
-    /// Every time-call counter: each key's slot, then the slot's per-CPU counts
-    /// (the whole slot array in batches when many keys are live).
-    fn time_call_counts(&self) -> Result<KeyMap<CallKey, u64>> {
+    /// Every time-call counter: each key's slot (the map's, and those of the
+    /// keys handed at exit), then the slot's per-CPU counts (the whole slot
+    /// array in batches when many keys are live).
+    fn time_call_counts(&self, handed: &KeyMap<CallKey, u32>) -> Result<KeyMap<CallKey, u64>> {
         let mut slots = self.slots_seen.borrow_mut();
         slots.clear();
         each_entry(&self.maps.time_calls, |key, slot| {
             slots.insert(key, slot);
         });
+        slots.extend(handed.iter().map(|(key, slot)| (*key, *slot)));
         if slots.len() > FEW_KEYS {
             // Slots are taken from the bottom up (the free stack): read as
             // far as the highest in use, not the whole array.
@@ -185,6 +197,11 @@ impl Observer {
                 Some(ProcessEnd::from_repr(info.ended).unwrap_or(ProcessEnd::Running)),
             );
         });
+        // Handed at exit: ended, whatever the map holds of them.
+        let mut exits = self.exits.borrow_mut();
+        for process in exits.read_ring().names.keys() {
+            processes.insert(*process, Some(ProcessEnd::Exited));
+        }
         processes
     }
 
@@ -222,10 +239,15 @@ impl Observer {
     /// is returned, to be tried again; the rest is gone for good.
     pub fn forget(&mut self, retired: &Retired) -> Retired {
         let mut left = Retired::default();
-        let (freed, failed) = self.free_time_call_slots(&retired.keys);
+        // What the exit program took out of the maps only needs its slots back.
+        let exits = &mut self.exits.get_mut().handed;
+        let (handed_slots, keys) = exits.take_keys(&retired.keys);
+        let (handed_processes, processes) = exits.take_processes(&retired.processes);
+        let (freed, failed) = self.free_time_call_slots(&keys, handed_slots);
         left.keys = failed;
         let mut deleted = KeysCreated {
             time_calls: freed,
+            processes: handed_processes,
             ..KeysCreated::default()
         };
         let (batched, rest) = delete_batch(self.maps.vdso_calls.map(), &retired.vdso_keys);
@@ -240,7 +262,7 @@ impl Observer {
                 }
             }
         }
-        let (batched, rest) = delete_batch(self.maps.processes.map(), &retired.processes);
+        let (batched, rest) = delete_batch(self.maps.processes.map(), &processes);
         deleted.processes += batched.count as u64;
         for process in rest {
             match deleted_or_absent(self.maps.processes.remove(process)) {
@@ -252,18 +274,28 @@ impl Observer {
                 }
             }
         }
+        if handed_processes > 0 {
+            log::debug!(
+                "forgot {handed_processes} processes the kernel handed at exit ({} slots given back in all)",
+                deleted.time_calls
+            );
+        }
         self.deleted.time_calls += deleted.time_calls;
         self.deleted.vdso_calls += deleted.vdso_calls;
         self.deleted.processes += deleted.processes;
         left
     }
 
-    /// Deletes time-call keys and gives their slots back, zeroed: after the
-    /// generation moved on, so no CPU's recent key still points at one. The
-    /// keys belong to processes that are gone: no call races the recycling.
-    /// Returns how many were freed and the keys that could not be deleted.
-    fn free_time_call_slots(&mut self, keys: &[CallKey]) -> (u64, Vec<CallKey>) {
-        let mut freed = Vec::new();
+    /// Deletes time-call keys and gives their slots back, zeroed, with the
+    /// slots of keys the exit program deleted (`freed`): after the generation
+    /// moved on, so no CPU's recent key still points at one. The keys belong
+    /// to processes that are gone: no call races the recycling. Returns how
+    /// many were freed and the keys that could not be deleted.
+    fn free_time_call_slots(
+        &mut self,
+        keys: &[CallKey],
+        mut freed: Vec<u32>,
+    ) -> (u64, Vec<CallKey>) {
         let mut failed = Vec::new();
         let keys = if keys.len() > FEW_KEYS {
             // Their slots as the snapshot before read them (a key's slot does

@@ -2,7 +2,7 @@
 //! offsets read from it, privileges and kernel
 //! floors; the object and its maps (`object`), attaching (`attach`), the
 //! observer that holds them (`observer`), reading and forgetting
-//! (`map_reads`, `free_slots`), the programs' wake-up to drain (`drain_wakeup`), and exact
+//! (`map_reads`, `free_slots`, and the exits the kernel handed: `handed_exits`), the programs' wake-up to drain (`drain_wakeup`), and exact
 //! counting's links (`exact_links`).
 
 pub mod attach;
@@ -11,6 +11,7 @@ pub mod btf_offsets;
 mod drain_wakeup;
 mod exact_links;
 mod free_slots;
+mod handed_exits;
 mod map_batch;
 mod map_reads;
 pub mod object;

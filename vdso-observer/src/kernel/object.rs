@@ -13,10 +13,11 @@ use aya::{
 use vdso_observer_common::{
     CGROUP_PATHS_MAP, COARSE_CODE_MAP, CallKey, CgroupPath, DRAIN_TRIGGER_MAP, DRAIN_WAKEUP_MAP,
     EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP,
-    OBSERVER_STATS_MAP, OFFSET_SAMPLED_TGID_MAP, PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo,
-    ProcessKey, ProgramConfig, SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, SlotRun,
-    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
-    VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
+    OBSERVER_STATS_MAP, OFFSET_SAMPLED_TGID_MAP, PROCESS_EXIT_BYTES_PER_ENTRY, PROCESS_EXITS_MAP,
+    PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig,
+    SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, SlotRun, TIME_CALL_COUNTS_MAP,
+    TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO32_FUNCTIONS_GLOBAL,
+    VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -94,6 +95,8 @@ pub struct Maps {
     pub drain_trigger: Array<MapData, u64>,
     /// Taken by the session, which sleeps on it (None once taken).
     pub drain_wakeup: Option<RingBuf<MapData>>,
+    /// Taken by the observer, which reads it at each snapshot (None once taken).
+    pub process_exits: Option<RingBuf<MapData>>,
 }
 
 impl Maps {
@@ -122,6 +125,7 @@ impl Maps {
             offset_sampled_tgid: take(ebpf, OFFSET_SAMPLED_TGID_MAP)?,
             drain_trigger: take(ebpf, DRAIN_TRIGGER_MAP)?,
             drain_wakeup: Some(take(ebpf, DRAIN_WAKEUP_MAP)?),
+            process_exits: Some(take(ebpf, PROCESS_EXITS_MAP)?),
         })
     }
 
@@ -179,12 +183,40 @@ pub fn load(options: &LoadOptions, tables: &VdsoTables) -> Result<(Ebpf, Maps, A
         .map_max_entries(FREE_TIME_CALL_SLOTS_MAP, options.time_call_entries)
         .map_max_entries(PROCESSES_MAP, options.process_entries)
         .map_max_entries(VDSO_CALLS_MAP, options.vdso_call_entries)
+        .map_max_entries(PROCESS_EXITS_MAP, exit_ring_bytes(options.process_entries))
         .load(EBPF_OBJECT)
         .map_err(|err| explain_load_error(anyhow!(err)))
         .context("loading the eBPF object (maps and programs)")?;
     let mut maps = Maps::take(&mut ebpf)?;
     maps.fill_free_slots(options.time_call_entries)?;
     Ok((ebpf, maps, targets))
+}
+
+/// Sets the exit ring's size in bytes (rounded up to a power of two of
+/// pages): a ring of one page fills at once, and what exits then goes the
+/// drain's way (marked, deleted from user space) — for tests of that way.
+pub const EXIT_RING_BYTES_ENV: &str = "VDSO_OBSERVER_EXIT_RING_BYTES";
+
+/// The exit ring's size: a power of two of pages (the kernel's rule), room
+/// for a record per two entries of the process map, so the drain, which
+/// comes before the maps are half full, finds it half empty.
+fn exit_ring_bytes(process_entries: u32) -> u32 {
+    // SAFETY: sysconf only reads.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .unwrap_or(4096)
+        .max(4096);
+    let asked = std::env::var(EXIT_RING_BYTES_ENV)
+        .ok()
+        .and_then(|bytes| bytes.trim().parse::<u32>().ok());
+    ring_bytes(asked, process_entries, page)
+}
+
+fn ring_bytes(asked: Option<u32>, process_entries: u32, page: u32) -> u32 {
+    asked
+        .unwrap_or_else(|| process_entries.saturating_mul(PROCESS_EXIT_BYTES_PER_ENTRY))
+        .max(page)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
 /// The kernel types tp_btf and fentry programs attach to, by id, in a table
@@ -268,5 +300,22 @@ pub fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
         )
     } else {
         err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_bytes;
+
+    #[test]
+    fn the_exit_ring_is_a_power_of_two_of_pages() {
+        // The default map: 16 384 entries, 1 MiB (8 192 records of 128 bytes).
+        assert_eq!(ring_bytes(None, 16_384, 4096), 1 << 20);
+        assert_eq!(ring_bytes(None, 1_000, 4096), 1 << 16);
+        assert_eq!(ring_bytes(None, 1, 4096), 4096);
+        assert_eq!(ring_bytes(None, 1, 65_536), 65_536);
+        assert_eq!(ring_bytes(Some(5_000), 16_384, 4096), 8192);
+        assert_eq!(ring_bytes(Some(0), 16_384, 4096), 4096);
+        assert_eq!(ring_bytes(None, u32::MAX, 4096), 1 << 31);
     }
 }

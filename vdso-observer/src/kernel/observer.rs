@@ -15,6 +15,7 @@ use super::{
         KprobeJudge, attach_sampler_probe, attach_time_calls, attach_tracepoint_probes,
         enable_run_stats,
     },
+    handed_exits::HandedExits,
     object::{self, LoadOptions, Maps, VdsoTables},
 };
 use crate::model::{AttachMode, KeysCreated, ProbeStatus, ProgramRuns, RunStats};
@@ -36,6 +37,8 @@ pub struct Observer {
     /// Each time-call key's slot as the last snapshot read it: what a drain
     /// that follows needs to give the slots back, without reading again.
     pub(super) slots_seen: std::cell::RefCell<crate::model::KeyMap<CallKey, u32>>,
+    /// Processes the exit program took out of the maps, until retired.
+    pub(super) exits: std::cell::RefCell<HandedExits>,
     /// Slots the programs could not give back, as last said in the log.
     pub(super) stranded_said: std::cell::Cell<u64>,
     /// Where time syscalls are counted (what `auto` chose).
@@ -55,7 +58,12 @@ impl Observer {
         tables: &VdsoTables,
         judge: &mut dyn KprobeJudge,
     ) -> Result<Observer> {
-        let (mut ebpf, maps, targets) = object::load(&options, tables)?;
+        let (mut ebpf, mut maps, targets) = object::load(&options, tables)?;
+        let exits = HandedExits::new(
+            maps.process_exits
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("the exit ring was taken twice"))?,
+        );
         let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logs) => Some(logs),
             Err(err) => {
@@ -97,6 +105,7 @@ impl Observer {
             exact_loaded: false,
             deleted: KeysCreated::default(),
             slots_seen: Default::default(),
+            exits: exits.into(),
             stranded_said: Default::default(),
         })
     }
