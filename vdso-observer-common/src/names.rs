@@ -9,8 +9,8 @@ pub const TIME_CALLS_MAP: &str = "TIME_CALLS";
 /// Per-CPU array of `u64` counters, one per slot of [`TIME_CALLS_MAP`].
 pub const TIME_CALL_COUNTS_MAP: &str = "TIME_CALL_COUNTS";
 /// Stack of the free slots of [`TIME_CALL_COUNTS_MAP`], in [`SlotRun`]s:
-/// user space fills it at load and gives slots back (zeroed) when it forgets
-/// their keys.
+/// user space fills it at load and gives slots back when it forgets their
+/// keys (not zeroed: it counts a new key from the slot's last total).
 pub const FREE_TIME_CALL_SLOTS_MAP: &str = "FREE_TIME_CALL_SLOTS";
 /// Per-CPU [`RecentTimeCall`]: the key this CPU counted last and its slot.
 pub const RECENT_TIME_CALL_MAP: &str = "RECENT_TIME_CALL";

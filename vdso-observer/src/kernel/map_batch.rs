@@ -155,7 +155,9 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<Deleted, (io::Error, 
     Ok(deleted)
 }
 
-/// Sets every key of an array to `value` on every CPU (a per-CPU array).
+/// Sets every key of an array to `value` on every CPU (a per-CPU array): the
+/// tests' way to fill one (slots given back are no longer zeroed).
+#[cfg(test)]
 pub fn set_per_cpu<V: Pod>(
     map: &MapData,
     keys: &[u32],

@@ -1,16 +1,13 @@
 //! Reading the maps (counters, names and lifetimes, self-statistics, recorded
-//! cgroups) and forgetting what is gone: keys deleted, time-call slots zeroed
-//! and handed back to the programs.
+//! cgroups) and forgetting what is gone: keys deleted, time-call slots
+//! handed back to the programs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Pod,
-    maps::{
-        HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuHashMap, PerCpuValues,
-        RingBuf,
-    },
+    maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuHashMap, RingBuf},
 };
 use vdso_observer_common::{
     CallKey, DRAIN_TRIGGER_MAP, DrainTrigger, FREE_TIME_CALL_SLOTS_MAP, OBSERVER_STATS_MAP,
@@ -113,25 +110,35 @@ impl Observer {
             );
             match batched {
                 Ok(()) => {
+                    let mut starts = self.slot_totals.borrow_mut();
                     return Ok(slots
                         .iter()
-                        .map(|(key, slot)| (*key, totals.get(*slot as usize).copied().unwrap_or(0)))
+                        .map(|(key, &slot)| {
+                            let total = totals.get(slot as usize).copied().unwrap_or(0);
+                            (*key, starts.count(slot, total))
+                        })
                         .collect());
                 }
                 Err(err) => log::debug!("{TIME_CALL_COUNTS_MAP} in batches: {err}; slot by slot"),
             }
         }
         let mut calls = KeyMap::with_capacity_and_hasher(slots.len(), Default::default());
+        let mut starts = self.slot_totals.borrow_mut();
         for (&key, &slot) in slots.iter() {
-            // A key deleted between listing and lookup is simply gone.
-            let per_cpu = self
-                .maps
-                .time_call_counts
-                .get(&slot, 0)
-                .with_context(|| format!("reading {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
-            calls.insert(key, per_cpu.iter().sum());
+            calls.insert(key, starts.count(slot, self.slot_total(slot)?));
         }
         Ok(calls)
+    }
+
+    /// One slot's per-CPU counts, summed.
+    fn slot_total(&self, slot: u32) -> Result<u64> {
+        Ok(self
+            .maps
+            .time_call_counts
+            .get(&slot, 0)
+            .with_context(|| format!("reading {TIME_CALL_COUNTS_MAP}[{slot}]"))?
+            .iter()
+            .sum())
     }
 
     /// Every self-statistic, summed over the CPUs: one batch read (a drain
@@ -286,7 +293,7 @@ impl Observer {
         left
     }
 
-    /// Deletes time-call keys and gives their slots back, zeroed, with the
+    /// Deletes time-call keys and gives their slots back, with the
     /// slots of keys the exit program deleted (`freed`): after the generation
     /// moved on, so no CPU's recent key still points at one. The keys belong
     /// to processes that are gone: no call races the recycling. Returns how
@@ -325,7 +332,7 @@ impl Observer {
             let done = found.len() - left.len();
             // Only the slots of keys this deletion removed: a key already
             // gone had its slot freed then, and it may be another key's now
-            // (zeroed and queued twice, it would wipe that key's counts and
+            // (given back twice, it would restart that key's count and
             // be handed to two keys).
             freed.extend(
                 slots[..done]
@@ -352,7 +359,16 @@ impl Observer {
                 }
             };
             match deleted_or_absent(self.maps.time_calls.remove(key)) {
-                Ok(true) => freed.push(slot),
+                Ok(true) => {
+                    // Not in the last read: its final total, for the next key's start.
+                    match self.slot_total(slot) {
+                        Ok(total) => {
+                            self.slot_totals.get_mut().count(slot, total);
+                        }
+                        Err(err) => log::debug!("{err:#}: the slot's next key may count high"),
+                    }
+                    freed.push(slot)
+                }
                 Ok(false) => {}
                 Err(_) => failed.push(*key),
             }
@@ -382,19 +398,10 @@ impl Observer {
             .slot_generation
             .set(0, next, 0)
             .with_context(|| format!("advancing {SLOT_GENERATION_MAP}"))?;
-        let zeroed = match map_batch::set_per_cpu(self.maps.time_call_counts.map(), freed, 0u64) {
-            Ok(()) => freed.len(),
-            Err((err, done)) => {
-                log::debug!("zeroing {TIME_CALL_COUNTS_MAP} in batches: {err}; slot by slot");
-                done
-            }
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
-        for &slot in &freed[zeroed..] {
-            self.maps
-                .time_call_counts
-                .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)
-                .with_context(|| format!("zeroing {TIME_CALL_COUNTS_MAP}[{slot}]"))?;
+        // Not zeroed: the next key counts from the slot's last total.
+        let starts = self.slot_totals.get_mut();
+        for &slot in freed.iter() {
+            starts.given_back(slot);
         }
         let pushes = free_slots::give_back(&mut self.maps.free_time_call_slots, freed)?;
         log::debug!(

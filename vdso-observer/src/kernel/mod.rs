@@ -2,7 +2,8 @@
 //! offsets read from it, privileges and kernel
 //! floors; the object and its maps (`object`), attaching (`attach`), the
 //! observer that holds them (`observer`), reading and forgetting
-//! (`map_reads`, `free_slots`, and the exits the kernel handed: `handed_exits`), the programs' wake-up to drain (`drain_wakeup`), and exact
+//! (`map_reads`, `free_slots`, `slot_totals`, and the exits the kernel handed:
+//! `handed_exits`), the programs' wake-up to drain (`drain_wakeup`), and exact
 //! counting's links (`exact_links`).
 
 pub mod attach;
@@ -19,6 +20,7 @@ pub mod observer;
 pub mod privileges;
 mod sample_offsets;
 pub mod sample_rate;
+mod slot_totals;
 
 pub use attach::{KprobeJudge, KprobeTrial, KprobeVerdict};
 pub use drain_wakeup::DrainWakeup;

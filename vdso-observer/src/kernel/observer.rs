@@ -17,6 +17,7 @@ use super::{
     },
     handed_exits::HandedExits,
     object::{self, LoadOptions, Maps, VdsoTables},
+    slot_totals::SlotTotals,
 };
 use crate::model::{AttachMode, KeysCreated, ProbeStatus, ProgramRuns, RunStats};
 
@@ -37,6 +38,8 @@ pub struct Observer {
     /// Each time-call key's slot as the last snapshot read it: what a drain
     /// that follows needs to give the slots back, without reading again.
     pub(super) slots_seen: std::cell::RefCell<crate::model::KeyMap<CallKey, u32>>,
+    /// Where each slot's current key starts counting (slots are not zeroed).
+    pub(super) slot_totals: std::cell::RefCell<SlotTotals>,
     /// Processes the exit program took out of the maps, until retired.
     pub(super) exits: std::cell::RefCell<HandedExits>,
     /// Slots the programs could not give back, as last said in the log.
@@ -106,6 +109,7 @@ impl Observer {
             deleted: KeysCreated::default(),
             slots_seen: Default::default(),
             exits: exits.into(),
+            slot_totals: Default::default(),
             stranded_said: Default::default(),
         })
     }
