@@ -359,16 +359,15 @@ impl Observer {
                 }
             };
             match deleted_or_absent(self.maps.time_calls.remove(key)) {
-                Ok(true) => {
-                    // Not in the last read: its final total, for the next key's start.
-                    match self.slot_total(slot) {
-                        Ok(total) => {
-                            self.slot_totals.get_mut().count(slot, total);
-                        }
-                        Err(err) => log::debug!("{err:#}: the slot's next key may count high"),
+                // Its final total, read now: where the slot's next key starts.
+                Ok(true) => match self.slot_total(slot) {
+                    Ok(total) => {
+                        self.slot_totals.get_mut().count(slot, total);
+                        freed.push(slot);
                     }
-                    freed.push(slot)
-                }
+                    // Not given back rather than a next key counted high.
+                    Err(err) => log::warn!("{err:#}: time-call counter slot {slot} not reused"),
+                },
                 Ok(false) => {}
                 Err(_) => failed.push(*key),
             }
