@@ -74,6 +74,8 @@ families! {
         "Samples in vDSO code no time call claims (not even through a helper's return address): in no estimate.";
     UNNAMED_PROCESSES_TOTAL = "vdso_observer_unnamed_processes_total", Counter,
         "Processes whose name could not be stored because the name map was full.";
+    EXIT_HANDOFFS_TOTAL = "vdso_observer_exit_handoffs_total", Counter,
+        "Process exits by how their counts reached the observer: handed (the kernel's exit program took them out of the maps) or ring_full (no room in the exit ring: left for the drain, which costs more CPU; nothing is lost).";
     MAP_ENTRIES = "vdso_observer_map_entries", Gauge,
         "Entries in use in the kernel counter map.";
     MAP_CAPACITY = "vdso_observer_map_capacity", Gauge,

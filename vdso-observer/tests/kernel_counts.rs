@@ -441,15 +441,36 @@ fn short_processes_lose_nothing(batches: bool) {
         })
         .sum();
     let ring_full = stderr.contains("the exit ring was full");
+    // Every child's exit either handed or refused by a full ring, as the
+    // programs counted them (other exits of the machine may add to either).
+    let exits = report.observer.exit_handoffs;
+    eprintln!(
+        "{processes} processes: {} exits handed, {} found the ring full, {handed} forgotten as handed",
+        exits.handed, exits.ring_full
+    );
+    assert!(
+        exits.handed + exits.ring_full >= u64::from(processes),
+        "{exits:?} of {processes} exits"
+    );
     if batches {
-        // Every one forgotten before the window ended (as the slots below).
+        assert!(
+            exits.handed >= u64::from(processes),
+            "{exits:?} of {processes} exits: {drains:#?}"
+        );
+        assert_eq!(exits.ring_full, 0, "the default ring filled: {drains:#?}");
+        assert!(!ring_full, "the default ring filled: {drains:#?}");
+        // Every one forgotten before the window ended but those still in the
+        // maps' room at its end (as the slots below).
         assert!(
             handed + 16_384 >= u64::from(processes),
-            "{handed} of {processes} exits handed: {drains:#?}"
+            "{handed} of {processes} exits forgotten as handed: {drains:#?}"
         );
-        assert!(!ring_full, "the default ring filled: {drains:#?}");
     } else {
         assert!(ring_full, "a one-page ring never filled");
+        assert!(
+            exits.ring_full * 2 > u64::from(processes),
+            "{exits:?} of {processes} exits through a one-page ring"
+        );
         assert!(
             handed * 2 < u64::from(processes),
             "{handed} of {processes} exits handed through a one-page ring"

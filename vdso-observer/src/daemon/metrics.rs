@@ -25,8 +25,8 @@ use self::{
 use super::config::SeriesLimits;
 use crate::metric_families as families;
 use crate::model::{
-    ClockEventKind, ClocksourceState, ObserverStats, ProbeStatus, ProcessReport, ProgramRuns,
-    Report, RunStats, VdsoCapability, VsyscallMode,
+    ClockEventKind, ClocksourceState, ExitHandoffs, ObserverStats, ProbeStatus, ProcessReport,
+    ProgramRuns, Report, RunStats, VdsoCapability, VsyscallMode,
 };
 
 mod exposition;
@@ -42,6 +42,7 @@ pub struct Exporter {
     containers: BTreeMap<ContainerLabels, GroupSeries>,
     processes: BTreeMap<ProcessKey, ProcessSeries>,
     lost: ObserverStats,
+    exit_handoffs: ExitHandoffs,
     processes_not_tracked: u64,
     pub collections: u64,
     pub last_collection_seconds: f64,
@@ -172,6 +173,9 @@ impl Exporter {
         self.lost.read_failed += lost.read_failed;
         self.lost.vdso_calls_map_full += lost.vdso_calls_map_full;
         self.lost.vdso_samples_unattributed += lost.vdso_samples_unattributed;
+        let exits = report.observer.exit_handoffs;
+        self.exit_handoffs.handed += exits.handed;
+        self.exit_handoffs.ring_full += exits.ring_full;
     }
 
     fn add_to_comm(&mut self, process: &ProcessReport, limits: &SeriesLimits, now: Instant) {
@@ -350,6 +354,12 @@ impl Exporter {
         out.sample(&[], self.lost.vdso_samples_unattributed as f64);
         out.family(&families::UNNAMED_PROCESSES_TOTAL);
         out.sample(&[], self.lost.processes_map_full as f64);
+        out.family(&families::EXIT_HANDOFFS_TOTAL);
+        out.sample(&[("result", "handed")], self.exit_handoffs.handed as f64);
+        out.sample(
+            &[("result", "ring_full")],
+            self.exit_handoffs.ring_full as f64,
+        );
         out.family(&families::MAP_ENTRIES);
         out.sample(&[("map", "time_calls")], facts.map_entries as f64);
         out.family(&families::MAP_CAPACITY);

@@ -83,15 +83,11 @@ impl<'a> KprobeTrial<'a> {
         if self.floor.is_some() {
             return Ok(());
         }
-        let prog: &mut RawTracePoint = program(self.ebpf, EMPTY_SYS_ENTER_PROGRAM)?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(verifier_error)
-                .with_context(|| format!("loading program {EMPTY_SYS_ENTER_PROGRAM}"))?;
-        }
-        self.floor = Some(prog.attach(SYS_ENTER_TRACEPOINT).with_context(|| {
-            format!("attaching {EMPTY_SYS_ENTER_PROGRAM} to raw tracepoint {SYS_ENTER_TRACEPOINT}")
-        })?);
+        self.floor = Some(attach_raw_tracepoint(
+            self.ebpf,
+            EMPTY_SYS_ENTER_PROGRAM,
+            SYS_ENTER_TRACEPOINT,
+        )?);
         Ok(())
     }
 
@@ -418,7 +414,7 @@ pub fn attach_tracepoint_probes(ebpf: &mut Ebpf) -> Vec<ProbeStatus> {
         .into_iter()
         .chain(&TRACEPOINT_PROBES)
         .map(|probe| {
-            let attached = attach_raw_tracepoint(ebpf, probe.program, probe.tracepoint);
+            let attached = attach_raw_tracepoint(ebpf, probe.program, probe.tracepoint).map(drop);
             status_of(probe, attached)
         })
         .collect()

@@ -19,7 +19,7 @@ use super::{
     map_batch::{self, Values},
     observer::Observer,
 };
-use crate::model::{KeyMap, KeysCreated, MapSnapshot, ObserverStats, Retired};
+use crate::model::{ExitHandoffs, KeyMap, KeysCreated, MapSnapshot, ObserverStats, Retired};
 
 impl Observer {
     /// Reads every counter, name and self-statistic. Names (with the kernel's
@@ -74,29 +74,36 @@ impl Observer {
             vdso_calls_map_full: stats.get(ObserverStat::VdsoCallsMapFull),
             vdso_samples_unattributed: stats.get(ObserverStat::VdsoSampleUnattributed),
         };
+        snapshot.exit_handoffs = ExitHandoffs {
+            handed: stats.get(ObserverStat::ExitsHanded),
+            ring_full: stats.get(ObserverStat::ExitRingFull),
+        };
         snapshot.keys_created = stats.keys_created();
         snapshot.overflowed_keys = stats.get(ObserverStat::ProcessKeyCap);
         snapshot.programs = self.program_runs();
         Ok(snapshot)
     }
 
-    /// Every time-call counter: each key's slot (the map's, and those of the
-    /// keys handed at exit), then the slot's per-CPU counts (the whole slot
-    /// array in batches when many keys are live).
+    /// Every time-call counter: each key's slot (the map's, remembered for
+    /// the deletion, and those of the keys handed at exit, read where they
+    /// are kept), then the slot's per-CPU counts (the whole slot array in
+    /// batches when many keys are live).
     fn time_call_counts(&self, handed: &KeyMap<CallKey, u32>) -> Result<KeyMap<CallKey, u64>> {
         let mut slots = self.slots_seen.borrow_mut();
         slots.clear();
         each_entry(&self.maps.time_calls, |key, slot| {
             slots.insert(key, slot);
         });
-        slots.extend(handed.iter().map(|(key, slot)| (*key, *slot)));
-        if slots.len() > FEW_KEYS {
+        let every_key = || slots.iter().chain(handed.iter());
+        let keys = slots.len() + handed.len();
+        let mut calls = KeyMap::with_capacity_and_hasher(keys, Default::default());
+        if keys > FEW_KEYS {
             // Slots are taken from the bottom up (the free stack): read as
             // far as the highest in use, not the whole array.
-            let used = slots
-                .values()
+            let used = every_key()
+                .map(|(_, slot)| *slot)
                 .max()
-                .map_or(0, |highest| *highest as usize + 1);
+                .map_or(0, |highest| highest as usize + 1);
             let mut totals = vec![0u64; used];
             let batched = map_batch::lookup_first::<u32, u64>(
                 self.maps.time_call_counts.map(),
@@ -111,20 +118,17 @@ impl Observer {
             match batched {
                 Ok(()) => {
                     let mut starts = self.slot_totals.borrow_mut();
-                    return Ok(slots
-                        .iter()
-                        .map(|(key, &slot)| {
-                            let total = totals.get(slot as usize).copied().unwrap_or(0);
-                            (*key, starts.count(slot, total))
-                        })
-                        .collect());
+                    calls.extend(every_key().map(|(key, &slot)| {
+                        let total = totals.get(slot as usize).copied().unwrap_or(0);
+                        (*key, starts.count(slot, total))
+                    }));
+                    return Ok(calls);
                 }
                 Err(err) => log::debug!("{TIME_CALL_COUNTS_MAP} in batches: {err}; slot by slot"),
             }
         }
-        let mut calls = KeyMap::with_capacity_and_hasher(slots.len(), Default::default());
         let mut starts = self.slot_totals.borrow_mut();
-        for (&key, &slot) in slots.iter() {
+        for (&key, &slot) in every_key() {
             calls.insert(key, starts.count(slot, self.slot_total(slot)?));
         }
         Ok(calls)

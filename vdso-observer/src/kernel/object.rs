@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, Stack},
-    programs::{ProgramError, RawTracePoint},
+    programs::{ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use vdso_observer_common::{
     CGROUP_PATHS_MAP, COARSE_CODE_MAP, CallKey, CgroupPath, DRAIN_TRIGGER_MAP, DRAIN_WAKEUP_MAP,
@@ -268,15 +268,21 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
-/// Loads a raw tracepoint program and attaches it.
-pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, program_name: &str, tracepoint: &str) -> Result<()> {
+/// Loads a raw tracepoint program (once: a measurement attaches one many
+/// times) and attaches it: the link, to detach it by.
+pub fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    program_name: &str,
+    tracepoint: &str,
+) -> Result<RawTracePointLinkId> {
     let prog: &mut RawTracePoint = program(ebpf, program_name)?;
-    prog.load()
-        .map_err(|err| explain_load_error(verifier_error(err)))
-        .with_context(|| format!("loading program {program_name}"))?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|err| explain_load_error(verifier_error(err)))
+            .with_context(|| format!("loading program {program_name}"))?;
+    }
     prog.attach(tracepoint)
-        .with_context(|| format!("attaching {program_name} to raw tracepoint {tracepoint}"))?;
-    Ok(())
+        .with_context(|| format!("attaching {program_name} to raw tracepoint {tracepoint}"))
 }
 
 /// Keeps the verifier log, which is what a developer needs when a load fails.

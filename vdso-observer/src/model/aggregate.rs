@@ -17,7 +17,7 @@ use super::{
     KeyMap,
     comm::display_comm,
     costs::{PathCosts, VdsoCosts},
-    observer::{AttachMode, MapSnapshot, ObserverStats, ProbeStatus, RunStats},
+    observer::{AttachMode, ExitHandoffs, MapSnapshot, ObserverStats, ProbeStatus, RunStats},
     report::*,
 };
 
@@ -59,6 +59,7 @@ pub struct Aggregator {
     previous: KeyMap<CallKey, u64>,
     previous_vdso: KeyMap<VdsoKey, u64>,
     previous_stats: ObserverStats,
+    previous_exit_handoffs: ExitHandoffs,
     /// Names already resolved, for processes whose name entry was lost.
     names: KeyMap<ProcessKey, Identity>,
     /// Per-process calls lost (`ProcessInfo::lost`) at the end of the previous window.
@@ -153,6 +154,7 @@ impl Aggregator {
         self.previous = snapshot.calls.clone();
         self.previous_vdso = snapshot.vdso.clone();
         self.previous_stats = snapshot.stats;
+        self.previous_exit_handoffs = snapshot.exit_handoffs;
     }
 
     /// New costs (after a clocksource change), from the next window on.
@@ -268,6 +270,8 @@ impl Aggregator {
             ),
         };
         self.previous_stats = snapshot.stats;
+        let exit_handoffs = snapshot.exit_handoffs.since(self.previous_exit_handoffs);
+        self.previous_exit_handoffs = snapshot.exit_handoffs;
         self.previous = snapshot.calls.clone();
         self.previous_vdso = snapshot.vdso.clone();
         self.previous_lost = snapshot
@@ -291,6 +295,7 @@ impl Aggregator {
                 attach_mode: health.attach_mode,
                 probes: health.probes,
                 lost,
+                exit_handoffs,
                 time_call_keys: snapshot.calls.len(),
                 time_call_capacity: health.time_call_capacity,
                 vdso_sample_period_ns: self.estimator.as_ref().map(|e| e.sample_period_ns),

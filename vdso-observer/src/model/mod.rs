@@ -27,8 +27,8 @@ pub use aggregate::{
 pub use container::{Container, ContainerNames, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};
 pub use observer::{
-    AttachMode, KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns, RunStats,
-    VdsoCheck,
+    AttachMode, ExitHandoffs, KeysCreated, MapSnapshot, ObserverStats, ProbeStatus, ProgramRuns,
+    RunStats, VdsoCheck,
 };
 pub use reason::FallbackReason;
 pub use report::{CallCount, ProcessReport, Report, SystemReport, Thresholds, VdsoFunction};

@@ -105,6 +105,25 @@ pub struct ObserverStats {
     pub vdso_samples_unattributed: u64,
 }
 
+/// How exits reached user space: handed by the kernel's exit program (its
+/// keys and entry already gone, no syscall each), or left in the maps for the
+/// drain because the exit ring was full (nothing lost, more CPU).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitHandoffs {
+    pub handed: u64,
+    pub ring_full: u64,
+}
+
+impl ExitHandoffs {
+    /// What happened since `before` (a counter the kernel never lowers).
+    pub fn since(self, before: ExitHandoffs) -> ExitHandoffs {
+        ExitHandoffs {
+            handed: self.handed.saturating_sub(before.handed),
+            ring_full: self.ring_full.saturating_sub(before.ring_full),
+        }
+    }
+}
+
 /// Everything read from the maps at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct MapSnapshot {
@@ -117,6 +136,8 @@ pub struct MapSnapshot {
     /// Cumulative vDSO samples or exact hits per key.
     pub vdso: KeyMap<VdsoKey, u64>,
     pub stats: ObserverStats,
+    /// Exits handed by the kernel, or not for a full ring, since load.
+    pub exit_handoffs: ExitHandoffs,
     /// Keys the programs ever created in each counter map (with the deletions
     /// user space made, how full the maps are).
     pub keys_created: KeysCreated,

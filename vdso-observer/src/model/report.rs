@@ -12,7 +12,9 @@ use super::{
     costs::PathCosts,
     costs::VdsoCosts,
     exact::ExactState,
-    observer::{AttachMode, ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck},
+    observer::{
+        AttachMode, ExitHandoffs, ObserverStats, ProbeStatus, ProgramRuns, RunStats, VdsoCheck,
+    },
     reason::FallbackReason,
     system::{ClockEvent, ClocksourceState, VsyscallMode},
 };
@@ -109,6 +111,9 @@ pub struct ObserverHealth {
     pub probes: Vec<ProbeStatus>,
     /// Counted in this window by the programs about themselves.
     pub lost: ObserverStats,
+    /// Exits in this window the kernel handed over, or could not (ring full).
+    #[serde(default)]
+    pub exit_handoffs: ExitHandoffs,
     /// Counters in use in the kernel map, and its capacity.
     pub time_call_keys: usize,
     pub time_call_capacity: u32,

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use serde_json::{Value, json};
 
+use vdso_observer_common::PROCESS_EXIT_PROGRAM;
+
 use super::{Bench, cpu_ticks, status_kb};
 
 const CALLS_EACH: u64 = 5;
@@ -24,7 +26,9 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
     let textfile = bench.dir.join("churn.prom");
     let _ = fs::remove_file(&textfile);
     let mut daemon = Command::new(&bench.observer)
-        .args(["daemon", "--interval", "5s", "--textfile"])
+        // --bpf-stats: what the exit program costs the exiting processes
+        // (its time falls on them, not on the daemon).
+        .args(["daemon", "--interval", "5s", "--bpf-stats", "--textfile"])
         .arg(&textfile)
         .stderr(Stdio::null())
         .spawn()
@@ -65,6 +69,20 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
         "comm=\"vt-bench\",call=\"clock_gettime\"",
     );
     let lost = sum(&metrics, "vdso_observer_lost_time_calls_total{", "");
+    // How the exits reached the daemon: handed by the kernel, or drained.
+    let handed = sum(
+        &metrics,
+        "vdso_observer_exit_handoffs_total{",
+        "result=\"handed\"",
+    );
+    let ring_full = sum(
+        &metrics,
+        "vdso_observer_exit_handoffs_total{",
+        "result=\"ring_full\"",
+    );
+    let program = format!("program=\"{PROCESS_EXIT_PROGRAM}\"");
+    let exit_runs = sum(&metrics, "vdso_observer_bpf_runs_total{", &program);
+    let exit_seconds = sum_f64(&metrics, "vdso_observer_bpf_run_seconds_total{", &program);
     let cpu_percent = (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0;
     Ok(json!({
         "processes": processes,
@@ -73,6 +91,10 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
         "true_calls": processes * CALLS_EACH,
         "counted_calls": counted,
         "lost_calls": lost,
+        "exits_handed": handed,
+        "exits_ring_full": ring_full,
+        "exit_program_runs": exit_runs,
+        "exit_program_ns_per_run": exit_seconds * 1e9 / exit_runs.max(1) as f64,
         "cpu_percent_of_one_core": cpu_percent,
         "goals_met": cpu_percent <= CPU_GOAL_PERCENT && lost == 0 && counted == processes * CALLS_EACH,
         "rss_mb": kb("VmRSS:") / 1024.0,
@@ -82,22 +104,30 @@ pub(super) fn run(bench: &Bench) -> Result<Value> {
 
 /// The sum of a metric family's samples whose labels contain `with`.
 fn sum(metrics: &str, family: &str, with: &str) -> u64 {
+    sum_f64(metrics, family, with) as u64
+}
+
+fn sum_f64(metrics: &str, family: &str, with: &str) -> f64 {
     metrics
         .lines()
         .filter(|line| line.starts_with(family) && line.contains(with))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .sum()
 }
 
 pub(super) fn render(churn: &Value) -> String {
     format!(
-        "\nchurn: {} processes in {:.0} s ({:.0}/s), {} of {} calls counted, {} lost; daemon {:.2}% of one core (goal <= {CPU_GOAL_PERCENT}% with every call counted: {}), RSS {:.1} MB (peak {:.1} MB)\n",
+        "\nchurn: {} processes in {:.0} s ({:.0}/s), {} of {} calls counted, {} lost, {} exits handed by the kernel ({} found the exit ring full; the exit program {:.0} ns a run, {} runs); daemon {:.2}% of one core (goal <= {CPU_GOAL_PERCENT}% with every call counted: {}), RSS {:.1} MB (peak {:.1} MB)\n",
         churn["processes"],
         churn["seconds"].as_f64().unwrap_or(0.0),
         churn["processes_per_sec"].as_f64().unwrap_or(0.0),
         churn["counted_calls"],
         churn["true_calls"],
         churn["lost_calls"],
+        churn["exits_handed"],
+        churn["exits_ring_full"],
+        churn["exit_program_ns_per_run"].as_f64().unwrap_or(0.0),
+        churn["exit_program_runs"],
         churn["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
         if churn["goals_met"] == true {
             "met"

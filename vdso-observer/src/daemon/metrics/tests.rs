@@ -450,3 +450,27 @@ fn a_container_named_late_keeps_one_series_and_its_count() {
         "{text}"
     );
 }
+
+#[test]
+fn exit_handoffs_add_up_across_windows() {
+    let limits = SeriesLimits::default();
+    let mut aggregator = Aggregator::new(None);
+    let mut exporter = Exporter::new();
+    let now = Instant::now();
+    for (handed, ring_full) in [(30, 0), (12, 5)] {
+        let mut report = report_of(&mut aggregator, &[], true);
+        report.observer.exit_handoffs = ExitHandoffs { handed, ring_full };
+        exporter.update(&report, &[], &limits, now);
+    }
+    let text = exporter.render(&facts());
+    let family = "vdso_observer_exit_handoffs_total";
+    assert_eq!(
+        sample_value(&text, &format!("{family}{{result=\"handed\"}}")),
+        Some(42.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample_value(&text, &format!("{family}{{result=\"ring_full\"}}")),
+        Some(5.0)
+    );
+}
