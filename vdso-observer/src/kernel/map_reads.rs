@@ -45,7 +45,6 @@ impl Observer {
             }
         });
         snapshot.calls = self.time_call_counts(&handed.keys)?;
-        drop(exits);
         each_per_cpu_sum(&self.maps.vdso_calls, |key, sum| {
             snapshot.vdso.insert(key, sum);
         });
@@ -59,13 +58,21 @@ impl Observer {
             .filter(|process| !snapshot.names.contains_key(process))
             .collect();
         for process in unnamed {
-            if let Ok(mut info) = self.maps.processes.get(&process, 0) {
+            let info = match self.maps.processes.get(&process, 0) {
+                Ok(info) => Some(info),
+                // Exited since: its entry is in the ring now (1 in ~10 000
+                // churning children went unnamed, "?", without this).
+                Err(_) => exits.read_ring().names.get(&process).copied(),
+            };
+            if let Some(mut info) = info {
                 // Its name only: an end marked now came after the counters
-                // were read (its last calls may not be in them).
+                // were read (its last calls may not be in them; the next
+                // snapshot has them, and the end).
                 info.ended = ProcessEnd::Running as u32;
                 snapshot.names.insert(process, info);
             }
         }
+        drop(exits);
         let stats = self.stats()?;
         snapshot.stats = ObserverStats {
             time_calls_map_full: stats.get(ObserverStat::TimeCallsMapFull),
