@@ -59,7 +59,6 @@ fn hand_over(process: &ProcessKey) -> bool {
         bump(ObserverStat::ExitRingFull);
         return false;
     };
-    info.ended = ProcessEnd::Exited as u32;
     for place in 0..HANDED_KEYS {
         if place < taken as usize
             && let Some(key_slot) = info.key_slots.get_mut(place)
@@ -69,11 +68,17 @@ fn hand_over(process: &ProcessKey) -> bool {
             key_slot.kept = 1;
         }
     }
-    record.write(ProcessExit {
+    let exit = record.write(ProcessExit {
         process: *process,
         info: *info,
     });
-    let _ = PROCESSES.remove(process);
+    // Ended in the record only: a snapshot never reads the map's entry as
+    // ended while the keys it reads next may still be there.
+    exit.info.ended = ProcessEnd::Exited as u32;
+    if PROCESSES.remove(process).is_err() {
+        // Left in the map: ended there too, so user space deletes it.
+        info.ended = ProcessEnd::Exited as u32;
+    }
     // User space reads the ring at its drains: no wake-up per exit.
     record.submit(BPF_RB_NO_WAKEUP.into());
     add_stat(ObserverStat::ExitsHanded);

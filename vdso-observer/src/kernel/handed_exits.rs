@@ -47,9 +47,9 @@ pub struct Handed {
     pub keys: KeyMap<CallKey, u32>,
     /// Each handed process's entry, marked exited.
     pub names: KeyMap<ProcessKey, ProcessInfo>,
-    /// Handed processes the map has an entry of again: a program counted for
-    /// one after its exit (nothing known does; it would hold a key that is
-    /// not handed). Their new entry is deleted when they are retired.
+    /// Handed processes the map still has an entry of: the exit program
+    /// could not delete it, or a program counted for one after its exit
+    /// (nothing known does). That entry is deleted when they are retired.
     recreated: std::collections::BTreeSet<ProcessKey>,
 }
 
