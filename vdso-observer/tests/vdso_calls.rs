@@ -388,11 +388,16 @@ fn coarse_clock_reads_are_priced_as_coarse_reads() {
         .iter()
         .find(|c| c.clock.as_deref() == Some("CLOCK_*_COARSE"))
         .unwrap_or_else(|| panic!("no coarse row: {row:#?}"));
-    // Most of its samples land in coarse-only code: 85-99% on a quiet machine
-    // here, 74.8% (451 of 603) in one CI run: what the calibration marks moves
-    // with load. The rest are priced as fine reads; the estimate below is the check.
+    // Many of its samples land in coarse-only code: 85-99% on a quiet machine
+    // here, 74.8% (451 of 603) and 44.9% (325 of 724) in two CI runs: what the
+    // calibration marks moves with load. Without the marking none would. The
+    // rest are priced as fine reads; the estimate below is the check.
     let samples: u64 = row.vdso_calls.iter().filter_map(|c| c.samples).sum();
-    assert!(coarse_row.samples.unwrap() * 2 > samples, "{row:#?}");
+    assert!(
+        coarse_row.samples.unwrap() * 3 > samples,
+        "{} of {samples} samples in coarse-only code: {row:#?}",
+        coarse_row.samples.unwrap()
+    );
     let error = estimate_error(truth, &row, &report);
     eprintln!(
         "coarse hot loop: {truth} calls, estimated {:+.1}% (±{:.1}%), costs {coarse:?}",
