@@ -460,15 +460,8 @@ fn short_processes_lose_nothing(batches: bool) {
     let (parent, processes) = if batches {
         (run_workload(&workload, &["churn", "5", "30000"]), 30_000)
     } else {
-        let child = Command::new(&workload)
-            .args(["churnrate", "5", "1500", "12"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let started: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let (pid, out) = run_workload_output(&workload, &["churnrate", "5", "1500", "12"]);
+        let started: u32 = out.trim().parse().unwrap();
         assert!(
             started > 16_384,
             "{started} processes: the maps never had to be drained"

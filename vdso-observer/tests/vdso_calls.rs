@@ -358,23 +358,22 @@ fn default_sampling_estimates_a_hot_loop_within_half() {
     assert_eq!(quiet_row.kernel_share, Some(1.0));
 }
 
+/// Coarse reads cost 2-3 ns; priced as CLOCK_MONOTONIC reads they were
+/// -88%. What one costs in its own code moves from run to run of the same
+/// loop (0.9 or 1.6 ns here; see costs.rs), so three runs are priced and
+/// their mean error is checked.
 #[test]
 fn coarse_clock_reads_are_priced_as_coarse_reads() {
     require_root();
     let _serial = serial();
     let hot = build_workload("time_calls", "vt-est-coarse", &[]);
     let observer = ObserverRun::start(&[]);
-    let out = Command::new(&hot)
-        .args(["hotcoarse", "0", "3"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let truth: f64 = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut truths = Vec::new();
+    for _ in 0..3 {
+        let (pid, out) = run_workload_output(&hot, &["hotcoarse", "0", "1"]);
+        let truth: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
+        truths.push((pid, truth));
+    }
     let report = observer.finish();
     let coarse = report
         .observer
@@ -382,31 +381,85 @@ fn coarse_clock_reads_are_priced_as_coarse_reads() {
         .coarse
         .expect("coarse reads calibrated");
     assert!(coarse.marked_ns > 0.0 && coarse.samples >= 20, "{coarse:?}");
-    let row = rows_of_comm(&report, "vt-est-coarse").pop().expect("row");
-    let coarse_row = row
-        .vdso_calls
-        .iter()
-        .find(|c| c.clock.as_deref() == Some("CLOCK_*_COARSE"))
-        .unwrap_or_else(|| panic!("no coarse row: {row:#?}"));
-    // Many of its samples land in coarse-only code: 85-99% on a quiet machine
-    // here, 74.8% (451 of 603) and 44.9% (325 of 724) in two CI runs: what the
-    // calibration marks moves with load. Without the marking none would. The
-    // rest are priced as fine reads; the estimate below is the check.
-    let samples: u64 = row.vdso_calls.iter().filter_map(|c| c.samples).sum();
+    let rows = rows_of_comm(&report, "vt-est-coarse");
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let mut errors = Vec::new();
+    let (mut in_coarse_code, mut samples) = (0, 0);
+    for row in &rows {
+        let coarse_row = row
+            .vdso_calls
+            .iter()
+            .find(|c| c.clock.as_deref() == Some("CLOCK_*_COARSE"))
+            .unwrap_or_else(|| panic!("no coarse row: {row:#?}"));
+        in_coarse_code += coarse_row.samples.unwrap();
+        samples += row.vdso_calls.iter().filter_map(|c| c.samples).sum::<u64>();
+        let truth = truths
+            .iter()
+            .find(|(pid, _)| *pid == row.pid)
+            .map(|(_, truth)| *truth)
+            .unwrap_or_else(|| panic!("pid {} is none of the runs {truths:?}", row.pid));
+        let error = estimate_error(truth, row, &report);
+        eprintln!(
+            "coarse hot loop, pid {}: {truth} calls, estimated {:+.1}% (±{:.1}%)",
+            row.pid,
+            error * 100.0,
+            row.vdso_uncertainty.unwrap() * 100.0
+        );
+        errors.push(error);
+    }
+    // Many of their samples land in coarse-only code: 42-66% of a C loop's
+    // samples in clock_gettime here (perf, system-wide at 499 Hz). Without
+    // the marking none would. The rest are priced as fine reads; the estimate
+    // below is the check.
     assert!(
-        coarse_row.samples.unwrap() * 3 > samples,
-        "{} of {samples} samples in coarse-only code: {row:#?}",
-        coarse_row.samples.unwrap()
+        in_coarse_code * 4 > samples,
+        "{in_coarse_code} of {samples} samples in coarse-only code: {rows:#?}"
     );
-    let error = estimate_error(truth, &row, &report);
+    let mean = errors.iter().sum::<f64>() / errors.len() as f64;
     eprintln!(
-        "coarse hot loop: {truth} calls, estimated {:+.1}% (±{:.1}%), costs {coarse:?}",
-        error * 100.0,
-        row.vdso_uncertainty.unwrap() * 100.0
+        "coarse hot loops: mean error {:+.1}%, costs {coarse:?}",
+        mean * 100.0
     );
-    // Priced as CLOCK_MONOTONIC reads, these were -88%. A gross check: what a
-    // few-ns call's samples say depends on its caller (see costs.rs).
-    assert!(error.abs() <= 0.5, "{error}: {row:#?}");
+    // A gross check (priced as fine reads they were -88%): the calibration
+    // child is a Rust loop, and a test build (opt-level 2) shapes it unlike
+    // the release: -28% and -35% means here, where the release reads +2%.
+    assert!(mean.abs() <= 0.6, "{errors:?}: {rows:#?}");
+}
+
+/// A fine read never runs a coarse read's own code: none of its samples may
+/// be priced as coarse reads, each of which stands for 10-25 times the calls
+/// of a fine sample. Judged instruction by instruction, the calibration of
+/// a release build marked an entry or return instruction fine reads run in
+/// 18 of 25 starts, and 3 of 40 runs of a C loop read +15% to +31% by
+/// samples there (the unit tests of measure::coarse hold such a
+/// calibration). This test build's calibration did not show it in 4 runs.
+#[test]
+fn fine_reads_are_never_priced_as_coarse_reads() {
+    require_root();
+    let _serial = serial();
+    let hot = build_workload("time_calls", "vt-est-fine", &[]);
+    let observer = ObserverRun::start(&[]);
+    for _ in 0..3 {
+        let status = Command::new(&hot).args(["hot", "0", "1"]).status().unwrap();
+        assert!(status.success());
+    }
+    let report = observer.finish();
+    assert!(
+        report.observer.vdso_costs.coarse.is_some(),
+        "coarse reads calibrated"
+    );
+    let rows = rows_of_comm(&report, "vt-est-fine");
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    for row in &rows {
+        let samples: u64 = row.vdso_calls.iter().filter_map(|c| c.samples).sum();
+        assert!(samples >= 100, "too few samples to tell: {row:#?}");
+        assert!(
+            row.vdso_calls
+                .iter()
+                .all(|c| c.clock.as_deref() != Some("CLOCK_*_COARSE")),
+            "fine reads priced as coarse ones: {row:#?}"
+        );
+    }
 }
 
 /// time() takes a fraction of a ns as sampled: priced by the stopwatch
@@ -830,8 +883,7 @@ fn estimate_error(truth: f64, row: &ProcessReport, report: &Report) -> f64 {
 }
 
 /// The functions of a process's vDSO rows, each once: every row a time
-/// call, no "other" code priced. (A fine loop may have a few samples in the
-/// code calibration marked as coarse reads': a second clock_gettime row.)
+/// call, no "other" code priced.
 fn vdso_functions(row: &ProcessReport) -> Vec<&'static str> {
     let mut functions: Vec<&'static str> = row.vdso_calls.iter().map(|c| c.call.name()).collect();
     functions.sort();

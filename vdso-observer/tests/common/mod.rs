@@ -68,6 +68,24 @@ pub fn run_workload(binary: &Path, args: &[&str]) -> u32 {
     pid
 }
 
+/// Runs a workload to its end: its pid and what it printed (it must succeed).
+pub fn run_workload_output(binary: &Path, args: &[&str]) -> (u32, String) {
+    let child = Command::new(binary)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        binary.display(),
+        out.status
+    );
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A running `vdso-observer top` whose window stays open until [`finish`].
 pub struct ObserverRun {
     child: Child,
