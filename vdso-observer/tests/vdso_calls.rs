@@ -440,8 +440,7 @@ fn fine_reads_are_never_priced_as_coarse_reads() {
     let hot = build_workload("time_calls", "vt-est-fine", &[]);
     let observer = ObserverRun::start(&[]);
     for _ in 0..3 {
-        let status = Command::new(&hot).args(["hot", "0", "1"]).status().unwrap();
-        assert!(status.success());
+        run_workload(&hot, &["hot", "0", "1"]);
     }
     let report = observer.finish();
     assert!(
