@@ -14,11 +14,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Result, bail};
 use log::warn;
-use vdso_observer_common::{SyscallAbi, TimeCall, VdsoKey};
+use vdso_observer_common::{SyscallAbi, TimeCall};
 
 use super::calibration_child::{
-    ClockFn, GetcpuFn, GettimeofdayFn, LoopPlan, TimeFn, forget_pid, gettime_samples,
-    parse_loop_output, run_loop_child,
+    ChildRun, ClockFn, GetcpuFn, GettimeofdayFn, LoopPlan, Repeats, TimeFn, forget_pid,
+    gettime_samples, parse_loop_output, run_loop_child,
 };
 use crate::{
     host::{vdso_image::VdsoImage, vdso32::Vdso32Child},
@@ -129,8 +129,13 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
         sample_period_ns: observer.sample_period_ns(),
     };
     match run_child(observer, false) {
-        Ok((check, sampled)) => {
-            let fine_offsets = observer.take_sample_offsets().unwrap_or_default();
+        Ok(runs) => {
+            let check = runs.check();
+            let sampled = model
+                .sample_period_ns
+                .map(|period_ns| runs.priced(period_ns))
+                .unwrap_or_default();
+            let fine_offsets: Vec<(u32, u32)> = runs.offsets.into_iter().collect();
             if !check.vdso_capable() {
                 warn!(
                     "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {} of {} \
@@ -216,31 +221,85 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
 /// Measures again whether the vDSO answers clock_gettime here (after a
 /// clocksource change), with a short run of the child.
 pub fn recheck(observer: &mut Observer) -> Result<VdsoCheck> {
-    Ok(run_child(observer, true)?.0)
+    Ok(run_child(observer, true)?.check())
 }
+
+/// Fewer samples of clock_gettime than this say too little (±30% at 95%):
+/// the stopwatch then prices every call.
+const MIN_SAMPLES: u64 = 40;
 
 /// Both ends of the child protocol: runs `vdso-observer vdso-loop` (see
 /// [`run_loop`]), reads its `NAME CALLS` lines, and judges them against what the
 /// programs counted of it; then forgets the child, which nobody asked about.
-/// Returns the check and each call's cost as sampled.
-fn run_child(
-    observer: &mut Observer,
-    quick: bool,
-) -> Result<(VdsoCheck, BTreeMap<TimeCall, Sampled>)> {
-    /// Fewer samples of clock_gettime than this say too little (±30% at
-    /// 95%): the stopwatch then prices every call.
-    const MIN_SAMPLES: u64 = 40;
+/// A child the machine starved of CPU runs again, added up (see [`Repeats`]).
+/// Returns the runs added up.
+fn run_child(observer: &mut Observer, quick: bool) -> Result<FineRuns> {
     let plan = if quick {
         LoopPlan::Quick
     } else {
         LoopPlan::Full
     };
-    let (pid, out) = run_loop_child(observer, plan)?;
-    let calls = parse_loop_output(&out);
-    let snapshot = observer.snapshot()?;
-    let check = VdsoCheck {
-        calls: calls.get(&TimeCall::ClockGettime).copied().unwrap_or(0),
-        kernel_entries: snapshot
+    let period_ns = observer.sample_period_ns().filter(|_| !quick);
+    let mut repeats = Repeats::of(plan);
+    let mut runs = FineRuns::default();
+    loop {
+        let run = run_loop_child(observer, plan)?;
+        repeats.record(&run);
+        runs.add(observer, &run)?;
+        let Some(period_ns) = period_ns else { break };
+        let short = runs.shortfalls(period_ns);
+        if short.is_empty() {
+            break;
+        }
+        if !repeats.again() {
+            for (call, samples, calls) in short {
+                log::debug!(
+                    "{}: {samples} samples of {calls} calls, too few: priced by its stopwatch \
+                     ratio to clock_gettime",
+                    call.name()
+                );
+            }
+            break;
+        }
+        log::info!(
+            "the calibration child got {:.0}% of a CPU ({} runs): too few samples of {}, \
+             running it again",
+            repeats.cpu_share() * 100.0,
+            repeats.runs,
+            short[0].0.name()
+        );
+    }
+    if repeats.runs > 1 {
+        log::info!(
+            "calibrated from {} runs of the child, {:.0}% of a CPU (a busy machine or a CPU \
+             quota): start-up took that much longer",
+            repeats.runs,
+            repeats.cpu_share() * 100.0
+        );
+    }
+    Ok(runs)
+}
+
+/// The fine plan's runs added up: each function's calls and samples, the
+/// kernel entries of clock_gettime(CLOCK_MONOTONIC), and where the samples
+/// landed.
+#[derive(Default)]
+pub(super) struct FineRuns {
+    calls: BTreeMap<TimeCall, u64>,
+    samples: BTreeMap<TimeCall, u64>,
+    kernel_entries: u64,
+    pub offsets: BTreeMap<u32, u32>,
+}
+
+impl FineRuns {
+    /// Adds what the programs counted of one child, then forgets it.
+    fn add(&mut self, observer: &mut Observer, run: &ChildRun) -> Result<()> {
+        let pid = run.pid;
+        for (offset, count) in observer.take_sample_offsets()? {
+            *self.offsets.entry(offset).or_default() += count;
+        }
+        let snapshot = observer.snapshot()?;
+        self.kernel_entries += snapshot
             .calls
             .iter()
             .filter(|(key, _)| {
@@ -249,24 +308,46 @@ fn run_child(
                     && key.clock_id == libc::CLOCK_MONOTONIC
             })
             .map(|(_, count)| count)
-            .sum(),
-    };
-    let mine: Vec<(VdsoKey, u64)> = snapshot
-        .vdso
-        .iter()
-        .filter(|(key, _)| key.process.tgid == pid)
-        .map(|(key, count)| (*key, *count))
-        .collect();
-    let mut sampled = BTreeMap::new();
-    if let Some(period_ns) = observer.sample_period_ns()
-        && !quick
-    {
-        for (call, calls) in calls {
-            let samples: u64 = mine
+            .sum::<u64>();
+        for (call, calls) in parse_loop_output(&run.out) {
+            *self.calls.entry(call).or_default() += calls;
+            *self.samples.entry(call).or_default() += snapshot
+                .vdso
                 .iter()
-                .filter(|(key, _)| key.call == call as u8)
+                .filter(|(key, _)| key.process.tgid == pid && key.call == call as u8)
                 .map(|(_, count)| count)
-                .sum();
+                .sum::<u64>();
+        }
+        forget_pid(observer, &snapshot, pid)
+    }
+
+    fn check(&self) -> VdsoCheck {
+        VdsoCheck {
+            calls: self
+                .calls
+                .get(&TimeCall::ClockGettime)
+                .copied()
+                .unwrap_or(0),
+            kernel_entries: self.kernel_entries,
+        }
+    }
+
+    /// Calls made but sampled too little to be priced: (call, samples, calls).
+    fn shortfalls(&self, period_ns: u64) -> Vec<(TimeCall, u64, u64)> {
+        let priced = self.priced(period_ns);
+        self.calls
+            .iter()
+            .filter(|(call, calls)| **calls > 0 && !priced.contains_key(call))
+            .map(|(call, calls)| (*call, self.samples.get(call).copied().unwrap_or(0), *calls))
+            .collect()
+    }
+
+    /// Each call's cost as sampled, where its samples say enough; none
+    /// without clock_gettime's, the reference the others are checked by.
+    fn priced(&self, period_ns: u64) -> BTreeMap<TimeCall, Sampled> {
+        let mut sampled = BTreeMap::new();
+        for (&call, &calls) in &self.calls {
+            let samples = self.samples.get(&call).copied().unwrap_or(0);
             let enough = if call == TimeCall::ClockGettime {
                 MIN_SAMPLES
             } else {
@@ -281,21 +362,13 @@ fn run_child(
                         samples,
                     },
                 );
-            } else if calls > 0 {
-                log::debug!(
-                    "{}: {samples} samples of {calls} calls, too few: priced by its stopwatch \
-                     ratio to clock_gettime",
-                    call.name()
-                );
             }
         }
         if !sampled.contains_key(&TimeCall::ClockGettime) {
-            // Without the reference the others' figures are not trusted either.
             sampled.clear();
         }
+        sampled
     }
-    forget_pid(observer, &snapshot, pid)?;
-    Ok((check, sampled))
 }
 
 /// time()'s cost sampled from a loop of the second shape (see
@@ -304,19 +377,22 @@ fn time_call_site(observer: &mut Observer) -> Result<Option<Sampled>> {
     let Some(period_ns) = observer.sample_period_ns() else {
         return Ok(None);
     };
-    let (pid, out) = run_loop_child(observer, LoopPlan::TimeCallSite)?;
-    let calls = parse_loop_output(&out)
-        .get(&TimeCall::Time)
-        .copied()
-        .ok_or_else(|| anyhow::anyhow!("the time() child (pid {pid}) printed no count"))?;
-    let snapshot = observer.snapshot()?;
-    let samples: u64 = snapshot
-        .vdso
-        .iter()
-        .filter(|(key, _)| key.process.tgid == pid && key.call == TimeCall::Time as u8)
-        .map(|(_, count)| count)
-        .sum();
-    forget_pid(observer, &snapshot, pid)?;
+    let mut repeats = Repeats::of(LoopPlan::TimeCallSite);
+    let mut runs = FineRuns::default();
+    let (samples, calls) = loop {
+        let run = run_loop_child(observer, LoopPlan::TimeCallSite)?;
+        repeats.record(&run);
+        runs.add(observer, &run)?;
+        let (Some(&calls), Some(&samples)) = (
+            runs.calls.get(&TimeCall::Time),
+            runs.samples.get(&TimeCall::Time),
+        ) else {
+            bail!("the time() child (pid {}) printed no count", run.pid);
+        };
+        if samples >= MIN_OTHER_SAMPLES || !repeats.again() {
+            break (samples, calls);
+        }
+    };
     if samples < MIN_OTHER_SAMPLES || calls == 0 {
         log::debug!("time() from memory: {samples} samples of {calls} calls, too few");
         return Ok(None);
@@ -369,6 +445,7 @@ fn calibrate_i386(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn costs_are_measured_for_the_exported_functions() {
@@ -401,5 +478,67 @@ mod tests {
                 .get(&TimeCall::Gettimeofday),
             Some(&30)
         );
+    }
+
+    /// Runs added up price what one starved run could not: a tenth of a CPU
+    /// gave 37 samples of clock_gettime a run here.
+    #[test]
+    fn starved_runs_price_once_added_up() {
+        const PERIOD_NS: u64 = 2_004_008; // 499 Hz
+        let starved = |calls: u64, samples: u64, time: (u64, u64)| FineRuns {
+            calls: [(TimeCall::ClockGettime, calls), (TimeCall::Time, time.0)].into(),
+            samples: [(TimeCall::ClockGettime, samples), (TimeCall::Time, time.1)].into(),
+            ..FineRuns::default()
+        };
+        let one = starved(3_300_000, 37, (7_000_000, 6));
+        assert!(one.priced(PERIOD_NS).is_empty(), "under 40: the stopwatch");
+        assert_eq!(
+            one.shortfalls(PERIOD_NS),
+            vec![
+                (TimeCall::ClockGettime, 37, 3_300_000),
+                (TimeCall::Time, 6, 7_000_000)
+            ]
+        );
+        let mut two = starved(3_300_000, 37, (7_000_000, 6));
+        for (call, calls) in one.calls {
+            *two.calls.entry(call).or_default() += calls;
+        }
+        for (call, samples) in one.samples {
+            *two.samples.entry(call).or_default() += samples;
+        }
+        let priced = two.priced(PERIOD_NS);
+        let ns = priced[&TimeCall::ClockGettime].ns_per_call;
+        assert!((ns - 74.0 * 2_004_008.0 / 6_600_000.0).abs() < 1e-9, "{ns}");
+        assert_eq!(priced[&TimeCall::Time].samples, 12);
+        assert!(two.shortfalls(PERIOD_NS).is_empty());
+    }
+
+    /// A run that got its CPU is not run again, whatever it said; one that
+    /// got a tenth of it is, until the runs add up to most of one quiet run.
+    #[test]
+    fn only_runs_starved_of_cpu_run_again() {
+        let run = |ms: u64| ChildRun {
+            pid: 1,
+            out: String::new(),
+            cpu: Duration::from_millis(ms),
+        };
+        let mut quiet = Repeats::of(LoopPlan::Full);
+        quiet.record(&run(1_390));
+        assert!(!quiet.again());
+        let mut starved = Repeats::of(LoopPlan::Full);
+        starved.record(&run(140));
+        assert!(starved.again());
+        for _ in 0..6 {
+            starved.record(&run(140));
+        }
+        assert!(
+            starved.starved(),
+            "7 runs of a tenth: 0.98 s, under 3/4 of 1.4"
+        );
+        starved.record(&run(140));
+        assert!(!starved.starved(), "8 runs: 1.12 s");
+        let mut coarse = Repeats::of(LoopPlan::Coarse);
+        coarse.record(&run(50));
+        assert!(coarse.again());
     }
 }

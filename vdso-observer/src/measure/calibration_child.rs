@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     hint::black_box,
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -197,11 +197,21 @@ pub fn parse_loop_output(text: &str) -> BTreeMap<TimeCall, u64> {
         .collect()
 }
 
+/// One run of the calibration child.
+pub struct ChildRun {
+    pub pid: u32,
+    /// What it printed (`NAME CALLS` lines).
+    pub out: String,
+    /// The CPU time it got: its samples follow this, not the time it ran.
+    pub cpu: Duration,
+}
+
 /// Runs `vdso-observer vdso-loop` with `plan`, its samples counted by vDSO
-/// offset meanwhile (the histogram is left for the caller to take): its pid
-/// and what it printed.
-pub fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<(u32, String)> {
+/// offset meanwhile (the histogram is left for the caller to take).
+pub fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<ChildRun> {
     let exe = std::env::current_exe().context("finding the observer's own binary")?;
+    let cpu_before = children_cpu();
+    let started = Instant::now();
     let child = Command::new(&exe)
         .arg("vdso-loop")
         .args(match plan {
@@ -220,6 +230,14 @@ pub fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<(u32, S
     let out = child
         .wait_with_output()
         .context("waiting for the calibration child")?;
+    // The observer's children reaped meanwhile: this one (nothing else runs
+    // children while it calibrates).
+    let cpu = children_cpu().saturating_sub(cpu_before);
+    log::debug!(
+        "calibration child {pid} ({plan:?}): {} ms of CPU in {} ms",
+        cpu.as_millis(),
+        started.elapsed().as_millis()
+    );
     watching?;
     observer.stop_watching_sample_offsets()?;
     if !out.status.success() {
@@ -228,7 +246,88 @@ pub fn run_loop_child(observer: &mut Observer, plan: LoopPlan) -> Result<(u32, S
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok((pid, String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok(ChildRun {
+        pid,
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        cpu,
+    })
+}
+
+/// User and system time of the reaped children of the observer.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let time = |tv: libc::timeval| {
+        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Runs of one plan, added up while the machine starves them. A child's
+/// samples follow the CPU time it gets: with a tenth of a CPU (a busy
+/// machine, a CPU quota on the observer's cgroup or unit) one run of the
+/// fine plan got 37 samples of clock_gettime here, under the 40 a price
+/// needs, and the coarse plan a third of what it needs.
+pub struct Repeats {
+    /// The CPU time one run gets on a quiet machine (its loops' length).
+    plan: Duration,
+    /// Runs stop once this much time has gone by since the first began.
+    wall_limit: Duration,
+    started: Instant,
+    cpu: Duration,
+    pub runs: u32,
+}
+
+impl Repeats {
+    /// The fine plan's 1.4 s of loops, repeated for 8 s at most; the coarse
+    /// plan's 0.5 s for 4 s; the time() call site's 0.25 s for 2 s.
+    pub fn of(plan: LoopPlan) -> Repeats {
+        let (plan_ms, limit_ms) = match plan {
+            LoopPlan::Full => (LOOP_MS.iter().map(|(_, ms)| ms).sum(), 8_000),
+            LoopPlan::Quick => (100, 1_000),
+            LoopPlan::Coarse => (COARSE_LOOP_MS, 4_000),
+            LoopPlan::TimeCallSite => (TIME_CALL_SITE_MS, 2_000),
+        };
+        Repeats {
+            plan: Duration::from_millis(plan_ms),
+            wall_limit: Duration::from_millis(limit_ms),
+            started: Instant::now(),
+            cpu: Duration::ZERO,
+            runs: 0,
+        }
+    }
+
+    pub fn record(&mut self, run: &ChildRun) {
+        self.cpu += run.cpu;
+        self.runs += 1;
+    }
+
+    /// Whether a run that said too little is worth another: only while the
+    /// runs so far got under three quarters of the CPU time one run gets on
+    /// a quiet machine (there more runs would say no more), and within the
+    /// time limit.
+    pub fn again(&self) -> bool {
+        self.starved() && self.started.elapsed() < self.wall_limit
+    }
+
+    /// The runs got under three quarters of one quiet run's CPU time.
+    pub fn starved(&self) -> bool {
+        self.cpu.as_secs_f64() < self.plan.as_secs_f64() * 0.75
+    }
+
+    /// The share of a CPU the runs got, for the logs.
+    pub fn cpu_share(&self) -> f64 {
+        let wall = self.started.elapsed().as_secs_f64();
+        if wall > 0.0 {
+            self.cpu.as_secs_f64() / wall
+        } else {
+            0.0
+        }
+    }
 }
 
 /// The samples of `pid`'s clock_gettime calls in the image of `abi`.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use vdso_observer_common::{SyscallAbi, TimeCall};
 
 use super::calibration_child::{
-    COARSE_LINE, LoopPlan, forget_pid, gettime_samples, run_loop_child,
+    COARSE_LINE, LoopPlan, Repeats, forget_pid, gettime_samples, run_loop_child,
 };
 use crate::{host::vdso_image::VdsoImage, kernel::Observer, model::costs::CoarseCosts};
 
@@ -22,10 +22,6 @@ const MIN_SAMPLES: u64 = 20;
 /// samples can be thin (a fine read's return sampled at 1 in 5 of a coarse
 /// read's, per call, here), so the bar is high.
 const DOMINANCE: f64 = 20.0;
-/// A coarse child with fewer samples in clock_gettime than this ran on a
-/// busy machine (71-166, median 110, in 50 quiet runs here; its own code
-/// about 40% of them).
-const THIN_RUN_SAMPLES: u64 = 100;
 /// A stretch is judged only where, were the code shared, the fine child would
 /// have had this many samples there: fewer cannot tell shared from not.
 const MIN_EXPECTED_FINE: f64 = 3.0;
@@ -51,10 +47,13 @@ struct CoarseRun {
 }
 
 impl CoarseRun {
-    fn of_child(observer: &mut Observer) -> Result<CoarseRun> {
-        let (pid, out) = run_loop_child(observer, LoopPlan::Coarse)?;
+    fn of_child(observer: &mut Observer, repeats: &mut Repeats) -> Result<CoarseRun> {
+        let run = run_loop_child(observer, LoopPlan::Coarse)?;
+        repeats.record(&run);
+        let pid = run.pid;
         let offsets = observer.take_sample_offsets()?.into_iter().collect();
-        let calls = out
+        let calls = run
+            .out
             .lines()
             .find_map(|line| line.strip_prefix(COARSE_LINE)?.trim().parse().ok())
             .ok_or_else(|| anyhow!("the coarse calibration child (pid {pid}) printed no count"))?;
@@ -96,20 +95,36 @@ pub fn calibrate(
     fine: &FineOffsets,
     period_ns: u64,
 ) -> Result<Option<CoarseCosts>> {
-    let mut run = CoarseRun::of_child(observer)?;
+    let mut repeats = Repeats::of(LoopPlan::Coarse);
+    let mut run = CoarseRun::of_child(observer, &mut repeats)?;
     let mut judged = run.judge(image, fine, period_ns);
-    if judged.is_none() && run.samples < THIN_RUN_SAMPLES {
-        // The machine was busy: the child got a share of a CPU, and its own
-        // code a few samples (27-55 on a quiet machine here, a half or a
-        // third of that with both CPUs busy). One more run, added up.
+    // A child the machine starved of CPU (27-55 samples in its own code on a
+    // quiet machine here, a third of that with a tenth of a CPU) runs again,
+    // added up.
+    while judged.is_none() && repeats.again() {
         log::debug!(
-            "coarse clocks: {} samples in the calibration child, running it once more",
-            run.samples
+            "coarse clocks: {} samples in the calibration child ({:.0}% of a CPU), running it \
+             again",
+            run.samples,
+            repeats.cpu_share() * 100.0
         );
-        run.add(CoarseRun::of_child(observer)?);
+        run.add(CoarseRun::of_child(observer, &mut repeats)?);
         judged = run.judge(image, fine, period_ns);
     }
     let Some((costs, code)) = judged else {
+        if repeats.starved() {
+            // A coarse reader is then undercounted several times over.
+            log::warn!(
+                "coarse clocks are priced as fine reads, so their calls read several times too \
+                 few: the calibration child got {:.0}% of a CPU in {} runs ({} samples); give \
+                 the observer a CPU at start (no CPU quota under one CPU) or restart it when the \
+                 machine is quieter",
+                repeats.cpu_share() * 100.0,
+                repeats.runs,
+                run.samples
+            );
+            return Ok(None);
+        }
         log::info!(
             "coarse clocks are priced as fine reads: their calibration saw too few samples in \
              code of their own ({} offsets sampled, {} samples, {} calls)",

@@ -123,10 +123,12 @@ impl ObserverRun {
     pub fn spawn(mut command: Command) -> ObserverRun {
         let mut child = command.spawn().expect("start vdso-observer");
         let stderr_lines = forward_lines(child.stderr.take().unwrap());
+        // What it logs while it starts (calibration above all) is kept.
+        let mut stderr_seen = Vec::new();
         loop {
             match stderr_lines.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) if line.contains("observing every process") => break,
-                Ok(_) => continue,
+                Ok(line) => stderr_seen.push(line),
                 Err(_) => {
                     let _ = child.kill();
                     let out = child.wait_with_output().unwrap();
@@ -141,7 +143,7 @@ impl ObserverRun {
         ObserverRun {
             child,
             stderr_lines,
-            stderr_seen: Vec::new(),
+            stderr_seen,
         }
     }
 
@@ -511,10 +513,20 @@ impl TestCgroup {
 /// Runs `workload` to its end from inside the cgroup directory `dir` (it moves
 /// itself there before exec) and returns its pid.
 pub fn run_in_cgroup(dir: &std::path::Path, workload: &std::path::Path, args: &[&str]) -> u32 {
-    use std::os::unix::process::CommandExt as _;
-    let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap();
     let mut command = std::process::Command::new(workload);
     command.args(args);
+    enter_cgroup_on_exec(&mut command, dir);
+    let mut child = command.spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    pid
+}
+
+/// Has `command` move itself into the cgroup directory `dir` before it
+/// execs, so even its first instruction runs inside.
+pub fn enter_cgroup_on_exec(command: &mut Command, dir: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -527,10 +539,6 @@ pub fn run_in_cgroup(dir: &std::path::Path, workload: &std::path::Path, args: &[
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
-    let pid = child.id();
-    assert!(child.wait().unwrap().success());
-    pid
 }
 
 impl Drop for TestCgroup {
@@ -543,6 +551,75 @@ impl Drop for TestCgroup {
             }
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+/// A cgroup whose processes get at most a share of one CPU: the cpu
+/// controller's quota, where the machine has it (cgroup v1's `cpu`
+/// hierarchy on a hybrid host, else v2's `cpu.max`). Removed on drop, its
+/// processes moved out first.
+pub struct CpuQuota {
+    dir: PathBuf,
+    /// Where its processes go back to.
+    parent_procs: PathBuf,
+}
+
+impl CpuQuota {
+    pub fn create(name: &str, percent: u32) -> CpuQuota {
+        let period = 100_000;
+        let quota = period * percent / 100;
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|root| {
+                std::fs::read_to_string(root.join("cgroup.controllers"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+            });
+        let (parent, files): (PathBuf, Vec<(&str, String)>) =
+            if v1.join("cpu.cfs_quota_us").exists() {
+                (
+                    v1.to_path_buf(),
+                    vec![
+                        ("cpu.cfs_period_us", period.to_string()),
+                        ("cpu.cfs_quota_us", quota.to_string()),
+                    ],
+                )
+            } else {
+                let root =
+                    v2.expect("a cpu controller, in cgroup v1 or v2 (these machines have one)");
+                std::fs::write(root.join("cgroup.subtree_control"), "+cpu")
+                    .expect("enabling the cpu controller for the root's children");
+                (root, vec![("cpu.max", format!("{quota} {period}"))])
+            };
+        let dir = parent.join(name);
+        if !dir.exists() {
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+        for (file, value) in files {
+            std::fs::write(dir.join(file), &value)
+                .unwrap_or_else(|e| panic!("{}: {value}: {e}", dir.join(file).display()));
+        }
+        CpuQuota {
+            parent_procs: parent.join("cgroup.procs"),
+            dir,
+        }
+    }
+
+    /// Has `command` move itself into the cgroup before it execs.
+    pub fn enter_on_exec(&self, command: &mut Command) {
+        enter_cgroup_on_exec(command, &self.dir);
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in pids.lines() {
+                let _ = std::fs::write(&self.parent_procs, pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
