@@ -482,9 +482,10 @@ fn an_observer_with_a_tenth_of_a_cpu_still_calibrates_by_samples() {
         costs.calibration_samples,
         mean * 100.0
     );
-    // Gross, as in coarse_clock_reads_are_priced_as_coarse_reads (priced as
-    // fine reads: -88%).
-    assert!(mean.abs() <= 0.6, "{mean}: {report:#?}");
+    // Priced as fine reads they read -88%. One calibration prices all three
+    // loops, from fewer samples than on a free CPU (its stated interval is
+    // ±82-85% here): -41.5% to +1.3% in 5 runs.
+    assert!((-0.75..=1.0).contains(&mean), "{mean}: {report:#?}");
 }
 
 /// A fine read never runs a coarse read's own code: none of its samples may

@@ -17,6 +17,9 @@ use crate::{host::vdso_image::VdsoImage, kernel::Observer, model::costs::CoarseC
 
 /// Fewer coarse-only samples than this say too little (±30%).
 const MIN_SAMPLES: u64 = 20;
+/// What a quiet run gets at the least (27-55 in 50 runs here): a child the
+/// machine starved runs again until its runs have this many.
+const QUIET_RUN_SAMPLES: u64 = 30;
 /// Code is coarse-only where a coarse read spends this many times the time a
 /// fine read spends there, per call. In code both run the fine child's
 /// samples can be thin (a fine read's return sampled at 1 in 5 of a coarse
@@ -100,8 +103,13 @@ pub fn calibrate(
     let mut judged = run.judge(image, fine, period_ns);
     // A child the machine starved of CPU (27-55 samples in its own code on a
     // quiet machine here, a third of that with a tenth of a CPU) runs again,
-    // added up.
-    while judged.is_none() && repeats.again() {
+    // added up, until its own code has a quiet run's samples: at 20-25 the
+    // price alone is ±20%.
+    while judged
+        .as_ref()
+        .is_none_or(|(costs, _)| costs.samples < QUIET_RUN_SAMPLES)
+        && repeats.again()
+    {
         log::debug!(
             "coarse clocks: {} samples in the calibration child ({:.0}% of a CPU), running it \
              again",
