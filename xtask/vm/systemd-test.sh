@@ -20,6 +20,13 @@ metric() {
     printf '%s\n' "$lines" | awk 'NF { sum += $NF } END { printf "%d\n", sum }'
 }
 
+# Prints "reached" once the count `$2...` prints is at least $1.
+at_least() {
+    want=$1
+    shift
+    [ "$("$@")" -ge "$want" ] && echo reached
+}
+
 # Waits up to $1 seconds for the textfile to hold what `$2...` prints non-empty.
 wait_for() {
     seconds=$1
@@ -75,8 +82,13 @@ say CAPS "$(grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs):' /proc/$pid/stat
 w=$!
 wait $w
 say PID-DIRECT $w
-wait_for 30 sh -c "grep -F 'pid=\"$w\"' $prom | grep -F 'origin=\"direct\"'"
-say DIRECT "$(metric vdso_observer_process_kernel_time_calls_total "pid=\"$w\"" 'origin="direct"' 'call="clock_gettime"')"
+# A window's snapshot may fall while the workload runs (2005 of 3000 once):
+# the count is read once it reached what was made, and again a window later,
+# so one too many shows as well as one too few.
+direct() { metric vdso_observer_process_kernel_time_calls_total "pid=\"$w\"" 'origin="direct"' 'call="clock_gettime"'; }
+wait_for 30 at_least 3000 direct
+sleep 2.5
+say DIRECT "$(direct)"
 
 # 3. the clocksource the vDSO cannot read: hpet, switched at run time.
 echo hpet > $clocksource
@@ -86,8 +98,10 @@ sleep 3
 f=$!
 wait $f
 say PID-FALLBACK $f
-wait_for 30 sh -c "grep -F 'pid=\"$f\"' $prom | grep -F 'vdso_fallback'"
-say FALLBACK "$(metric vdso_observer_process_kernel_time_calls_total "pid=\"$f\"" 'origin="vdso_fallback"' 'reason="clocksource"')"
+fallback() { metric vdso_observer_process_kernel_time_calls_total "pid=\"$f\"" 'origin="vdso_fallback"' 'reason="clocksource"'; }
+wait_for 30 at_least 2000 fallback
+sleep 2.5
+say FALLBACK "$(fallback)"
 say KERNEL-LOG-READABLE "$(awk '/^vdso_observer_kernel_log_readable / { print $2 }' $prom)"
 say CLOCK-EVENTS "$(grep '^vdso_observer_clock_events_total' $prom | tr '\n' ' ')"
 say CLOCKSOURCE-VDSO-CAPABLE "$(awk '/^vdso_observer_clocksource_vdso_capable / { print $2 }' $prom)"
