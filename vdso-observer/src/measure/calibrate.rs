@@ -295,8 +295,15 @@ impl FineRuns {
     /// Adds what the programs counted of one child, then forgets it.
     fn add(&mut self, observer: &mut Observer, run: &ChildRun) -> Result<()> {
         let pid = run.pid;
-        for (offset, count) in observer.take_sample_offsets()? {
-            *self.offsets.entry(offset).or_default() += count;
+        // Only the coarse calibration needs them: without, it finds no code
+        // of coarse reads' own, and the rest still prices.
+        match observer.take_sample_offsets() {
+            Ok(offsets) => {
+                for (offset, count) in offsets {
+                    *self.offsets.entry(offset).or_default() += count;
+                }
+            }
+            Err(err) => log::debug!("reading the calibration child's samples by offset: {err:#}"),
         }
         let snapshot = observer.snapshot()?;
         self.kernel_entries += snapshot
