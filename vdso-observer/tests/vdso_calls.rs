@@ -463,7 +463,7 @@ fn an_observer_with_a_tenth_of_a_cpu_still_calibrates_by_samples() {
     let report = parse_report(stdout.trim()).unwrap_or_else(|err| panic!("{err}\n{stderr}"));
     // The starved case was built: the first fine run said too little.
     assert!(
-        stderr.contains("calibrated from") && stderr.contains("% of a CPU"),
+        stderr.contains("calibration ran its child") && stderr.contains("% of a CPU"),
         "the quota did not starve the calibration child: {stderr}"
     );
     let costs = &report.observer.vdso_costs;

@@ -18,7 +18,7 @@ use vdso_observer_common::{SyscallAbi, TimeCall};
 
 use super::calibration_child::{
     ChildRun, ClockFn, GetcpuFn, GettimeofdayFn, LoopPlan, Repeats, TimeFn, forget_pid,
-    gettime_samples, parse_loop_output, run_loop_child,
+    gettime_samples, parse_loop_output,
 };
 use crate::{
     host::{vdso_image::VdsoImage, vdso32::Vdso32Child},
@@ -240,42 +240,31 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<FineRuns> {
         LoopPlan::Full
     };
     let period_ns = observer.sample_period_ns().filter(|_| !quick);
-    let mut repeats = Repeats::of(plan);
     let mut runs = FineRuns::default();
-    loop {
-        let run = run_loop_child(observer, plan)?;
-        repeats.record(&run);
-        runs.add(observer, &run)?;
-        let Some(period_ns) = period_ns else { break };
+    Repeats::run_until(observer, plan, |observer, run| {
+        runs.add(observer, run)?;
+        // Without a sampler the runs count calls and kernel entries only,
+        // which a starved CPU does not thin out.
+        let Some(period_ns) = period_ns else {
+            return Ok(true);
+        };
         let short = runs.shortfalls(period_ns);
-        if short.is_empty() {
-            break;
+        if let Some((call, samples, calls)) = short.first() {
+            log::debug!(
+                "{}: {samples} samples of {calls} calls so far, too few to price it",
+                call.name()
+            );
         }
-        if !repeats.again() {
-            for (call, samples, calls) in short {
-                log::debug!(
-                    "{}: {samples} samples of {calls} calls, too few: priced by its stopwatch \
-                     ratio to clock_gettime",
-                    call.name()
-                );
-            }
-            break;
+        Ok(short.is_empty())
+    })?;
+    if let Some(period_ns) = period_ns {
+        for (call, samples, calls) in runs.shortfalls(period_ns) {
+            log::debug!(
+                "{}: {samples} samples of {calls} calls, too few: priced by its stopwatch ratio \
+                 to clock_gettime",
+                call.name()
+            );
         }
-        log::info!(
-            "the calibration child got {:.0}% of a CPU ({} runs): too few samples of {}, \
-             running it again",
-            repeats.cpu_share() * 100.0,
-            repeats.runs,
-            short[0].0.name()
-        );
-    }
-    if repeats.runs > 1 {
-        log::info!(
-            "calibrated from {} runs of the child, {:.0}% of a CPU (a busy machine or a CPU \
-             quota): start-up took that much longer",
-            repeats.runs,
-            repeats.cpu_share() * 100.0
-        );
     }
     Ok(runs)
 }
@@ -384,22 +373,16 @@ fn time_call_site(observer: &mut Observer) -> Result<Option<Sampled>> {
     let Some(period_ns) = observer.sample_period_ns() else {
         return Ok(None);
     };
-    let mut repeats = Repeats::of(LoopPlan::TimeCallSite);
     let mut runs = FineRuns::default();
-    let (samples, calls) = loop {
-        let run = run_loop_child(observer, LoopPlan::TimeCallSite)?;
-        repeats.record(&run);
-        runs.add(observer, &run)?;
-        let (Some(&calls), Some(&samples)) = (
-            runs.calls.get(&TimeCall::Time),
-            runs.samples.get(&TimeCall::Time),
-        ) else {
+    Repeats::run_until(observer, LoopPlan::TimeCallSite, |observer, run| {
+        runs.add(observer, run)?;
+        if !runs.calls.contains_key(&TimeCall::Time) {
             bail!("the time() child (pid {}) printed no count", run.pid);
-        };
-        if samples >= MIN_OTHER_SAMPLES || !repeats.again() {
-            break (samples, calls);
         }
-    };
+        Ok(runs.samples.get(&TimeCall::Time).copied().unwrap_or(0) >= MIN_OTHER_SAMPLES)
+    })?;
+    let calls = runs.calls.get(&TimeCall::Time).copied().unwrap_or(0);
+    let samples = runs.samples.get(&TimeCall::Time).copied().unwrap_or(0);
     if samples < MIN_OTHER_SAMPLES || calls == 0 {
         log::debug!("time() from memory: {samples} samples of {calls} calls, too few");
         return Ok(None);
@@ -452,7 +435,6 @@ fn calibrate_i386(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn costs_are_measured_for_the_exported_functions() {
@@ -518,34 +500,5 @@ mod tests {
         assert!((ns - 74.0 * 2_004_008.0 / 6_600_000.0).abs() < 1e-9, "{ns}");
         assert_eq!(priced[&TimeCall::Time].samples, 12);
         assert!(two.shortfalls(PERIOD_NS).is_empty());
-    }
-
-    /// A run that got its CPU is not run again, whatever it said; one that
-    /// got a tenth of it is, until the runs add up to most of one quiet run.
-    #[test]
-    fn only_runs_starved_of_cpu_run_again() {
-        let run = |ms: u64| ChildRun {
-            pid: 1,
-            out: String::new(),
-            cpu: Duration::from_millis(ms),
-        };
-        let mut quiet = Repeats::of(LoopPlan::Full);
-        quiet.record(&run(1_390));
-        assert!(!quiet.again());
-        let mut starved = Repeats::of(LoopPlan::Full);
-        starved.record(&run(140));
-        assert!(starved.again());
-        for _ in 0..6 {
-            starved.record(&run(140));
-        }
-        assert!(
-            starved.starved(),
-            "7 runs of a tenth: 0.98 s, under 3/4 of 1.4"
-        );
-        starved.record(&run(140));
-        assert!(!starved.starved(), "8 runs: 1.12 s");
-        let mut coarse = Repeats::of(LoopPlan::Coarse);
-        coarse.record(&run(50));
-        assert!(coarse.again());
     }
 }

@@ -57,6 +57,18 @@ pub enum LoopPlan {
     TimeCallSite,
 }
 
+impl LoopPlan {
+    /// For the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopPlan::Full => "fine",
+            LoopPlan::Quick => "quick",
+            LoopPlan::Coarse => "coarse",
+            LoopPlan::TimeCallSite => "time() call site",
+        }
+    }
+}
+
 /// The hidden `vdso-loop` subcommand, run as a child of the observer: calls
 /// each function of its plan through the vDSO for its time, and prints
 /// `NAME CALLS` lines. Functions the image lacks are left out.
@@ -274,7 +286,7 @@ fn children_cpu() -> Duration {
 /// needs, and the coarse plan a third of what it needs.
 pub struct Repeats {
     /// The CPU time one run gets on a quiet machine (its loops' length).
-    plan: Duration,
+    quiet_cpu: Duration,
     /// Runs stop once this much time has gone by since the first began.
     wall_limit: Duration,
     started: Instant,
@@ -284,16 +296,18 @@ pub struct Repeats {
 
 impl Repeats {
     /// The fine plan's 1.4 s of loops, repeated for 8 s at most; the coarse
-    /// plan's 0.5 s for 4 s; the time() call site's 0.25 s for 2 s.
-    pub fn of(plan: LoopPlan) -> Repeats {
+    /// plan's 0.5 s for 4 s; the time() call site's 0.25 s for 2 s. The
+    /// quick check is never repeated: it counts kernel entries, which a
+    /// starved CPU does not thin out.
+    fn of(plan: LoopPlan) -> Repeats {
         let (plan_ms, limit_ms) = match plan {
             LoopPlan::Full => (LOOP_MS.iter().map(|(_, ms)| ms).sum(), 8_000),
-            LoopPlan::Quick => (100, 1_000),
+            LoopPlan::Quick => (100, 0),
             LoopPlan::Coarse => (COARSE_LOOP_MS, 4_000),
             LoopPlan::TimeCallSite => (TIME_CALL_SITE_MS, 2_000),
         };
         Repeats {
-            plan: Duration::from_millis(plan_ms),
+            quiet_cpu: Duration::from_millis(plan_ms),
             wall_limit: Duration::from_millis(limit_ms),
             started: Instant::now(),
             cpu: Duration::ZERO,
@@ -301,7 +315,42 @@ impl Repeats {
         }
     }
 
-    pub fn record(&mut self, run: &ChildRun) {
+    /// Runs the child of `plan`, hands each run to `add` (which adds it up
+    /// and says whether the runs so far say enough), and runs it again while
+    /// they do not and [`Repeats::again`] allows. Returns the runs' account.
+    pub fn run_until(
+        observer: &mut Observer,
+        plan: LoopPlan,
+        mut add: impl FnMut(&mut Observer, &ChildRun) -> Result<bool>,
+    ) -> Result<Repeats> {
+        let mut repeats = Repeats::of(plan);
+        loop {
+            let run = run_loop_child(observer, plan)?;
+            repeats.record(&run);
+            if add(observer, &run)? || !repeats.again() {
+                break;
+            }
+            log::debug!(
+                "the {} calibration child got {:.0}% of a CPU in {} runs, too few samples: \
+                 running it again",
+                plan.name(),
+                repeats.cpu_share() * 100.0,
+                repeats.runs
+            );
+        }
+        if repeats.runs > 1 {
+            log::info!(
+                "the {} calibration ran its child {} times, {:.0}% of a CPU (a busy machine or a \
+                 CPU quota): start-up took that much longer",
+                plan.name(),
+                repeats.runs,
+                repeats.cpu_share() * 100.0
+            );
+        }
+        Ok(repeats)
+    }
+
+    fn record(&mut self, run: &ChildRun) {
         self.cpu += run.cpu;
         self.runs += 1;
     }
@@ -310,13 +359,13 @@ impl Repeats {
     /// runs so far got under three quarters of the CPU time one run gets on
     /// a quiet machine (there more runs would say no more), and within the
     /// time limit.
-    pub fn again(&self) -> bool {
+    fn again(&self) -> bool {
         self.starved() && self.started.elapsed() < self.wall_limit
     }
 
     /// The runs got under three quarters of one quiet run's CPU time.
     pub fn starved(&self) -> bool {
-        self.cpu.as_secs_f64() < self.plan.as_secs_f64() * 0.75
+        self.cpu.as_secs_f64() < self.quiet_cpu.as_secs_f64() * 0.75
     }
 
     /// The share of a CPU the runs got, for the logs.
@@ -391,4 +440,38 @@ pub fn forget_pid(observer: &mut Observer, snapshot: &MapSnapshot, pid: u32) -> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that got its CPU is not run again, whatever it said; one that
+    /// got a tenth of it is, until the runs add up to most of one quiet run.
+    #[test]
+    fn only_runs_starved_of_cpu_run_again() {
+        let run = |ms: u64| ChildRun {
+            pid: 1,
+            out: String::new(),
+            cpu: Duration::from_millis(ms),
+        };
+        let mut quiet = Repeats::of(LoopPlan::Full);
+        quiet.record(&run(1_390));
+        assert!(!quiet.again());
+        let mut starved = Repeats::of(LoopPlan::Full);
+        starved.record(&run(140));
+        assert!(starved.again());
+        for _ in 0..6 {
+            starved.record(&run(140));
+        }
+        assert!(
+            starved.starved(),
+            "7 runs of a tenth: 0.98 s, under 3/4 of 1.4"
+        );
+        starved.record(&run(140));
+        assert!(!starved.starved(), "8 runs: 1.12 s");
+        let mut coarse = Repeats::of(LoopPlan::Coarse);
+        coarse.record(&run(50));
+        assert!(coarse.again());
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use vdso_observer_common::{SyscallAbi, TimeCall};
 
 use super::calibration_child::{
-    COARSE_LINE, LoopPlan, Repeats, forget_pid, gettime_samples, run_loop_child,
+    COARSE_LINE, ChildRun, LoopPlan, Repeats, forget_pid, gettime_samples,
 };
 use crate::{host::vdso_image::VdsoImage, kernel::Observer, model::costs::CoarseCosts};
 
@@ -43,39 +43,29 @@ pub struct FineOffsets<'a> {
 
 /// A coarse child under the sampler, or several added up: its samples by
 /// offset, its samples in clock_gettime and the coarse reads it made.
-struct CoarseRun {
+#[derive(Default)]
+struct CoarseRuns {
     offsets: BTreeMap<u32, u32>,
     samples: u64,
     calls: u64,
 }
 
-impl CoarseRun {
-    fn of_child(observer: &mut Observer, repeats: &mut Repeats) -> Result<CoarseRun> {
-        let run = run_loop_child(observer, LoopPlan::Coarse)?;
-        repeats.record(&run);
+impl CoarseRuns {
+    /// Adds what the programs counted of one child, then forgets it.
+    fn add(&mut self, observer: &mut Observer, run: &ChildRun) -> Result<()> {
         let pid = run.pid;
-        let offsets = observer.take_sample_offsets()?.into_iter().collect();
-        let calls = run
+        let calls: u64 = run
             .out
             .lines()
             .find_map(|line| line.strip_prefix(COARSE_LINE)?.trim().parse().ok())
             .ok_or_else(|| anyhow!("the coarse calibration child (pid {pid}) printed no count"))?;
-        let snapshot = observer.snapshot()?;
-        let samples = gettime_samples(&snapshot, pid, SyscallAbi::NATIVE);
-        forget_pid(observer, &snapshot, pid)?;
-        Ok(CoarseRun {
-            offsets,
-            samples,
-            calls,
-        })
-    }
-
-    fn add(&mut self, other: CoarseRun) {
-        for (offset, count) in other.offsets {
+        for (offset, count) in observer.take_sample_offsets()? {
             *self.offsets.entry(offset).or_default() += count;
         }
-        self.samples += other.samples;
-        self.calls += other.calls;
+        let snapshot = observer.snapshot()?;
+        self.samples += gettime_samples(&snapshot, pid, SyscallAbi::NATIVE);
+        self.calls += calls;
+        forget_pid(observer, &snapshot, pid)
     }
 
     fn judge(
@@ -98,27 +88,19 @@ pub fn calibrate(
     fine: &FineOffsets,
     period_ns: u64,
 ) -> Result<Option<CoarseCosts>> {
-    let mut repeats = Repeats::of(LoopPlan::Coarse);
-    let mut run = CoarseRun::of_child(observer, &mut repeats)?;
-    let mut judged = run.judge(image, fine, period_ns);
+    let mut runs = CoarseRuns::default();
+    let mut judged = None;
     // A child the machine starved of CPU (27-55 samples in its own code on a
     // quiet machine here, a third of that with a tenth of a CPU) runs again,
     // added up, until its own code has a quiet run's samples: at 20-25 the
     // price alone is ±20%.
-    while judged
-        .as_ref()
-        .is_none_or(|(costs, _)| costs.samples < QUIET_RUN_SAMPLES)
-        && repeats.again()
-    {
-        log::debug!(
-            "coarse clocks: {} samples in the calibration child ({:.0}% of a CPU), running it \
-             again",
-            run.samples,
-            repeats.cpu_share() * 100.0
-        );
-        run.add(CoarseRun::of_child(observer, &mut repeats)?);
-        judged = run.judge(image, fine, period_ns);
-    }
+    let repeats = Repeats::run_until(observer, LoopPlan::Coarse, |observer, run| {
+        runs.add(observer, run)?;
+        judged = runs.judge(image, fine, period_ns);
+        Ok(judged
+            .as_ref()
+            .is_some_and(|(costs, _)| costs.samples >= QUIET_RUN_SAMPLES))
+    })?;
     let Some((costs, code)) = judged else {
         if repeats.starved() {
             // A coarse reader is then undercounted several times over.
@@ -129,16 +111,16 @@ pub fn calibrate(
                  machine is quieter",
                 repeats.cpu_share() * 100.0,
                 repeats.runs,
-                run.samples
+                runs.samples
             );
             return Ok(None);
         }
         log::info!(
             "coarse clocks are priced as fine reads: their calibration saw too few samples in \
              code of their own ({} offsets sampled, {} samples, {} calls)",
-            run.offsets.len(),
-            run.samples,
-            run.calls
+            runs.offsets.len(),
+            runs.samples,
+            runs.calls
         );
         return Ok(None);
     };
@@ -214,6 +196,17 @@ fn coarse_costs(
         })
         .max_by_key(|stretch| total(stretch))
         .unwrap_or_default();
+    // Where the samples fell moves from run to run (see `coarse_calls`): the
+    // debug log keeps both children's, from the first to the last coarse one.
+    let (first, last) = (
+        sampled.first().map_or(0, |s| s.0),
+        sampled.last().map_or(0, |s| s.0),
+    );
+    log::debug!(
+        "coarse clocks: the coarse child's samples in clock_gettime by offset {sampled:x?}, the \
+         fine child's {:x?}",
+        fine_samples.range(first..=last).collect::<Vec<_>>()
+    );
     let marked = total(own);
     if marked < MIN_SAMPLES {
         return None;
