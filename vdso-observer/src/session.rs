@@ -7,7 +7,9 @@
 use std::{collections::HashMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use vdso_observer_common::{Provenance, SyscallAbi, TimeCall, VDSO_SAMPLE_PROGRAM};
+use vdso_observer_common::{
+    CLOCK_COARSE_SAMPLED, NO_CLOCK, Provenance, SyscallAbi, TimeCall, VDSO_SAMPLE_PROGRAM, VdsoKey,
+};
 
 use crate::{
     host::{
@@ -558,16 +560,30 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
     let before = observer.vdso_counts().unwrap_or_default();
     std::thread::sleep(PROBE);
     let after = observer.vdso_counts().unwrap_or_default();
-    let mut rates: HashMap<u32, f64> = HashMap::new();
-    for (key, count) in after {
-        if key.provenance != Provenance::Sampled as u8 {
-            continue;
+    let sampled: Vec<(VdsoKey, u64)> = after
+        .into_iter()
+        .filter(|(key, _)| key.provenance == Provenance::Sampled as u8)
+        .map(|(key, count)| {
+            let samples = count.saturating_sub(before.get(&key).copied().unwrap_or(0));
+            (key, samples)
+        })
+        .collect();
+    // Each process's 64-bit clock_gettime samples outside coarse-only code:
+    // they bound its coarse reads (see `coarse_calls`).
+    let mut fine_samples: HashMap<u32, u64> = HashMap::new();
+    for (key, samples) in &sampled {
+        if key.clock_id == NO_CLOCK
+            && key.call == TimeCall::ClockGettime as u8
+            && key.abi == SyscallAbi::NATIVE as u8
+        {
+            *fine_samples.entry(key.process.tgid).or_default() += samples;
         }
-        let samples = count.saturating_sub(before.get(&key).copied().unwrap_or(0));
-        let calls = match estimator.coarse_calls(samples) {
-            Some((coarse, _)) if key.clock_id == vdso_observer_common::CLOCK_COARSE_SAMPLED => {
-                coarse
-            }
+    }
+    let mut rates: HashMap<u32, f64> = HashMap::new();
+    for (key, samples) in sampled {
+        let fine = fine_samples.get(&key.process.tgid).copied().unwrap_or(0);
+        let calls = match estimator.coarse_calls(samples, fine) {
+            Some((coarse, _)) if key.clock_id == CLOCK_COARSE_SAMPLED => coarse,
             _ => estimator.calls(
                 SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
                 TimeCall::from_repr(key.call),

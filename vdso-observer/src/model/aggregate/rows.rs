@@ -134,12 +134,21 @@ pub(super) fn add_vdso_calls(
             && key.call == TimeCall::ClockGettime as u8
             && key.abi == SyscallAbi::NATIVE as u8
     };
-    let coarse_samples: u64 = deltas
-        .iter()
-        .filter(|(key, _)| is_coarse(key))
-        .map(|(_, count)| count)
-        .sum();
-    let coarse = estimator.and_then(|e| e.coarse_calls(coarse_samples));
+    let is_fine = |key: &VdsoKey| {
+        key.provenance == Provenance::Sampled as u8
+            && key.clock_id == NO_CLOCK
+            && key.call == TimeCall::ClockGettime as u8
+            && key.abi == SyscallAbi::NATIVE as u8
+    };
+    let samples_where = |which: &dyn Fn(&VdsoKey) -> bool| -> u64 {
+        deltas
+            .iter()
+            .filter(|(key, _)| which(key))
+            .map(|(_, count)| count)
+            .sum()
+    };
+    let coarse_samples = samples_where(&is_coarse);
+    let coarse = estimator.and_then(|e| e.coarse_calls(coarse_samples, samples_where(&is_fine)));
     let mut rows = Vec::new();
     let mut samples_used = 0u64;
     let mut i386_sampled = false;
@@ -157,12 +166,9 @@ pub(super) fn add_vdso_calls(
             // call, image): samples and exact hits of one call add up.
             let Some(estimator) = estimator else { continue };
             let abi = SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE);
-            let fine_reads = key.clock_id == NO_CLOCK
-                && call == Some(TimeCall::ClockGettime)
-                && abi == SyscallAbi::NATIVE;
             let calls = match coarse {
                 Some((coarse_calls, _)) if is_coarse(&key) => coarse_calls,
-                Some((_, shared)) if fine_reads => {
+                Some((_, shared)) if is_fine(&key) => {
                     estimator.calls(abi, call, (count as f64 - shared).max(0.0))
                 }
                 _ => estimator.calls(abi, call, count as f64),

@@ -591,3 +591,38 @@ fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_one
     let plain = row.vdso_uncertainty.unwrap();
     assert!(plain > 1.96 * 0.15, "{plain}");
 }
+
+/// Where a coarse read's samples fall moves from run to run: a calibration
+/// that saw 0.5 ns a call in coarse-only code and 1.6 in shared code, and a
+/// program whose reads spent 1.1 and 1.1 there, read +120% priced by the
+/// coarse-only code alone. The whole call (2.1 and 2.2 ns) bounds them.
+#[test]
+fn coarse_reads_are_never_more_than_the_whole_call_buys() {
+    use crate::model::costs::CoarseCosts;
+    let mut costs = VdsoCosts::default();
+    costs.ns_per_call.insert(TimeCall::ClockGettime, 20.0);
+    costs.coarse = Some(CoarseCosts {
+        marked_ns: 0.5,
+        shared_ns: 1.6,
+        samples: 45,
+    });
+    let estimator = VdsoEstimator {
+        costs,
+        sample_period_ns: 2_000_000,
+    };
+    // 100 M reads at 1.1 + 1.1 ns: 55 samples in each code.
+    let (calls, shared) = estimator.coarse_calls(55, 55).unwrap();
+    let truth = 100e6;
+    assert!(
+        ((calls - truth) / truth).abs() < 0.06,
+        "{calls}: the whole call's price"
+    );
+    assert!(shared >= 55.0, "no fine reads left: {shared}");
+    // A program that reads as the calibration did is priced by its own code.
+    let (calls, _) = estimator.coarse_calls(25, 80).unwrap();
+    assert!((calls - 100e6).abs() < 1.0, "{calls}");
+    // And one with fine reads besides: the bound does not bind.
+    let (calls, shared) = estimator.coarse_calls(25, 80 + 400).unwrap();
+    assert!((calls - 100e6).abs() < 1.0, "{calls}");
+    assert!((shared - 80.0).abs() < 1e-9, "{shared}");
+}
