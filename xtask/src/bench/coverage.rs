@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use super::Bench;
+use super::{Bench, EstimateRun};
 
 const RUNS: usize = 40;
 
@@ -114,21 +114,18 @@ pub(super) fn run(bench: &Bench, runs: usize) -> Result<Value> {
         let current = fs::read_to_string(CLOCKSOURCE)?;
         for hz in fast_rates() {
             let fast = ["--sample-hz", hz.as_str()];
-            let mut errors = Vec::new();
-            let mut uncertainties = Vec::new();
+            let mut estimates = Vec::new();
             for _ in 0..runs {
-                let (truth, estimate, uncertainty) = bench.estimate_of(
+                estimates.push(bench.estimate_of(
                     &bench.workload,
                     "vt-bench",
                     2_000_000,
                     &fast,
                     &[UNBOUNDED],
-                )?;
-                errors.push((estimate - truth) / truth);
-                uncertainties.push(uncertainty);
+                )?);
             }
             eprintln!("bench: {} {hz} Hz: {runs} runs", current.trim());
-            let mut fast_cell = cell(current.trim(), "x86_64", &errors, &uncertainties);
+            let mut fast_cell = cell(current.trim(), "x86_64", &estimates);
             fast_cell["sample_hz"] = json!(hz);
             cells.push(fast_cell);
         }
@@ -166,15 +163,18 @@ fn call_cells(bench: &Bench, runs: usize) -> Result<Vec<Value>> {
         ("time()", ["time", time_calls, ""], Some(3e9)),
     ] {
         let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
-        let mut errors = Vec::new();
-        let mut uncertainties = Vec::new();
+        let mut estimates = Vec::new();
         for _ in 0..runs {
-            let (truth, estimate, uncertainty) =
-                bench.estimate_run(&bench.workload, "vt-bench", &args, calls, &[], &[])?;
-            errors.push((estimate - truth) / truth);
-            uncertainties.push(uncertainty);
+            estimates.push(bench.estimate_run(
+                &bench.workload,
+                "vt-bench",
+                &args,
+                calls,
+                &[],
+                &[],
+            )?);
         }
-        cells.push(cell(current.trim(), call, &errors, &uncertainties));
+        cells.push(cell(current.trim(), call, &estimates));
     }
     Ok(cells)
 }
@@ -196,13 +196,9 @@ fn default_cells(bench: &Bench, runs: usize, available: &str) -> Result<Vec<Valu
                 let _build = loaded
                     .then(|| BuildBeside::start(&bench.workload_source))
                     .transpose()?;
-                let mut errors = Vec::new();
-                let mut uncertainties = Vec::new();
+                let mut estimates = Vec::new();
                 for run in 0..runs {
-                    let (truth, estimate, uncertainty) =
-                        bench.estimate_of(workload, comm, 2_000_000, &[], &[])?;
-                    errors.push((estimate - truth) / truth);
-                    uncertainties.push(uncertainty);
+                    estimates.push(bench.estimate_of(workload, comm, 2_000_000, &[], &[])?);
                     if (run + 1) % 10 == 0 {
                         let beside = if loaded { ", a build beside" } else { "" };
                         eprintln!(
@@ -211,7 +207,7 @@ fn default_cells(bench: &Bench, runs: usize, available: &str) -> Result<Vec<Valu
                         );
                     }
                 }
-                figures.push(cell(clocksource, abi, &errors, &uncertainties));
+                figures.push(cell(clocksource, abi, &estimates));
             }
             let mut quiet = figures.remove(0);
             quiet["under_load"] = figures.remove(0);
@@ -221,17 +217,41 @@ fn default_cells(bench: &Bench, runs: usize, available: &str) -> Result<Vec<Valu
     Ok(cells)
 }
 
-/// The figures of one (clocksource, ABI) cell.
-fn cell(clocksource: &str, abi: &str, errors: &[f64], uncertainties: &[f64]) -> Value {
-    let mut sorted: Vec<f64> = errors.to_vec();
+/// The figures of one (clocksource, ABI) cell, and each run outside its
+/// interval with what it was made of.
+fn cell(clocksource: &str, abi: &str, runs: &[EstimateRun]) -> Value {
+    let errors: Vec<f64> = runs.iter().map(EstimateRun::error).collect();
+    let mut sorted = errors.clone();
     sorted.sort_by(f64::total_cmp);
-    let covered = errors
+    let median = |values: Vec<f64>| {
+        let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let covered = runs
         .iter()
-        .zip(uncertainties)
-        .filter(|(error, uncertainty)| error.abs() <= **uncertainty)
+        .filter(|run| run.error().abs() <= run.uncertainty)
         .count();
-    let mut stated = uncertainties.to_vec();
-    stated.sort_by(f64::total_cmp);
+    // What a run of this cell should sample: its calls at the cell's median
+    // price, per sample of the cell's median run.
+    let median_price = median(runs.iter().map(|r| r.price_ns).collect());
+    let median_calibrated = median(runs.iter().map(|r| r.calibrated_ns).collect());
+    let outside: Vec<Value> = runs
+        .iter()
+        .filter(|run| run.error().abs() > run.uncertainty)
+        .map(|run| {
+            let period_ns = run.price_ns * run.estimate / run.samples.max(1) as f64;
+            json!({
+                "error_percent": run.error() * 100.0,
+                "stated_percent": run.uncertainty * 100.0,
+                "samples": run.samples,
+                "samples_expected": run.truth * median_price / period_ns,
+                "price_ns": run.price_ns,
+                "calibrated_ns": run.calibrated_ns,
+                "calibration_samples": run.calibration_samples,
+            })
+        })
+        .collect();
     json!({
         "clocksource": clocksource,
         "abi": abi,
@@ -239,10 +259,36 @@ fn cell(clocksource: &str, abi: &str, errors: &[f64], uncertainties: &[f64]) -> 
         "median_error_percent": sorted[sorted.len() / 2] * 100.0,
         "worst_error_percent": sorted.iter().copied().fold(0.0f64, |w, e| if e.abs() > w.abs() { e } else { w }) * 100.0,
         "within_10_percent": errors.iter().filter(|e| e.abs() <= 0.10).count(),
-        "median_stated_uncertainty_percent": stated[stated.len() / 2] * 100.0,
+        "median_stated_uncertainty_percent": median(runs.iter().map(|r| r.uncertainty).collect()) * 100.0,
         "coverage_percent": covered as f64 / errors.len() as f64 * 100.0,
         "errors_percent": errors.iter().map(|e| (e * 1000.0).round() / 10.0).collect::<Vec<_>>(),
+        "samples": runs.iter().map(|r| r.samples).collect::<Vec<_>>(),
+        "median_price_ns": median_price,
+        "median_calibrated_ns": median_calibrated,
+        "outside": outside,
     })
+}
+
+/// A line per run outside its interval: whether its own samples or its
+/// calibration were off, against the cell's medians.
+fn outside_lines(cell: &Value, load: &str, out: &mut String) {
+    for run in cell["outside"].as_array().into_iter().flatten() {
+        let num = |key: &str| run[key].as_f64().unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "      outside{load}: {:+.1}% (stated ±{:.1}%): {} samples, {:.0} at the cell's \
+             median price; priced {:.2} ns a call (cell {:.2}), clock_gettime calibrated at \
+             {:.2} ns from {} samples (cell {:.2})\n",
+            num("error_percent"),
+            num("stated_percent"),
+            run["samples"],
+            num("samples_expected"),
+            num("price_ns"),
+            cell["median_price_ns"].as_f64().unwrap_or(f64::NAN),
+            num("calibrated_ns"),
+            run["calibration_samples"],
+            cell["median_calibrated_ns"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
 }
 
 pub(super) fn render(cells: &Value) -> String {
@@ -287,6 +333,10 @@ pub(super) fn render(cells: &Value) -> String {
             ));
         }
         out.push('\n');
+        outside_lines(cell, "", &mut out);
+        if loaded.is_object() {
+            outside_lines(loaded, " under load", &mut out);
+        }
     }
     out
 }
@@ -295,21 +345,49 @@ pub(super) fn render(cells: &Value) -> String {
 mod tests {
     use super::*;
 
+    fn run(error: f64, uncertainty: f64) -> EstimateRun {
+        let truth = 6e6;
+        let estimate = truth * (1.0 + error);
+        let samples = (60.0 * (1.0 + error)) as u64;
+        EstimateRun {
+            truth,
+            estimate,
+            uncertainty,
+            samples,
+            price_ns: samples as f64 * 2e6 / estimate,
+            calibrated_ns: 20.0,
+            calibration_samples: 70,
+        }
+    }
+
     #[test]
     fn coverage_counts_errors_inside_their_own_interval() {
         let cell = cell(
             "tsc",
             "x86_64",
-            &[0.01, -0.2, 0.05, -0.03],
-            &[0.1, 0.1, 0.04, 0.1],
+            &[
+                run(0.01, 0.1),
+                run(-0.2, 0.1),
+                run(0.05, 0.04),
+                run(-0.03, 0.1),
+            ],
         );
         assert_eq!(cell["coverage_percent"], 50.0);
         assert_eq!(cell["within_10_percent"], 3);
         assert!((cell["worst_error_percent"].as_f64().unwrap() + 20.0).abs() < 1e-9);
-        assert!(render(&json!([cell])).contains("50.0%"));
+        assert_eq!(cell["outside"].as_array().unwrap().len(), 2);
+        let rendered = render(&json!([cell]));
+        assert!(rendered.contains("50.0%"), "{rendered}");
+        // The −20% run sampled 48 where the cell's price expects ~60: its
+        // own samples, not its calibration, were off.
+        assert!(
+            rendered.contains("outside: -20.0% (stated ±10.0%): 48 samples, 60 at"),
+            "{rendered}"
+        );
         let mut quiet = cell.clone();
-        quiet["under_load"] = super::cell("tsc", "x86_64", &[-0.9, 0.01], &[0.3, 0.3]);
+        quiet["under_load"] = super::cell("tsc", "x86_64", &[run(-0.9, 0.3), run(0.01, 0.3)]);
         let line = render(&json!([quiet]));
         assert!(line.contains("-90.0%") && line.contains("50.0%"), "{line}");
+        assert!(line.contains("outside under load: -90.0%"), "{line}");
     }
 }

@@ -516,12 +516,12 @@ impl Bench {
     }
 
     fn estimate(&self, rate: u64) -> Result<(f64, f64)> {
-        let (truth, estimate, _) = self.estimate_of(&self.workload, "vt-bench", rate, &[], &[])?;
-        Ok((truth, estimate))
+        let run = self.estimate_of(&self.workload, "vt-bench", rate, &[], &[])?;
+        Ok((run.truth, run.estimate))
     }
 
     /// `workload hot RATE 3` under a fresh observer (with `extra` options):
-    /// (calls made, calls estimated, stated 95% half-width) of its row `comm`.
+    /// what it made and what its row `comm` estimated.
     fn estimate_of(
         &self,
         workload: &Path,
@@ -529,7 +529,7 @@ impl Bench {
         rate: u64,
         extra: &[&str],
         env: &[(&str, &str)],
-    ) -> Result<(f64, f64, f64)> {
+    ) -> Result<EstimateRun> {
         self.estimate_run(
             workload,
             comm,
@@ -540,9 +540,8 @@ impl Bench {
         )
     }
 
-    /// The workload run with `args` inside one window: (truth, estimate,
-    /// stated uncertainty); the truth is `calls`, else the first number the
-    /// workload printed.
+    /// The workload run with `args` inside one window; the truth is `calls`,
+    /// else the first number the workload printed.
     fn estimate_run(
         &self,
         workload: &Path,
@@ -551,7 +550,7 @@ impl Bench {
         calls: Option<f64>,
         extra: &[&str],
         env: &[(&str, &str)],
-    ) -> Result<(f64, f64, f64)> {
+    ) -> Result<EstimateRun> {
         let (report, out) = self.observe_with(extra, env, || {
             let out = Command::new(workload).args(args).output()?;
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -570,8 +569,26 @@ impl Bench {
             .find(|r| r.comm == comm)
             .ok_or_else(|| anyhow!("no row for {comm}"))?;
         let estimate = row.vdso_calls_per_sec.unwrap_or(0.0) * report.window_seconds;
-        let uncertainty = row.vdso_uncertainty.unwrap_or(0.0);
-        Ok((truth, estimate, uncertainty))
+        let samples: u64 = row.vdso_calls.iter().filter_map(|c| c.samples).sum();
+        let period_ns = report.observer.vdso_sample_period_ns.unwrap_or(0) as f64;
+        let costs = &report.observer.vdso_costs;
+        Ok(EstimateRun {
+            truth,
+            estimate,
+            uncertainty: row.vdso_uncertainty.unwrap_or(0.0),
+            samples,
+            price_ns: if estimate > 0.0 {
+                samples as f64 * period_ns / estimate
+            } else {
+                f64::NAN
+            },
+            calibrated_ns: costs
+                .ns_per_call
+                .get(&TimeCall::ClockGettime)
+                .copied()
+                .unwrap_or(f64::NAN),
+            calibration_samples: costs.calibration_samples,
+        })
     }
 
     /// Runs `work` inside one `top --once --json` window.
@@ -606,6 +623,32 @@ impl Bench {
         let report = report::parse_report(String::from_utf8_lossy(&out.stdout).trim())
             .context("top --once --json")?;
         Ok((report, result?))
+    }
+}
+
+/// One run of a workload under a fresh observer: what it made, what the
+/// observer estimated and how, so that a run outside its interval can be told
+/// apart: too many or too few samples of the workload, or a calibration off.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EstimateRun {
+    /// Calls the workload made.
+    truth: f64,
+    estimate: f64,
+    /// The stated 95% half-width, relative.
+    uncertainty: f64,
+    /// The workload's samples in the vDSO.
+    samples: u64,
+    /// What one call was priced at, all calls of the row together
+    /// (samples × period / estimate).
+    price_ns: f64,
+    /// clock_gettime's calibrated cost, and the samples behind it.
+    calibrated_ns: f64,
+    calibration_samples: u64,
+}
+
+impl EstimateRun {
+    fn error(&self) -> f64 {
+        (self.estimate - self.truth) / self.truth
     }
 }
 
