@@ -240,12 +240,11 @@ fn cell(clocksource: &str, abi: &str, runs: &[EstimateRun]) -> Value {
         .iter()
         .filter(|run| run.error().abs() > run.uncertainty)
         .map(|run| {
-            let period_ns = run.price_ns * run.estimate / run.samples.max(1) as f64;
             json!({
                 "error_percent": run.error() * 100.0,
                 "stated_percent": run.uncertainty * 100.0,
                 "samples": run.samples,
-                "samples_expected": run.truth * median_price / period_ns,
+                "samples_expected": run.truth * median_price / run.period_ns,
                 "price_ns": run.price_ns,
                 "calibrated_ns": run.calibrated_ns,
                 "calibration_samples": run.calibration_samples,
@@ -272,7 +271,16 @@ fn cell(clocksource: &str, abi: &str, runs: &[EstimateRun]) -> Value {
 /// A line per run outside its interval: whether its own samples or its
 /// calibration were off, against the cell's medians.
 fn outside_lines(cell: &Value, load: &str, out: &mut String) {
-    for run in cell["outside"].as_array().into_iter().flatten() {
+    // The first few tell which kind of miss a cell has; the JSON has all.
+    const SHOWN: usize = 5;
+    let outside = cell["outside"].as_array().map_or(&[][..], Vec::as_slice);
+    if outside.len() > SHOWN {
+        out.push_str(&format!(
+            "      {} runs outside{load}, the first {SHOWN}:\n",
+            outside.len()
+        ));
+    }
+    for run in outside.iter().take(SHOWN) {
         let num = |key: &str| run[key].as_f64().unwrap_or(f64::NAN);
         out.push_str(&format!(
             "      outside{load}: {:+.1}% (stated ±{:.1}%): {} samples, {:.0} at the cell's \
@@ -354,6 +362,7 @@ mod tests {
             estimate,
             uncertainty,
             samples,
+            period_ns: 2e6,
             price_ns: samples as f64 * 2e6 / estimate,
             calibrated_ns: 20.0,
             calibration_samples: 70,
@@ -389,5 +398,28 @@ mod tests {
         let line = render(&json!([quiet]));
         assert!(line.contains("-90.0%") && line.contains("50.0%"), "{line}");
         assert!(line.contains("outside under load: -90.0%"), "{line}");
+    }
+
+    /// A cell of many misses shows the first few; a run with no samples
+    /// still says what it should have had.
+    #[test]
+    fn many_misses_are_cut_and_empty_runs_say_what_was_expected() {
+        let mut runs = vec![run(0.0, 0.2); 3];
+        runs.extend(vec![run(-0.5, 0.1); 7]);
+        let mut empty = run(0.0, 0.0);
+        empty.estimate = 0.0;
+        empty.samples = 0;
+        empty.price_ns = f64::NAN;
+        runs.push(empty);
+        let rendered = render(&json!([cell("tsc", "x86_64", &runs)]));
+        assert!(
+            rendered.contains("8 runs outside, the first 5:"),
+            "{rendered}"
+        );
+        assert_eq!(rendered.matches("outside: ").count(), 5, "{rendered}");
+        let all = cell("tsc", "x86_64", &runs);
+        let last = &all["outside"].as_array().unwrap()[7];
+        assert_eq!(last["samples"], 0);
+        assert!(last["samples_expected"].as_f64().unwrap() > 50.0, "{last}");
     }
 }

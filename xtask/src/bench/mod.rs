@@ -577,6 +577,7 @@ impl Bench {
             estimate,
             uncertainty: row.vdso_uncertainty.unwrap_or(0.0),
             samples,
+            period_ns,
             price_ns: if estimate > 0.0 {
                 samples as f64 * period_ns / estimate
             } else {
@@ -636,8 +637,9 @@ pub(super) struct EstimateRun {
     estimate: f64,
     /// The stated 95% half-width, relative.
     uncertainty: f64,
-    /// The workload's samples in the vDSO.
+    /// The workload's samples in the vDSO, and the time one stands for.
     samples: u64,
+    period_ns: f64,
     /// What one call was priced at, all calls of the row together
     /// (samples × period / estimate).
     price_ns: f64,
