@@ -7,9 +7,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use anyhow::{Context as _, Result};
-use vdso_observer_common::{
-    CLOCK_COARSE_SAMPLED, NO_CLOCK, Provenance, SyscallAbi, TimeCall, VDSO_SAMPLE_PROGRAM, VdsoKey,
-};
+use vdso_observer_common::{Provenance, SyscallAbi, TimeCall, VDSO_SAMPLE_PROGRAM, VdsoKey};
 
 use crate::{
     host::{
@@ -27,7 +25,7 @@ use crate::{
     },
     model::{
         Aggregator, MapSnapshot, ObserverHealthInput, Report, Retired, SystemReport, Thresholds,
-        VdsoCapability, VdsoCheck, VdsoEstimator,
+        VdsoCapability, VdsoCheck, VdsoEstimator, is_coarse_read_sample, is_fine_read_sample,
     },
     settings::ObserverSettings,
 };
@@ -572,10 +570,7 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
     // they bound its coarse reads (see `coarse_calls`).
     let mut fine_samples: HashMap<u32, u64> = HashMap::new();
     for (key, samples) in &sampled {
-        if key.clock_id == NO_CLOCK
-            && key.call == TimeCall::ClockGettime as u8
-            && key.abi == SyscallAbi::NATIVE as u8
-        {
+        if is_fine_read_sample(key) {
             *fine_samples.entry(key.process.tgid).or_default() += samples;
         }
     }
@@ -583,7 +578,7 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
     for (key, samples) in sampled {
         let fine = fine_samples.get(&key.process.tgid).copied().unwrap_or(0);
         let calls = match estimator.coarse_calls(samples, fine) {
-            Some((coarse, _)) if key.clock_id == CLOCK_COARSE_SAMPLED => coarse,
+            Some((coarse, _)) if is_coarse_read_sample(&key) => coarse,
             _ => estimator.calls(
                 SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
                 TimeCall::from_repr(key.call),

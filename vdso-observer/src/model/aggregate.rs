@@ -11,7 +11,10 @@ use std::{
 };
 
 use smallvec::SmallVec;
-use vdso_observer_common::{CallKey, ProcessInfo, ProcessKey, SyscallAbi, TimeCall, VdsoKey};
+use vdso_observer_common::{
+    CLOCK_COARSE_SAMPLED, CallKey, NO_CLOCK, ProcessInfo, ProcessKey, Provenance, SyscallAbi,
+    TimeCall, VdsoKey,
+};
 
 use super::{
     KeyMap,
@@ -51,6 +54,23 @@ impl VdsoEstimator {
         let calls = by_own_code.min(at_most);
         Some((calls, calls * coarse.shared_ns / period))
     }
+}
+
+/// A sample of a 64-bit clock_gettime in coarse-only code (a coarse read).
+pub fn is_coarse_read_sample(key: &VdsoKey) -> bool {
+    is_gettime_sample(key) && key.clock_id == CLOCK_COARSE_SAMPLED
+}
+
+/// A sample of a 64-bit clock_gettime elsewhere: fine reads, and the code
+/// coarse reads share with them.
+pub fn is_fine_read_sample(key: &VdsoKey) -> bool {
+    is_gettime_sample(key) && key.clock_id == NO_CLOCK
+}
+
+fn is_gettime_sample(key: &VdsoKey) -> bool {
+    key.provenance == Provenance::Sampled as u8
+        && key.call == TimeCall::ClockGettime as u8
+        && key.abi == SyscallAbi::NATIVE as u8
 }
 
 /// Exited processes a window reports one row each; past this, they are

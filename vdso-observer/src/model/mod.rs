@@ -23,6 +23,7 @@ pub type KeyMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomSt
 
 pub use aggregate::{
     Aggregator, MAX_EXITED_ROWS, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator,
+    is_coarse_read_sample, is_fine_read_sample,
 };
 pub use container::{Container, ContainerNames, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};

@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 
 use vdso_observer_common::{
-    CLOCK_COARSE_SAMPLED, CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall,
-    VdsoKey,
+    CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey,
 };
 
 use super::{Identity, VdsoEstimator};
@@ -128,18 +127,7 @@ pub(super) fn add_vdso_calls(
     };
     // Coarse-clock reads, from their samples in coarse-only code; their share
     // of clock_gettime's other samples comes off the fine reads' below.
-    let is_coarse = |key: &VdsoKey| {
-        key.provenance == Provenance::Sampled as u8
-            && key.clock_id == CLOCK_COARSE_SAMPLED
-            && key.call == TimeCall::ClockGettime as u8
-            && key.abi == SyscallAbi::NATIVE as u8
-    };
-    let is_fine = |key: &VdsoKey| {
-        key.provenance == Provenance::Sampled as u8
-            && key.clock_id == NO_CLOCK
-            && key.call == TimeCall::ClockGettime as u8
-            && key.abi == SyscallAbi::NATIVE as u8
-    };
+    let (is_coarse, is_fine) = (super::is_coarse_read_sample, super::is_fine_read_sample);
     let samples_where = |which: &dyn Fn(&VdsoKey) -> bool| -> u64 {
         deltas
             .iter()
