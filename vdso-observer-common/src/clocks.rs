@@ -26,6 +26,12 @@ pub const CLOCK_OVERFLOW: i32 = i32::MIN + 5;
 ///
 /// [`COARSE_CODE_MAP`]: crate::COARSE_CODE_MAP
 pub const CLOCK_COARSE_SAMPLED: i32 = i32::MIN + 6;
+/// A sample in the code of clock_gettime that coarse and fine reads both run
+/// (its entry and return), as calibration found it ([`SHARED_CODE_MAP`]):
+/// user space splits these between a process's coarse and fine reads.
+///
+/// [`SHARED_CODE_MAP`]: crate::SHARED_CODE_MAP
+pub const CLOCK_SHARED_SAMPLED: i32 = i32::MIN + 7;
 /// Static clock ids are below this (`MAX_CLOCKS`).
 pub const MAX_STATIC_CLOCK: i32 = 16;
 

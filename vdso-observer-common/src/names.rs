@@ -71,13 +71,17 @@ pub const EXACT_COVERAGE_ENTRIES: u32 = 65_536;
 /// Thread ids stay below 2^22 (`PID_MAX_LIMIT`).
 pub const COVERAGE_PROCESS: u32 = 1 << 31;
 
-/// Bytes of the 64-bit vDSO that [`COARSE_CODE_MAP`] and
+/// Bytes of the 64-bit vDSO that [`COARSE_CODE_MAP`], [`SHARED_CODE_MAP`] and
 /// [`SAMPLE_OFFSETS_MAP`] cover (the x86_64 and arm64 images are 8 KB).
 pub const VDSO_CODE_BYTES: u32 = 16_384;
 /// Bitmap (`u64` words) of the 64-bit vDSO's bytes that only coarse-clock
 /// reads run, set by the calibration: a sample there is keyed
 /// [`CLOCK_COARSE_SAMPLED`](crate::CLOCK_COARSE_SAMPLED), and priced as one.
 pub const COARSE_CODE_MAP: &str = "COARSE_CODE";
+/// Bitmap, as [`COARSE_CODE_MAP`], of the bytes coarse and fine reads both
+/// run: a sample there is keyed
+/// [`CLOCK_SHARED_SAMPLED`](crate::CLOCK_SHARED_SAMPLED).
+pub const SHARED_CODE_MAP: &str = "SHARED_CODE";
 /// Samples per byte offset of the 64-bit vDSO, of the one process
 /// [`OFFSET_SAMPLED_TGID_MAP`] names (the calibration's children).
 pub const SAMPLE_OFFSETS_MAP: &str = "SAMPLE_OFFSETS";

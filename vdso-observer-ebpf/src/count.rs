@@ -9,9 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid},
 };
 use vdso_observer_common::{
-    CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, CallKey, KeySlot, NO_CLOCK, ObserverStat, Origin,
-    ProcessInfo, ProcessKey, Provenance, RecentTimeCall, SlotRun, SyscallAbi, TimeCall, VdsoKey,
-    clock_key,
+    CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, CLOCK_SHARED_SAMPLED, CallKey, KeySlot, NO_CLOCK,
+    ObserverStat, Origin, ProcessInfo, ProcessKey, Provenance, RecentTimeCall, SlotRun, SyscallAbi,
+    TimeCall, VdsoKey, clock_key,
 };
 
 use crate::{
@@ -122,8 +122,10 @@ pub fn count_vdso_call(
         process,
         clock_id: if !takes_clock || clock_id == NO_CLOCK {
             NO_CLOCK
-        } else if clock_id == CLOCK_COARSE_SAMPLED && provenance == Provenance::Sampled {
-            // The sampler's own mark, not a clock id a caller passed.
+        } else if (clock_id == CLOCK_COARSE_SAMPLED || clock_id == CLOCK_SHARED_SAMPLED)
+            && provenance == Provenance::Sampled
+        {
+            // The sampler's own marks, not a clock id a caller passed.
             clock_id
         } else {
             clock_key(clock_id)

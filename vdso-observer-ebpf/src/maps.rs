@@ -56,9 +56,13 @@ pub static CGROUP_PATHS: LruHashMap<u64, CgroupPath> =
 #[map]
 pub static CGROUP_PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries(1, 0);
 
-/// See `COARSE_CODE_MAP`, `SAMPLE_OFFSETS_MAP` and `OFFSET_SAMPLED_TGID_MAP`.
+/// See `COARSE_CODE_MAP`, `SHARED_CODE_MAP`, `SAMPLE_OFFSETS_MAP` and
+/// `OFFSET_SAMPLED_TGID_MAP`.
 #[map]
 pub static COARSE_CODE: Array<u64> = Array::with_max_entries(VDSO_CODE_BYTES / 64, 0);
+
+#[map]
+pub static SHARED_CODE: Array<u64> = Array::with_max_entries(VDSO_CODE_BYTES / 64, 0);
 
 #[map]
 pub static SAMPLE_OFFSETS: Array<u32> = Array::with_max_entries(VDSO_CODE_BYTES, 0);

@@ -6,19 +6,20 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid},
     macros::{perf_event, uprobe},
+    maps::Array,
     programs::{PerfEventContext, ProbeContext},
 };
 use vdso_observer_common::{
-    CLOCK_COARSE_SAMPLED, COVERAGE_PROCESS, NO_CLOCK, ObserverStat, Provenance, SyscallAbi,
-    TimeCall, UprobeCookie, VDSO_CODE_BYTES, VDSO_NOT_TIME_CODE, VDSO_OTHER_CODE, inside_vdso,
-    vdso_instruction_offset,
+    CLOCK_COARSE_SAMPLED, CLOCK_SHARED_SAMPLED, COVERAGE_PROCESS, NO_CLOCK, ObserverStat,
+    Provenance, SyscallAbi, TimeCall, UprobeCookie, VDSO_CODE_BYTES, VDSO_NOT_TIME_CODE,
+    VDSO_OTHER_CODE, inside_vdso, vdso_instruction_offset,
 };
 
 use crate::{
     config::{config, function_table},
     count::count_vdso_call,
     kernel::{as_scalar, current_task, vdso_text},
-    maps::{COARSE_CODE, EXACT_COVERAGE, OFFSET_SAMPLED_TGID, SAMPLE_OFFSETS},
+    maps::{COARSE_CODE, EXACT_COVERAGE, OFFSET_SAMPLED_TGID, SAMPLE_OFFSETS, SHARED_CODE},
     stats::{bump, bump_unattributed},
     user_regs::UserRegs,
 };
@@ -74,7 +75,8 @@ pub fn vdso_sample(ctx: PerfEventContext) -> u32 {
 }
 
 /// A sample's clock: coarse where it lies in code only coarse-clock reads of
-/// clock_gettime run (64-bit image; the bitmap calibration set), else none.
+/// clock_gettime run, shared where in code coarse and fine reads both run
+/// (64-bit image; the bitmaps calibration set), else none.
 /// Counts the calibration child's samples by offset meanwhile.
 #[inline(always)]
 fn sampled_clock(caller: &Caller, regs: &UserRegs, call: u8, vdso_base: u64) -> i32 {
@@ -100,9 +102,17 @@ fn sampled_clock(caller: &Caller, regs: &UserRegs, call: u8, vdso_base: u64) -> 
     if call != TimeCall::ClockGettime as u8 {
         return NO_CLOCK;
     }
-    match COARSE_CODE.get(offset / 64) {
-        Some(word) if word & (1 << (offset % 64)) != 0 => CLOCK_COARSE_SAMPLED,
-        _ => NO_CLOCK,
+    let marked = |bitmap: &Array<u64>| {
+        bitmap
+            .get(offset / 64)
+            .is_some_and(|word| word & (1 << (offset % 64)) != 0)
+    };
+    if marked(&COARSE_CODE) {
+        CLOCK_COARSE_SAMPLED
+    } else if marked(&SHARED_CODE) {
+        CLOCK_SHARED_SAMPLED
+    } else {
+        NO_CLOCK
     }
 }
 

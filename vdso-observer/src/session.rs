@@ -24,8 +24,8 @@ use crate::{
         exact::{ExactOptions, ExactTracer, GOVERNOR_TICK, Images},
     },
     model::{
-        Aggregator, MapSnapshot, ObserverHealthInput, Report, Retired, SystemReport, Thresholds,
-        VdsoCapability, VdsoCheck, VdsoEstimator, is_coarse_read_sample, is_fine_read_sample,
+        Aggregator, GettimeSamples, MapSnapshot, ObserverHealthInput, Report, Retired,
+        SystemReport, Thresholds, VdsoCapability, VdsoCheck, VdsoEstimator, is_gettime_sample,
     },
     settings::ObserverSettings,
 };
@@ -566,26 +566,28 @@ fn probe_rates(observer: &Observer, model: Option<&VdsoModel>) -> HashMap<u32, f
             (key, samples)
         })
         .collect();
-    // Each process's 64-bit clock_gettime samples outside coarse-only code:
-    // they bound its coarse reads (see `coarse_calls`).
-    let mut fine_samples: HashMap<u32, u64> = HashMap::new();
-    for (key, samples) in &sampled {
-        if is_fine_read_sample(key) {
-            *fine_samples.entry(key.process.tgid).or_default() += samples;
-        }
-    }
+    // Each process's 64-bit clock_gettime samples are split between its
+    // coarse and fine reads together (see `gettime_calls`).
+    let mut gettime: HashMap<u32, Vec<(&VdsoKey, u64)>> = HashMap::new();
     let mut rates: HashMap<u32, f64> = HashMap::new();
-    for (key, samples) in sampled {
-        let fine = fine_samples.get(&key.process.tgid).copied().unwrap_or(0);
-        let calls = match estimator.coarse_calls(samples, fine) {
-            Some((coarse, _)) if is_coarse_read_sample(&key) => coarse,
-            _ => estimator.calls(
-                SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
-                TimeCall::from_repr(key.call),
-                samples as f64,
-            ),
-        };
+    for (key, samples) in &sampled {
+        if is_gettime_sample(key) {
+            gettime
+                .entry(key.process.tgid)
+                .or_default()
+                .push((key, *samples));
+            continue;
+        }
+        let calls = estimator.calls(
+            SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE),
+            TimeCall::from_repr(key.call),
+            *samples as f64,
+        );
         *rates.entry(key.process.tgid).or_default() += calls / PROBE.as_secs_f64();
+    }
+    for (tgid, samples) in gettime {
+        let calls = estimator.gettime_calls(GettimeSamples::of(samples));
+        *rates.entry(tgid).or_default() += (calls.coarse + calls.fine) / PROBE.as_secs_f64();
     }
     rates
 }

@@ -15,9 +15,9 @@ use vdso_observer_common::{
     EMPTY_SYS_ENTER_PROGRAM, EXACT_COVERAGE_MAP, ExactCoverage, FREE_TIME_CALL_SLOTS_MAP,
     OBSERVER_STATS_MAP, OFFSET_SAMPLED_TGID_MAP, PROCESS_EXIT_BYTES_PER_ENTRY, PROCESS_EXITS_MAP,
     PROCESSES_MAP, PROGRAM_CONFIG_GLOBAL, ProcessInfo, ProcessKey, ProgramConfig,
-    SAMPLE_OFFSETS_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, SlotRun, TIME_CALL_COUNTS_MAP,
-    TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL, VDSO32_FUNCTIONS_GLOBAL,
-    VdsoFunctionTable, VdsoKey,
+    SAMPLE_OFFSETS_MAP, SHARED_CODE_MAP, SLOT_GENERATION_MAP, SYSCALL_ENTRIES, SlotRun,
+    TIME_CALL_COUNTS_MAP, TIME_CALLS_MAP, VDSO_CALLS_MAP, VDSO_FUNCTIONS_GLOBAL,
+    VDSO32_FUNCTIONS_GLOBAL, VdsoFunctionTable, VdsoKey,
 };
 
 use super::{
@@ -90,6 +90,7 @@ pub struct Maps {
     pub cgroup_paths: HashMap<MapData, u64, CgroupPath>,
     pub observer_stats: PerCpuArray<MapData, u64>,
     pub coarse_code: Array<MapData, u64>,
+    pub shared_code: Array<MapData, u64>,
     pub sample_offsets: Array<MapData, u32>,
     pub offset_sampled_tgid: Array<MapData, u32>,
     pub drain_trigger: Array<MapData, u64>,
@@ -121,6 +122,7 @@ impl Maps {
             cgroup_paths: take(ebpf, CGROUP_PATHS_MAP)?,
             observer_stats: take(ebpf, OBSERVER_STATS_MAP)?,
             coarse_code: take(ebpf, COARSE_CODE_MAP)?,
+            shared_code: take(ebpf, SHARED_CODE_MAP)?,
             sample_offsets: take(ebpf, SAMPLE_OFFSETS_MAP)?,
             offset_sampled_tgid: take(ebpf, OFFSET_SAMPLED_TGID_MAP)?,
             drain_trigger: take(ebpf, DRAIN_TRIGGER_MAP)?,

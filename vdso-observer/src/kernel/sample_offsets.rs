@@ -1,10 +1,11 @@
 //! Where in the 64-bit vDSO the sampler's samples land, for the calibration:
 //! it watches one child at a time, reads the histogram, and hands the
-//! sampler the bitmap of the bytes only coarse-clock reads run.
+//! sampler the bitmaps of the bytes only coarse-clock reads run and of those
+//! coarse and fine reads both run.
 
 use anyhow::{Context as _, Result};
 use aya::maps::IterableMap as _;
-use vdso_observer_common::{COARSE_CODE_MAP, SAMPLE_OFFSETS_MAP, VDSO_CODE_BYTES};
+use vdso_observer_common::{COARSE_CODE_MAP, SAMPLE_OFFSETS_MAP, SHARED_CODE_MAP, VDSO_CODE_BYTES};
 
 use super::{
     map_batch::{self, Values},
@@ -54,18 +55,28 @@ impl Observer {
         Ok(seen)
     }
 
-    /// Has the sampler key samples at these offsets as coarse-clock reads.
-    pub fn set_coarse_code(&mut self, offsets: &[u32]) -> Result<()> {
-        let mut words = vec![0u64; (VDSO_CODE_BYTES / 64) as usize];
-        for &offset in offsets.iter().filter(|o| **o < VDSO_CODE_BYTES) {
-            words[(offset / 64) as usize] |= 1 << (offset % 64);
-        }
-        for (index, word) in words.into_iter().enumerate() {
-            self.maps
-                .coarse_code
-                .set(index as u32, word, 0)
-                .with_context(|| format!("writing {COARSE_CODE_MAP}[{index}]"))?;
+    /// Has the sampler key samples at `coarse` offsets as coarse-clock
+    /// reads, and at `shared` ones as code coarse and fine reads both run.
+    pub fn set_gettime_code(&mut self, coarse: &[u32], shared: &[u32]) -> Result<()> {
+        let maps = &mut self.maps;
+        for (map, name, offsets) in [
+            (&mut maps.coarse_code, COARSE_CODE_MAP, coarse),
+            (&mut maps.shared_code, SHARED_CODE_MAP, shared),
+        ] {
+            for (index, word) in bitmap(offsets).into_iter().enumerate() {
+                map.set(index as u32, word, 0)
+                    .with_context(|| format!("writing {name}[{index}]"))?;
+            }
         }
         Ok(())
     }
+}
+
+/// The words of a bitmap of the 64-bit vDSO's bytes with `offsets` set.
+fn bitmap(offsets: &[u32]) -> Vec<u64> {
+    let mut words = vec![0u64; (VDSO_CODE_BYTES / 64) as usize];
+    for &offset in offsets.iter().filter(|o| **o < VDSO_CODE_BYTES) {
+        words[(offset / 64) as usize] |= 1 << (offset % 64);
+    }
+    words
 }

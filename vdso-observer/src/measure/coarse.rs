@@ -4,7 +4,9 @@
 //! code of clock_gettime fine reads never run: a child reading a coarse clock
 //! under the sampler shows where (its samples by offset, against the fine
 //! calibration child's), and what a coarse call costs there and in the code
-//! both share. The sampler then keys samples in that code as coarse.
+//! both share. The sampler then keys samples in that code as coarse, and in
+//! the code both run as shared, so that a process's samples split between
+//! its coarse and fine reads (see `VdsoEstimator::gettime_calls`).
 
 use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
@@ -13,10 +15,17 @@ use vdso_observer_common::{SyscallAbi, TimeCall};
 use super::calibration_child::{
     COARSE_LINE, ChildRun, LoopPlan, Repeats, forget_pid, gettime_samples,
 };
-use crate::{host::vdso_image::VdsoImage, kernel::Observer, model::costs::CoarseCosts};
+use crate::{
+    host::vdso_image::VdsoImage,
+    kernel::Observer,
+    model::costs::{CoarseCosts, FineSplit},
+};
 
 /// Fewer coarse-only samples than this say too little (±30%).
 const MIN_SAMPLES: u64 = 20;
+/// Fewer samples of the fine child in code of its own than this cannot price
+/// a fine read from that code alone (±30%).
+const MIN_FINE_OWN_SAMPLES: u64 = 40;
 /// What a quiet run gets at the least (27-55 in 50 runs here): a child the
 /// machine starved runs again until its runs have this many.
 const QUIET_RUN_SAMPLES: u64 = 30;
@@ -39,6 +48,15 @@ const STRETCH_GAP: u32 = 32;
 pub struct FineOffsets<'a> {
     pub samples: &'a [(u32, u32)],
     pub calls: u64,
+}
+
+/// The offsets of clock_gettime the sampler is to mark: those only coarse
+/// reads run, and those coarse and fine reads both run (empty when a fine
+/// read's cost outside them could not be told).
+#[derive(Debug, PartialEq)]
+struct GettimeCode {
+    coarse: Vec<u32>,
+    shared: Vec<u32>,
 }
 
 /// A coarse child under the sampler, or several added up: its samples by
@@ -73,7 +91,7 @@ impl CoarseRuns {
         image: &VdsoImage,
         fine: &FineOffsets,
         period_ns: u64,
-    ) -> Option<(CoarseCosts, Vec<u32>)> {
+    ) -> Option<(CoarseCosts, GettimeCode)> {
         let offsets: Vec<(u32, u32)> = self.offsets.iter().map(|(o, c)| (*o, *c)).collect();
         coarse_costs(image, fine, &offsets, self.calls, self.samples, period_ns)
     }
@@ -124,21 +142,24 @@ pub fn calibrate(
         );
         return Ok(None);
     };
-    observer.set_coarse_code(&code)?;
+    observer.set_gettime_code(&code.coarse, &code.shared)?;
     log::debug!(
         "coarse clock_gettime: {:.1} ns per call sampled in its own code ({} bytes, {} samples), \
-         {:.1} in code fine reads share",
+         {:.1} in code fine reads share ({} bytes marked); a fine read {:?}",
         costs.marked_ns,
-        code.len(),
+        code.coarse.len(),
         costs.samples,
-        costs.shared_ns
+        costs.shared_ns,
+        code.shared.len(),
+        costs.fine_split
     );
     Ok(Some(costs))
 }
 
-/// The costs, and the offsets of clock_gettime only coarse reads ran: from
-/// the coarse child's offsets and samples over its `calls`, judged by
-/// stretch of code (see [`STRETCH_GAP`]), one stretch at most.
+/// The costs, and the code of clock_gettime to mark: from the coarse child's
+/// offsets and samples over its `calls`, judged by stretch of code (see
+/// [`STRETCH_GAP`]); one coarse-only stretch at most, and the stretches both
+/// reads run.
 ///
 /// Per call, not per share of samples: the code both reads run (the entry,
 /// the return) takes each about as long, but a coarse read is so short that
@@ -156,7 +177,7 @@ fn coarse_costs(
     calls: u64,
     samples: u64,
     period_ns: u64,
-) -> Option<(CoarseCosts, Vec<u32>)> {
+) -> Option<(CoarseCosts, GettimeCode)> {
     if calls == 0 || fine.calls == 0 {
         return None;
     }
@@ -177,26 +198,30 @@ fn coarse_costs(
             .map(|(_, count)| u64::from(*count))
             .sum::<u64>()
     };
+    let seen_fine = |stretch: &[(u32, u32)]| -> u32 {
+        let (first, last) = (stretch[0].0, stretch[stretch.len() - 1].0);
+        fine_samples
+            .range(first..=last)
+            .map(|(_, count)| count)
+            .sum()
+    };
+    let stretches: Vec<&[(u32, u32)]> = sampled.chunk_by(|a, b| b.0 - a.0 <= STRETCH_GAP).collect();
     // A coarse read's own code is one loop (read the sequence, copy the
     // tick's time, check the sequence): the stretch with the most coarse
     // samples. A second candidate is shared code the fine child's samples
     // happened to miss, and marking it prices a C loop's fine samples there
     // as coarse calls (each stands for 10-25 times the calls of a fine one).
-    let own: &[(u32, u32)] = sampled
-        .chunk_by(|a, b| b.0 - a.0 <= STRETCH_GAP)
+    let own: &[(u32, u32)] = stretches
+        .iter()
+        .copied()
         .filter(|stretch| {
-            let (first, last) = (stretch[0].0, stretch[stretch.len() - 1].0);
             let expected_if_shared = total(stretch) as f64 * scale;
-            let seen: u32 = fine_samples
-                .range(first..=last)
-                .map(|(_, count)| count)
-                .sum();
             expected_if_shared >= MIN_EXPECTED_FINE
-                && f64::from(seen) * DOMINANCE <= expected_if_shared
+                && f64::from(seen_fine(stretch)) * DOMINANCE <= expected_if_shared
         })
         .max_by_key(|stretch| total(stretch))
         .unwrap_or_default();
-    // Where the samples fell moves from run to run (see `coarse_calls`): the
+    // Where the samples fell moves from run to run (see `gettime_calls`): the
     // debug log keeps both children's, from the first to the last coarse one.
     let (first, last) = (
         sampled.first().map_or(0, |s| s.0),
@@ -211,16 +236,56 @@ fn coarse_costs(
     if marked < MIN_SAMPLES {
         return None;
     }
-    let ns = |samples: u64| samples as f64 * period_ns as f64 / calls as f64;
+    let own_code = own[0].0..=own[own.len() - 1].0;
+    // The code both run (the entry, the return): the coarse child's other
+    // stretches, but those where a fine read spends far longer per call than
+    // a coarse one (a stray sample of the coarse child in the fine reads'
+    // own code, which would price the fine samples there as coarse calls).
+    let shared: Vec<std::ops::RangeInclusive<u32>> = stretches
+        .iter()
+        .filter(|stretch| stretch[0].0 != own[0].0)
+        .filter(|stretch| f64::from(seen_fine(stretch)) < DOMINANCE * total(stretch) as f64 * scale)
+        .map(|stretch| stretch[0].0..=stretch[stretch.len() - 1].0)
+        .collect();
+    let in_shared = |offset: u32| shared.iter().any(|range| range.contains(&offset));
+    let ns = |samples: u64, calls: u64| samples as f64 * period_ns as f64 / calls as f64;
+    // The fine child's samples in clock_gettime, in the shared code and in
+    // the rest (code of its own, as the coarse reads' is to them).
+    let (mut fine_shared, mut fine_own) = (0u64, 0u64);
+    for (&offset, &count) in &fine_samples {
+        if table.call_at(u64::from(offset)) != TimeCall::ClockGettime as u8
+            || own_code.contains(&offset)
+        {
+            continue;
+        }
+        if in_shared(offset) {
+            fine_shared += u64::from(count);
+        } else {
+            fine_own += u64::from(count);
+        }
+    }
+    let fine_split = (!shared.is_empty() && fine_own >= MIN_FINE_OWN_SAMPLES).then(|| FineSplit {
+        own_ns: ns(fine_own, fine.calls),
+        shared_ns: ns(fine_shared, fine.calls),
+        own_samples: fine_own,
+    });
     Some((
         CoarseCosts {
-            marked_ns: ns(marked),
-            shared_ns: ns(samples.saturating_sub(marked)),
+            marked_ns: ns(marked, calls),
+            shared_ns: ns(samples.saturating_sub(marked), calls),
             samples: marked,
+            fine_split,
         },
-        // The whole stretch: a program's coarse reads may be sampled on
-        // instructions of it the child's were not.
-        (own[0].0..=own[own.len() - 1].0).collect(),
+        GettimeCode {
+            // The whole stretch: a program's coarse reads may be sampled on
+            // instructions of it the child's were not.
+            coarse: own_code.collect(),
+            shared: if fine_split.is_some() {
+                shared.into_iter().flatten().collect()
+            } else {
+                Vec::new()
+            },
+        },
     ))
 }
 
@@ -286,7 +351,7 @@ mod tests {
     const PERIOD_NS: u64 = 2_000_000;
 
     /// The costs and code calibration makes of these samples.
-    fn judge(fine: &[(u32, u32)], coarse: &[(u32, u32)]) -> Option<(CoarseCosts, Vec<u32>)> {
+    fn judge(fine: &[(u32, u32)], coarse: &[(u32, u32)]) -> Option<(CoarseCosts, GettimeCode)> {
         let fine = FineOffsets {
             samples: fine,
             calls: FINE_CALLS,
@@ -303,11 +368,43 @@ mod tests {
     #[test]
     fn code_both_reads_run_stays_fine_code() {
         let (costs, code) = judge(&FINE, &COARSE).unwrap();
-        assert_eq!(code, (0xcaf..=0xcc2).collect::<Vec<u32>>());
+        assert_eq!(code.coarse, (0xcaf..=0xcc2).collect::<Vec<u32>>());
         assert_eq!(costs.samples, 42);
         // 42 samples of 2 ms over 100 M calls; the other 59 are shared.
         assert!((costs.marked_ns - 0.84).abs() < 1e-9, "{costs:?}");
         assert!((costs.shared_ns - 1.18).abs() < 1e-9, "{costs:?}");
+    }
+
+    /// The code both run is the coarse child's other stretches (the entry,
+    /// the return), each whole; not its two samples among the fine reads' own
+    /// code (0xb66), which would price a fine sample there as a coarse call.
+    /// A fine read's cost splits by the same code: in clock_gettime, 14 of
+    /// its samples fell in the shared code and 380 elsewhere.
+    #[test]
+    fn the_shared_code_is_the_coarse_childs_other_stretches() {
+        let (costs, code) = judge(&FINE, &COARSE).unwrap();
+        let expected: Vec<u32> = (0xb10..=0xb38).chain(0xbd9..=0xbea).collect();
+        assert_eq!(code.shared, expected);
+        let split = costs.fine_split.unwrap();
+        assert_eq!(split.own_samples, 380);
+        let per_call = |samples: f64| samples * PERIOD_NS as f64 / FINE_CALLS as f64;
+        assert!((split.own_ns - per_call(380.0)).abs() < 1e-9, "{split:?}");
+        assert!((split.shared_ns - per_call(14.0)).abs() < 1e-9, "{split:?}");
+    }
+
+    /// Too few fine samples outside the shared code to price a fine read
+    /// there: nothing shared is marked, and coarse reads are priced by their
+    /// own code (bounded by their whole call).
+    #[test]
+    fn without_a_fine_price_outside_it_the_shared_code_is_not_marked() {
+        let fine: Vec<(u32, u32)> = FINE
+            .into_iter()
+            .map(|(offset, count)| (offset, count.min(3)))
+            .collect();
+        let (costs, code) = judge(&fine, &COARSE).unwrap();
+        assert_eq!(costs.fine_split, None);
+        assert!(code.shared.is_empty());
+        assert_eq!(code.coarse, (0xcaf..=0xcc2).collect::<Vec<u32>>());
     }
 
     /// The fine child's few samples of the return can all miss it (here 1 in
@@ -317,8 +414,8 @@ mod tests {
     fn one_stretch_is_marked_the_one_coarse_reads_spend_most_in() {
         let fine: Vec<(u32, u32)> = FINE.into_iter().filter(|(o, _)| *o != 0xbde).collect();
         let (costs, code) = judge(&fine, &COARSE).unwrap();
-        assert_eq!(code.first(), Some(&0xcaf));
-        assert_eq!(code.last(), Some(&0xcc2));
+        assert_eq!(code.coarse.first(), Some(&0xcaf));
+        assert_eq!(code.coarse.last(), Some(&0xcc2));
         assert_eq!(costs.samples, 42);
     }
 
@@ -328,7 +425,7 @@ mod tests {
     #[test]
     fn fine_code_the_coarse_child_ran_stays_fine_code() {
         let (_, code) = judge(&FINE, &[(0xb66, 200), (0xcc2, 30)]).unwrap();
-        assert_eq!(code, [0xcc2]);
+        assert_eq!(code.coarse, [0xcc2]);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::{
 
 use smallvec::SmallVec;
 use vdso_observer_common::{
-    CLOCK_COARSE_SAMPLED, CallKey, NO_CLOCK, ProcessInfo, ProcessKey, Provenance, SyscallAbi,
-    TimeCall, VdsoKey,
+    CLOCK_COARSE_SAMPLED, CLOCK_SHARED_SAMPLED, CallKey, NO_CLOCK, ProcessInfo, ProcessKey,
+    Provenance, SyscallAbi, TimeCall, VdsoKey,
 };
 
 use super::{
@@ -37,37 +37,94 @@ impl VdsoEstimator {
         samples * self.sample_period_ns as f64 / self.costs.ns_in(abi, call)
     }
 
-    /// Coarse-clock reads from the samples in coarse-only code, and the
-    /// samples of theirs expected in the code fine reads run too (to be taken
-    /// off those); None without a coarse calibration. Where a coarse read's
-    /// samples fall, in its own code or in the code it shares, moves from run
-    /// to run (0.4-0.6 or 1.0-1.3 ns of a call in its own code, the same
-    /// binary, here), while the whole call holds (2.0-2.4 ns): the reads are
-    /// never more than all of the process's 64-bit clock_gettime samples
-    /// (`coarse_samples` and `other_samples`) buy at the whole call's price.
-    pub fn coarse_calls(&self, coarse_samples: u64, other_samples: u64) -> Option<(f64, f64)> {
-        let coarse = self.costs.coarse?;
+    /// A process's 64-bit clock_gettime reads, coarse and fine, from its
+    /// samples there. Without a coarse calibration, or with no sample in
+    /// coarse-only code, every one is a fine read's.
+    pub fn gettime_calls(&self, samples: GettimeSamples) -> GettimeCalls {
         let period = self.sample_period_ns as f64;
-        let by_own_code = coarse_samples as f64 * period / coarse.marked_ns;
-        let at_most = (coarse_samples + other_samples) as f64 * period
-            / (coarse.marked_ns + coarse.shared_ns);
-        let calls = by_own_code.min(at_most);
-        Some((calls, calls * coarse.shared_ns / period))
+        let fine_ns = self
+            .costs
+            .ns_in(SyscallAbi::NATIVE, Some(TimeCall::ClockGettime));
+        let all = (samples.coarse + samples.shared + samples.other) as f64;
+        let Some(coarse) = self.costs.coarse.filter(|_| samples.coarse > 0) else {
+            return GettimeCalls {
+                coarse: 0.0,
+                fine: all * period / fine_ns,
+            };
+        };
+        // What a coarse read's samples say moves from run to run between its
+        // own code and the code it shares (0.4-0.6 or 1.0-1.3 ns of a call
+        // in its own code, the same binary, here), while the whole call holds
+        // (2.0-2.4 ns).
+        let whole = coarse.marked_ns + coarse.shared_ns;
+        match coarse.fine_split {
+            // Fine reads from the code only they run; coarse reads from the
+            // rest, less the fine reads' share of it, at the whole call's price.
+            Some(split) => {
+                let fine = samples.other as f64 * period / split.own_ns;
+                let rest = (samples.coarse + samples.shared) as f64 * period;
+                GettimeCalls {
+                    coarse: ((rest - fine * split.shared_ns) / whole).max(0.0),
+                    fine,
+                }
+            }
+            // Coarse reads from their own code, never more than all the
+            // samples buy at the whole call's price; fine reads from the
+            // rest, less the coarse reads' expected share of it.
+            None => {
+                let by_own_code = samples.coarse as f64 * period / coarse.marked_ns;
+                let calls = by_own_code.min(all * period / whole);
+                let fine_samples =
+                    (samples.shared + samples.other) as f64 - calls * coarse.shared_ns / period;
+                GettimeCalls {
+                    coarse: calls,
+                    fine: fine_samples.max(0.0) * period / fine_ns,
+                }
+            }
+        }
     }
 }
 
-/// A sample of a 64-bit clock_gettime in coarse-only code (a coarse read).
-pub fn is_coarse_read_sample(key: &VdsoKey) -> bool {
-    is_gettime_sample(key) && key.clock_id == CLOCK_COARSE_SAMPLED
+/// A process's samples of the 64-bit clock_gettime, by the code they fell in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GettimeSamples {
+    /// In code only coarse reads run (CLOCK_COARSE_SAMPLED).
+    pub coarse: u64,
+    /// In code coarse and fine reads both run (CLOCK_SHARED_SAMPLED).
+    pub shared: u64,
+    /// Elsewhere (NO_CLOCK): all of them where nothing is marked.
+    pub other: u64,
 }
 
-/// A sample of a 64-bit clock_gettime elsewhere: fine reads, and the code
-/// coarse reads share with them.
-pub fn is_fine_read_sample(key: &VdsoKey) -> bool {
-    is_gettime_sample(key) && key.clock_id == NO_CLOCK
+impl GettimeSamples {
+    /// The samples of this kind among `samples` (keys of one process).
+    pub fn of<'a>(samples: impl IntoIterator<Item = (&'a VdsoKey, u64)>) -> GettimeSamples {
+        let mut found = GettimeSamples::default();
+        for (key, count) in samples {
+            if !is_gettime_sample(key) {
+                continue;
+            }
+            match key.clock_id {
+                CLOCK_COARSE_SAMPLED => found.coarse += count,
+                CLOCK_SHARED_SAMPLED => found.shared += count,
+                NO_CLOCK => found.other += count,
+                _ => {}
+            }
+        }
+        found
+    }
 }
 
-fn is_gettime_sample(key: &VdsoKey) -> bool {
+/// A process's 64-bit clock_gettime reads as estimated from its samples.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct GettimeCalls {
+    pub coarse: f64,
+    pub fine: f64,
+}
+
+/// A sample of the 64-bit clock_gettime, split between coarse and fine reads
+/// by [`VdsoEstimator::gettime_calls`] rather than priced on its own.
+pub fn is_gettime_sample(key: &VdsoKey) -> bool {
     key.provenance == Provenance::Sampled as u8
         && key.call == TimeCall::ClockGettime as u8
         && key.abi == SyscallAbi::NATIVE as u8

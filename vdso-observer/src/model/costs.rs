@@ -62,6 +62,26 @@ pub struct CoarseCosts {
     pub shared_ns: f64,
     /// Coarse-only samples behind `marked_ns`.
     pub samples: u64,
+    /// A fine read's cost in the code both run and in the rest, where the
+    /// sampler marks the code both run too (None: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_split: Option<FineSplit>,
+}
+
+/// Where a fine read's samples fall in clock_gettime, with the code coarse
+/// and fine reads both run marked (CLOCK_SHARED_SAMPLED): a process's fine
+/// reads are priced from the rest, its coarse reads from its coarse-only and
+/// shared samples less the fine reads' share of the latter. Where a coarse
+/// read's samples fall, in its own code or the shared return, moves from
+/// run to run; their sum holds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FineSplit {
+    /// Sampled ns per fine call outside the marked code.
+    pub own_ns: f64,
+    /// Sampled ns per fine call in the shared code.
+    pub shared_ns: f64,
+    /// Samples behind `own_ns`.
+    pub own_samples: u64,
 }
 
 /// A time call's cost through each path on this machine and clocksource,
@@ -149,6 +169,12 @@ const SHORT_CALL_VARIANCE: f64 = 0.15 * 0.15;
 /// one such run, the process priced another: their ratio was -63% to +82%
 /// in 22 runs (AMD EPYC VM, tsc). ±35% at one sigma.
 const COARSE_RUN_VARIANCE: f64 = 0.35 * 0.35;
+/// With the shared code marked ([`FineSplit`]) a coarse read is priced by its
+/// whole call, which moves far less between those runs (2.0-2.1 against
+/// 2.5-2.7 ns above): 60 C loops against 20 calibrations on another AMD EPYC
+/// VM read -31% to +36%, 14.7% at one sigma with their own samples' error
+/// (-39% to +42%, 22% priced by the coarse-only code). ±15% at one sigma.
+const COARSE_SPLIT_VARIANCE: f64 = 0.15 * 0.15;
 /// Sampled cost under which a call counts as short.
 pub const SHORT_CALL_NS: f64 = 5.0;
 
@@ -243,7 +269,11 @@ impl VdsoCosts {
         };
         if basis.coarse {
             total += variance(self.coarse.map_or(0, |c| c.samples));
-            call_site = call_site.max(COARSE_RUN_VARIANCE);
+            let run_to_run = match self.coarse.and_then(|c| c.fine_split) {
+                Some(_) => COARSE_SPLIT_VARIANCE,
+                None => COARSE_RUN_VARIANCE,
+            };
+            call_site = call_site.max(run_to_run);
         }
         for call in &basis.other_calls {
             total += variance(self.call_samples.get(call).copied().unwrap_or(0));
@@ -378,6 +408,7 @@ mod tests {
                 marked_ns: 1.2,
                 shared_ns: 1.1,
                 samples: 64,
+                fine_split: None,
             }),
             ..VdsoCosts::default()
         };
@@ -391,6 +422,22 @@ mod tests {
         // short-call and the coarse terms, not both.
         let expected = 1.96 * (0.01f64 + 0.0025 + 1.0 / 64.0 + 0.1225).sqrt();
         assert!((coarse - expected).abs() < 1e-12, "{coarse} {expected}");
+        // Priced by the whole call (the shared code marked): ±15% at 1σ for
+        // that part, still never under the short-call term.
+        let mut costs = costs;
+        costs.coarse.as_mut().unwrap().fine_split = Some(FineSplit {
+            own_ns: 20.0,
+            shared_ns: 1.0,
+            own_samples: 400,
+        });
+        let split = costs.uncertainty_of(&EstimateBasis {
+            samples: 100,
+            coarse: true,
+            short: true,
+            ..EstimateBasis::default()
+        });
+        let expected = 1.96 * (0.01f64 + 0.0025 + 1.0 / 64.0 + 0.0225).sqrt();
+        assert!((split - expected).abs() < 1e-12, "{split} {expected}");
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub mod system;
 pub type KeyMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use aggregate::{
-    Aggregator, MAX_EXITED_ROWS, ObserverHealthInput, ProcessLookup, Retired, VdsoEstimator,
-    is_coarse_read_sample, is_fine_read_sample,
+    Aggregator, GettimeCalls, GettimeSamples, MAX_EXITED_ROWS, ObserverHealthInput, ProcessLookup,
+    Retired, VdsoEstimator, is_gettime_sample,
 };
 pub use container::{Container, ContainerNames, Runtime};
 pub use exact::{EntryPoint, ExactState, ExactStatus};

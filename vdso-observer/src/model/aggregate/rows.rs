@@ -5,10 +5,11 @@
 use std::collections::BTreeSet;
 
 use vdso_observer_common::{
-    CallKey, NO_CLOCK, Origin, ProcessKey, Provenance, SyscallAbi, TimeCall, VdsoKey,
+    CLOCK_COARSE_SAMPLED, CLOCK_SHARED_SAMPLED, CallKey, NO_CLOCK, Origin, ProcessKey, Provenance,
+    SyscallAbi, TimeCall, VdsoKey,
 };
 
-use super::{Identity, VdsoEstimator};
+use super::{GettimeSamples, Identity, VdsoEstimator, is_gettime_sample};
 use crate::model::{
     clocks::clock_name,
     container::Container,
@@ -125,24 +126,18 @@ pub(super) fn add_vdso_calls(
             .map(|c| c.count)
             .sum()
     };
-    // Coarse-clock reads, from their samples in coarse-only code; their share
-    // of clock_gettime's other samples comes off the fine reads' below.
-    let (is_coarse, is_fine) = (super::is_coarse_read_sample, super::is_fine_read_sample);
-    let samples_where = |which: &dyn Fn(&VdsoKey) -> bool| -> u64 {
-        deltas
-            .iter()
-            .filter(|(key, _)| which(key))
-            .map(|(_, count)| count)
-            .sum()
-    };
-    let coarse_samples = samples_where(&is_coarse);
-    let coarse = estimator.and_then(|e| e.coarse_calls(coarse_samples, samples_where(&is_fine)));
+    // The 64-bit clock_gettime's samples split between coarse and fine reads
+    // (see `gettime_calls`): one row each, the shared code's samples shown
+    // with the fine reads'.
+    let gettime = GettimeSamples::of(deltas.iter().map(|(key, count)| (key, *count)));
+    let gettime_calls = estimator.map(|e| e.gettime_calls(gettime));
+    let deltas = shared_samples_merged(deltas);
     let mut rows = Vec::new();
     let mut samples_used = 0u64;
     let mut i386_sampled = false;
-    let mut short_sampled = coarse_samples > 0;
+    let mut short_sampled = gettime.coarse > 0;
     let mut other_calls = BTreeSet::new();
-    for &(key, count) in deltas {
+    for (key, count) in deltas {
         let Some(provenance) = Provenance::from_repr(key.provenance) else {
             continue;
         };
@@ -154,10 +149,13 @@ pub(super) fn add_vdso_calls(
             // call, image): samples and exact hits of one call add up.
             let Some(estimator) = estimator else { continue };
             let abi = SyscallAbi::from_repr(key.abi).unwrap_or(SyscallAbi::NATIVE);
-            let calls = match coarse {
-                Some((coarse_calls, _)) if is_coarse(&key) => coarse_calls,
-                Some((_, shared)) if is_fine(&key) => {
-                    estimator.calls(abi, call, (count as f64 - shared).max(0.0))
+            let calls = match gettime_calls {
+                Some(split) if is_gettime_sample(&key) => {
+                    if key.clock_id == CLOCK_COARSE_SAMPLED {
+                        split.coarse
+                    } else {
+                        split.fine
+                    }
                 }
                 _ => estimator.calls(abi, call, count as f64),
             };
@@ -207,7 +205,7 @@ pub(super) fn add_vdso_calls(
         e.costs.uncertainty_of(&EstimateBasis {
             samples: samples_used,
             i386: i386_sampled,
-            coarse: coarse_samples > 0,
+            coarse: gettime.coarse > 0,
             short: short_sampled,
             other_calls,
         })
@@ -215,4 +213,20 @@ pub(super) fn add_vdso_calls(
     let kernel = report.time_kernel_entries() as f64;
     report.kernel_share = (kernel + total > 0.0).then(|| kernel / (kernel + total));
     report.vdso_calls = rows;
+}
+
+/// `deltas` with the samples in shared code of clock_gettime added to the
+/// process's other samples there (one fine-read row, as without the mark).
+fn shared_samples_merged(deltas: &[(VdsoKey, u64)]) -> Vec<(VdsoKey, u64)> {
+    let mut merged: Vec<(VdsoKey, u64)> = Vec::with_capacity(deltas.len());
+    for &(mut key, count) in deltas {
+        if is_gettime_sample(&key) && key.clock_id == CLOCK_SHARED_SAMPLED {
+            key.clock_id = NO_CLOCK;
+        }
+        match merged.iter_mut().find(|(other, _)| *other == key) {
+            Some((_, total)) => *total += count,
+            None => merged.push((key, count)),
+        }
+    }
+    merged
 }

@@ -555,6 +555,7 @@ fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_one
         marked_ns: 2.0,
         shared_ns: 1.0,
         samples: 100,
+        fine_split: None,
     });
     let estimator = VdsoEstimator {
         costs,
@@ -605,24 +606,105 @@ fn coarse_reads_are_never_more_than_the_whole_call_buys() {
         marked_ns: 0.5,
         shared_ns: 1.6,
         samples: 45,
+        fine_split: None,
     });
     let estimator = VdsoEstimator {
         costs,
         sample_period_ns: 2_000_000,
     };
+    let samples = |coarse, other| GettimeSamples {
+        coarse,
+        shared: 0,
+        other,
+    };
     // 100 M reads at 1.1 + 1.1 ns: 55 samples in each code.
-    let (calls, shared) = estimator.coarse_calls(55, 55).unwrap();
+    let calls = estimator.gettime_calls(samples(55, 55));
     let truth = 100e6;
     assert!(
-        ((calls - truth) / truth).abs() < 0.06,
-        "{calls}: the whole call's price"
+        ((calls.coarse - truth) / truth).abs() < 0.06,
+        "{calls:?}: the whole call's price"
     );
-    assert!(shared >= 55.0, "no fine reads left: {shared}");
+    assert!(calls.fine < 1.0, "no fine reads left: {calls:?}");
     // A program that reads as the calibration did is priced by its own code.
-    let (calls, _) = estimator.coarse_calls(25, 80).unwrap();
-    assert!((calls - 100e6).abs() < 1.0, "{calls}");
-    // And one with fine reads besides: the bound does not bind.
-    let (calls, shared) = estimator.coarse_calls(25, 80 + 400).unwrap();
-    assert!((calls - 100e6).abs() < 1.0, "{calls}");
-    assert!((shared - 80.0).abs() < 1e-9, "{shared}");
+    let calls = estimator.gettime_calls(samples(25, 80));
+    assert!((calls.coarse - 100e6).abs() < 1.0, "{calls:?}");
+    // And one with fine reads besides: the bound does not bind, and the
+    // coarse reads' share of the other samples leaves the fine ones.
+    let calls = estimator.gettime_calls(samples(25, 80 + 400));
+    assert!((calls.coarse - 100e6).abs() < 1.0, "{calls:?}");
+    assert!((calls.fine - 40e6).abs() < 1.0, "{calls:?}");
+}
+
+/// With the shared code marked too, coarse reads are priced by their whole
+/// call whichever way their samples fell between their own code and the
+/// shared code, and fine reads by the code only they run.
+#[test]
+fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
+    use crate::model::costs::{CoarseCosts, FineSplit};
+    let mut costs = VdsoCosts::default();
+    costs.ns_per_call.insert(TimeCall::ClockGettime, 20.0);
+    // The calibration's coarse child in its heavy mode: 1.4 ns a call in
+    // its own code, 1.0 in the shared; a fine read 19 ns in code of its own
+    // and 1 in the shared.
+    costs.coarse = Some(CoarseCosts {
+        marked_ns: 1.4,
+        shared_ns: 1.0,
+        samples: 75,
+        fine_split: Some(FineSplit {
+            own_ns: 19.0,
+            shared_ns: 1.0,
+            own_samples: 380,
+        }),
+    });
+    let estimator = VdsoEstimator {
+        costs,
+        sample_period_ns: 2_000_000,
+    };
+    let within = |calls: f64, truth: f64, what: &str| {
+        assert!(
+            ((calls - truth) / truth).abs() < 0.01,
+            "{what}: {calls} for {truth}"
+        );
+    };
+    // 100 M coarse reads in the light mode (0.5 ns own, 1.9 shared): priced
+    // by their own code alone they read -64%.
+    let light = estimator.gettime_calls(GettimeSamples {
+        coarse: 25,
+        shared: 95,
+        other: 0,
+    });
+    within(light.coarse, 100e6, "light");
+    assert_eq!(light.fine, 0.0);
+    // The same in the heavy mode.
+    let heavy = estimator.gettime_calls(GettimeSamples {
+        coarse: 70,
+        shared: 50,
+        other: 0,
+    });
+    within(heavy.coarse, 100e6, "heavy");
+    // Mixed with 10 M fine reads (95 samples in their own code, 5 shared).
+    let mixed = estimator.gettime_calls(GettimeSamples {
+        coarse: 25,
+        shared: 95 + 5,
+        other: 95,
+    });
+    within(mixed.coarse, 100e6, "mixed, coarse");
+    within(mixed.fine, 10e6, "mixed, fine");
+    // Fine reads alone: no coarse-only sample, so no coarse read, however
+    // many samples their entry and return had.
+    let fine = estimator.gettime_calls(GettimeSamples {
+        coarse: 0,
+        shared: 5,
+        other: 95,
+    });
+    assert_eq!(fine.coarse, 0.0);
+    within(fine.fine, 10e6, "fine alone");
+    // A stray coarse-only sample of a fine reader: its shared samples are
+    // what its fine reads account for, so next to no coarse read.
+    let stray = estimator.gettime_calls(GettimeSamples {
+        coarse: 1,
+        shared: 5,
+        other: 95,
+    });
+    assert!(stray.coarse < 1e6, "{stray:?}");
 }
