@@ -247,22 +247,34 @@ fn coarse_costs(
         .filter(|stretch| f64::from(seen_fine(stretch)) < DOMINANCE * total(stretch) as f64 * scale)
         .map(|stretch| stretch[0].0..=stretch[stretch.len() - 1].0)
         .collect();
-    let in_shared = |offset: u32| shared.iter().any(|range| range.contains(&offset));
+    let kind_at = |offset: u32| {
+        if own_code.contains(&offset) {
+            CodeKind::Coarse
+        } else if shared.iter().any(|range| range.contains(&offset)) {
+            CodeKind::Shared
+        } else {
+            CodeKind::Fine
+        }
+    };
     let ns = |samples: u64, calls: u64| samples as f64 * period_ns as f64 / calls as f64;
     // The fine child's samples in clock_gettime, in the shared code and in
     // the rest (code of its own, as the coarse reads' is to them).
     let (mut fine_shared, mut fine_own) = (0u64, 0u64);
+    let mut labelled: BTreeMap<u32, CodeKind> = BTreeMap::new();
     for (&offset, &count) in &fine_samples {
-        if table.call_at(u64::from(offset)) != TimeCall::ClockGettime as u8
-            || own_code.contains(&offset)
-        {
+        if table.call_at(u64::from(offset)) != TimeCall::ClockGettime as u8 {
             continue;
         }
-        if in_shared(offset) {
-            fine_shared += u64::from(count);
-        } else {
-            fine_own += u64::from(count);
+        let kind = kind_at(offset);
+        labelled.insert(offset, kind);
+        match kind {
+            CodeKind::Coarse => {}
+            CodeKind::Shared => fine_shared += u64::from(count),
+            CodeKind::Fine => fine_own += u64::from(count),
         }
+    }
+    for &(offset, _) in &sampled {
+        labelled.insert(offset, kind_at(offset));
     }
     let fine_split = (!shared.is_empty() && fine_own >= MIN_FINE_OWN_SAMPLES).then(|| FineSplit {
         own_ns: ns(fine_own, fine.calls),
@@ -276,17 +288,59 @@ fn coarse_costs(
             samples: marked,
             fine_split,
         },
-        GettimeCode {
-            // The whole stretch: a program's coarse reads may be sampled on
-            // instructions of it the child's were not.
-            coarse: own_code.collect(),
-            shared: if fine_split.is_some() {
-                shared.into_iter().flatten().collect()
-            } else {
-                Vec::new()
-            },
-        },
+        gettime_code(image, &labelled, fine_split.is_some()),
     ))
+}
+
+/// What code of clock_gettime a sampled offset lies in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CodeKind {
+    Coarse,
+    Shared,
+    Fine,
+}
+
+/// Each byte of clock_gettime takes the kind of the nearest offset either
+/// child was sampled on, within [`STRETCH_GAP`] / 2 bytes: a program is
+/// sampled on instructions the children were not (C loops reading coarse
+/// and fine clocks in turn at 0xcc5-0xcd2 past the coarse child's last
+/// offset, 0xcc2, and in the return at 0xbdc-0xbf0), and a sample priced as
+/// the wrong kind is a coarse read lost or ten found. The shared code is
+/// marked only with `shared` (a fine price outside it).
+fn gettime_code(
+    image: &VdsoImage,
+    labelled: &BTreeMap<u32, CodeKind>,
+    shared: bool,
+) -> GettimeCode {
+    let mut code = GettimeCode {
+        coarse: Vec::new(),
+        shared: Vec::new(),
+    };
+    let Some(function) = image.function(TimeCall::ClockGettime) else {
+        return code;
+    };
+    let reach = STRETCH_GAP / 2;
+    let start = function.offset as u32;
+    for byte in start..start + function.size as u32 {
+        let before = labelled.range(..=byte).next_back();
+        let after = labelled.range(byte..).next();
+        // The nearer; on a tie the one before (a sample names the
+        // instruction after the one it caught).
+        let nearest = match (before, after) {
+            (Some(b), Some(a)) if a.0 - byte < byte - b.0 => Some(a),
+            (Some(b), _) => Some(b),
+            (None, a) => a,
+        };
+        match nearest {
+            Some((&offset, &kind)) if offset.abs_diff(byte) <= reach => match kind {
+                CodeKind::Coarse => code.coarse.push(byte),
+                CodeKind::Shared if shared => code.shared.push(byte),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    code
 }
 
 #[cfg(test)]
@@ -368,7 +422,8 @@ mod tests {
     #[test]
     fn code_both_reads_run_stays_fine_code() {
         let (costs, code) = judge(&FINE, &COARSE).unwrap();
-        assert_eq!(code.coarse, (0xcaf..=0xcc2).collect::<Vec<u32>>());
+        // The coarse read's loop, and 16 bytes either side (see below).
+        assert_eq!(code.coarse, (0xc9f..=0xcd2).collect::<Vec<u32>>());
         assert_eq!(costs.samples, 42);
         // 42 samples of 2 ms over 100 M calls; the other 59 are shared.
         assert!((costs.marked_ns - 0.84).abs() < 1e-9, "{costs:?}");
@@ -378,13 +433,17 @@ mod tests {
     /// The code both run is the coarse child's other stretches (the entry,
     /// the return), each whole; not its two samples among the fine reads' own
     /// code (0xb66), which would price a fine sample there as a coarse call.
-    /// A fine read's cost splits by the same code: in clock_gettime, 14 of
-    /// its samples fell in the shared code and 380 elsewhere.
+    /// Each byte takes the kind of the nearest sampled offset within 16
+    /// bytes: the entry up to 0xb40 (0xb49 is a fine read's), the return
+    /// from 0xbc9 (16 before 0xbd9; 0xbb4, a fine read's, is 21 before) to
+    /// 0xbfa. A fine read's cost splits by the same code: in clock_gettime,
+    /// 14 of its samples fell in the shared code and 380 elsewhere.
     #[test]
     fn the_shared_code_is_the_coarse_childs_other_stretches() {
         let (costs, code) = judge(&FINE, &COARSE).unwrap();
-        let expected: Vec<u32> = (0xb10..=0xb38).chain(0xbd9..=0xbea).collect();
+        let expected: Vec<u32> = (0xb10..=0xb40).chain(0xbc9..=0xbfa).collect();
         assert_eq!(code.shared, expected);
+        assert!(!code.shared.contains(&0xb66) && !code.coarse.contains(&0xb66));
         let split = costs.fine_split.unwrap();
         assert_eq!(split.own_samples, 380);
         let per_call = |samples: f64| samples * PERIOD_NS as f64 / FINE_CALLS as f64;
@@ -404,7 +463,7 @@ mod tests {
         let (costs, code) = judge(&fine, &COARSE).unwrap();
         assert_eq!(costs.fine_split, None);
         assert!(code.shared.is_empty());
-        assert_eq!(code.coarse, (0xcaf..=0xcc2).collect::<Vec<u32>>());
+        assert_eq!(code.coarse, (0xc9f..=0xcd2).collect::<Vec<u32>>());
     }
 
     /// The fine child's few samples of the return can all miss it (here 1 in
@@ -414,8 +473,8 @@ mod tests {
     fn one_stretch_is_marked_the_one_coarse_reads_spend_most_in() {
         let fine: Vec<(u32, u32)> = FINE.into_iter().filter(|(o, _)| *o != 0xbde).collect();
         let (costs, code) = judge(&fine, &COARSE).unwrap();
-        assert_eq!(code.coarse.first(), Some(&0xcaf));
-        assert_eq!(code.coarse.last(), Some(&0xcc2));
+        assert_eq!(code.coarse.first(), Some(&0xc9f));
+        assert_eq!(code.coarse.last(), Some(&0xcd2));
         assert_eq!(costs.samples, 42);
     }
 
@@ -425,7 +484,7 @@ mod tests {
     #[test]
     fn fine_code_the_coarse_child_ran_stays_fine_code() {
         let (_, code) = judge(&FINE, &[(0xb66, 200), (0xcc2, 30)]).unwrap();
-        assert_eq!(code.coarse, [0xcc2]);
+        assert_eq!(code.coarse, (0xcb2..=0xcd2).collect::<Vec<u32>>());
     }
 
     #[test]

@@ -40,6 +40,9 @@
  *               second at most (0: as fast as it can); prints "calls SECONDS" at the end
  *   hotcoarse   clock_gettime(CLOCK_MONOTONIC_COARSE) for ARG seconds (one
  *               CLOCK_MONOTONIC a thousand); prints "calls SECONDS"
+ *   mixcoarse   N clock_gettime(CLOCK_MONOTONIC_COARSE) for each
+ *               clock_gettime(CLOCK_MONOTONIC), for ARG seconds; prints
+ *               "coarse fine"
  *   hotlog      like hot at full speed, printing "calls cpu_ns" every 0.25 s (its own
  *               CPU time, so a slowdown shows whatever else runs on the machine)
  *   gtod        N libc gettimeofday calls (straight into the vDSO: glibc's IFUNC)
@@ -155,6 +158,26 @@ static void leave(int signal_number) {
 /* clock_gettime(clock) for `seconds`, at most `rate` calls a second (0: as fast
  * as it can), in batches of 1000; for a coarse clock one CLOCK_MONOTONIC a
  * batch keeps time. Prints "calls SECONDS" (calls of `clock`). */
+/* Coarse and fine reads in turn: `per_fine` coarse ones before each fine one. */
+static void mixed(long per_fine, double seconds)
+{
+    struct timespec start, now, ts;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long coarse = 0, fine = 1;
+    double elapsed = 0;
+    while (elapsed < seconds) {
+        for (int i = 0; i < 100; i++) {
+            for (long j = 0; j < per_fine; j++)
+                clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+            clock_gettime(CLOCK_MONOTONIC, &now);
+        }
+        coarse += 100 * per_fine;
+        fine += 100;
+        elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+    }
+    printf("%ld %ld\n", coarse, fine);
+}
+
 static void hot(clockid_t clock, long rate, double seconds)
 {
     struct timespec start, now, ts;
@@ -361,6 +384,8 @@ int main(int argc, char **argv) {
         }
     } else if (!strcmp(mode, "hot")) {
         hot(CLOCK_MONOTONIC, n, atof(arg));
+    } else if (!strcmp(mode, "mixcoarse")) {
+        mixed(n, atof(arg));
     } else if (!strcmp(mode, "hotcoarse")) {
         hot(CLOCK_MONOTONIC_COARSE, n, atof(arg));
     } else if (!strcmp(mode, "hotlog")) {
