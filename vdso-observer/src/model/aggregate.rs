@@ -107,8 +107,7 @@ impl GettimeSamples {
             match key.clock_id {
                 CLOCK_COARSE_SAMPLED => found.coarse += count,
                 CLOCK_SHARED_SAMPLED => found.shared += count,
-                NO_CLOCK => found.other += count,
-                _ => {}
+                _ => found.other += count,
             }
         }
         found
@@ -123,11 +122,17 @@ pub struct GettimeCalls {
 }
 
 /// A sample of the 64-bit clock_gettime, split between coarse and fine reads
-/// by [`VdsoEstimator::gettime_calls`] rather than priced on its own.
+/// by [`VdsoEstimator::gettime_calls`] rather than priced on its own. Not the
+/// overflow key of a process past its key cap: its samples, of whatever
+/// code, are priced as fine reads on their own, as before the split.
 pub fn is_gettime_sample(key: &VdsoKey) -> bool {
     key.provenance == Provenance::Sampled as u8
         && key.call == TimeCall::ClockGettime as u8
         && key.abi == SyscallAbi::NATIVE as u8
+        && matches!(
+            key.clock_id,
+            CLOCK_COARSE_SAMPLED | CLOCK_SHARED_SAMPLED | NO_CLOCK
+        )
 }
 
 /// Exited processes a window reports one row each; past this, they are

@@ -538,8 +538,9 @@ fn past_the_row_limit_every_kind_merges_and_a_storm_leaves_others_their_rows() {
 
 #[test]
 fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_ones() {
+    use crate::model::clocks::clock_name;
     use crate::model::costs::CoarseCosts;
-    use vdso_observer_common::{CLOCK_COARSE_SAMPLED, Provenance};
+    use vdso_observer_common::{CLOCK_COARSE_SAMPLED, CLOCK_OVERFLOW, Provenance};
     let vdso_key = |clock_id: i32| VdsoKey {
         process: key(50, TimeCall::ClockGettime, 1, Origin::Direct).process,
         clock_id,
@@ -564,6 +565,9 @@ fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_one
     let mut snap = snapshot(&[]);
     snap.vdso.insert(vdso_key(CLOCK_COARSE_SAMPLED), 100);
     snap.vdso.insert(vdso_key(NO_CLOCK), 250);
+    // Past its key cap (other clocks made keys first): priced on its own,
+    // not given the split's fine reads a second time.
+    snap.vdso.insert(vdso_key(CLOCK_OVERFLOW), 40);
     let mut comm = [0u8; 16];
     comm[..4].copy_from_slice(b"work");
     snap.names
@@ -586,7 +590,8 @@ fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_one
     // shared code is 50 of the 250 other samples; 200 x 1000 / 20 fine reads.
     assert_eq!(calls(Some("CLOCK_*_COARSE")), 50_000.0);
     assert_eq!(calls(None), 10_000.0);
-    assert_eq!(row.vdso_calls_per_sec, Some(60_000.0));
+    assert_eq!(calls(Some(&clock_name(CLOCK_OVERFLOW))), 2_000.0);
+    assert_eq!(row.vdso_calls_per_sec, Some(62_000.0));
     // Wider than the samples' own error: the coarse calibration and the
     // caller's part in a short call's samples.
     let plain = row.vdso_uncertainty.unwrap();
