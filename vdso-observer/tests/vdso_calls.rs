@@ -367,46 +367,29 @@ fn coarse_clock_reads_are_priced_as_coarse_reads() {
     require_root();
     let _serial = serial();
     let hot = build_workload("time_calls", "vt-est-coarse", &[]);
-    // The calibration's own log (which offsets each child's samples hit)
-    // goes into every failure: a run that calibrates no coarse price is rare
-    // and says why only there.
-    let observer = ObserverRun::start_logging(
-        &["top", "--once", "-d", "120", "--json"],
-        "vdso_observer=debug,warn",
-    );
+    let observer = observer_logging_calibration();
     let truths = coarse_loops(&hot);
-    let (stdout, log) = observer.finish_text();
-    let report = parse_report(stdout.trim()).unwrap_or_else(|err| panic!("{err}\n{log}"));
-    let calibration_log = || {
-        log.lines()
-            .filter(|line| line.contains("coarse") || line.contains("calibration"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let (report, log) = report_and_calibration_log(observer);
     let coarse = report
         .observer
         .vdso_costs
         .coarse
-        .unwrap_or_else(|| panic!("coarse reads not calibrated:\n{}", calibration_log()));
+        .unwrap_or_else(|| panic!("coarse reads not calibrated:\n{}", log));
     assert!(
         coarse.marked_ns > 0.0 && coarse.samples >= 20,
         "{coarse:?}\n{}",
-        calibration_log()
+        log
     );
     let mean = coarse_mean_error(&report, "vt-est-coarse", &truths);
     eprintln!(
         "coarse hot loops: mean error {:+.1}%, costs {coarse:?}\n{}",
         mean * 100.0,
-        calibration_log()
+        log
     );
     // A gross check (priced as fine reads they were -88%): the calibration
     // child is a Rust loop, and a test build (opt-level 2) shapes it unlike
     // the release: -28% and -35% means here, where the release reads +2%.
-    assert!(
-        mean.abs() <= 0.6,
-        "{mean}: {report:#?}\n{}",
-        calibration_log()
-    );
+    assert!(mean.abs() <= 0.6, "{mean}: {report:#?}\n{}", log);
 }
 
 /// A program reading coarse and fine clocks in turn (10 or 30 coarse reads
@@ -424,10 +407,7 @@ fn coarse_and_fine_reads_of_one_process_are_told_apart() {
     require_root();
     let _serial = serial();
     let mixed = build_workload("time_calls", "vt-est-mixed", &[]);
-    let observer = ObserverRun::start_logging(
-        &["top", "--once", "-d", "120", "--json"],
-        "vdso_observer=debug,warn",
-    );
+    let observer = observer_logging_calibration();
     let truths: Vec<(&str, u32, f64, f64)> = [("10", "2"), ("30", "3")]
         .into_iter()
         .map(|(per_fine, seconds)| {
@@ -436,9 +416,7 @@ fn coarse_and_fine_reads_of_one_process_are_told_apart() {
             (per_fine, pid, counts[0], counts[1])
         })
         .collect();
-    let (stdout, log) = observer.finish_text();
-    let report = parse_report(stdout.trim()).unwrap_or_else(|err| panic!("{err}\n{log}"));
-    let calibration: Vec<&str> = log.lines().filter(|l| l.contains("coarse")).collect();
+    let (report, calibration) = report_and_calibration_log(observer);
     for (per_fine, pid, coarse, fine) in truths {
         let rows = rows_of_pid(&report, pid);
         let calls = |clock: Option<&str>| -> f64 {
@@ -459,9 +437,31 @@ fn coarse_and_fine_reads_of_one_process_are_told_apart() {
         assert!(
             fine_error.abs() <= 0.2 && (-0.6..=0.5).contains(&coarse_error),
             "{per_fine} coarse a fine: fine {fine_error:+.2}, coarse {coarse_error:+.2}\n{rows:#?}\n{}",
-            calibration.join("\n")
+            calibration
         );
     }
+}
+
+/// An observer logging its calibration at debug (which offsets each child's
+/// samples hit, the costs): the coarse tests put it into every failure, as a
+/// run that calibrates no coarse price is rare and says why only there.
+fn observer_logging_calibration() -> ObserverRun {
+    ObserverRun::start_logging(
+        &["top", "--once", "-d", "120", "--json"],
+        "vdso_observer=debug,warn",
+    )
+}
+
+/// Ends the window: the report, and the log's lines about the calibration.
+fn report_and_calibration_log(observer: ObserverRun) -> (Report, String) {
+    let (stdout, log) = observer.finish_text();
+    let report = parse_report(stdout.trim()).unwrap_or_else(|err| panic!("{err}\n{log}"));
+    let calibration = log
+        .lines()
+        .filter(|line| line.contains("coarse") || line.contains("calibration"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (report, calibration)
 }
 
 /// Three 1 s loops of coarse reads: (pid, calls) of each.
