@@ -139,7 +139,9 @@ switch)
     sed 's/^/VMTEST-STDERR /' /tmp/doctor.err
     # getppid, no time call: what the observer costs every other syscall.
     echo "VMTEST-GETPPID-BARE $(/workload bench 100000 getppid)"
+    export RUST_LOG=warn,vdso_observer::measure=debug
     observe top --once -d 600 --json --comm workload --attach $attach
+    export RUST_LOG=warn
     echo "VMTEST-GETPPID-OBSERVED $(/workload bench 100000 getppid)"
     /workload monotonic 20000 &
     workload=$!
@@ -153,6 +155,18 @@ switch)
     /workload32 direct 400 &
     echo "VMTEST-PID-I386 $!"
     wait $!
+    if [ "$scenario" = hpet ] || [ "$scenario" = acpipm ]; then
+        # Coarse reads and time() stay in user space whatever the
+        # clocksource: hot loops of each, estimated from samples (hotcoarse
+        # also reads CLOCK_MONOTONIC once a thousand calls, to keep time).
+        /workload hotcoarse 0 2 > /tmp/coarse.txt &
+        echo "VMTEST-PID-COARSE $!"
+        wait $!
+        echo "VMTEST-COARSE $(cat /tmp/coarse.txt)"
+        /workload time 15000000 &
+        echo "VMTEST-PID-TIME $!"
+        wait $!
+    fi
     stop
     echo "VMTEST-TOP $(cat /tmp/out.json)"
     echo "VMTEST-NS $(/workload hot 0 1)"

@@ -133,7 +133,7 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
             let check = runs.check();
             let sampled = model
                 .sample_period_ns
-                .map(|period_ns| runs.priced(period_ns))
+                .map(|period_ns| runs.priced(period_ns, check.vdso_capable()))
                 .unwrap_or_default();
             let fine_offsets: Vec<(u32, u32)> = runs.offsets.into_iter().collect();
             if !check.vdso_capable() {
@@ -143,7 +143,8 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                     check.kernel_entries, check.calls
                 );
             }
-            if !sampled.is_empty() {
+            let priced_in_place = !sampled.is_empty();
+            if priced_in_place {
                 let mut sampled = sampled;
                 if let Some(&registers) = sampled.get(&TimeCall::Time) {
                     match time_call_site(observer) {
@@ -178,7 +179,9 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                     model.costs.calibration_samples,
                     model.costs.call_samples
                 );
-                if let Some(period_ns) = model.sample_period_ns {
+                // The 32-bit image is priced against clock_gettime's price in
+                // place, which reads entering the kernel do not give.
+                if let Some(period_ns) = model.sample_period_ns.filter(|_| check.vdso_capable()) {
                     let ns64 = model.costs.ns(Some(TimeCall::ClockGettime));
                     match calibrate_i386(observer, ns64, period_ns) {
                         Ok(Some((ratio, samples))) => {
@@ -191,23 +194,46 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
                              are priced as 64-bit ones: {err:#}"
                         ),
                     }
-                    let fine = super::coarse::FineOffsets {
-                        samples: &fine_offsets,
-                        calls: check.calls,
-                    };
-                    match super::coarse::calibrate(observer, &model.image, &fine, period_ns) {
-                        Ok(coarse) => model.costs.coarse = coarse,
-                        Err(err) => warn!(
-                            "calibrating coarse clocks failed, their vDSO calls are priced as \
-                             fine reads: {err:#}"
-                        ),
-                    }
                 }
             } else if model.sample_period_ns.is_some() && check.vdso_capable() {
                 warn!(
                     "the sampler saw too few samples of the calibration loop; using stopwatch \
                      costs, which may misjudge vDSO call counts"
                 );
+            }
+            // Coarse reads stay in user space whatever the clocksource: where
+            // fine reads enter the kernel, they are what is left to price.
+            let fine = super::coarse::FineOffsets {
+                samples: &fine_offsets,
+                calls: check.calls,
+            };
+            let coarse = match model.sample_period_ns {
+                Some(period_ns) if !check.vdso_capable() => {
+                    super::coarse::calibrate_beside_fallbacks(
+                        observer,
+                        &model.image,
+                        &fine,
+                        period_ns,
+                    )
+                }
+                Some(period_ns) if priced_in_place => {
+                    super::coarse::calibrate(observer, &model.image, &fine, period_ns)
+                }
+                _ => Ok(None),
+            };
+            match coarse {
+                Ok(coarse) => model.costs.coarse = coarse,
+                Err(err) => warn!(
+                    "calibrating coarse clocks failed, their vDSO calls are priced as fine \
+                     reads: {err:#}"
+                ),
+            }
+            if model.costs.coarse.is_none() {
+                // Marks an earlier calibration left (before a clocksource
+                // change) would key samples the new costs cannot price.
+                if let Err(err) = observer.set_gettime_code(&[], &[]) {
+                    warn!("clearing the coarse-clock code marks failed: {err:#}");
+                }
             }
             (model, Some(check))
         }
@@ -329,20 +355,32 @@ impl FineRuns {
     }
 
     /// Calls made but sampled too little to be priced: (call, samples, calls).
+    /// Not the calls that read the clocksource where its reads enter the
+    /// kernel: more runs would not price them.
     fn shortfalls(&self, period_ns: u64) -> Vec<(TimeCall, u64, u64)> {
-        let priced = self.priced(period_ns);
+        let answered = self.check().vdso_capable();
+        let priced = self.priced(period_ns, answered);
         self.calls
             .iter()
             .filter(|(call, calls)| **calls > 0 && !priced.contains_key(call))
+            .filter(|(call, _)| answered || !reads_the_clocksource(**call))
             .map(|(call, calls)| (*call, self.samples.get(call).copied().unwrap_or(0), *calls))
             .collect()
     }
 
     /// Each call's cost as sampled, where its samples say enough; none
     /// without clock_gettime's, the reference the others are checked by.
-    fn priced(&self, period_ns: u64) -> BTreeMap<TimeCall, Sampled> {
+    /// Where its reads enter the kernel (`answered` false), time() and getcpu
+    /// still stay in user space and are priced alone; the calls that read
+    /// the clocksource are not (their samples are the user-space part of a
+    /// kernel entry, and priced by it each would stand for a vDSO call).
+    fn priced(&self, period_ns: u64, answered: bool) -> BTreeMap<TimeCall, Sampled> {
         let mut sampled = BTreeMap::new();
-        for (&call, &calls) in &self.calls {
+        let calls = self
+            .calls
+            .iter()
+            .filter(|(call, _)| answered || !reads_the_clocksource(**call));
+        for (&call, &calls) in calls {
             let samples = self.samples.get(&call).copied().unwrap_or(0);
             let enough = if call == TimeCall::ClockGettime {
                 MIN_SAMPLES
@@ -360,11 +398,16 @@ impl FineRuns {
                 );
             }
         }
-        if !sampled.contains_key(&TimeCall::ClockGettime) {
+        if answered && !sampled.contains_key(&TimeCall::ClockGettime) {
             sampled.clear();
         }
         sampled
     }
+}
+
+/// The calls a clocksource the vDSO cannot read sends into the kernel.
+fn reads_the_clocksource(call: TimeCall) -> bool {
+    matches!(call, TimeCall::ClockGettime | TimeCall::Gettimeofday)
 }
 
 /// time()'s cost sampled from a loop of the second shape (see
@@ -480,7 +523,10 @@ mod tests {
             ..FineRuns::default()
         };
         let one = starved(3_300_000, 37, (7_000_000, 6));
-        assert!(one.priced(PERIOD_NS).is_empty(), "under 40: the stopwatch");
+        assert!(
+            one.priced(PERIOD_NS, true).is_empty(),
+            "under 40: the stopwatch"
+        );
         assert_eq!(
             one.shortfalls(PERIOD_NS),
             vec![
@@ -495,10 +541,41 @@ mod tests {
         for (call, samples) in one.samples {
             *two.samples.entry(call).or_default() += samples;
         }
-        let priced = two.priced(PERIOD_NS);
+        let priced = two.priced(PERIOD_NS, true);
         let ns = priced[&TimeCall::ClockGettime].ns_per_call;
         assert!((ns - 74.0 * 2_004_008.0 / 6_600_000.0).abs() < 1e-9, "{ns}");
         assert_eq!(priced[&TimeCall::Time].samples, 12);
         assert!(two.shortfalls(PERIOD_NS).is_empty());
+    }
+
+    /// A clocksource the vDSO cannot read (hpet): every clock_gettime enters
+    /// the kernel and leaves a few samples of its user-space part. time()
+    /// still prices alone, and the runs stop once it has: no more runs
+    /// would price clock_gettime or gettimeofday.
+    #[test]
+    fn where_fine_reads_enter_the_kernel_time_prices_alone() {
+        const PERIOD_NS: u64 = 1_001_001; // 999 Hz
+        let runs = FineRuns {
+            calls: [
+                (TimeCall::ClockGettime, 400_000),
+                (TimeCall::Gettimeofday, 90_000),
+                (TimeCall::Time, 9_000_000),
+            ]
+            .into(),
+            samples: [
+                (TimeCall::ClockGettime, 45),
+                (TimeCall::Gettimeofday, 11),
+                (TimeCall::Time, 25),
+            ]
+            .into(),
+            kernel_entries: 400_000,
+            ..FineRuns::default()
+        };
+        assert!(!runs.check().vdso_capable());
+        let priced = runs.priced(PERIOD_NS, false);
+        assert_eq!(priced.keys().collect::<Vec<_>>(), [&TimeCall::Time]);
+        assert!(runs.shortfalls(PERIOD_NS).is_empty());
+        // Read by the vDSO, the same samples price every call.
+        assert_eq!(runs.priced(PERIOD_NS, true).len(), 3);
     }
 }

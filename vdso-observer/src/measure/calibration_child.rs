@@ -321,13 +321,35 @@ impl Repeats {
     pub fn run_until(
         observer: &mut Observer,
         plan: LoopPlan,
+        add: impl FnMut(&mut Observer, &ChildRun) -> Result<bool>,
+    ) -> Result<Repeats> {
+        Repeats::run(observer, plan, add, Repeats::again)
+    }
+
+    /// As [`Repeats::run_until`], but a run that said too little runs again
+    /// within the time limit however much CPU it got: for a calibration
+    /// whose samples add up to what it needs on a quiet machine too.
+    pub fn run_until_enough(
+        observer: &mut Observer,
+        plan: LoopPlan,
+        add: impl FnMut(&mut Observer, &ChildRun) -> Result<bool>,
+    ) -> Result<Repeats> {
+        Repeats::run(observer, plan, add, |repeats| {
+            repeats.started.elapsed() < repeats.wall_limit
+        })
+    }
+
+    fn run(
+        observer: &mut Observer,
+        plan: LoopPlan,
         mut add: impl FnMut(&mut Observer, &ChildRun) -> Result<bool>,
+        again: impl Fn(&Repeats) -> bool,
     ) -> Result<Repeats> {
         let mut repeats = Repeats::of(plan);
         loop {
             let run = run_loop_child(observer, plan)?;
             repeats.record(&run);
-            if add(observer, &run)? || !repeats.again() {
+            if add(observer, &run)? || !again(&repeats) {
                 break;
             }
             log::debug!(
@@ -339,9 +361,14 @@ impl Repeats {
             );
         }
         if repeats.runs > 1 {
+            let why = if repeats.cpu_share() < 0.75 {
+                "a busy machine or a CPU quota"
+            } else {
+                "too few samples in a run"
+            };
             log::info!(
-                "the {} calibration ran its child {} times, {:.0}% of a CPU (a busy machine or a \
-                 CPU quota): start-up took that much longer",
+                "the {} calibration ran its child {} times, {:.0}% of a CPU ({why}): start-up \
+                 took that much longer",
                 plan.name(),
                 repeats.runs,
                 repeats.cpu_share() * 100.0

@@ -12,8 +12,11 @@ use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 use vdso_observer_common::{SyscallAbi, TimeCall};
 
-use super::calibration_child::{
-    COARSE_LINE, ChildRun, LoopPlan, Repeats, forget_pid, gettime_samples,
+use super::{
+    calibration_child::{
+        COARSE_LINE, ChildRun, ClockFn, LoopPlan, Repeats, forget_pid, gettime_samples,
+    },
+    code_reach,
 };
 use crate::{
     host::vdso_image::VdsoImage,
@@ -156,6 +159,173 @@ pub fn calibrate(
     Ok(Some(costs))
 }
 
+/// Calibrates coarse reads where fine ones enter the kernel (a clocksource
+/// the vDSO cannot read): the fine reads' few samples in user space cannot
+/// tell the code a coarse read runs alone, so each offset either child was
+/// sampled on in clock_gettime is asked of a hardware breakpoint: does a
+/// fine read run it, does a coarse one? The sampler marks the code only
+/// coarse reads run and the code both run; a process's coarse reads are
+/// priced by their whole call, less what its kernel reads put in the shared
+/// code (see `VdsoEstimator::gettime_calls`).
+pub fn calibrate_beside_fallbacks(
+    observer: &mut Observer,
+    image: &VdsoImage,
+    fine: &FineOffsets,
+    period_ns: u64,
+) -> Result<Option<CoarseCosts>> {
+    let mut runs = CoarseRuns::default();
+    let mut kinds: BTreeMap<u32, Option<CodeKind>> = BTreeMap::new();
+    let mut judged = None;
+    let in_gettime =
+        |offset: &u32| image.table().call_at(u64::from(*offset)) == TimeCall::ClockGettime as u8;
+    let fine_offsets: Vec<u32> = fine
+        .samples
+        .iter()
+        .map(|(o, _)| *o)
+        .filter(in_gettime)
+        .collect();
+    // Under TCG a coarse read's own code got 15-40 samples a run: runs add
+    // up until it has a quiet run's, within the coarse plan's time limit.
+    let repeats = Repeats::run_until_enough(observer, LoopPlan::Coarse, |observer, run| {
+        runs.add(observer, run)?;
+        for &offset in runs
+            .offsets
+            .keys()
+            .filter(|o| in_gettime(o))
+            .chain(&fine_offsets)
+        {
+            if let std::collections::btree_map::Entry::Vacant(unasked) = kinds.entry(offset) {
+                unasked.insert(kind_by_breakpoint(image, offset)?);
+            }
+        }
+        let labelled: BTreeMap<u32, CodeKind> = kinds
+            .iter()
+            .filter_map(|(o, k)| Some((*o, (*k)?)))
+            .collect();
+        let offsets: Vec<(u32, u32)> = runs.offsets.iter().map(|(o, c)| (*o, *c)).collect();
+        judged = costs_by_reach(
+            image,
+            &offsets,
+            &labelled,
+            fine,
+            (runs.calls, runs.samples),
+            period_ns,
+        );
+        Ok(judged
+            .as_ref()
+            .is_some_and(|(costs, _)| costs.samples >= QUIET_RUN_SAMPLES))
+    })?;
+    let Some((costs, code)) = judged else {
+        log::info!(
+            "coarse clocks are priced as fine reads: their calibration saw too few samples in \
+             code of their own ({} samples, {} calls in {} runs; breakpoints found {} of {} \
+             offsets coarse-only)",
+            runs.samples,
+            runs.calls,
+            repeats.runs,
+            kinds
+                .values()
+                .filter(|k| **k == Some(CodeKind::Coarse))
+                .count(),
+            kinds.len()
+        );
+        return Ok(None);
+    };
+    observer.set_gettime_code(&code.coarse, &code.shared)?;
+    log::debug!(
+        "coarse clock_gettime beside fine reads in the kernel: {:.1} ns per call sampled in its \
+         own code ({} bytes, {} samples), {:.1} elsewhere ({} bytes shared; a fine read's user \
+         space part {:.2} there); offsets by breakpoint {kinds:x?}",
+        costs.marked_ns,
+        code.coarse.len(),
+        costs.samples,
+        costs.shared_ns,
+        code.shared.len(),
+        costs.fallback_shared_ns.unwrap_or(0.0),
+    );
+    Ok(Some(costs))
+}
+
+/// Fine and coarse reads made under each breakpoint: enough that code a read
+/// runs is hit, few enough that reads entering the kernel take milliseconds.
+const REACH_CALLS: u32 = 32;
+
+/// Whether fine reads, coarse reads or both run the instruction at `offset`
+/// of this process's vDSO (None: neither did).
+fn kind_by_breakpoint(image: &VdsoImage, offset: u32) -> Result<Option<CodeKind>> {
+    let entry = image
+        .own_address(TimeCall::ClockGettime)
+        .ok_or_else(|| anyhow!("the vDSO exports no clock_gettime"))?;
+    // SAFETY: the vDSO's clock_gettime, called with its C signature.
+    let gettime: ClockFn = unsafe { std::mem::transmute(entry as usize) };
+    let reads = |clock: libc::clockid_t| {
+        move || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            for _ in 0..REACH_CALLS {
+                // SAFETY: as above.
+                std::hint::black_box(unsafe { gettime(clock, &mut ts) });
+            }
+        }
+    };
+    let address = image.own_base + u64::from(offset);
+    let fine = code_reach::executions(address, reads(libc::CLOCK_MONOTONIC))?;
+    let coarse = code_reach::executions(address, reads(libc::CLOCK_MONOTONIC_COARSE))?;
+    Ok(match (fine > 0, coarse > 0) {
+        (true, true) => Some(CodeKind::Shared),
+        (true, false) => Some(CodeKind::Fine),
+        (false, true) => Some(CodeKind::Coarse),
+        (false, false) => None,
+    })
+}
+
+/// The costs, and the code to mark, of a coarse child's offsets and
+/// (calls, samples), where each offset's kind is known (`kinds`, from
+/// breakpoints): its own code is the offsets only coarse reads run, the code
+/// both run is shared, and the fine child's samples there (the user-space
+/// part of reads that enter the kernel) give a fine read's share of it.
+/// None with fewer than [`MIN_SAMPLES`] in its own code.
+fn costs_by_reach(
+    image: &VdsoImage,
+    coarse: &[(u32, u32)],
+    kinds: &BTreeMap<u32, CodeKind>,
+    fine: &FineOffsets,
+    (calls, samples): (u64, u64),
+    period_ns: u64,
+) -> Option<(CoarseCosts, GettimeCode)> {
+    if calls == 0 {
+        return None;
+    }
+    let fine_shared: u64 = fine
+        .samples
+        .iter()
+        .filter(|(offset, _)| kinds.get(offset) == Some(&CodeKind::Shared))
+        .map(|(_, count)| u64::from(*count))
+        .sum();
+    let fallback_shared_ns = fine_shared as f64 * period_ns as f64 / fine.calls.max(1) as f64;
+    let marked: u64 = coarse
+        .iter()
+        .filter(|(offset, _)| kinds.get(offset) == Some(&CodeKind::Coarse))
+        .map(|(_, count)| u64::from(*count))
+        .sum();
+    if marked < MIN_SAMPLES {
+        return None;
+    }
+    let ns = |samples: u64| samples as f64 * period_ns as f64 / calls as f64;
+    Some((
+        CoarseCosts {
+            marked_ns: ns(marked),
+            shared_ns: ns(samples.saturating_sub(marked)),
+            samples: marked,
+            fine_split: None,
+            fallback_shared_ns: Some(fallback_shared_ns),
+        },
+        gettime_code(image, kinds, true),
+    ))
+}
+
 /// The costs, and the code of clock_gettime to mark: from the coarse child's
 /// offsets and samples over its `calls`, judged by stretch of code (see
 /// [`STRETCH_GAP`]); one coarse-only stretch at most, and the stretches both
@@ -287,6 +457,7 @@ fn coarse_costs(
             shared_ns: ns(samples.saturating_sub(marked), calls),
             samples: marked,
             fine_split,
+            fallback_shared_ns: None,
         },
         gettime_code(image, &labelled, fine_split.is_some()),
     ))
@@ -498,5 +669,59 @@ mod tests {
             calls: 0,
         };
         assert!(coarse_costs(&image(), &nothing, &coarse, 1, 19, 1).is_none());
+    }
+
+    /// Where fine reads enter the kernel, breakpoints say what each offset
+    /// either child was sampled on is: the coarse child's samples at offsets
+    /// only coarse reads ran price a coarse read in its own code; the
+    /// offsets both ran are marked shared (each byte as its nearest labelled
+    /// offset, within 16 bytes), and the fine child's few samples there give
+    /// what a kernel read's user-space part costs in them.
+    #[test]
+    fn offsets_only_coarse_reads_run_by_breakpoint_are_its_own_code() {
+        // The user-space part of 400 000 reads that entered the kernel.
+        let fallbacks = [(0xb11, 2), (0xb2f, 1), (0xb66, 5), (0xbde, 1)];
+        let kinds: BTreeMap<u32, CodeKind> = COARSE
+            .iter()
+            .chain(&fallbacks)
+            .map(|&(offset, _)| {
+                let kind = match offset {
+                    0xcaf..=0xcc2 => CodeKind::Coarse,
+                    0xb66 => CodeKind::Fine,
+                    _ => CodeKind::Shared,
+                };
+                (offset, kind)
+            })
+            .collect();
+        let fine = FineOffsets {
+            samples: &fallbacks,
+            calls: 400_000,
+        };
+        let samples = COARSE.iter().map(|(_, count)| u64::from(*count)).sum();
+        let judge = |kinds: &BTreeMap<u32, CodeKind>| {
+            costs_by_reach(
+                &image(),
+                &COARSE,
+                kinds,
+                &fine,
+                (COARSE_CALLS, samples),
+                PERIOD_NS,
+            )
+        };
+        let (costs, code) = judge(&kinds).unwrap();
+        assert_eq!(costs.samples, 42);
+        assert!((costs.marked_ns - 0.84).abs() < 1e-9, "{costs:?}");
+        assert!((costs.shared_ns - 1.18).abs() < 1e-9, "{costs:?}");
+        assert_eq!(costs.fine_split, None);
+        // 4 samples of 2 ms over 400 000 reads in the entry and return.
+        assert_eq!(costs.fallback_shared_ns, Some(20.0));
+        assert_eq!(code.coarse, (0xc9f..=0xcd2).collect::<Vec<u32>>());
+        let shared: Vec<u32> = (0xb10..=0xb48).chain(0xbc9..=0xbfa).collect();
+        assert_eq!(code.shared, shared);
+        // Offsets no breakpoint saw run count as neither; under 20 samples
+        // in code of its own, a coarse read is not priced.
+        let unseen: BTreeMap<u32, CodeKind> =
+            kinds.into_iter().filter(|(o, _)| *o != 0xcc2).collect();
+        assert!(judge(&unseen).is_none());
     }
 }

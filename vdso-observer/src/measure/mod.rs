@@ -6,6 +6,7 @@ pub mod attach_choice;
 pub mod calibrate;
 pub mod calibration_child;
 pub mod coarse;
+pub mod code_reach;
 pub mod diagnose;
 pub mod entry_points;
 pub mod exact;

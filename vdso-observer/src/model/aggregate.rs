@@ -57,6 +57,18 @@ impl VdsoEstimator {
         // in its own code, the same binary, here), while the whole call holds
         // (2.0-2.4 ns).
         let whole = coarse.marked_ns + coarse.shared_ns;
+        if let Some(fallback_shared_ns) = coarse.fallback_shared_ns {
+            // Fine reads enter the kernel here: coarse reads from their own
+            // and the shared code, less the kernel reads' share of the
+            // latter; the rest is the kernel reads' user-space part, priced
+            // as whole calls as before (a few calls).
+            let rest = (samples.coarse + samples.shared) as f64 * period
+                - samples.kernel_reads as f64 * fallback_shared_ns;
+            return GettimeCalls {
+                coarse: (rest / whole).max(0.0),
+                fine: samples.other as f64 * period / fine_ns,
+            };
+        }
         match coarse.fine_split {
             // Fine reads from the code only they run; coarse reads from the
             // rest, less the fine reads' share of it, at the whole call's price.
@@ -94,6 +106,10 @@ pub struct GettimeSamples {
     pub shared: u64,
     /// Elsewhere (NO_CLOCK): all of them where nothing is marked.
     pub other: u64,
+    /// Not samples: the process's clock_gettime reads the vDSO sent into the
+    /// kernel in the same time (vdso_fallback entries), whose user-space part
+    /// has samples here too.
+    pub kernel_reads: u64,
 }
 
 impl GettimeSamples {

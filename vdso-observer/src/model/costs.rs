@@ -66,6 +66,13 @@ pub struct CoarseCosts {
     /// sampler marks the code both run too (None: it does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_split: Option<FineSplit>,
+    /// Where fine reads enter the kernel (a clocksource the vDSO cannot
+    /// read): what a fine read's user-space part costs per call, as sampled,
+    /// in the code both run. A process's coarse reads are then priced by
+    /// their whole call from its coarse-only and shared samples, less its
+    /// kernel reads' share of the latter (None: fine reads stay in user space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_shared_ns: Option<f64>,
 }
 
 /// Where a fine read's samples fall in clock_gettime, with the code coarse
@@ -269,9 +276,13 @@ impl VdsoCosts {
         };
         if basis.coarse {
             total += variance(self.coarse.map_or(0, |c| c.samples));
-            let run_to_run = match self.coarse.and_then(|c| c.fine_split) {
-                Some(_) => COARSE_SPLIT_VARIANCE,
-                None => COARSE_RUN_VARIANCE,
+            let by_whole_call = self
+                .coarse
+                .is_some_and(|c| c.fine_split.is_some() || c.fallback_shared_ns.is_some());
+            let run_to_run = if by_whole_call {
+                COARSE_SPLIT_VARIANCE
+            } else {
+                COARSE_RUN_VARIANCE
             };
             call_site = call_site.max(run_to_run);
         }
@@ -409,6 +420,7 @@ mod tests {
                 shared_ns: 1.1,
                 samples: 64,
                 fine_split: None,
+                fallback_shared_ns: None,
             }),
             ..VdsoCosts::default()
         };

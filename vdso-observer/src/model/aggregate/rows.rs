@@ -129,7 +129,19 @@ pub(super) fn add_vdso_calls(
     // The 64-bit clock_gettime's samples split between coarse and fine reads
     // (see `gettime_calls`): one row each, the shared code's samples shown
     // with the fine reads'.
-    let gettime = GettimeSamples::of(deltas.iter().map(|(key, count)| (key, *count)));
+    let gettime = GettimeSamples {
+        kernel_reads: report
+            .calls
+            .iter()
+            .filter(|c| {
+                c.call == TimeCall::ClockGettime
+                    && c.abi == SyscallAbi::NATIVE
+                    && c.origin == Origin::VdsoFallback
+            })
+            .map(|c| c.count)
+            .sum(),
+        ..GettimeSamples::of(deltas.iter().map(|(key, count)| (key, *count)))
+    };
     let gettime_calls = estimator.map(|e| e.gettime_calls(gettime));
     let deltas = shared_samples_merged(deltas);
     let mut rows = Vec::new();

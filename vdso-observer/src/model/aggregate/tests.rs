@@ -557,6 +557,7 @@ fn coarse_samples_are_priced_as_coarse_reads_and_their_share_leaves_the_fine_one
         shared_ns: 1.0,
         samples: 100,
         fine_split: None,
+        fallback_shared_ns: None,
     });
     let estimator = VdsoEstimator {
         costs,
@@ -612,6 +613,7 @@ fn coarse_reads_are_never_more_than_the_whole_call_buys() {
         shared_ns: 1.6,
         samples: 45,
         fine_split: None,
+        fallback_shared_ns: None,
     });
     let estimator = VdsoEstimator {
         costs,
@@ -621,6 +623,7 @@ fn coarse_reads_are_never_more_than_the_whole_call_buys() {
         coarse,
         shared: 0,
         other,
+        kernel_reads: 0,
     };
     // 100 M reads at 1.1 + 1.1 ns: 55 samples in each code.
     let calls = estimator.gettime_calls(samples(55, 55));
@@ -660,6 +663,7 @@ fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
             shared_ns: 1.0,
             own_samples: 380,
         }),
+        fallback_shared_ns: None,
     });
     let estimator = VdsoEstimator {
         costs,
@@ -677,6 +681,7 @@ fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
         coarse: 25,
         shared: 95,
         other: 0,
+        kernel_reads: 0,
     });
     within(light.coarse, 100e6, "light");
     assert_eq!(light.fine, 0.0);
@@ -685,6 +690,7 @@ fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
         coarse: 70,
         shared: 50,
         other: 0,
+        kernel_reads: 0,
     });
     within(heavy.coarse, 100e6, "heavy");
     // Mixed with 10 M fine reads (95 samples in their own code, 5 shared).
@@ -692,6 +698,7 @@ fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
         coarse: 25,
         shared: 95 + 5,
         other: 95,
+        kernel_reads: 0,
     });
     within(mixed.coarse, 100e6, "mixed, coarse");
     within(mixed.fine, 10e6, "mixed, fine");
@@ -701,6 +708,7 @@ fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
         coarse: 0,
         shared: 5,
         other: 95,
+        kernel_reads: 0,
     });
     assert_eq!(fine.coarse, 0.0);
     within(fine.fine, 10e6, "fine alone");
@@ -710,6 +718,53 @@ fn with_the_shared_code_marked_coarse_reads_are_priced_by_their_whole_call() {
         coarse: 1,
         shared: 5,
         other: 95,
+        kernel_reads: 0,
     });
     assert!(stray.coarse < 1e6, "{stray:?}");
+}
+
+/// Where fine reads enter the kernel (hpet): a process's coarse reads are
+/// priced by their whole call from its coarse-only and shared samples, less
+/// what its kernel reads' user-space part put in the shared code; a process
+/// with no sample in coarse-only code made no coarse read, and one whose
+/// kernel reads explain its shared samples made none either.
+#[test]
+fn beside_kernel_reads_coarse_reads_are_priced_by_their_whole_call() {
+    use crate::model::costs::CoarseCosts;
+    let mut costs = VdsoCosts::default();
+    // The stopwatch's fine read: a kernel entry.
+    costs.ns_per_call.insert(TimeCall::ClockGettime, 1500.0);
+    costs.coarse = Some(CoarseCosts {
+        marked_ns: 1.0,
+        shared_ns: 1.5,
+        samples: 40,
+        fine_split: None,
+        fallback_shared_ns: Some(20.0),
+    });
+    let estimator = VdsoEstimator {
+        costs,
+        sample_period_ns: 2_000_000,
+    };
+    let calls = |coarse, shared, other, kernel_reads| {
+        estimator.gettime_calls(GettimeSamples {
+            coarse,
+            shared,
+            other,
+            kernel_reads,
+        })
+    };
+    // 200 M coarse reads and one kernel read in a thousand (a loop keeping
+    // time): 100 + 150 samples of 2 ms at 2.5 ns a call, less 200 000
+    // kernel reads at 20 ns.
+    let coarse = calls(100, 150, 3, 200_000);
+    assert!((coarse.coarse - 198_400_000.0).abs() < 1.0, "{coarse:?}");
+    assert!(
+        (coarse.fine - 3.0 * 2_000_000.0 / 1500.0).abs() < 1e-6,
+        "{coarse:?}"
+    );
+    // A million kernel reads and no coarse-only sample.
+    let kernel = calls(0, 5, 20, 1_000_000);
+    assert_eq!(kernel.coarse, 0.0);
+    // A stray coarse-only sample the kernel reads' share outweighs.
+    assert_eq!(calls(1, 5, 20, 1_000_000).coarse, 0.0);
 }
