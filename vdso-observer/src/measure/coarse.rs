@@ -176,8 +176,9 @@ pub fn calibrate_beside_fallbacks(
     let mut runs = CoarseRuns::default();
     let mut kinds: BTreeMap<u32, Option<CodeKind>> = BTreeMap::new();
     let mut judged = None;
+    let table = image.table();
     let in_gettime =
-        |offset: &u32| image.table().call_at(u64::from(*offset)) == TimeCall::ClockGettime as u8;
+        |offset: &u32| table.call_at(u64::from(*offset)) == TimeCall::ClockGettime as u8;
     let fine_offsets: Vec<u32> = fine
         .samples
         .iter()
