@@ -323,7 +323,8 @@ impl Bench {
         }
     }
 
-    /// ns per call of `workload bench N kind`, pinned to CPU 1.
+    /// ns per call of `workload bench N kind`, pinned to CPU 1: the median of
+    /// its 31 timed chunks.
     fn loop_ns(&self, kind: &str, calls: u64) -> Result<f64> {
         let out = Command::new("taskset")
             .args(["-c", "1"])
