@@ -653,6 +653,15 @@ impl EstimateRun {
     fn error(&self) -> f64 {
         (self.estimate - self.truth) / self.truth
     }
+
+    /// Whether the truth lies in the interval the observer states: the
+    /// estimate × (1 ± its relative half-width), as `vdso_uncertainty` is
+    /// documented and as a user reads it (the estimate is all they have).
+    /// Not |error| ≤ stated: that measures the width from the truth, and
+    /// counts a high reading out too soon and a low one too late.
+    fn inside(&self) -> bool {
+        (self.estimate - self.truth).abs() <= self.uncertainty * self.estimate
+    }
 }
 
 /// Per configuration: median, min and max, and ratios of paired rounds with
