@@ -138,9 +138,8 @@ pub fn calibrate(observer: &mut Observer, image: VdsoImage) -> (VdsoModel, Optio
             let fine_offsets: Vec<(u32, u32)> = runs.offsets.into_iter().collect();
             if !check.vdso_capable() {
                 warn!(
-                    "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {} of {} \
-                     calls entered the kernel (clocksource not vDSO-capable; see `vdso-observer doctor`)",
-                    check.kernel_entries, check.calls
+                    "this machine's vDSO does not answer clock_gettime(CLOCK_MONOTONIC): {check} \
+                     (clocksource not vDSO-capable; see `vdso-observer doctor`)"
                 );
             }
             let priced_in_place = !sampled.is_empty();

@@ -147,11 +147,7 @@ pub fn render(d: &Diagnosis) -> String {
             };
             let _ = writeln!(out, "vDSO-capable     {verdict} ({})", d.decided_by.name());
             if let Some(check) = d.vdso_check {
-                let _ = writeln!(
-                    out,
-                    "                 measured: {} of {} vDSO clock_gettime(CLOCK_MONOTONIC) calls entered the kernel",
-                    check.kernel_entries, check.calls
-                );
+                let _ = writeln!(out, "                 measured: {check}");
             }
             let _ = writeln!(out, "                 {}: {}", cs.current, cs.why);
         }
