@@ -36,6 +36,13 @@ observe() {
     echo "VMTEST-READY $(($(date +%s) - t0))"
 }
 
+# Whether the kernel's random pool is ready: until it is, glibc seeds malloc
+# from CLOCK_MONOTONIC at a program's start (2 reads, 1 in a 32-bit process),
+# and a static program makes those reads from its own text.
+crng() {
+    if dmesg | grep -q "crng init done"; then echo ready; else echo not-ready; fi
+}
+
 stop() {
     kill -INT $observer 2>/dev/null
     # A window ends at SIGINT: a guest waiting forever says so instead.
@@ -133,6 +140,7 @@ switch)
     sed 's/^/VMTEST-FRAME /' /tmp/out.json
     ;;
 *)
+    echo "VMTEST-CRNG-DOCTOR $(crng)"
     /vdso-observer doctor --json --attach $attach > /tmp/doctor.json 2> /tmp/doctor.err
     echo "VMTEST-DOCTOR-EXIT $?"
     echo "VMTEST-DOCTOR $(cat /tmp/doctor.json)"
@@ -143,6 +151,7 @@ switch)
     observe top --once -d 600 --json --comm workload --attach $attach
     export RUST_LOG=warn
     echo "VMTEST-GETPPID-OBSERVED $(/workload bench 100000 getppid)"
+    echo "VMTEST-CRNG-BEFORE $(crng)"
     /workload monotonic 20000 &
     workload=$!
     wait $workload
@@ -155,6 +164,7 @@ switch)
     /workload32 direct 400 &
     echo "VMTEST-PID-I386 $!"
     wait $!
+    echo "VMTEST-CRNG-AFTER $(crng)"
     if [ "$scenario" = hpet ] || [ "$scenario" = acpipm ]; then
         # Coarse reads and time() stay in user space whatever the
         # clocksource: hot loops of each, estimated from samples (hotcoarse

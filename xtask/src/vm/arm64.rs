@@ -73,6 +73,7 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
     let scenario = Scenario {
         name: SCENARIO,
         cmdline: "",
+        cpu: None,
         check: check_arm64,
         modes: &ATTACH_MODES,
     };

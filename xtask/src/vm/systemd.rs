@@ -59,6 +59,7 @@ pub fn run(root: &Path) -> Result<Vec<(String, bool)>> {
         name: SCENARIO,
         // One CPU keeps tsc (the script switches to hpet itself); systemd as init.
         cmdline: "rdinit=/lib/systemd/systemd systemd.unit=multi-user.target",
+        cpu: None,
         check,
         modes: &["auto"],
     };
