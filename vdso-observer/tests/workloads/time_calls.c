@@ -417,10 +417,16 @@ int main(int argc, char **argv) {
         }
     } else if (!strcmp(mode, "bench")) {
         /* BENCH_CHUNKS timed chunks, the median printed: a chunk that an
-           interrupt, a kworker or the host took a share of does not move it. */
+           interrupt, a kworker or the host took a share of does not move it.
+           Fewer calls than chunks: a chunk a call (none would time nothing). */
         double ns[BENCH_CHUNKS];
-        for (int chunk = 0; chunk < BENCH_CHUNKS; chunk++) {
-            long calls = n / BENCH_CHUNKS + (chunk < n % BENCH_CHUNKS);
+        int chunks = n < BENCH_CHUNKS ? (int)n : BENCH_CHUNKS;
+        if (chunks < 1) {
+            fprintf(stderr, "bench: N must be at least 1, not %ld\n", n);
+            return 2;
+        }
+        for (int chunk = 0; chunk < chunks; chunk++) {
+            long calls = n / chunks + (chunk < n % chunks);
             struct timespec start, end;
             clock_gettime(CLOCK_MONOTONIC, &start);
             if (!strcmp(arg, "getppid")) {
@@ -433,11 +439,10 @@ int main(int argc, char **argv) {
                     clock_gettime(CLOCK_MONOTONIC, &ts);
             }
             clock_gettime(CLOCK_MONOTONIC, &end);
-            ns[chunk] = ((end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec)) /
-                        (calls ? calls : 1);
+            ns[chunk] = ((end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec)) / calls;
         }
-        qsort(ns, BENCH_CHUNKS, sizeof ns[0], compare_doubles);
-        printf("%.2f\n", ns[BENCH_CHUNKS / 2]);
+        qsort(ns, chunks, sizeof ns[0], compare_doubles);
+        printf("%.2f\n", ns[chunks / 2]);
     } else if (!strcmp(mode, "getcpu")) {
 #ifdef __GLIBC__
         unsigned cpu, node;
