@@ -253,6 +253,15 @@ pub fn recheck(observer: &mut Observer) -> Result<VdsoCheck> {
 /// the stopwatch then prices every call.
 const MIN_SAMPLES: u64 = 40;
 
+/// Samples of clock_gettime a starved fine child runs on for, where the vDSO
+/// answers it: the coarse calibration finds a coarse read's own code by the
+/// fine reads' samples missing there, and judges that only where they would
+/// have had 3 or more were the code shared, about 1 in 14 of these. With a
+/// tenth of a CPU one fine run gave 41 (priced), the coarse loop's code
+/// could not be told (about 2 expected there), and coarse reads were priced
+/// as fine ones (1 observer start in 20 here, and once in CI).
+const SAMPLES_FOR_COARSE: u64 = 80;
+
 /// Both ends of the child protocol: runs `vdso-observer vdso-loop` (see
 /// [`run_loop`]), reads its `NAME CALLS` lines, and judges them against what the
 /// programs counted of it; then forgets the child, which nobody asked about.
@@ -280,7 +289,7 @@ fn run_child(observer: &mut Observer, quick: bool) -> Result<FineRuns> {
                 call.name()
             );
         }
-        Ok(short.is_empty())
+        Ok(short.is_empty() && runs.enough_for_coarse())
     })?;
     if let Some(period_ns) = period_ns {
         for (call, samples, calls) in runs.shortfalls(period_ns) {
@@ -351,6 +360,19 @@ impl FineRuns {
                 .unwrap_or(0),
             kernel_entries: self.kernel_entries,
         }
+    }
+
+    /// Whether the coarse calibration can tell code of a coarse read's own
+    /// by these runs' samples (see [`SAMPLES_FOR_COARSE`]); where fine reads
+    /// enter the kernel it asks breakpoints instead.
+    fn enough_for_coarse(&self) -> bool {
+        !self.check().vdso_capable()
+            || self
+                .samples
+                .get(&TimeCall::ClockGettime)
+                .copied()
+                .unwrap_or(0)
+                >= SAMPLES_FOR_COARSE
     }
 
     /// Calls made but sampled too little to be priced: (call, samples, calls).
@@ -545,6 +567,11 @@ mod tests {
         assert!((ns - 74.0 * 2_004_008.0 / 6_600_000.0).abs() < 1e-9, "{ns}");
         assert_eq!(priced[&TimeCall::Time].samples, 12);
         assert!(two.shortfalls(PERIOD_NS).is_empty());
+        // Priced, but too few for the coarse calibration to judge by: a
+        // third run, whose samples bring it to 80 or more.
+        assert!(!two.enough_for_coarse());
+        *two.samples.entry(TimeCall::ClockGettime).or_default() += 6;
+        assert!(two.enough_for_coarse());
     }
 
     /// A clocksource the vDSO cannot read (hpet): every clock_gettime enters
@@ -574,6 +601,8 @@ mod tests {
         let priced = runs.priced(PERIOD_NS, false);
         assert_eq!(priced.keys().collect::<Vec<_>>(), [&TimeCall::Time]);
         assert!(runs.shortfalls(PERIOD_NS).is_empty());
+        // Breakpoints tell the coarse reads' code here: no more runs for it.
+        assert!(runs.enough_for_coarse());
         // Read by the vDSO, the same samples price every call.
         assert_eq!(runs.priced(PERIOD_NS, true).len(), 3);
     }
