@@ -460,8 +460,16 @@ fn check_clock_in_the_kernel(guest: &Guest, clocksource: &str) -> Result<Vec<Str
         coarse_calls,
         TimeCall::ClockGettime,
         Some("CLOCK_*_COARSE"),
+        None,
     )?;
-    let time = user_space_loop(guest, "PID-TIME", TIME_CALLS, TimeCall::Time, None)?;
+    let time = user_space_loop(
+        guest,
+        "PID-TIME",
+        TIME_CALLS,
+        TimeCall::Time,
+        None,
+        Some(LoopPace::of(guest)?),
+    )?;
     Ok(vec![
         coarse,
         time,
@@ -482,6 +490,55 @@ fn check_clock_in_the_kernel(guest: &Guest, clocksource: &str) -> Result<Vec<Str
 /// Calls the time() loop makes (init.sh).
 const TIME_CALLS: f64 = 15_000_000.0;
 
+/// The observed time() loop's CPU time per call against the same loop's,
+/// run unobserved before the observer started (both print "calls cpu_ns").
+/// Once (CI, ci-run62) the observed loop drew 179 samples where 67-95 are
+/// usual (+159%), cause not known. A loop that ran slower in the guest's
+/// own time is rightly sampled more, and earns that much leeway; one that
+/// did not fails with its samples' share of its CPU time (29-41% usual under
+/// TCG), which tells a sampler that sampled more than the time spent. A
+/// host's preemption alone does not do it: a loop at 56 ns a call of CPU
+/// (30 usual) still read +6.6%, its samples 24% of its time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LoopPace {
+    reference_ns: f64,
+    observed_ns: f64,
+    observed_cpu_ns: f64,
+}
+
+impl LoopPace {
+    fn of(guest: &Guest) -> Result<LoopPace> {
+        let reference = guest.line("TIME-REF").unwrap_or_default();
+        let observed = guest.line("TIME").unwrap_or_default();
+        LoopPace::parse(reference, observed)
+    }
+
+    fn parse(reference: &str, observed: &str) -> Result<LoopPace> {
+        let fields = |line: &str| -> Result<(f64, f64)> {
+            let mut numbers = line.split_whitespace().map(str::parse::<f64>);
+            match (numbers.next(), numbers.next()) {
+                (Some(Ok(calls)), Some(Ok(cpu_ns))) if calls > 0.0 && cpu_ns > 0.0 => {
+                    Ok((calls, cpu_ns))
+                }
+                _ => bail!("not \"calls cpu_ns\" from the time() loop: {line:?}"),
+            }
+        };
+        let (reference_calls, reference_cpu) = fields(reference)?;
+        let (observed_calls, observed_cpu_ns) = fields(observed)?;
+        Ok(LoopPace {
+            reference_ns: reference_cpu / reference_calls,
+            observed_ns: observed_cpu_ns / observed_calls,
+            observed_cpu_ns,
+        })
+    }
+
+    /// How many times slower the observed loop ran (never below 1: a loop
+    /// that ran faster earns no leeway).
+    fn slowdown(&self) -> f64 {
+        (self.observed_ns / self.reference_ns).max(1.0)
+    }
+}
+
 /// A hot loop of `calls` reads the clocksource leaves in user space (coarse
 /// clocks, time()), its pid tagged `tag`: the sampler's estimate of its
 /// `call` rows (of `clock` only, when given) is of the right size. Not within its stated
@@ -489,13 +546,19 @@ const TIME_CALLS: f64 = 15_000_000.0;
 /// arm64 guest's hot loop; once 153 samples of a time() loop where 85 were
 /// usual, +119%, on a quiet host), so up to +150%. Priced as fine reads,
 /// which enter the kernel here, coarse reads read several hundred times too
-/// few, and time() by the stopwatch −65%: the lower bound is what matters.
+/// few, and time() by the stopwatch −65%: the lower bound is what matters
+/// (−50%, or the observer's own interval where it states a wider one).
+/// With the loop's `pace`, the upper bound grows by as much as the loop ran
+/// slower than unobserved (the sampler counts its time, which is right).
+/// Measured here: the time() loop's samples cover 29-38% of its CPU time
+/// under TCG, the price calibrated under the same skew.
 fn user_space_loop(
     guest: &Guest,
     tag: &str,
     calls: f64,
     call: TimeCall,
     clock: Option<&str>,
+    pace: Option<LoopPace>,
 ) -> Result<String> {
     let row = row_of(guest, tag)?;
     let counted: Vec<_> = row
@@ -509,7 +572,7 @@ fn user_space_loop(
     let estimate: f64 = counted.iter().map(|c| c.calls).sum();
     let samples: u64 = counted.iter().filter_map(|c| c.samples).sum();
     let error = estimate / calls - 1.0;
-    let what = format!(
+    let mut what = format!(
         "{calls:.0} {}{} in user space: sampled estimate {estimate:.0} ({:+.1}%, stated ±{:.1}%) \
          from {samples} samples",
         call.name(),
@@ -517,8 +580,25 @@ fn user_space_loop(
         error * 100.0,
         row.vdso_uncertainty.unwrap_or(0.0) * 100.0
     );
+    let slowdown = pace.map_or(1.0, |p| p.slowdown());
+    if let Some(pace) = pace {
+        let period_ns = guest
+            .report("TOP")?
+            .observer
+            .vdso_sample_period_ns
+            .unwrap_or(0) as f64;
+        what += &format!(
+            "; the loop ran {:.2} ns a call of CPU, {:.2} unobserved ({slowdown:.2}× the leeway), \
+             its samples {:.0}% of its CPU time",
+            pace.observed_ns,
+            pace.reference_ns,
+            samples as f64 * period_ns / pace.observed_cpu_ns * 100.0
+        );
+    }
+    // Below: −50%, or as far as the observer itself stated.
+    let lowest = -(row.vdso_uncertainty.unwrap_or(0.0).max(0.5));
     ensure(
-        samples > 0 && (-0.5..=1.5).contains(&error),
+        samples > 0 && error >= lowest && error <= 2.5 * slowdown - 1.0,
         format!("{what}: {:?}", row.vdso_calls),
     )?;
     Ok(what)
@@ -1005,5 +1085,20 @@ mod tests {
         let became = startup_reads(&guest("not-ready", "ready"), false).unwrap();
         assert_eq!(reads_text(&became), "0-2");
         assert!(startup_reads(&Guest { log: String::new() }, false).is_err());
+    }
+
+    #[test]
+    fn a_slower_loop_widens_only_the_upper_bound() {
+        let pace = LoopPace::parse("15000000 150000000", "15000000 330000000").unwrap();
+        assert_eq!(pace.reference_ns, 10.0);
+        assert_eq!(pace.observed_ns, 22.0);
+        assert!((pace.slowdown() - 2.2).abs() < 1e-9);
+        // Faster than unobserved: no leeway.
+        let faster = LoopPace::parse("15000000 300000000", "15000000 150000000").unwrap();
+        assert_eq!(faster.slowdown(), 1.0);
+        for bad in ["", "15000000", "0 5", "x 5", "15000000 0"] {
+            assert!(LoopPace::parse(bad, "1 1").is_err(), "{bad:?}");
+            assert!(LoopPace::parse("1 1", bad).is_err(), "{bad:?}");
+        }
     }
 }
