@@ -37,7 +37,8 @@
  *   steadycpu   N CLOCK_PROCESS_CPUTIME_ID calls a second for ARG seconds
  *   steadyvdso  N libc clock_gettime(CLOCK_MONOTONIC) calls a second for ARG seconds
  *   hot         libc clock_gettime(CLOCK_MONOTONIC) for ARG seconds, N calls a
- *               second at most (0: as fast as it can); prints "calls SECONDS" at the end
+ *               second at most (0: as fast as it can); prints "calls SECONDS CHUNK_NS"
+ *               at the end, CHUNK_NS the median ns per call of 31 slices of the run
  *   hotcoarse   clock_gettime(CLOCK_MONOTONIC_COARSE) for ARG seconds (one
  *               CLOCK_MONOTONIC a thousand); prints "calls SECONDS"
  *   mixcoarse   N clock_gettime(CLOCK_MONOTONIC_COARSE) for each
@@ -195,22 +196,36 @@ static void hot(clockid_t clock, long rate, double seconds)
     clock_gettime(CLOCK_MONOTONIC, &start);
     long calls = 0;
     double elapsed = 0;
+    /* Bounded by time, not calls (a uprobe on every call makes one cost
+       microseconds), and timed in slices whose median a preempted slice
+       does not move, as `bench` times its chunks. */
+    double slice_ns[BENCH_CHUNKS], slice_start = 0;
+    long slice_calls = 0;
+    int slices = 0;
     while (elapsed < seconds) {
         for (int i = 0; i < 1000; i++)
             clock_gettime(clock, &ts);
         calls += 1000;
+        slice_calls += 1000;
         if (clock == CLOCK_MONOTONIC)
             now = ts;
         else
             clock_gettime(CLOCK_MONOTONIC, &now);
         elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+        if (slices < BENCH_CHUNKS &&
+            (elapsed >= seconds || elapsed >= (slices + 1) * seconds / BENCH_CHUNKS)) {
+            slice_ns[slices++] = (elapsed - slice_start) * 1e9 / slice_calls;
+            slice_start = elapsed;
+            slice_calls = 0;
+        }
         if (rate > 0) {
             double ahead = calls / (double)rate - elapsed;
             if (ahead > 0)
                 usleep((useconds_t)(ahead * 1e6));
         }
     }
-    printf("%ld %.6f\n", calls, elapsed);
+    qsort(slice_ns, slices, sizeof slice_ns[0], compare_doubles);
+    printf("%ld %.6f %.3f\n", calls, elapsed, slices ? slice_ns[slices / 2] : 0.0);
 }
 
 int main(int argc, char **argv) {
