@@ -434,6 +434,21 @@ fn check_clock_in_the_kernel(guest: &Guest, clocksource: &str) -> Result<Vec<Str
     // child's glibc reads the clock twice more at start-up (see
     // `startup_reads`), and the check may run a few children.
     const CHILD_OWN_READS: u64 = 8;
+    // The observer asks the pool itself (getrandom without blocking): it
+    // must agree with the guest's kernel log wherever the state held.
+    let logged = (guest.line("CRNG-DOCTOR"), guest.line("CRNG-BEFORE"));
+    let expected_pool = match logged {
+        (Some("ready"), _) => Some(true),
+        (Some("not-ready"), Some("not-ready")) => Some(false),
+        _ => None,
+    };
+    ensure(
+        expected_pool.is_none() || check.random_pool_ready == expected_pool,
+        format!(
+            "the doctor says the random pool ready: {:?}, the guest's log {logged:?}",
+            check.random_pool_ready
+        ),
+    )?;
     let own_reads = match guest.line("CRNG-DOCTOR") {
         Some("ready") => 0,
         _ => CHILD_OWN_READS,

@@ -7,6 +7,7 @@ pub mod clocksource;
 pub mod hypervisor;
 pub mod process_files;
 pub mod procfs;
+pub mod random_pool;
 pub mod runtime_names;
 pub mod users;
 pub mod vdso32;

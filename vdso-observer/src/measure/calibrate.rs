@@ -21,7 +21,7 @@ use super::calibration_child::{
     gettime_samples, parse_loop_output,
 };
 use crate::{
-    host::{vdso_image::VdsoImage, vdso32::Vdso32Child},
+    host::{random_pool, vdso_image::VdsoImage, vdso32::Vdso32Child},
     kernel::Observer,
     measure::stopwatch,
     model::{
@@ -312,12 +312,18 @@ pub(super) struct FineRuns {
     samples: BTreeMap<TimeCall, u64>,
     kernel_entries: u64,
     pub offsets: BTreeMap<u32, u32>,
+    /// Asked after the first child ran: not ready then means it was not
+    /// ready at the child's start (the pool only ever becomes ready).
+    random_pool_ready: Option<bool>,
 }
 
 impl FineRuns {
     /// Adds what the programs counted of one child, then forgets it.
     fn add(&mut self, observer: &mut Observer, run: &ChildRun) -> Result<()> {
         let pid = run.pid;
+        if self.calls.is_empty() {
+            self.random_pool_ready = random_pool::random_pool_ready();
+        }
         // Only the coarse calibration needs them: without, it finds no code
         // of coarse reads' own, and the rest still prices.
         match observer.take_sample_offsets() {
@@ -359,6 +365,7 @@ impl FineRuns {
                 .copied()
                 .unwrap_or(0),
             kernel_entries: self.kernel_entries,
+            random_pool_ready: self.random_pool_ready,
         }
     }
 

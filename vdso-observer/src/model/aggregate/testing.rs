@@ -27,6 +27,7 @@ pub fn system(capable: bool, measured: bool) -> SystemReport {
         vdso_check: measured.then_some(VdsoCheck {
             calls: 100,
             kernel_entries: if capable { 0 } else { 100 },
+            random_pool_ready: Some(true),
         }),
         vdso_capable: Some(capable),
         vsyscall: VsyscallMode::Xonly,
