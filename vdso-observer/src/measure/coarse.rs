@@ -131,10 +131,10 @@ pub fn calibrate(
     period_ns: u64,
 ) -> Result<Option<CoarseCosts>> {
     let mut measured = measure_coarse_reads(observer, image, fine, period_ns)?;
-    let share = measured.0.gettime_share(period_ns);
+    let share = measured.runs.gettime_share(period_ns);
     if share > MAX_GETTIME_SHARE {
         let again = measure_coarse_reads(observer, image, fine, period_ns)?;
-        let share_again = again.0.gettime_share(period_ns);
+        let share_again = again.runs.gettime_share(period_ns);
         log::debug!(
             "coarse clocks: the child spent {:.0}% of its CPU in clock_gettime, as sampled \
              (42-55% when quiet): ran it once more, {:.0}%; kept the lower",
@@ -145,7 +145,11 @@ pub fn calibrate(
             measured = again;
         }
     }
-    let (runs, judged, repeats) = measured;
+    let CoarseMeasure {
+        runs,
+        judged,
+        repeats,
+    } = measured;
     let Some((costs, code)) = judged else {
         if repeats.starved() {
             // A coarse reader is then undercounted several times over.
@@ -184,7 +188,11 @@ pub fn calibrate(
 }
 
 /// The coarse child's runs, what they were judged to say, and how often it ran.
-type CoarseMeasure = (CoarseRuns, Option<(CoarseCosts, GettimeCode)>, Repeats);
+struct CoarseMeasure {
+    runs: CoarseRuns,
+    judged: Option<(CoarseCosts, GettimeCode)>,
+    repeats: Repeats,
+}
 
 /// Runs the coarse child under the sampler. A child the machine starved of
 /// CPU (27-55 samples in its own code on a quiet machine here, a third of
@@ -205,7 +213,11 @@ fn measure_coarse_reads(
             .as_ref()
             .is_some_and(|(costs, _)| costs.samples >= QUIET_RUN_SAMPLES))
     })?;
-    Ok((runs, judged, repeats))
+    Ok(CoarseMeasure {
+        runs,
+        judged,
+        repeats,
+    })
 }
 
 /// Calibrates coarse reads where fine ones enter the kernel (a clocksource
