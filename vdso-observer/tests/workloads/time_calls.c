@@ -37,10 +37,11 @@
  *   steadycpu   N CLOCK_PROCESS_CPUTIME_ID calls a second for ARG seconds
  *   steadyvdso  N libc clock_gettime(CLOCK_MONOTONIC) calls a second for ARG seconds
  *   hot         libc clock_gettime(CLOCK_MONOTONIC) for ARG seconds, N calls a
- *               second at most (0: as fast as it can); prints "calls SECONDS CHUNK_NS"
- *               at the end, CHUNK_NS the median ns per call of 31 slices of the run
+ *               second at most (0: as fast as it can); prints "calls SECONDS SLICE_NS"
+ *               at the end, SLICE_NS the median ns per call of 31 time slices of the
+ *               run (meaningful at full speed only)
  *   hotcoarse   clock_gettime(CLOCK_MONOTONIC_COARSE) for ARG seconds (one
- *               CLOCK_MONOTONIC a thousand); prints "calls SECONDS"
+ *               CLOCK_MONOTONIC a thousand); prints as hot does
  *   mixcoarse   N clock_gettime(CLOCK_MONOTONIC_COARSE) for each
  *               clock_gettime(CLOCK_MONOTONIC), for ARG seconds; prints
  *               "coarse fine"

@@ -56,7 +56,7 @@ pub enum Part {
 }
 
 const ROUNDS: usize = 5;
-/// Rounds a syscall loop may grow to while a goal's interval straddles it.
+/// Rounds a loop may grow to while a goal's interval straddles it.
 const MAX_ROUNDS: usize = 12;
 
 /// What the issues ask of the tax, per loop: on a syscall, the daemon's tax
@@ -754,7 +754,6 @@ fn figures(samples: &[(Config, Vec<f64>, Option<String>)], unit: &str) -> Value 
     Value::Array(rows)
 }
 
-/// A goal's verdict from its loop's figures; None when not measured.
 /// Whether a goal of `part` is still undecided by these rounds (then more
 /// rounds run, up to MAX_ROUNDS).
 fn undecided(samples: &[(Config, Vec<f64>, Option<String>)], part: &str) -> bool {
@@ -765,6 +764,7 @@ fn undecided(samples: &[(Config, Vec<f64>, Option<String>)], part: &str) -> bool
         .any(|goal| goal_verdict(&figures, goal) == Some(Verdict::Undecided))
 }
 
+/// A goal's verdict from its loop's figures; None when not measured.
 fn goal_verdict(figures: &Value, goal: &Goal) -> Option<Verdict> {
     let row = figures
         .as_array()?
